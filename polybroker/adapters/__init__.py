@@ -1,0 +1,1 @@
+"""Protocol adapters: codec events in, broker core calls out, and back."""

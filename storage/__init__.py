@@ -1,0 +1,1 @@
+"""The log-structured store for durable broker state."""
