@@ -1,0 +1,48 @@
+"""The real ``polybroker`` command: start, announce its port, stop on signals."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from polybroker import __version__
+
+from .brokerproc import BrokerProcess
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "polybroker", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"polybroker {__version__}"
+
+
+def test_help_lists_serve():
+    out = subprocess.run([sys.executable, "-m", "polybroker", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "serve" in out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_writes_port_file_and_stops_cleanly_on_signal(tmp_path, sig):
+    port_file = tmp_path / "ports"
+    proc = BrokerProcess(tmp_path / "data", "--listen", "mqtt://[::1]:0",
+                         "--port-file", str(port_file))
+    try:
+        proc.wait_for_log("ready")
+        urls = port_file.read_text().split()
+        assert urls[0] == f"mqtt://127.0.0.1:{proc.port}"
+        assert urls[1].startswith("mqtt://[::1]:") and not urls[1].endswith(":0")
+        assert (tmp_path / "data").is_dir()
+    finally:
+        assert proc.stop(sig) == 0
+    assert proc.lines[-1].endswith("stopped")
+
+
+def test_bad_config_exits_with_message(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[limits]\nmax_inflight = 3\n')
+    out = subprocess.run([sys.executable, "-m", "polybroker", "serve", "--config", str(config)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "limits.max_inflight: unknown key" in out.stderr

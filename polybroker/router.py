@@ -1,0 +1,160 @@
+"""Subscription trie: topic filter -> {subscriber: value}, matched level by level.
+
+Matching walks the trie along the topic's levels, so its cost depends on the topic depth and
+the number of wildcard branches taken, never on the number of unrelated subscriptions.
+No regular expressions: every node keeps its literal children in a dict plus direct slots
+for its ``+`` and ``#`` children.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+__all__ = ["TopicTrie"]
+
+
+class _Node:
+    """One filter level. Dicts are created lazily: most nodes are leaves or pass-throughs."""
+
+    __slots__ = ("children", "hash", "plus", "subscribers")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] | None = None
+        self.plus: _Node | None = None
+        self.hash: _Node | None = None
+        self.subscribers: dict[Hashable, object] | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.children or self.plus or self.hash or self.subscribers)
+
+
+class TopicTrie:
+    """Maps (topic filter, subscriber) pairs to arbitrary values.
+
+    ``generation`` is bumped on every change so callers can cache match results and
+    invalidate them cheaply.
+    """
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._count = 0
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, topic_filter: str, subscriber: Hashable, value: object) -> bool:
+        """Store or replace the value for (filter, subscriber); True if the pair is new."""
+        node = self._root
+        for level in topic_filter.split("/"):
+            if level == "+":
+                if node.plus is None:
+                    node.plus = _Node()
+                node = node.plus
+            elif level == "#":
+                if node.hash is None:
+                    node.hash = _Node()
+                node = node.hash
+            else:
+                if node.children is None:
+                    node.children = {}
+                child = node.children.get(level)
+                if child is None:
+                    child = node.children[level] = _Node()
+                node = child
+        subs = node.subscribers
+        if subs is None:
+            subs = node.subscribers = {}
+        is_new = subscriber not in subs
+        if not is_new and subs[subscriber] is value:
+            return False  # nothing changed: keep cached routes valid
+        subs[subscriber] = value
+        if is_new:
+            self._count += 1
+        self.generation += 1
+        return is_new
+
+    def remove(self, topic_filter: str, subscriber: Hashable) -> bool:
+        """Remove (filter, subscriber); True if it existed. Empty nodes are pruned."""
+        node = self._root
+        # (parent, level) for each step, so empty nodes can be unlinked bottom-up.
+        path: list[tuple[_Node, str]] = []
+        for level in topic_filter.split("/"):
+            if level == "+":
+                child = node.plus
+            elif level == "#":
+                child = node.hash
+            else:
+                child = node.children.get(level) if node.children else None
+            if child is None:
+                return False
+            path.append((node, level))
+            node = child
+        subs = node.subscribers
+        if not subs or subscriber not in subs:
+            return False
+        del subs[subscriber]
+        if not subs:
+            node.subscribers = None
+        self._count -= 1
+        self.generation += 1
+        # Prune so memory does not grow with subscribe/unsubscribe churn.
+        for parent, level in reversed(path):
+            if not node.is_empty():
+                break
+            if level == "+":
+                parent.plus = None
+            elif level == "#":
+                parent.hash = None
+            else:
+                assert parent.children is not None
+                del parent.children[level]
+                if not parent.children:
+                    parent.children = None
+            node = parent
+        return True
+
+    def match(self, topic: str) -> list[dict[Hashable, object]]:
+        """Subscriber dicts of every filter matching ``topic`` (a topic name, no wildcards).
+
+        The returned dicts are the trie's own (hot path: no copies); callers must not mutate
+        them. A subscriber with overlapping filters appears in several dicts.
+        """
+        levels = topic.split("/")
+        out: list[dict[Hashable, object]] = []
+        root = self._root
+        first = levels[0]
+        nodes: list[_Node] = []
+        # First level handled apart: wildcards at the root skip "$" topics [MQTT-4.7.2-1].
+        if root.children:
+            child = root.children.get(first)
+            if child is not None:
+                nodes.append(child)
+        if not first.startswith("$"):
+            if root.hash is not None and root.hash.subscribers:
+                out.append(root.hash.subscribers)
+            if root.plus is not None:
+                nodes.append(root.plus)
+        for i in range(1, len(levels)):
+            if not nodes:
+                return out
+            level = levels[i]
+            nxt: list[_Node] = []
+            for node in nodes:
+                # "#" matches this level and everything below it.
+                if node.hash is not None and node.hash.subscribers:
+                    out.append(node.hash.subscribers)
+                if node.children:
+                    child = node.children.get(level)
+                    if child is not None:
+                        nxt.append(child)
+                if node.plus is not None:
+                    nxt.append(node.plus)
+            nodes = nxt
+        for node in nodes:
+            if node.subscribers:
+                out.append(node.subscribers)
+            # "a/#" also matches "a" itself [MQTT-4.7.1-2].
+            if node.hash is not None and node.hash.subscribers:
+                out.append(node.hash.subscribers)
+        return out
