@@ -1,0 +1,41 @@
+"""The listener layer in-process: open_broker on real loopback sockets."""
+
+import trio
+
+from polybroker.config import BrokerConfig, parse_listen_url
+from polybroker.protocols.mqtt import ConnAck, Publish
+from polybroker.server import open_broker
+
+from .rawclient import RawClient
+
+
+def loopback_config(*urls: str) -> BrokerConfig:
+    return BrokerConfig(listeners=tuple(parse_listen_url(u) for u in urls))
+
+
+async def test_open_broker_serves_every_listener_on_its_bound_port():
+    config = loopback_config("mqtt://127.0.0.1:0", "mqtt://[::1]:0")
+    async with open_broker(config) as running:
+        ports = [lc.port for lc in running.listeners]
+        assert all(port > 0 for port in ports)
+        sub = RawClient(await trio.open_tcp_stream("127.0.0.1", ports[0]))
+        pub = RawClient(await trio.open_tcp_stream("::1", ports[1]))
+        assert await sub.connect("sub") == ConnAck()
+        await sub.subscribe("t", 1)
+        await pub.connect("pub")
+        await pub.send(Publish("t", b"across listeners"))
+        assert (await sub.receive()).payload == b"across listeners"
+        await sub.close()
+        await pub.close()
+
+
+async def test_connection_error_does_not_stop_the_listener():
+    async with open_broker(loopback_config("mqtt://127.0.0.1:0")) as running:
+        port = running.port("mqtt")
+        for _ in range(3):
+            bad = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            await bad.send_raw(b"\x00garbage")
+            assert await bad.receive_until_closed() == []
+        good = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        assert await good.connect("ok") == ConnAck()
+        await good.close()
