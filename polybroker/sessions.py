@@ -39,7 +39,9 @@ class SessionLink(Protocol):
     def send_pubrel(self, packet_id: int) -> None: ...
 
     def session_taken_over(self) -> None:
-        """Another connection took this session: close without a will of our own doing."""
+        """Another connection took this session: close this one. Like any close without
+        DISCONNECT, it publishes the connection's will (MQTT 5.0 says the same for a
+        Will Delay of 0, the only delay 3.1.1 knows)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,6 +224,18 @@ async def test_takeover_closes_previous_connection_MQTT_3_1_4_2(nursery, broker)
     assert (await second.receive()).payload == b"to the new one"
 
 
+async def test_takeover_publishes_the_will_of_the_closed_connection(nursery, broker):
+    watcher = await connect_client(nursery, broker)
+    await watcher.connect("watcher")
+    await watcher.subscribe("wills/#", 0)
+    first = await connect_client(nursery, broker)
+    await first.connect("same", will=Will("wills/same", b"replaced"))
+    second = await connect_client(nursery, broker)
+    await second.connect("same")
+    assert await first.receive_until_closed() == []
+    assert (await watcher.receive()).payload == b"replaced"
+
+
 async def test_persistent_session_receives_messages_sent_while_offline(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
