@@ -1,1 +1,23 @@
 """The log-structured store for durable broker state."""
+
+from .errors import (
+    CorruptRecordError,
+    StoreClosedError,
+    StoreError,
+    StoreFullError,
+    StoreLockedError,
+)
+from .recovery import RecoveryIssue
+from .store import DEFAULT_SEGMENT_SIZE, LogStore, StoreStats
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "CorruptRecordError",
+    "LogStore",
+    "RecoveryIssue",
+    "StoreClosedError",
+    "StoreError",
+    "StoreFullError",
+    "StoreLockedError",
+    "StoreStats",
+]
