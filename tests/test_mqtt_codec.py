@@ -497,17 +497,19 @@ def test_unknown_protocol_name_is_a_protocol_error_without_connack_MQTT_3_1_2_1(
     assert info.value.connack_code is None
 
 
-@pytest.mark.parametrize(("name", "level"), [("MQTT", 5), ("MQTT", 3), ("MQIsdp", 4), ("MQTT", 6)])
+@pytest.mark.parametrize(
+    ("name", "level"), [("MQTT", 7), ("MQTT", 3), ("MQIsdp", 4), ("MQIsdp", 5), ("MQTT", 6)]
+)
 def test_unsupported_level_gets_connack_1_MQTT_3_1_2_2(name, level):
     with pytest.raises(UnsupportedProtocolVersion) as info:
         parse(frame(0x10, connect_body(name=name, level=level)))
     assert info.value.connack_code == 0x01
 
 
-def test_mqtt_5_connect_with_properties_is_unsupported_not_malformed():
+def test_mqtt_5_connect_with_properties_is_accepted():
+    # MQTT 5.0 is a second level of "MQTT" (tests/test_mqtt5_codec.py covers it).
     body = connect_body(level=5)[:-3] + b"\x00" + s("c")  # property length 0 before payload
-    with pytest.raises(UnsupportedProtocolVersion):
-        parse(frame(0x10, body))
+    assert parse_one(frame(0x10, body)) == Connect("c", 5, True, 60)
 
 
 def test_reserved_connect_flag_is_malformed_MQTT_3_1_2_3():
@@ -732,7 +734,7 @@ def test_parser_keeps_partial_packets():
 
 def test_parser_rejects_unsupported_levels():
     with pytest.raises(ValueError):
-        PacketParser().protocol_level = 5
+        PacketParser().protocol_level = 6
 
 
 # --- encoder behaviour --------------------------------------------------------------------
@@ -742,9 +744,9 @@ def test_encode_refuses_what_3_1_1_cannot_carry():
     with pytest.raises(ValueError):
         encode(Auth())
     with pytest.raises(ValueError):
-        encode(PingReq(), 5)
+        encode(PingReq(), 6)
     with pytest.raises(ValueError):
-        encode(Connect("c", 5))
+        encode(Connect("c", 6))
     with pytest.raises(ValueError):
         encode_publish(b"t", b"", 1, False, False, None)
     with pytest.raises(ValueError):

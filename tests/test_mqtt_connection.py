@@ -92,9 +92,9 @@ def test_second_connect_in_the_same_chunk_is_a_protocol_error_MQTT_3_1_0_2():
 
 def test_unsupported_version_still_lets_the_adapter_send_connack_MQTT_3_1_2_2():
     conn = ServerConnection()
-    level_5 = b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"
+    level_6 = b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x00\x00"
     with pytest.raises(UnsupportedProtocolVersion) as info:
-        conn.receive_data(level_5)
+        conn.receive_data(level_6)
     conn.send(ConnAck(False, info.value.connack_code))
     assert conn.data_to_send() == b"\x20\x02\x00\x01"
 

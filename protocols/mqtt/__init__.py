@@ -1,6 +1,19 @@
-"""Sans-IO MQTT codec (3.1, 3.1.1; shaped for 5.0)."""
+"""Sans-IO MQTT codec (3.1, 3.1.1 and 5.0).
 
-from .codec import MAX_REMAINING_LENGTH, PacketParser, encode, encode_publish
+MQTT 5.0 properties are ``dict[int, Any]`` keyed by the identifiers in
+``properties`` (see that module for the value representation); reason codes are
+named in ``reason_codes``.
+"""
+
+from . import properties, reason_codes
+from .codec import (
+    MAX_PACKET_SIZE,
+    MAX_REMAINING_LENGTH,
+    PacketParser,
+    encode,
+    encode_publish,
+    encode_publish5,
+)
 from .connection import ServerConnection
 from .errors import (
     ClientIdentifierRejected,
@@ -41,6 +54,7 @@ from .packets import (
     Unsubscribe,
     Will,
 )
+from .properties import encode_properties, parse_properties
 from .topics import is_valid_topic_filter, is_valid_topic_name
 
 __all__ = [
@@ -50,6 +64,7 @@ __all__ = [
     "CONNACK_NOT_AUTHORIZED",
     "CONNACK_SERVER_UNAVAILABLE",
     "CONNACK_UNACCEPTABLE_PROTOCOL_VERSION",
+    "MAX_PACKET_SIZE",
     "MAX_REMAINING_LENGTH",
     "MQTT_3_1",
     "MQTT_3_1_1",
@@ -83,7 +98,12 @@ __all__ = [
     "UnsupportedProtocolVersion",
     "Will",
     "encode",
+    "encode_properties",
     "encode_publish",
+    "encode_publish5",
     "is_valid_topic_filter",
     "is_valid_topic_name",
+    "parse_properties",
+    "properties",
+    "reason_codes",
 ]

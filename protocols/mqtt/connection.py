@@ -3,27 +3,63 @@
 Bytes from the socket go into ``receive_data`` and come out as packets that
 passed both the codec's checks and the connection-level rules; packets to send
 go into ``send`` and come out of ``data_to_send``.
+
+MQTT 5.0 connection-level rules enforced here (statement ids: MQTT 5.0):
+
+* a client that put an Authentication Method in its CONNECT sends only AUTH or
+  DISCONNECT until the server has sent CONNACK [MQTT-3.1.2-30] (so a CONNACK
+  must go out through ``send``, not ``send_bytes``);
+* AUTH from a client whose CONNECT had no Authentication Method [MQTT-4.12.0-7],
+  or with another Authentication Method than the CONNECT's [MQTT-4.12.0-5,
+  MQTT-4.12.1-1], is a Protocol Error. Everything else about enhanced
+  authentication (whether to continue, succeed or fail) is the broker's decision;
+* a PUBLISH from a client carries no Subscription Identifier [MQTT-3.3.4-6];
+* a DISCONNECT may not set a non-zero Session Expiry Interval when the CONNECT's
+  was zero or absent (3.14.2.2.2).
 """
 
-from .codec import MAX_REMAINING_LENGTH, PacketParser, encode
+from typing import Any
+
+from .codec import MAX_PACKET_SIZE, PacketParser, encode
 from .errors import MQTTError, ProtocolError
-from .packets import MQTT_3_1_1, ConnAck, Connect, Disconnect, Packet, PingResp, SubAck, UnsubAck
+from .packets import (
+    MQTT_3_1_1,
+    MQTT_5,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingResp,
+    Publish,
+    SubAck,
+    UnsubAck,
+)
+from .properties import AUTHENTICATION_METHOD, SESSION_EXPIRY_INTERVAL, SUBSCRIPTION_IDENTIFIER
 
 # Packets only a server sends; from a client they are a protocol violation.
 _SERVER_ONLY = frozenset((ConnAck, SubAck, UnsubAck, PingResp))
+_AUTH_PHASE = frozenset((Auth, Disconnect))  # what may precede CONNACK [MQTT-3.1.2-30]
 _CONNECT_TYPE = 1
 
 
 class ServerConnection:
     """Protocol state of one client connection, as seen by the server."""
 
-    def __init__(self, max_packet_size: int = MAX_REMAINING_LENGTH) -> None:
+    def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
+        # At level 5 the limit counts whole packets, at 3.1 / 3.1.1 the remaining
+        # length (see PacketParser).
         self._parser = PacketParser(max_packet_size)
         self._outgoing = bytearray()
-        self.protocol_level: int | None = None  # set by the CONNECT
+        # Set by the CONNECT, or by a CONNECT that names a supported level but fails.
+        self.protocol_level: int | None = None
         self._started = False  # any byte received yet
         self._failed = False
         self._disconnected = False
+        # MQTT 5.0 state from the CONNECT.
+        self._auth_method: str | None = None
+        self._session_expiry = 0
+        self._connack_sent = False
 
     def receive_data(self, data: bytes) -> list[Packet]:
         """Parse ``data`` and return the complete packets it yields, in order.
@@ -42,8 +78,12 @@ class ServerConnection:
                 if data[0] >> 4 != _CONNECT_TYPE:
                     raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
             return self._check(self._parser.feed(data))
-        except MQTTError:
+        except MQTTError as exc:
             self._failed = True
+            if self.protocol_level is None and exc.protocol_level is not None:
+                # A CONNECT of a supported level that failed to parse: a refusing
+                # CONNACK goes out in the client's version (5.0: with exc.reason_code).
+                self.protocol_level = exc.protocol_level
             raise
 
     def _check(self, packets: list[Packet]) -> list[Packet]:
@@ -54,18 +94,51 @@ class ServerConnection:
                     raise ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
                 self.protocol_level = packet.protocol_level
                 self._parser.protocol_level = packet.protocol_level
+                if packet.protocol_level == MQTT_5:
+                    self._auth_method = packet.properties.get(AUTHENTICATION_METHOD)
+                    self._session_expiry = packet.properties.get(SESSION_EXPIRY_INTERVAL, 0)
             elif self.protocol_level is None:
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
             elif kind in _SERVER_ONLY:
                 raise ProtocolError(f"{kind.__name__} is sent only by servers")
-            elif kind is Disconnect:
-                self._disconnected = True
-                return packets[: i + 1]
+            else:
+                if self.protocol_level == MQTT_5:
+                    self._check_5(packet, kind)
+                if kind is Disconnect:
+                    self._disconnected = True
+                    return packets[: i + 1]
         return packets
+
+    def _check_5(self, packet: Any, kind: type) -> None:
+        if self._auth_method is not None and not self._connack_sent and kind not in _AUTH_PHASE:
+            raise ProtocolError(
+                f"{kind.__name__} before CONNACK after a CONNECT with an Authentication "
+                "Method [MQTT-3.1.2-30]"
+            )
+        if kind is Publish:
+            if SUBSCRIPTION_IDENTIFIER in packet.properties:
+                raise ProtocolError("PUBLISH from a client with a Subscription Identifier "
+                                    "[MQTT-3.3.4-6]")
+        elif kind is Auth:
+            if self._auth_method is None:
+                raise ProtocolError("AUTH without an Authentication Method in CONNECT "
+                                    "[MQTT-4.12.0-7]")
+            if packet.properties.get(AUTHENTICATION_METHOD) != self._auth_method:
+                raise ProtocolError("AUTH with another Authentication Method than CONNECT's "
+                                    "[MQTT-4.12.0-5, MQTT-4.12.1-1]")
+        elif (
+            kind is Disconnect
+            and not self._session_expiry
+            and packet.properties.get(SESSION_EXPIRY_INTERVAL)
+        ):
+            raise ProtocolError("DISCONNECT sets a Session Expiry Interval after a CONNECT "
+                                    "with none (3.14.2.2.2)")
 
     def send(self, packet: Packet) -> None:
         """Queue ``packet``, encoded at this connection's protocol level."""
         self._outgoing += encode(packet, self.protocol_level or MQTT_3_1_1)
+        if type(packet) is ConnAck:
+            self._connack_sent = True
 
     def send_bytes(self, data: bytes) -> None:
         """Queue bytes already encoded (e.g. by ``encode_publish``)."""

@@ -3,6 +3,10 @@
 Each error carries the code that goes on the wire: ``reason_code`` is the MQTT 5.0
 reason code (used in a 5.0 CONNACK or DISCONNECT), ``connack_code`` is the 3.1/3.1.1
 CONNACK return code when the spec says a CONNACK must precede the close, else None.
+``protocol_level`` is the level named by the CONNECT that failed to parse, once its
+protocol name and level were read and accepted (else None): a 5.0 server MAY answer
+any CONNECT error with a CONNACK carrying ``reason_code`` (section 4.13.1), and needs
+to know that the client speaks 5.0 to encode it.
 """
 
 
@@ -11,6 +15,7 @@ class MQTTError(Exception):
 
     reason_code: int = 0x80
     connack_code: int | None = None
+    protocol_level: int | None = None
 
     def __init__(self, reason: str, *, connack_code: int | None = None) -> None:
         super().__init__(reason)
