@@ -1,28 +1,72 @@
 """The broker core: sessions, routing and retained messages. No I/O, no protocol bytes.
 
 Adapters call into it synchronously; deliveries come back out through each
-session's link, which buffers bytes for its connection's writer task.
+session's link, which buffers bytes for its connection's writer task. Deadlines
+(session expiry, delayed wills) run on ``timers``, driven by one trio task.
 """
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import Protocol
 
+import trio
+
+from .auth import Authenticator
 from .config import BrokerConfig
 from .message import Message
 from .retained import RetainedStore
 from .router import TopicTrie
-from .sessions import Session, SessionLink, SubscriptionOptions
+from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
+from .shared import SharedGroup, split_shared_filter
+from .timers import Timers
 
 log = logging.getLogger("polybroker.broker")
 
+ANY_QOS = SubscriptionOptions(qos=2)  # how a shared group sits in the trie
+
+
+class Closable(Protocol):
+    def close_for_shutdown(self) -> None: ...
+
 
 class Broker:
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(
+        self, config: BrokerConfig | None = None, clock: Callable[[], float] = trio.current_time
+    ) -> None:
         self.config = config or BrokerConfig()
         self.limits = self.config.limits
+        self.clock = clock
+        self.timers = Timers(clock)
         self.router = TopicTrie()
         self.retained = RetainedStore()
         self.sessions: dict[str, Session] = {}
+        self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
+        # MQTT 5.0 enhanced authentication methods by name.
+        self.authenticators: dict[str, Authenticator] = {}
+        # Open client connections (any protocol), told to close on shutdown.
+        self.connections: set[Closable] = set()
+        self._all_closed: trio.Event | None = None
+
+    # -- connections ----------------------------------------------------------------------
+
+    def connection_opened(self, connection: "Closable") -> None:
+        self.connections.add(connection)
+
+    def connection_closed(self, connection: "Closable") -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Ask every connection to close (MQTT 5.0 clients are told why), and wait up to
+        ``grace`` seconds for them to finish."""
+        self._all_closed = trio.Event()
+        for connection in list(self.connections):
+            connection.close_for_shutdown()
+        if self.connections:
+            with trio.move_on_after(grace):
+                await self._all_closed.wait()
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -30,13 +74,16 @@ class Broker:
     def generate_client_id() -> str:
         return "auto-" + uuid.uuid4().hex
 
-    def open_session(self, client_id: str, clean: bool) -> tuple[Session, bool]:
+    def open_session(
+        self, client_id: str, clean: bool, expiry_interval: int = NEVER_EXPIRES
+    ) -> tuple[Session, bool]:
         """Find or create the client's session; return it and whether it already existed.
 
         A connection already holding the session is told to close (takeover,
-        [MQTT-3.1.4-2]). ``clean`` discards any previous state [MQTT-3.1.2-6]. The
-        caller answers its client, then binds its link with ``Session.attach`` (which
-        resends what is unacknowledged, so it must come after CONNACK).
+        [MQTT-3.1.4-2]). ``clean`` discards any previous state [MQTT-3.1.2-6]. A
+        pending delayed will of the session is cancelled [MQTT-3.1.3-9]. The caller
+        answers its client, then binds its link with ``Session.attach`` (which resends
+        what is unacknowledged, so it must come after CONNACK).
         """
         session = self.sessions.get(client_id)
         if session is not None and session.link is not None:
@@ -44,76 +91,162 @@ class Broker:
             session.detach()
             log.info("client %s: session taken over by a new connection", client_id)
             previous.session_taken_over()
-        if session is not None and clean:
+        if session is not None:
+            _cancel(session.will_timer)
+            _cancel(session.expiry_timer)
+            session.will_timer = session.expiry_timer = None
+        # A clean session (expiry 0) lasts as long as its connection, which a takeover
+        # ends: the new connection never resumes it [MQTT-3.1.2-6].
+        if session is not None and (clean or session.expiry_interval == 0):
             self._discard(session)
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, persistent=not clean, limits=self.limits)
+            session = Session(client_id, self.limits, self.clock, expiry_interval)
             self.sessions[client_id] = session
-        session.persistent = not clean
+        session.expiry_interval = expiry_interval
         return session, present
 
-    def close_session(self, session: Session, link: SessionLink) -> None:
-        """The connection behind ``link`` ended; keep the session only if persistent."""
+    def close_session(
+        self,
+        session: Session,
+        link: SessionLink,
+        will: Message | None = None,
+        will_delay: int = 0,
+    ) -> None:
+        """The connection behind ``link`` ended: publish or schedule its will, and end the
+        session now or when its expiry interval has passed."""
         if session.link is not link:
             return  # already taken over by another connection
         session.detach()
-        if not session.persistent:
+        for delivery in session.take_shared_deliveries():
+            group = delivery.group
+            member = group.choose(exclude=session)
+            if member is not None:
+                group.deliver_to(member, delivery.message)
+        interval = session.expiry_interval
+        if will is not None:
+            if will_delay <= 0 or interval == 0:
+                self.publish(will)
+            else:
+                delay = min(will_delay, interval)
+                session.will_timer = self.timers.call_later(delay, lambda: self.publish(will))
+        if interval == 0:
+            self._discard(session)
+        elif interval != NEVER_EXPIRES:
+            session.expiry_timer = self.timers.call_later(interval, lambda: self._expire(session))
+
+    def _expire(self, session: Session) -> None:
+        if session.link is None and self.sessions.get(session.client_id) is session:
+            log.info("client %s: session expired", session.client_id)
             self._discard(session)
 
     def _discard(self, session: Session) -> None:
-        for topic_filter in session.subscriptions:
-            self.router.remove(topic_filter, session)
-        session.subscriptions.clear()
+        for topic_filter in list(session.subscriptions):
+            self.unsubscribe(session, topic_filter)
+        if session.will_timer is not None:
+            # The session ends before the will delay: the will goes out now [MQTT-3.1.3-9].
+            callback = session.will_timer.callback
+            session.will_timer.cancel()
+            session.will_timer = None
+            callback()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
     # -- subscriptions --------------------------------------------------------------------
 
-    def subscribe(self, session: Session, topic_filter: str, qos: int) -> int:
-        """Add or replace a subscription [MQTT-3.8.4-3]; return the granted QoS."""
-        options = SubscriptionOptions(qos=qos)
+    def subscribe(self, session: Session, topic_filter: str, options: SubscriptionOptions) -> bool:
+        """Add or replace a subscription [MQTT-3.8.4-3]; return whether it existed."""
+        existed = topic_filter in session.subscriptions
         session.subscriptions[topic_filter] = options
-        self.router.add(topic_filter, session, options)
-        return qos
+        shared = split_shared_filter(topic_filter)
+        if shared is None:
+            self.router.add(topic_filter, session, options)
+            return existed
+        group = self.shared_groups.get(shared)
+        if group is None:
+            group = self.shared_groups[shared] = SharedGroup(*shared)
+            self.router.add(group.topic_filter, group, ANY_QOS)
+        group.members[session] = options
+        return existed
 
     def send_retained(self, session: Session, topic_filter: str, qos: int) -> None:
-        """Deliver the retained messages matching a new subscription, flagged retained."""
+        """Deliver the retained messages matching a new subscription, flagged retained.
+
+        Not for shared subscriptions, which receive no retained messages on subscribe.
+        """
+        if split_shared_filter(topic_filter) is not None:
+            return
+        options = session.subscriptions.get(topic_filter)
+        ids = (options.subscription_id,) if options and options.subscription_id else ()
         for message in self.retained.match(topic_filter):
-            session.deliver(message, min(qos, message.qos), True)
+            session.deliver(message, min(qos, message.qos), True, ids)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
-        self.router.remove(topic_filter, session)
+        shared = split_shared_filter(topic_filter)
+        if shared is None:
+            self.router.remove(topic_filter, session)
+            return True
+        group = self.shared_groups[shared]
+        del group.members[session]
+        if not group.members:
+            self.router.remove(group.topic_filter, group)
+            del self.shared_groups[shared]
         return True
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> None:
-        """Store it if retained (an empty payload clears), then route it to subscribers."""
+    def publish(self, message: Message) -> int:
+        """Store it if retained (an empty payload clears), then route it to subscribers;
+        return how many subscribers it was delivered to."""
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
             else:
                 self.retained.clear(message.topic)
-        self.route(message)
+        return self.route(message)
 
-    def route(self, message: Message) -> None:
+    def route(self, message: Message) -> int:
+        """Deliver to every matching subscriber once; return how many got it."""
         matches = self.router.match(message.topic)
         if not matches:
-            return
+            return 0
         qos = message.qos
+        origin = message.origin_client if message.origin_protocol == "mqtt" else None
         if len(matches) == 1:
+            count = 0
             for subscriber, options in matches[0].items():
-                subscriber.deliver(message, min(options.qos, qos), False)
-            return
-        # Overlapping filters of one subscriber: deliver once, at the highest QoS granted.
-        best: dict[Session, int] = {}
+                if options.no_local and subscriber.client_id == origin:
+                    continue  # [MQTT-3.8.3-3]
+                retain = message.retain and options.retain_as_published
+                ids = (options.subscription_id,) if options.subscription_id else ()
+                subscriber.deliver(message, min(options.qos, qos), retain, ids)
+                count += 1
+            return count
+        return self._route_overlapping(message, matches, origin)
+
+    def _route_overlapping(self, message: Message, matches: list[dict], origin: str | None) -> int:
+        # One subscriber matched by several filters gets one copy, at the highest QoS
+        # granted, with every matching subscription identifier [MQTT-3.3.4-2, -3].
+        merged: dict[object, list] = {}
         for subscribers in matches:
             for subscriber, options in subscribers.items():
-                if best.get(subscriber, -1) < options.qos:
-                    best[subscriber] = options.qos
-        for subscriber, granted in best.items():
-            subscriber.deliver(message, min(granted, qos), False)
+                if options.no_local and subscriber.client_id == origin:
+                    continue
+                entry = merged.get(subscriber)
+                if entry is None:
+                    entry = merged[subscriber] = [-1, False, []]
+                entry[0] = max(entry[0], options.qos)
+                entry[1] = entry[1] or (message.retain and options.retain_as_published)
+                if options.subscription_id:
+                    entry[2].append(options.subscription_id)
+        for subscriber, (granted, retain, ids) in merged.items():
+            subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
+        return len(merged)
+
+
+def _cancel(handle: object) -> None:
+    if handle is not None:
+        handle.cancel()

@@ -16,6 +16,8 @@ from .server import RunningBroker, serve
 
 log = logging.getLogger("polybroker")
 
+SHUTDOWN_GRACE = 2.0  # seconds connections get to flush their last packets
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -79,6 +81,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> N
             log.info("polybroker %s ready", __version__)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                await running.broker.shutdown(grace=SHUTDOWN_GRACE)
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 SCHEMES = {"mqtt": ("mqtt", "tcp")}
 DEFAULT_PORTS = {"mqtt": 1883}
+ZERO_ALLOWED = {"topic_alias_maximum"}
 
 
 class ConfigError(ValueError):
@@ -45,12 +46,25 @@ class Limits:
     connect_timeout: float = 10.0
     # Seconds a send to a peer may block before the peer is dropped.
     send_timeout: float = 30.0
+    # MQTT 5.0 Receive Maximum: QoS 2 messages a client may have unfinished towards the
+    # broker; one more is answered with DISCONNECT 0x93.
+    receive_maximum: int = 1024
+    # MQTT 5.0 topic aliases a client may set (0: none); alias 0 or above: DISCONNECT 0x94.
+    topic_alias_maximum: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class MQTTSettings:
+    # MQTT 5.0: sent as Response Information to a client that asks for it (empty: never).
+    # The client appends its own topic levels, e.g. "reply/" -> "reply/<client>/...".
+    response_information: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -94,12 +108,14 @@ def load_config(path: Path) -> BrokerConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
-    _reject_unknown(raw, {"listener", "limits", "data_dir", "log_level"}, "")
+    _reject_unknown(raw, {"listener", "limits", "mqtt", "data_dir", "log_level"}, "")
     config = BrokerConfig()
     if "listener" in raw:
         config = replace(config, listeners=_listeners(raw["listener"]))
     if "limits" in raw:
         config = replace(config, limits=_limits(raw["limits"]))
+    if "mqtt" in raw:
+        config = replace(config, mqtt=_mqtt(raw["mqtt"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -134,12 +150,20 @@ def _limits(raw: Any) -> Limits:
     for name, value in raw.items():
         kind = float if known[name].type in (float, "float") else int
         value = _typed(raw, name, (int, float) if kind is float else int, "limits.")
-        if value <= 0:
+        if value < 0 or (value == 0 and name not in ZERO_ALLOWED):
             raise ConfigError(f"limits.{name}: must be greater than 0")
         values[name] = kind(value)
     if values.get("max_packet_size", 1) > 268_435_455:
         raise ConfigError("limits.max_packet_size: at most 268435455 (MQTT's limit)")
     return Limits(**values)
+
+
+def _mqtt(raw: Any) -> MQTTSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("mqtt: must be a table")
+    _reject_unknown(raw, {"response_information"}, "mqtt.")
+    values = {name: _typed(raw, name, str, "mqtt.") for name in raw}
+    return MQTTSettings(**values)
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:

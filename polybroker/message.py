@@ -17,10 +17,11 @@ class Message:
     qos: int = 0
     retain: bool = False
     expiry: float | None = None  # deadline on the broker's clock (MQTT 5.0 / AMQP / STOMP)
+    payload_format: int | None = None  # 1: the payload is UTF-8 text (MQTT 5.0)
     content_type: str | None = None
     correlation_data: bytes | None = None
     response_topic: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # MQTT 5.0 user properties, in order
     origin_protocol: str = ""
     origin_client: str | None = None
     wire_cache: dict = field(default_factory=dict, compare=False, repr=False)

@@ -31,6 +31,7 @@ async def serve(
     """Run the broker until cancelled; ``task_status.started`` reports the bound ports."""
     broker = Broker(config)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.timers.run)
         bound = []
         for listener in config.listeners:
             sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)

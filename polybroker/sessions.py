@@ -1,13 +1,15 @@
 """Sessions: per-client state that outlives a connection, with the QoS delivery engine.
 
 Outbound rules (one session, any protocol adapter on the other side):
-- QoS 1/2 take a packet id and enter the in-flight window (``max_inflight_messages``);
-  beyond it they wait in ``queued`` in arrival order.
+- QoS 1/2 take a packet id and enter the in-flight window; beyond it they wait in
+  ``queued`` in arrival order. The window is the smaller of ``max_inflight_messages``
+  and what the client accepts (MQTT 5.0 Receive Maximum).
 - QoS 0 goes straight to the connection, unless messages already wait in ``queued``:
   then it waits behind them, so the client sees messages in the order they came.
   While offline, QoS 0 is not kept.
 - ``queued`` is bounded by ``max_queued_messages``; when full the *new* message is
   dropped for this session and counted (policy "drop new", as Mosquitto does).
+- A message whose expiry deadline has passed is dropped instead of sent.
 - QoS 1: PUBLISH -> PUBACK frees the slot. QoS 2: PUBLISH -> PUBREC, we send PUBREL
   -> PUBCOMP frees the slot.
 - On reconnect every in-flight message is resent in order: PUBLISH with DUP for those
@@ -18,23 +20,28 @@ PUBLISH (DUP) is acknowledged but not routed again.
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .config import Limits
 from .message import Message
 
+if TYPE_CHECKING:
+    from .shared import SharedGroup
+    from .timers import TimerHandle
+
 log = logging.getLogger("polybroker.sessions")
 
 MAX_PACKET_ID = 65535
+NEVER_EXPIRES = 0xFFFFFFFF
 
 
 class SessionLink(Protocol):
     """The connection side of a session; each protocol adapter implements it."""
 
-    def send_publish(
-        self, message: Message, qos: int, packet_id: int | None, retain: bool, dup: bool
-    ) -> None: ...
+    def send_publish(self, delivery: "Delivery", packet_id: int | None, dup: bool) -> bool:
+        """Write a PUBLISH; False if the client cannot take it (too large: drop it)."""
 
     def send_pubrel(self, packet_id: int) -> None: ...
 
@@ -47,13 +54,20 @@ class SessionLink(Protocol):
 @dataclass(frozen=True, slots=True)
 class SubscriptionOptions:
     qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    subscription_id: int | None = None
 
 
 @dataclass(slots=True)
-class Inflight:
+class Delivery:
+    """A message on its way to one session, at the QoS it is delivered with."""
+
     message: Message
     qos: int
     retain: bool
+    subscription_ids: tuple[int, ...] = ()
+    group: "SharedGroup | None" = None  # set when it came through a shared subscription
     released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
 
 
@@ -63,24 +77,36 @@ class Session:
     __slots__ = (
         "_next_id",
         "client_id",
+        "clock",
         "dropped",
+        "expiry_interval",
+        "expiry_timer",
         "inbound_qos2",
         "inflight",
         "limits",
         "link",
-        "persistent",
         "queued",
+        "receive_maximum",
         "subscriptions",
+        "will_timer",
     )
 
-    def __init__(self, client_id: str, persistent: bool, limits: Limits) -> None:
+    def __init__(
+        self, client_id: str, limits: Limits, clock: Callable[[], float], expiry_interval: int
+    ) -> None:
         self.client_id = client_id
-        self.persistent = persistent
         self.limits = limits
+        self.clock = clock
+        # Seconds the session outlives its connection; NEVER_EXPIRES for ever (3.1.1
+        # clean session 0), 0 to end with the connection (clean session 1).
+        self.expiry_interval = expiry_interval
+        self.expiry_timer: TimerHandle | None = None
+        self.will_timer: TimerHandle | None = None
         self.subscriptions: dict[str, SubscriptionOptions] = {}
         self.link: SessionLink | None = None
-        self.inflight: dict[int, Inflight] = {}  # insertion order is send order
-        self.queued: deque[tuple[Message, int, bool]] = deque()
+        self.receive_maximum = limits.max_inflight_messages
+        self.inflight: dict[int, Delivery] = {}  # insertion order is send order
+        self.queued: deque[Delivery] = deque()
         self.inbound_qos2: set[int] = set()
         self.dropped = 0
         self._next_id = 1
@@ -90,24 +116,27 @@ class Session:
 
     # -- delivery to the client -------------------------------------------------------
 
-    def deliver(self, message: Message, qos: int, retain: bool) -> None:
+    def deliver(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] = (),
+        group: "SharedGroup | None" = None,
+    ) -> None:
         """Deliver at ``qos`` (already downgraded to the granted QoS)."""
         link = self.link
         if link is None:
             if qos:  # QoS 0 is not kept for an offline client
-                self._enqueue(message, qos, retain)
-        elif self.queued:
-            self._enqueue(message, qos, retain)  # behind what waits, to keep the order
-        elif qos == 0:
-            link.send_publish(message, 0, None, retain, False)
-        elif len(self.inflight) < self.limits.max_inflight_messages:
-            self._send_new(link, message, qos, retain)
+                self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
+        elif self.queued or (qos and len(self.inflight) >= self.receive_maximum):
+            self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
         else:
-            self._enqueue(message, qos, retain)
+            self._send(link, Delivery(message, qos, retain, subscription_ids, group))
 
-    def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
+    def _enqueue(self, delivery: Delivery) -> None:
         if len(self.queued) < self.limits.max_queued_messages:
-            self.queued.append((message, qos, retain))
+            self.queued.append(delivery)
             return
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -116,10 +145,16 @@ class Session:
                 self.client_id, len(self.queued), self.dropped,
             )
 
-    def _send_new(self, link: SessionLink, message: Message, qos: int, retain: bool) -> None:
+    def _send(self, link: SessionLink, delivery: Delivery) -> None:
+        expiry = delivery.message.expiry
+        if expiry is not None and expiry <= self.clock():
+            return  # expired while waiting: not delivered (MQTT 5.0 [MQTT-3.3.2-5])
+        if not delivery.qos:
+            link.send_publish(delivery, None, False)
+            return
         packet_id = self._allocate_packet_id()
-        self.inflight[packet_id] = Inflight(message, qos, retain)
-        link.send_publish(message, qos, packet_id, retain, False)
+        if link.send_publish(delivery, packet_id, False):
+            self.inflight[packet_id] = delivery
 
     def _allocate_packet_id(self) -> int:
         # The window is far smaller than the id space, so a free id is always near.
@@ -131,56 +166,65 @@ class Session:
 
     def _fill_window(self) -> None:
         link = self.link
-        limit = self.limits.max_inflight_messages
         queued = self.queued
-        while link is not None and queued and (queued[0][1] == 0 or len(self.inflight) < limit):
-            message, qos, retain = queued.popleft()
-            if qos:
-                self._send_new(link, message, qos, retain)
-            else:
-                link.send_publish(message, 0, None, retain, False)
+        while link is not None and queued and (
+            queued[0].qos == 0 or len(self.inflight) < self.receive_maximum
+        ):
+            self._send(link, queued.popleft())
 
     # -- acknowledgements from the client ---------------------------------------------
 
     def puback(self, packet_id: int) -> bool:
-        entry = self.inflight.get(packet_id)
-        if entry is None or entry.qos != 1:
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.qos != 1:
             return False
         del self.inflight[packet_id]
         self._fill_window()
         return True
 
     def pubrec(self, packet_id: int) -> bool:
-        """Mark a QoS 2 message received; the caller's link gets the PUBREL."""
-        entry = self.inflight.get(packet_id)
-        known = entry is not None and entry.qos == 2
-        if known:
-            entry.released = True
-        # A PUBREC for an id we no longer hold still gets a PUBREL, so the client
-        # can finish its side of the flow instead of waiting forever.
-        if self.link is not None:
-            self.link.send_pubrel(packet_id)
-        return known
+        """Mark a QoS 2 message received; the caller answers with PUBREL."""
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or delivery.qos != 2:
+            return False
+        delivery.released = True
+        return True
 
     def pubcomp(self, packet_id: int) -> bool:
-        entry = self.inflight.get(packet_id)
-        if entry is None or not entry.released:
+        delivery = self.inflight.get(packet_id)
+        if delivery is None or not delivery.released:
             return False
         del self.inflight[packet_id]
         self._fill_window()
         return True
+
+    def drop_inflight(self, packet_id: int) -> None:
+        """The client refused a message (MQTT 5.0 PUBACK/PUBREC reason >= 0x80)."""
+        if self.inflight.pop(packet_id, None) is not None:
+            self._fill_window()
 
     # -- connection life cycle ---------------------------------------------------------
 
     def attach(self, link: SessionLink) -> None:
         """Bind a connection and resend what is unacknowledged [MQTT-4.4.0-1]."""
         self.link = link
-        for packet_id, entry in list(self.inflight.items()):
-            if entry.released:
+        for packet_id, delivery in list(self.inflight.items()):
+            if delivery.released:
                 link.send_pubrel(packet_id)
-            else:
-                link.send_publish(entry.message, entry.qos, packet_id, entry.retain, True)
+            elif not link.send_publish(delivery, packet_id, True):
+                del self.inflight[packet_id]
         self._fill_window()
 
     def detach(self) -> None:
         self.link = None
+
+    def take_shared_deliveries(self) -> list[Delivery]:
+        """Remove and return what came through shared subscriptions and is not yet
+        received by the client, so the group can hand it to another member."""
+        taken = [d for d in self.inflight.values() if d.group is not None and not d.released]
+        self.inflight = {
+            pid: d for pid, d in self.inflight.items() if d.group is None or d.released
+        }
+        taken.extend(d for d in self.queued if d.group is not None)
+        self.queued = deque(d for d in self.queued if d.group is None)
+        return taken

@@ -1,4 +1,4 @@
-"""MQTT adapter: one connection's packets in, broker core calls out, and back.
+"""MQTT adapter (3.1, 3.1.1, 5.0): one connection's packets in, broker core calls out.
 
 Two tasks per connection: the reader parses whatever one receive returns and
 handles every packet in it synchronously (no task switch per message); the writer
@@ -11,11 +11,14 @@ import math
 
 import trio
 
+from ..auth import AuthExchange
 from ..broker import Broker
 from ..message import Message
 from ..protocols.mqtt import (
     CONNACK_IDENTIFIER_REJECTED,
     MQTT_3_1,
+    MQTT_5,
+    Auth,
     ConnAck,
     Connect,
     Disconnect,
@@ -32,14 +35,26 @@ from ..protocols.mqtt import (
     Subscribe,
     UnsubAck,
     Unsubscribe,
-    encode_publish,
 )
-from ..sessions import Session
+from ..protocols.mqtt import properties as prop
+from ..protocols.mqtt import reason_codes as rc
+from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
+from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
 
 RECEIVE_SIZE = 65536
 MAX_QOS = 2
+UNBOUNDED = 268_435_460  # larger than any MQTT packet
+
+
+class Closing(Exception):
+    """Close the connection; at 5.0 send DISCONNECT with ``reason_code`` first."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class MQTTClientConnection:
@@ -51,11 +66,18 @@ class MQTTClientConnection:
         self.limits = broker.limits
         self.peer = peer
         self.conn = ServerConnection(max_packet_size=self.limits.max_packet_size)
+        self.level = 4
         self.client_id: str | None = None
         self.session: Session | None = None
         self.will: Message | None = None
+        self.will_delay = 0
         self.keep_alive = 0
+        self.encoder = PublishEncoder(4, UNBOUNDED, 0)
+        self.inbound_aliases: dict[int, str] = {}
+        self.problem_information = True  # MQTT 5.0 Request Problem Information
         self.qos0_dropped = 0
+        self._auth: AuthExchange | None = None
+        self._pending_connect: Connect | None = None
         self._taken_over = False
         self._closing = False
         self._wakeup = trio.Event()
@@ -66,6 +88,7 @@ class MQTTClientConnection:
         return f"{self.client_id or '<no id>'} ({self.peer})"
 
     async def run(self) -> None:
+        self.broker.connection_opened(self)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
@@ -77,7 +100,15 @@ class MQTTClientConnection:
                     self._closing = True
                     self._wakeup.set()
         finally:
+            self.broker.connection_closed(self)
             await trio.aclose_forcefully(self.stream)
+
+    def close_for_shutdown(self) -> None:
+        """The broker is stopping: a 5.0 client is told so (0x8B), then the writer drains."""
+        if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
+            self.conn.send(Disconnect(rc.SERVER_SHUTTING_DOWN))
+        log.info("client %s: closing: server shutting down", self.name)
+        self._read_scope.cancel()
 
     # -- I/O loops ------------------------------------------------------------------------
 
@@ -94,24 +125,39 @@ class MQTTClientConnection:
                 if not data:
                     log.info("client %s: closed the connection without DISCONNECT", self.name)
                     return
-            if not data:
-                reason = "keep-alive timeout" if self.session else "no CONNECT in time"
-                log.info("client %s: closing: %s", self.name, reason)
-                return
             try:
-                packets = self.conn.receive_data(data)
-            except MQTTError as exc:
-                self._refuse(exc)
-                return
-            for packet in packets:
-                if not self._handle(packet):
+                if not data:
+                    if self.session is None:
+                        raise Closing(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
+                    raise Closing(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")  # [MQTT-3.1.2-22]
+                if not self._receive(data):
                     return
-            if packets and self.session is not None:
+            except Closing as close:
+                self._disconnect(close.reason_code, close.reason)
+                return
+            if self.session is not None:
                 # [MQTT-3.1.2-24]: one and a half times the keep alive, 0 means none.
                 keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
                 deadline = trio.current_time() + keep_alive
             if self.conn.pending_bytes:
                 self._wakeup.set()
+
+    def _receive(self, data: bytes) -> bool:
+        """Handle one read's worth of packets; False closes the connection."""
+        try:
+            packets = self.conn.receive_data(data)
+        except MQTTError as exc:
+            if self.session is None and self._pending_connect is None:
+                self._refuse_connect(exc)
+                return False
+            raise Closing(exc.reason_code, exc.reason) from None
+        for packet in packets:
+            handler = _HANDLERS.get(type(packet))
+            if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
+                raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
+            if not handler(self, packet):
+                return False
+        return True
 
     async def _write_loop(self) -> None:
         try:
@@ -132,109 +178,293 @@ class MQTTClientConnection:
             pass
         self._read_scope.cancel()
 
-    def _refuse(self, exc: MQTTError) -> None:
-        if self.session is None and exc.connack_code is not None:
+    def _refuse_connect(self, exc: MQTTError) -> None:
+        """A bad CONNECT: answer with a CONNACK where the spec asks for one, then close."""
+        level = self.conn.protocol_level or 4
+        if level >= MQTT_5:
+            self.conn.send(ConnAck(return_code=exc.reason_code))
+        elif exc.connack_code is not None:
             self.conn.send(ConnAck(return_code=exc.connack_code))
-        log.warning("client %s: closing: %s", self.name, exc.reason)
+        log.warning("client %s: refused: %s", self.name, exc.reason)
+
+    def _disconnect(self, reason_code: int, reason: str) -> None:
+        """Close from the server side; a 5.0 client is told why [MQTT-4.13.1-1]."""
+        if self.session is None and self.level >= MQTT_5 and self._pending_connect is None:
+            self.conn.send(ConnAck(return_code=reason_code))
+        elif self.level >= MQTT_5:
+            props = {prop.REASON_STRING: reason} if self.problem_information else {}
+            self.conn.send(Disconnect(reason_code, props))
+        log.warning("client %s: closing: %s", self.name, reason)
 
     def _end(self) -> None:
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
-        if self.will is not None:
-            log.info("client %s: publishing will to %s", self.name, self.will.topic)
-            self.broker.publish(self.will)
-            self.will = None
-        if self.session is not None and not self._taken_over:
-            self.broker.close_session(self.session, self)
+        session, will = self.session, self.will
+        self.will = None
+        if will is not None and self.will_delay:
+            log.info("client %s: will to %s delayed %ds", self.name, will.topic, self.will_delay)
+        elif will is not None:
+            log.info("client %s: publishing will to %s", self.name, will.topic)
+        if session is not None and not self._taken_over:
+            self.broker.close_session(session, self, will, self.will_delay)
+        elif will is not None and self.will_delay == 0:
+            # Taken over: the session goes on, but this connection ended without DISCONNECT.
+            self.broker.publish(will)
         if self.qos0_dropped:
             log.warning("client %s: %d QoS 0 message(s) dropped (slow reader)",
                         self.name, self.qos0_dropped)
 
-    # -- packets from the client ----------------------------------------------------------
-
-    def _handle(self, packet: object) -> bool:
-        """Handle one packet; False closes the connection."""
-        handler = _HANDLERS.get(type(packet))
-        if handler is None:
-            log.warning("client %s: closing: unexpected %s", self.name, type(packet).__name__)
-            return False
-        return handler(self, packet)
+    # -- connecting -----------------------------------------------------------------------
 
     def _on_connect(self, packet: Connect) -> bool:
+        self.level = packet.protocol_level
+        props = packet.properties
+        if self.level >= MQTT_5:
+            self.problem_information = props.get(prop.REQUEST_PROBLEM_INFORMATION, 1) == 1
+        method = props.get(prop.AUTHENTICATION_METHOD)
+        if method is None:
+            return self._accept(packet)
+        authenticator = self.broker.authenticators.get(method)
+        if authenticator is None:
+            self.conn.send(ConnAck(return_code=rc.BAD_AUTHENTICATION_METHOD))
+            log.warning("client %s: refused: unknown authentication method %r",
+                        self.name, method)
+            return False
+        self._pending_connect = packet
+        self._auth = authenticator.start()
+        return self._auth_step(props.get(prop.AUTHENTICATION_DATA))
+
+    def _on_auth(self, packet: Auth) -> bool:
+        if self._auth is None or packet.reason_code != rc.CONTINUE_AUTHENTICATION:
+            raise Closing(rc.PROTOCOL_ERROR, "unexpected AUTH")
+        method = packet.properties.get(prop.AUTHENTICATION_METHOD)
+        if method != self._pending_connect.properties[prop.AUTHENTICATION_METHOD]:
+            raise Closing(rc.PROTOCOL_ERROR, "AUTH with another method")  # [MQTT-4.12.0-5]
+        return self._auth_step(packet.properties.get(prop.AUTHENTICATION_DATA))
+
+    def _auth_step(self, data: bytes | None) -> bool:
+        step = self._auth.step(data)
+        method = self._pending_connect.properties[prop.AUTHENTICATION_METHOD]
+        if not step.done:
+            props = {prop.AUTHENTICATION_METHOD: method}
+            if step.data is not None:
+                props[prop.AUTHENTICATION_DATA] = step.data
+            self.conn.send(Auth(rc.CONTINUE_AUTHENTICATION, props))
+            return True
+        if not step.ok:
+            self.conn.send(ConnAck(return_code=rc.NOT_AUTHORIZED))
+            log.warning("client %s: refused: %s authentication failed", self.name, method)
+            return False
+        extra = {prop.AUTHENTICATION_METHOD: method}
+        if step.data is not None:
+            extra[prop.AUTHENTICATION_DATA] = step.data
+        packet, self._pending_connect, self._auth = self._pending_connect, None, None
+        return self._accept(packet, extra)
+
+    def _accept(self, packet: Connect, extra: dict | None = None) -> bool:
+        v5 = self.level >= MQTT_5
+        props = packet.properties
         client_id = packet.client_id
+        connack_props: dict[int, object] = dict(extra or {})
         if not client_id:
-            if not packet.clean_session:
+            if not packet.clean_session and not v5:
                 # [MQTT-3.1.3-8]: empty id needs clean session; CONNACK 0x02, then close.
                 self.conn.send(ConnAck(return_code=CONNACK_IDENTIFIER_REJECTED))
                 log.warning("client (%s): refused: empty client id without clean session",
                             self.peer)
                 return False
             client_id = self.broker.generate_client_id()  # [MQTT-3.1.3-6]
+            if v5:
+                connack_props[prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
         self.client_id = client_id
         self.keep_alive = packet.keep_alive
+        if v5:
+            expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
+            connack_props.update(self._server_properties(props))
+        else:
+            expiry = 0 if packet.clean_session else NEVER_EXPIRES
         if packet.will is not None:
-            will = packet.will
-            self.will = Message(will.topic, will.payload, will.qos, will.retain,
-                                origin_protocol="mqtt", origin_client=client_id)
-        session, present = self.broker.open_session(client_id, packet.clean_session)
+            self.will = self._will_message(packet.will, client_id)
+        session, present = self.broker.open_session(client_id, packet.clean_session, expiry)
         self.session = session
+        if v5:
+            session.receive_maximum = min(
+                self.limits.max_inflight_messages, props.get(prop.RECEIVE_MAXIMUM, 65535)
+            )
+            self.encoder = PublishEncoder(
+                MQTT_5, props.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED),
+                props.get(prop.TOPIC_ALIAS_MAXIMUM, 0),
+            )
+        else:
+            session.receive_maximum = self.limits.max_inflight_messages
+            self.encoder = PublishEncoder(self.level, UNBOUNDED, 0)
         # 3.1 has no session-present flag; 3.1.1 sets it only for a resumed session.
         present = present and packet.protocol_level != MQTT_3_1
-        self.conn.send(ConnAck(session_present=present))
+        self.conn.send(ConnAck(session_present=present, properties=connack_props))
         session.attach(self)
-        log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds)",
-                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive)
+        log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
+                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
+                 f", session expiry {expiry}s" if v5 else "")
         return True
 
+    def _server_properties(self, props: dict) -> dict[int, object]:
+        """What a 5.0 CONNACK tells the client about this server [MQTT-3.2.2-*]."""
+        limits = self.limits
+        result: dict[int, object] = {
+            prop.RECEIVE_MAXIMUM: limits.receive_maximum,
+            prop.TOPIC_ALIAS_MAXIMUM: limits.topic_alias_maximum,
+            prop.RETAIN_AVAILABLE: 1,
+            prop.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
+            prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 1,
+            prop.SHARED_SUBSCRIPTION_AVAILABLE: 1,
+        }
+        # Maximum QoS is 2, which is said by leaving it out [MQTT-3.2.2-9].
+        if limits.max_packet_size < 268_435_455:
+            result[prop.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+        info = self.broker.config.mqtt.response_information
+        if props.get(prop.REQUEST_RESPONSE_INFORMATION) == 1 and info:
+            result[prop.RESPONSE_INFORMATION] = info
+        return result
+
+    def _will_message(self, will, client_id: str) -> Message:
+        props = will.properties
+        self.will_delay = props.get(prop.WILL_DELAY_INTERVAL, 0)
+        expiry = props.get(prop.MESSAGE_EXPIRY_INTERVAL)
+        return Message(
+            will.topic, will.payload, will.qos, will.retain,
+            expiry=None if expiry is None else self.broker.clock() + expiry,
+            payload_format=props.get(prop.PAYLOAD_FORMAT_INDICATOR),
+            content_type=props.get(prop.CONTENT_TYPE),
+            correlation_data=props.get(prop.CORRELATION_DATA),
+            response_topic=props.get(prop.RESPONSE_TOPIC),
+            headers=props.get(prop.USER_PROPERTY, ()),
+            origin_protocol="mqtt", origin_client=client_id,
+        )
+
+    # -- publishing -----------------------------------------------------------------------
+
     def _on_publish(self, packet: Publish) -> bool:
+        topic = packet.topic
+        reason = rc.SUCCESS
+        if self.level >= MQTT_5:
+            topic = self._resolve_alias(packet)
+            reason = self._check_publish5(packet)
         if packet.qos == 2:
             inbound = self.session.inbound_qos2
             if packet.packet_id not in inbound:  # a resent PUBLISH is not routed again
-                inbound.add(packet.packet_id)
-                self._route(packet)
-            self.conn.send(PubRec(packet.packet_id))
+                if len(inbound) >= self.limits.receive_maximum and self.level >= MQTT_5:
+                    raise Closing(rc.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
+                if reason == rc.SUCCESS:
+                    reason = self._route(packet, topic)
+                    inbound.add(packet.packet_id)
+            self.conn.send(PubRec(packet.packet_id, self._ack_code(reason)))
             return True
-        self._route(packet)
+        if reason == rc.SUCCESS:
+            reason = self._route(packet, topic)
         if packet.qos == 1:
-            self.conn.send(PubAck(packet.packet_id))
+            self.conn.send(PubAck(packet.packet_id, self._ack_code(reason)))
+        elif reason >= 0x80:
+            raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
         return True
 
-    def _route(self, packet: Publish) -> None:
-        self.broker.publish(Message(
-            packet.topic, packet.payload, packet.qos, packet.retain,
+    def _ack_code(self, reason: int) -> int:
+        return reason if self.level >= MQTT_5 else 0
+
+    def _resolve_alias(self, packet: Publish) -> str:
+        """Apply an inbound topic alias [MQTT-3.3.2-7 .. -10]."""
+        alias = packet.properties.get(prop.TOPIC_ALIAS)
+        if alias is None:
+            if not packet.topic:
+                raise Closing(rc.PROTOCOL_ERROR, "empty topic without topic alias")
+            return packet.topic
+        if not 0 < alias <= self.limits.topic_alias_maximum:
+            raise Closing(rc.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+        if packet.topic:
+            self.inbound_aliases[alias] = packet.topic
+            return packet.topic
+        topic = self.inbound_aliases.get(alias)
+        if topic is None:
+            raise Closing(rc.PROTOCOL_ERROR, f"topic alias {alias} not set")
+        return topic
+
+    def _check_publish5(self, packet: Publish) -> int:
+        props = packet.properties
+        if prop.SUBSCRIPTION_IDENTIFIER in props:
+            raise Closing(rc.PROTOCOL_ERROR, "subscription identifier from a client")
+        if props.get(prop.PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                packet.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return rc.PAYLOAD_FORMAT_INVALID  # [MQTT-3.3.2-4] (0x99)
+        return rc.SUCCESS
+
+    def _route(self, packet: Publish, topic: str) -> int:
+        props = packet.properties
+        expiry = props.get(prop.MESSAGE_EXPIRY_INTERVAL) if props else None
+        message = Message(
+            topic, packet.payload, packet.qos, packet.retain,
+            expiry=None if expiry is None else self.broker.clock() + expiry,
+            payload_format=props.get(prop.PAYLOAD_FORMAT_INDICATOR) if props else None,
+            content_type=props.get(prop.CONTENT_TYPE) if props else None,
+            correlation_data=props.get(prop.CORRELATION_DATA) if props else None,
+            response_topic=props.get(prop.RESPONSE_TOPIC) if props else None,
+            headers=props.get(prop.USER_PROPERTY, ()) if props else (),
             origin_protocol="mqtt", origin_client=self.client_id,
-        ))
+        )
+        delivered = self.broker.publish(message)
+        return rc.SUCCESS if delivered else rc.NO_MATCHING_SUBSCRIBERS
 
     def _on_puback(self, packet: PubAck) -> bool:
         self.session.puback(packet.packet_id)
         return True
 
     def _on_pubrec(self, packet: PubRec) -> bool:
-        self.session.pubrec(packet.packet_id)
+        if packet.reason_code >= 0x80:
+            self.session.drop_inflight(packet.packet_id)  # refused: no PUBREL [MQTT-4.3.3-4]
+            return True
+        known = self.session.pubrec(packet.packet_id)
+        code = rc.SUCCESS if known or self.level < MQTT_5 else rc.PACKET_IDENTIFIER_NOT_FOUND
+        self.conn.send(PubRel(packet.packet_id, code))
         return True
 
     def _on_pubrel(self, packet: PubRel) -> bool:
-        self.session.inbound_qos2.discard(packet.packet_id)
-        self.conn.send(PubComp(packet.packet_id))
+        inbound = self.session.inbound_qos2
+        known = packet.packet_id in inbound
+        inbound.discard(packet.packet_id)
+        code = rc.SUCCESS if known or self.level < MQTT_5 else rc.PACKET_IDENTIFIER_NOT_FOUND
+        self.conn.send(PubComp(packet.packet_id, code))
         return True
 
     def _on_pubcomp(self, packet: PubComp) -> bool:
         self.session.pubcomp(packet.packet_id)
         return True
 
+    # -- subscriptions --------------------------------------------------------------------
+
     def _on_subscribe(self, packet: Subscribe) -> bool:
-        granted = [
-            self.broker.subscribe(self.session, sub.topic_filter, min(sub.qos, MAX_QOS))
-            for sub in packet.subscriptions
-        ]
-        self.conn.send(SubAck(packet.packet_id, tuple(granted)))
-        for sub, qos in zip(packet.subscriptions, granted, strict=True):
-            self.broker.send_retained(self.session, sub.topic_filter, qos)
+        sub_id = packet.properties.get(prop.SUBSCRIPTION_IDENTIFIER)
+        codes, retained = [], []
+        for sub in packet.subscriptions:
+            if sub.no_local and sub.topic_filter.startswith("$share/"):
+                raise Closing(rc.PROTOCOL_ERROR, "No Local on a shared subscription")
+            qos = min(sub.qos, MAX_QOS)
+            options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
+            existed = self.broker.subscribe(self.session, sub.topic_filter, options)
+            codes.append(qos)
+            # Retain Handling: 0 always, 1 only for a new subscription, 2 never.
+            if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
+                retained.append((sub.topic_filter, qos))
+        self.conn.send(SubAck(packet.packet_id, tuple(codes)))
+        for topic_filter, qos in retained:
+            self.broker.send_retained(self.session, topic_filter, qos)
         return True
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> bool:
-        for topic_filter in packet.topic_filters:
-            self.broker.unsubscribe(self.session, topic_filter)
-        self.conn.send(UnsubAck(packet.packet_id))  # even when nothing matched [MQTT-3.10.4-5]
+        codes = tuple(
+            rc.SUCCESS if self.broker.unsubscribe(self.session, f) else rc.NO_SUBSCRIPTION_EXISTED
+            for f in packet.topic_filters
+        )
+        # An UNSUBACK even when nothing matched [MQTT-3.10.4-5]; 3.1.1 has no codes.
+        self.conn.send(UnsubAck(packet.packet_id, codes if self.level >= MQTT_5 else ()))
         return True
 
     def _on_pingreq(self, packet: PingReq) -> bool:
@@ -242,40 +472,34 @@ class MQTTClientConnection:
         return True
 
     def _on_disconnect(self, packet: Disconnect) -> bool:
+        if self.session is None:  # gave up during the authentication exchange
+            return False
+        if self.level >= MQTT_5:
+            expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
+            if expiry is not None:
+                if self.session.expiry_interval == 0 and expiry != 0:
+                    raise Closing(rc.PROTOCOL_ERROR, "session expiry set at DISCONNECT")
+                self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
+            if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
+                log.info("client %s: disconnected with will", self.name)
+                return False
         self.will = None  # [MQTT-3.14.4-3]: a clean disconnect discards the will
         log.info("client %s: disconnected", self.name)
         return False
 
     # -- the session's link: deliveries to the client ---------------------------------------
 
-    def send_publish(
-        self, message: Message, qos: int, packet_id: int | None, retain: bool, dup: bool
-    ) -> None:
-        cache = message.wire_cache
-        if qos == 0:
-            if self.conn.pending_bytes > self.limits.max_outgoing_bytes:
-                self.qos0_dropped += 1
-                return
-            key = ("mqtt", retain)  # 3.1 and 3.1.1 share one PUBLISH form
-            data = cache.get(key)
-            if data is None:
-                data = cache[key] = encode_publish(
-                    self._topic_bytes(message), message.payload, 0, retain, False, None
-                )
-        else:
-            data = encode_publish(
-                self._topic_bytes(message), message.payload, qos, retain, dup, packet_id
-            )
-        self.conn.send_bytes(data)
+    def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> bool:
+        conn = self.conn
+        if delivery.qos == 0 and conn.pending_bytes > self.limits.max_outgoing_bytes:
+            self.qos0_dropped += 1
+            return True  # dropped for a slow reader; counted, not an error
+        data = self.encoder.encode(delivery, packet_id, dup, self.broker.clock())
+        if data is None:
+            return False
+        conn.send_bytes(data)
         self._wakeup.set()
-
-    @staticmethod
-    def _topic_bytes(message: Message) -> bytes:
-        cache = message.wire_cache
-        topic = cache.get("topic")
-        if topic is None:
-            topic = cache["topic"] = message.topic.encode()
-        return topic
+        return True
 
     def send_pubrel(self, packet_id: int) -> None:
         self.conn.send(PubRel(packet_id))
@@ -283,11 +507,14 @@ class MQTTClientConnection:
 
     def session_taken_over(self) -> None:
         self._taken_over = True
+        if self.level >= MQTT_5:
+            self.conn.send(Disconnect(rc.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
         self._read_scope.cancel()
 
 
 _HANDLERS = {
     Connect: MQTTClientConnection._on_connect,
+    Auth: MQTTClientConnection._on_auth,
     Publish: MQTTClientConnection._on_publish,
     PubAck: MQTTClientConnection._on_puback,
     PubRec: MQTTClientConnection._on_pubrec,
@@ -298,6 +525,8 @@ _HANDLERS = {
     PingReq: MQTTClientConnection._on_pingreq,
     Disconnect: MQTTClientConnection._on_disconnect,
 }
+# Before the CONNACK only the authentication exchange may happen [MQTT-3.1.4-?].
+_BEFORE_CONNACK = {Connect, Auth, Disconnect}
 
 
 async def serve_mqtt(stream: trio.abc.Stream, broker: Broker, peer: str) -> None:

@@ -1,0 +1,61 @@
+"""Shared subscriptions (MQTT 5.0 ``$share/{group}/{filter}``): a subscriber kind whose
+members take turns, so each matching message goes to one member of the group."""
+
+from typing import TYPE_CHECKING
+
+from .message import Message
+
+if TYPE_CHECKING:
+    from .sessions import Session, SubscriptionOptions
+
+SHARE_PREFIX = "$share/"
+
+
+def split_shared_filter(topic_filter: str) -> tuple[str, str] | None:
+    """``$share/g/a/+`` -> ``("g", "a/+")``; None for an ordinary filter.
+
+    The codec has already checked that the group name is valid and non-empty.
+    """
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return None
+    group, _, inner = topic_filter[len(SHARE_PREFIX):].partition("/")
+    return group, inner
+
+
+class SharedGroup:
+    """One shared subscription: the members of a group on one filter."""
+
+    __slots__ = ("_turn", "members", "name", "topic_filter")
+
+    client_id = None  # never the publisher: No Local does not apply to shared subscriptions
+
+    def __init__(self, name: str, topic_filter: str) -> None:
+        self.name = name
+        self.topic_filter = topic_filter
+        self.members: dict[Session, SubscriptionOptions] = {}
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        return f"SharedGroup({self.name!r}, {self.topic_filter!r})"
+
+    def deliver(
+        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
+    ) -> None:
+        member = self.choose()
+        if member is not None:
+            self.deliver_to(member, message)
+
+    def deliver_to(self, member: "Session", message: Message) -> None:
+        options = self.members[member]
+        ids = (options.subscription_id,) if options.subscription_id else ()
+        retain = message.retain and options.retain_as_published
+        member.deliver(message, min(options.qos, message.qos), retain, ids, group=self)
+
+    def choose(self, exclude: "Session | None" = None) -> "Session | None":
+        """The next member in turn, preferring members that are connected."""
+        candidates = [m for m in self.members if m is not exclude]
+        if not candidates:
+            return None
+        connected = [m for m in candidates if m.link is not None] or candidates
+        self._turn += 1
+        return connected[self._turn % len(connected)]
