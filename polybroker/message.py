@@ -3,9 +3,13 @@
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Message:
     """An application message, normalized once at the edge where it entered the broker.
+
+    Never changed after it is built: every receiver shares the one object. (Not a
+    frozen dataclass only because building a frozen one costs four times as much, and
+    one is built per published message.)
 
     ``topic`` is in canonical MQTT form ("/"-separated levels). Protocol-specific
     extras ride in ``headers``. ``wire_cache`` holds encodings of this message per

@@ -35,6 +35,7 @@ from ..protocols.mqtt import (
     Subscribe,
     UnsubAck,
     Unsubscribe,
+    encode_ack,
 )
 from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
@@ -46,6 +47,9 @@ log = logging.getLogger("polybroker.mqtt")
 RECEIVE_SIZE = 65536
 MAX_QOS = 2
 UNBOUNDED = 268_435_460  # larger than any MQTT packet
+# First bytes of the acknowledgement packets (PUBREL has its required flag bits set).
+PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
+_ACK_TYPES = {PUBACK: PubAck, PUBREC: PubRec, PUBREL: PubRel, PUBCOMP: PubComp}
 
 
 class Closing(Exception):
@@ -356,18 +360,22 @@ class MQTTClientConnection:
                 if reason == rc.SUCCESS:
                     reason = self._route(packet, topic)
                     inbound.add(packet.packet_id)
-            self.conn.send(PubRec(packet.packet_id, self._ack_code(reason)))
+            self._ack(PUBREC, packet.packet_id, reason)
             return True
         if reason == rc.SUCCESS:
             reason = self._route(packet, topic)
         if packet.qos == 1:
-            self.conn.send(PubAck(packet.packet_id, self._ack_code(reason)))
+            self._ack(PUBACK, packet.packet_id, reason)
         elif reason >= 0x80:
             raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
         return True
 
-    def _ack_code(self, reason: int) -> int:
-        return reason if self.level >= MQTT_5 else 0
+    def _ack(self, first_byte: int, packet_id: int, reason: int) -> None:
+        """Send PUBACK/PUBREC/PUBREL/PUBCOMP; 3.1.1 has no reason codes."""
+        if reason == rc.SUCCESS or self.level < MQTT_5:
+            self.conn.send_bytes(encode_ack(first_byte, packet_id))
+        else:
+            self.conn.send(_ACK_TYPES[first_byte](packet_id, reason))
 
     def _resolve_alias(self, packet: Publish) -> str:
         """Apply an inbound topic alias [MQTT-3.3.2-7 .. -10]."""
@@ -422,16 +430,16 @@ class MQTTClientConnection:
             self.session.drop_inflight(packet.packet_id)  # refused: no PUBREL [MQTT-4.3.3-4]
             return True
         known = self.session.pubrec(packet.packet_id)
-        code = rc.SUCCESS if known or self.level < MQTT_5 else rc.PACKET_IDENTIFIER_NOT_FOUND
-        self.conn.send(PubRel(packet.packet_id, code))
+        reason = rc.SUCCESS if known else rc.PACKET_IDENTIFIER_NOT_FOUND
+        self._ack(PUBREL, packet.packet_id, reason)
         return True
 
     def _on_pubrel(self, packet: PubRel) -> bool:
         inbound = self.session.inbound_qos2
         known = packet.packet_id in inbound
         inbound.discard(packet.packet_id)
-        code = rc.SUCCESS if known or self.level < MQTT_5 else rc.PACKET_IDENTIFIER_NOT_FOUND
-        self.conn.send(PubComp(packet.packet_id, code))
+        reason = rc.SUCCESS if known else rc.PACKET_IDENTIFIER_NOT_FOUND
+        self._ack(PUBCOMP, packet.packet_id, reason)
         return True
 
     def _on_pubcomp(self, packet: PubComp) -> bool:
@@ -502,7 +510,7 @@ class MQTTClientConnection:
         return True
 
     def send_pubrel(self, packet_id: int) -> None:
-        self.conn.send(PubRel(packet_id))
+        self.conn.send_bytes(encode_ack(PUBREL, packet_id))
         self._wakeup.set()
 
     def session_taken_over(self) -> None:

@@ -11,6 +11,7 @@ from .codec import (
     MAX_REMAINING_LENGTH,
     PacketParser,
     encode,
+    encode_ack,
     encode_publish,
     encode_publish5,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "UnsupportedProtocolVersion",
     "Will",
     "encode",
+    "encode_ack",
     "encode_properties",
     "encode_publish",
     "encode_publish5",

@@ -789,6 +789,12 @@ def _string(text: str) -> bytes:
     return _binary(text.encode())
 
 
+def encode_ack(first_byte: int, packet_id: int) -> bytes:
+    """A PUBACK/PUBREC/PUBREL/PUBCOMP with no reason code or properties: 4 bytes, built
+    without a packet object (the broker answers every QoS 1/2 message with one)."""
+    return bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF))
+
+
 def encode_publish(
     topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool, packet_id: int | None
 ) -> bytes:
