@@ -134,34 +134,36 @@ class MQTTClientConnection:
                     if self.session is None:
                         raise Closing(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
                     raise Closing(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")  # [MQTT-3.1.2-22]
-                if not self._receive(data):
-                    return
+                received = self._receive(data)
             except Closing as close:
                 self._disconnect(close.reason_code, close.reason)
                 return
-            if self.session is not None:
-                # [MQTT-3.1.2-24]: one and a half times the keep alive, 0 means none.
+            if received is None:
+                return
+            if received and self.session is not None:
+                # Only a whole Control Packet restarts the keep-alive period, not stray
+                # bytes [MQTT-3.1.2-24]: one and a half times the keep alive, 0 is none.
                 keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
                 deadline = trio.current_time() + keep_alive
             if self.conn.pending_bytes:
                 self._wakeup.set()
 
-    def _receive(self, data: bytes) -> bool:
-        """Handle one read's worth of packets; False closes the connection."""
+    def _receive(self, data: bytes) -> int | None:
+        """Handle one read's worth of packets; return how many, or None to close."""
         try:
             packets = self.conn.receive_data(data)
         except MQTTError as exc:
             if self.session is None and self._pending_connect is None:
                 self._refuse_connect(exc)
-                return False
+                return None
             raise Closing(exc.reason_code, exc.reason) from None
         for packet in packets:
             handler = _HANDLERS.get(type(packet))
             if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
                 raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
             if not handler(self, packet):
-                return False
-        return True
+                return None
+        return len(packets)
 
     async def _write_loop(self) -> None:
         try:
