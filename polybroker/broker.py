@@ -130,11 +130,17 @@ class Broker:
                 self.publish(will)
             else:
                 delay = min(will_delay, interval)
-                session.will_timer = self.timers.call_later(delay, lambda: self.publish(will))
+                session.will_timer = self.timers.call_later(
+                    delay, lambda: self._publish_will(session, will)
+                )
         if interval == 0:
             self._discard(session)
         elif interval != NEVER_EXPIRES:
             session.expiry_timer = self.timers.call_later(interval, lambda: self._expire(session))
+
+    def _publish_will(self, session: Session, will: Message) -> None:
+        session.will_timer = None  # published once, by the delay or by the session's end
+        self.publish(will)
 
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:

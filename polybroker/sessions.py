@@ -219,12 +219,14 @@ class Session:
         self.link = None
 
     def take_shared_deliveries(self) -> list[Delivery]:
-        """Remove and return what came through shared subscriptions and is not yet
-        received by the client, so the group can hand it to another member."""
-        taken = [d for d in self.inflight.values() if d.group is not None and not d.released]
-        self.inflight = {
-            pid: d for pid, d in self.inflight.items() if d.group is None or d.released
-        }
+        """Remove and return what came through shared subscriptions and may go to another
+        member: everything still queued, and QoS 1 messages sent but not acknowledged.
+        A QoS 2 message once sent is completed with this client only [MQTT-4.8.2-4, -5]."""
+        def movable(d: Delivery) -> bool:
+            return d.group is not None and d.qos == 1
+
+        taken = [d for d in self.inflight.values() if movable(d)]
+        self.inflight = {pid: d for pid, d in self.inflight.items() if not movable(d)}
         taken.extend(d for d in self.queued if d.group is not None)
         self.queued = deque(d for d in self.queued if d.group is None)
         return taken

@@ -22,6 +22,16 @@ def split_shared_filter(topic_filter: str) -> tuple[str, str] | None:
     return group, inner
 
 
+def is_valid_shared_filter(topic_filter: str) -> bool:
+    """``$share/{name}/{filter}``: a name of one or more characters without ``+`` or ``#``,
+    then a non-empty filter [MQTT-4.8.2-1, -2]."""
+    parts = split_shared_filter(topic_filter)
+    if parts is None:
+        return True
+    group, inner = parts
+    return bool(group) and bool(inner) and "+" not in group and "#" not in group
+
+
 class SharedGroup:
     """One shared subscription: the members of a group on one filter."""
 

@@ -23,6 +23,7 @@ from ..protocols.mqtt import (
     Connect,
     Disconnect,
     MQTTError,
+    PacketType,
     PingReq,
     PingResp,
     PubAck,
@@ -35,11 +36,13 @@ from ..protocols.mqtt import (
     Subscribe,
     UnsubAck,
     Unsubscribe,
+    encode,
     encode_ack,
 )
 from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
+from ..shared import is_valid_shared_filter
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -194,13 +197,22 @@ class MQTTClientConnection:
         log.warning("client %s: refused: %s", self.name, exc.reason)
 
     def _disconnect(self, reason_code: int, reason: str) -> None:
-        """Close from the server side; a 5.0 client is told why [MQTT-4.13.1-1]."""
-        if self.session is None and self.level >= MQTT_5 and self._pending_connect is None:
-            self.conn.send(ConnAck(return_code=reason_code))
-        elif self.level >= MQTT_5:
-            props = {prop.REASON_STRING: reason} if self.problem_information else {}
-            self.conn.send(Disconnect(reason_code, props))
+        """Close from the server side; a 5.0 client is told why [MQTT-4.13.1-1]. Before
+        CONNACK only a CONNACK may say it, and no DISCONNECT is sent [MQTT-3.14.0-1]."""
         log.warning("client %s: closing: %s", self.name, reason)
+        if self.level < MQTT_5:
+            return
+        if self.session is None:
+            if rc.is_valid(PacketType.CONNACK, reason_code):
+                self.conn.send(ConnAck(return_code=reason_code))
+            return
+        packet = Disconnect(reason_code)
+        if self.problem_information:
+            with_reason = Disconnect(reason_code, {prop.REASON_STRING: reason})
+            # Only if it fits the client's Maximum Packet Size [MQTT-3.14.2-3].
+            if len(encode(with_reason, MQTT_5)) <= self.encoder.max_packet_size:
+                packet = with_reason
+        self.conn.send(packet)
 
     def _end(self) -> None:
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
@@ -456,6 +468,10 @@ class MQTTClientConnection:
         for sub in packet.subscriptions:
             if sub.no_local and sub.topic_filter.startswith("$share/"):
                 raise Closing(rc.PROTOCOL_ERROR, "No Local on a shared subscription")
+            if not is_valid_shared_filter(sub.topic_filter):
+                # 5.0: Topic Filter invalid; 3.1.1: Failure [MQTT-4.8.2-1, -2].
+                codes.append(rc.TOPIC_FILTER_INVALID if self.level >= MQTT_5 else 0x80)
+                continue
             qos = min(sub.qos, MAX_QOS)
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
             existed = self.broker.subscribe(self.session, sub.topic_filter, options)

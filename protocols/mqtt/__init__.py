@@ -22,6 +22,7 @@ from .errors import (
     MQTTError,
     PacketTooLarge,
     ProtocolError,
+    TopicAliasInvalid,
     UnsupportedProtocolVersion,
 )
 from .packets import (
@@ -94,6 +95,7 @@ __all__ = [
     "SubAck",
     "Subscribe",
     "Subscription",
+    "TopicAliasInvalid",
     "UnsubAck",
     "Unsubscribe",
     "UnsupportedProtocolVersion",

@@ -36,6 +36,12 @@ class ProtocolError(MQTTError):
     reason_code = 0x82
 
 
+class TopicAliasInvalid(ProtocolError):
+    """A Topic Alias of 0 [MQTT-3.3.2-8] (the receiver answers 0x94)."""
+
+    reason_code = 0x94
+
+
 class UnsupportedProtocolVersion(MQTTError):
     """CONNECT names a protocol level the server does not speak [MQTT-3.1.2-2]."""
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
-from .errors import MalformedPacket, ProtocolError
+from .errors import MalformedPacket, ProtocolError, TopicAliasInvalid
 from .packets import PacketType
 from .topics import is_valid_topic_name
 
@@ -291,7 +291,8 @@ def parse_properties(buf: bytes | bytearray | memoryview, packet_kind: int) -> d
         if rule is not None:
             problem = rule(value)
             if problem is not None:
-                raise ProtocolError(f"{where}: {name} has {problem}")
+                error = TopicAliasInvalid if ident == TOPIC_ALIAS else ProtocolError
+                raise error(f"{where}: {name} has {problem}")
         if ident == USER_PROPERTY:
             if pairs is None:
                 pairs = []
