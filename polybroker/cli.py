@@ -1,6 +1,7 @@
 """The ``polybroker`` command."""
 
 import argparse
+import getpass
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
+from .auth import ScramCredential
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
 from .server import RunningBroker, serve
 
@@ -36,11 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port-file", type=Path,
                      help="once listening, write each listener's URL (one a line) to this file")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    scram = commands.add_parser(
+        "scram-password",
+        help="print a SCRAM-SHA-256 credential line for [mqtt] scram_users_file; the "
+             "password is read from standard input (prompted on a terminal)",
+    )
+    scram.add_argument("user")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "scram-password":
+        return _scram_password(args.user)
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -53,9 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         trio.run(_serve_until_signal, config, args.port_file)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    return 0
+
+
+def _scram_password(user: str) -> int:
+    if ":" in user or not user:
+        print("polybroker: a user name must be non-empty and without ':'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {user}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("polybroker: empty password", file=sys.stderr)
+        return 2
+    print(f"{user}:{ScramCredential.from_password(password).to_rfc5803()}")
     return 0
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 SCHEMES = {"mqtt": ("mqtt", "tcp")}
 DEFAULT_PORTS = {"mqtt": 1883}
-ZERO_ALLOWED = {"topic_alias_maximum"}
+ZERO_ALLOWED = {"topic_alias_maximum", "max_subscriptions_per_client", "server_keep_alive"}
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,12 @@ class Limits:
     receive_maximum: int = 1024
     # MQTT 5.0 topic aliases a client may set (0: none); alias 0 or above: DISCONNECT 0x94.
     topic_alias_maximum: int = 64
+    # Subscriptions one client may hold (0: no limit); more are refused in the SUBACK
+    # (5.0: 0x97 Quota exceeded, 3.1.1: 0x80).
+    max_subscriptions_per_client: int = 0
+    # MQTT 5.0 Server Keep Alive: if set, replaces the client's keep alive and is sent in
+    # CONNACK (0: use the client's).
+    server_keep_alive: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,9 @@ class MQTTSettings:
     # MQTT 5.0: sent as Response Information to a client that asks for it (empty: never).
     # The client appends its own topic levels, e.g. "reply/" -> "reply/<client>/...".
     response_information: str = ""
+    # SCRAM-SHA-256 credentials for MQTT 5.0 enhanced authentication, one
+    # "user:credential" line each, written by `polybroker scram-password USER`.
+    scram_users_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +170,10 @@ def _limits(raw: Any) -> Limits:
 def _mqtt(raw: Any) -> MQTTSettings:
     if not isinstance(raw, dict):
         raise ConfigError("mqtt: must be a table")
-    _reject_unknown(raw, {"response_information"}, "mqtt.")
-    values = {name: _typed(raw, name, str, "mqtt.") for name in raw}
+    _reject_unknown(raw, {"response_information", "scram_users_file"}, "mqtt.")
+    values: dict[str, Any] = {name: _typed(raw, name, str, "mqtt.") for name in raw}
+    if "scram_users_file" in values:
+        values["scram_users_file"] = Path(values["scram_users_file"])
     return MQTTSettings(**values)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from .adapters.mqtt import serve_mqtt
+from .auth import ScramSha256, ScramUserStore
 from .broker import Broker
 from .config import BrokerConfig, ListenerConfig
 
@@ -30,6 +31,9 @@ async def serve(
 ) -> None:
     """Run the broker until cancelled; ``task_status.started`` reports the bound ports."""
     broker = Broker(config)
+    if config.mqtt.scram_users_file is not None:
+        users = ScramUserStore.load(config.mqtt.scram_users_file)
+        broker.authenticators[ScramSha256.method] = ScramSha256(users)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(broker.timers.run)
         bound = []

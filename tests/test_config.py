@@ -71,3 +71,18 @@ def test_cli_listen_replaces_configured_listeners():
 def test_cli_defaults_to_loopback_1883():
     config = _config_from_args(build_parser().parse_args(["serve"]))
     assert [lc.url for lc in config.listeners] == ["mqtt://127.0.0.1:1883"]
+
+
+def test_mqtt_table_and_new_limits_are_read():
+    config = config_from_dict({
+        "mqtt": {"response_information": "reply/", "scram_users_file": "users"},
+        "limits": {"max_subscriptions_per_client": 0, "server_keep_alive": 30},
+    })
+    assert config.mqtt.response_information == "reply/"
+    assert config.mqtt.scram_users_file == Path("users")
+    assert config.limits.server_keep_alive == 30
+
+
+def test_unknown_mqtt_key_is_rejected():
+    with pytest.raises(ConfigError, match=r"mqtt\.scram_file: unknown key"):
+        config_from_dict({"mqtt": {"scram_file": "x"}})

@@ -1373,3 +1373,35 @@ async def test_v311_publisher_reaches_a_v5_subscriber(nursery, broker):
     late = await client5(nursery, broker, "late")
     await subscribe5(late, "t/a")
     assert await late.receive() == Publish("t/a", b"hi", retain=True)
+
+
+# -- Limits and server overrides ----------------------------------------------------------------
+
+
+async def test_subscription_limit_answers_quota_exceeded_0x97(nursery):
+    broker = start_broker(nursery, max_subscriptions_per_client=2)
+    client = await client5(nursery, broker, "sub")
+    await send5(client, Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
+    assert (await client.receive()).return_codes == (1, 1)
+    # A third filter is refused; replacing an existing one is not a new subscription.
+    await send5(client, Subscribe(2, (Subscription("c", 1), Subscription("a", 0))))
+    assert (await client.receive()).return_codes == (rc.QUOTA_EXCEEDED, 0)
+    assert set(broker.sessions["sub"].subscriptions) == {"a", "b"}
+
+
+async def test_subscription_limit_answers_failure_at_3_1_1(nursery):
+    broker = start_broker(nursery, max_subscriptions_per_client=1)
+    client = await connect_client(nursery, broker)
+    await client.connect("old")
+    await client.send(Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
+    assert (await client.receive()).return_codes == (1, 0x80)
+
+
+async def test_MQTT_3_2_2_21_server_keep_alive_replaces_the_clients(nursery, autojump_clock):
+    broker = start_broker(nursery, server_keep_alive=4)
+    client, connack = await connect5(nursery, broker, "dev", keep_alive=600)
+    assert connack.properties[prop.SERVER_KEEP_ALIVE] == 4
+    start = trio.current_time()
+    packets = await client.receive_until_closed(timeout=60)
+    assert packets == [Disconnect(rc.KEEP_ALIVE_TIMEOUT, packets[0].properties)]
+    assert 6 <= trio.current_time() - start < 6.5  # 1.5 x the server's keep alive

@@ -298,6 +298,9 @@ class MQTTClientConnection:
         if v5:
             expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
             connack_props.update(self._server_properties(props))
+            if self.limits.server_keep_alive:
+                self.keep_alive = self.limits.server_keep_alive  # [MQTT-3.2.2-21]
+                connack_props[prop.SERVER_KEEP_ALIVE] = self.keep_alive
         else:
             expiry = 0 if packet.clean_session else NEVER_EXPIRES
         if packet.will is not None:
@@ -471,6 +474,13 @@ class MQTTClientConnection:
             if not is_valid_shared_filter(sub.topic_filter):
                 # 5.0: Topic Filter invalid; 3.1.1: Failure [MQTT-4.8.2-1, -2].
                 codes.append(rc.TOPIC_FILTER_INVALID if self.level >= MQTT_5 else 0x80)
+                continue
+            limit = self.limits.max_subscriptions_per_client
+            subscriptions = self.session.subscriptions
+            if limit and len(subscriptions) >= limit and sub.topic_filter not in subscriptions:
+                codes.append(rc.QUOTA_EXCEEDED if self.level >= MQTT_5 else 0x80)
+                log.warning("client %s: subscription to %s refused: limit of %d reached",
+                            self.name, sub.topic_filter, limit)
                 continue
             qos = min(sub.qos, MAX_QOS)
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
@@ -38,6 +39,24 @@ class ScramCredential:
         stored_key = hashlib.sha256(client_key).digest()
         return cls(salt, iterations, stored_key, _hmac(salted, b"Server Key"))
 
+    def to_rfc5803(self) -> str:
+        """``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (RFC 5803)."""
+        b64 = base64.b64encode
+        return (f"SCRAM-SHA-256${self.iterations}:{b64(self.salt).decode()}"
+                f"${b64(self.stored_key).decode()}:{b64(self.server_key).decode()}")
+
+    @classmethod
+    def from_rfc5803(cls, text: str) -> "ScramCredential":
+        scheme, _, rest = text.partition("$")
+        head, _, keys = rest.partition("$")
+        iterations, _, salt = head.partition(":")
+        stored, _, server = keys.partition(":")
+        if scheme != "SCRAM-SHA-256" or not (iterations.isdigit() and salt and stored and server):
+            raise ValueError("not a SCRAM-SHA-256 credential (RFC 5803 form)")
+        decode = base64.b64decode
+        return cls(decode(salt, validate=True), int(iterations),
+                   decode(stored, validate=True), decode(server, validate=True))
+
 
 class ScramUserStore:
     """Usernames to SCRAM credentials, in memory."""
@@ -50,6 +69,24 @@ class ScramUserStore:
 
     def get(self, username: str) -> ScramCredential | None:
         return self._users.get(username)
+
+    @classmethod
+    def load(cls, path: Path) -> "ScramUserStore":
+        """Read ``user:credential`` lines (``polybroker scram-password`` writes them);
+        blank lines and ``#`` comments are skipped."""
+        store = cls()
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, credential = line.partition(":")
+            try:
+                if not (sep and user):
+                    raise ValueError("expected user:credential")
+                store._users[user] = ScramCredential.from_rfc5803(credential)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None
+        return store
 
 
 class ScramSha256:
