@@ -40,7 +40,9 @@ class Limits:
     # offline). When full, new messages for that session are dropped and logged.
     max_queued_messages: int = 1000
     # Bytes waiting to be written to one connection; past this, QoS 0 deliveries to
-    # it are dropped (a slow reader must not grow the broker's memory).
+    # it are dropped (a slow reader must not grow the broker's memory); past twice
+    # this, the client is disconnected (5.0: 0x97 Quota exceeded) and its QoS 1/2
+    # messages stay in its session.
     max_outgoing_bytes: int = 8 * 1024 * 1024
     # Seconds a new connection has to send CONNECT.
     connect_timeout: float = 10.0

@@ -1405,3 +1405,25 @@ async def test_MQTT_3_2_2_21_server_keep_alive_replaces_the_clients(nursery, aut
     packets = await client.receive_until_closed(timeout=60)
     assert packets == [Disconnect(rc.KEEP_ALIVE_TIMEOUT, packets[0].properties)]
     assert 6 <= trio.current_time() - start < 6.5  # 1.5 x the server's keep alive
+
+
+async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery):
+    broker = start_broker(nursery, max_outgoing_bytes=10_000)
+    slow = await connect_client(nursery, broker, lockstep=True)
+    slow.parser.protocol_level = V5
+    await slow.send(Connect("slow", protocol_level=V5, clean_session=False,
+                            properties=expiry(600)), level=V5)
+    publisher = await client5(nursery, broker, "pub")
+    # Subscribing needs the slow client to read its CONNACK and SUBACK first.
+    assert (await slow.receive()).return_code == 0
+    await send5(slow, Subscribe(1, (Subscription("big", 1),)))
+    assert (await slow.receive()).return_codes == (1,)
+    for i in range(5):
+        await send5(publisher, Publish("big", b"x" * 8000, qos=1, packet_id=i + 1))
+    await publisher.publishes_until_idle()
+    packets = await slow.receive_until_closed()
+    assert packets[-1].reason_code == rc.QUOTA_EXCEEDED
+    assert isinstance(packets[-1], Disconnect)
+    # Nothing was acknowledged, so every message waits in the session for a reconnect.
+    session = broker.sessions["slow"]
+    assert len(session.inflight) + len(session.queued) == 5

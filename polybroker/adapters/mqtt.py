@@ -86,6 +86,7 @@ class MQTTClientConnection:
         self._auth: AuthExchange | None = None
         self._pending_connect: Connect | None = None
         self._taken_over = False
+        self._closing_slow = False
         self._closing = False
         self._wakeup = trio.Event()
         self._read_scope = trio.CancelScope()
@@ -535,6 +536,12 @@ class MQTTClientConnection:
             return False
         conn.send_bytes(data)
         self._wakeup.set()
+        if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
+            # QoS 1/2 are bounded in count, not bytes: a client that does not read large
+            # messages is disconnected; what it did not acknowledge stays in its session.
+            self._closing_slow = True
+            self._disconnect(rc.QUOTA_EXCEEDED, "outgoing quota exceeded: client does not read")
+            self._read_scope.cancel()
         return True
 
     def send_pubrel(self, packet_id: int) -> None:
