@@ -178,3 +178,22 @@ def test_cli_listen_replaces_configured_listeners():
 def test_cli_defaults_to_loopback_1883():
     config = _config_from_args(build_parser().parse_args(["serve"]))
     assert [lc.url for lc in config.listeners] == ["mqtt://127.0.0.1:1883"]
+
+
+def test_cli_tls_flags_apply_to_listen_urls_over_the_tls_table(tmp_path):
+    config_file = tmp_path / "broker.toml"
+    config_file.write_text('[tls]\ncertfile = "a.crt"\nkeyfile = "a.key"\ncafile = "ca.crt"\n')
+    args = build_parser().parse_args([
+        "serve", "--config", str(config_file), "--listen", "mqtts://127.0.0.1:0",
+        "--listen", "mqtt+ws://127.0.0.1:0/ws", "--certfile", "b.crt", "--require-certificate",
+    ])
+    tls_listener, ws_listener = _config_from_args(args).listeners
+    assert tls_listener.tls == TLSConfig(certfile=Path("b.crt"), keyfile=Path("a.key"),
+                                         cafile=Path("ca.crt"), require_certificate=True)
+    assert ws_listener.tls is None and ws_listener.path == "/ws"
+
+
+def test_cli_tls_listen_without_a_certificate_names_the_url():
+    args = build_parser().parse_args(["serve", "--listen", "mqtt+wss://127.0.0.1:0"])
+    with pytest.raises(ConfigError, match=r"--listen mqtt\+wss://127.0.0.1:0: certfile"):
+        _config_from_args(args)

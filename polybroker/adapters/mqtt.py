@@ -40,16 +40,23 @@ log = logging.getLogger("polybroker.mqtt")
 
 RECEIVE_SIZE = 65536
 MAX_QOS = 2
+# Seconds the closing handshake of the transport (TLS close_notify, WebSocket close)
+# may take before the connection is dropped regardless.
+CLOSE_TIMEOUT = 2.0
 
 
 class MQTTClientConnection:
     """Serves one MQTT client over one stream; also the session's link to that client."""
 
-    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, broker: Broker, peer: str, identity: str | None = None
+    ) -> None:
         self.stream = stream
         self.broker = broker
         self.limits = broker.limits
         self.peer = peer
+        # The client certificate's name (use_identity_as_username), for authentication.
+        self.identity = identity
         self.conn = ServerConnection(max_packet_size=self.limits.max_packet_size)
         self.client_id: str | None = None
         self.session: Session | None = None
@@ -77,7 +84,8 @@ class MQTTClientConnection:
                     self._closing = True
                     self._wakeup.set()
         finally:
-            await trio.aclose_forcefully(self.stream)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.stream.aclose()  # closed even when cancelled, as trio promises
 
     # -- I/O loops ------------------------------------------------------------------------
 
@@ -181,8 +189,9 @@ class MQTTClientConnection:
         present = present and packet.protocol_level != MQTT_3_1
         self.conn.send(ConnAck(session_present=present))
         session.attach(self)
-        log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds)",
-                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive)
+        log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
+                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
+                 f", certificate identity {self.identity}" if self.identity else "")
         return True
 
     def _on_publish(self, packet: Publish) -> bool:
@@ -300,6 +309,8 @@ _HANDLERS = {
 }
 
 
-async def serve_mqtt(stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
-    """Serve one MQTT client until it goes away."""
-    await MQTTClientConnection(stream, broker, peer).run()
+async def serve_mqtt(
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+) -> None:
+    """Serve one MQTT client until it goes away (``server.ProtocolHandler``)."""
+    await MQTTClientConnection(stream, broker, peer, identity).run()

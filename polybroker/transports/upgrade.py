@@ -10,6 +10,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import NoReturn
 
 import h11
@@ -125,7 +126,7 @@ async def _check_request(
     if ("websocket" not in (t.lower() for t in _tokens(headers.get(b"upgrade", b"")))
             or "upgrade" not in (t.lower() for t in _tokens(headers.get(b"connection", b"")))):
         await _refuse(stream, conn, 426, "this is a WebSocket endpoint: send an upgrade request",
-                      [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")])
+                      [(b"Upgrade", b"websocket")], connection=b"Upgrade, close")
     if headers.get(b"sec-websocket-version") != b"13":
         await _refuse(stream, conn, 426, "unsupported WebSocket version (13 is)",
                       [(b"Sec-WebSocket-Version", b"13")])
@@ -165,16 +166,18 @@ async def _choose_subprotocol(
 
 async def _refuse(
     stream: trio.abc.Stream, conn: h11.Connection, status: int, reason: str,
-    headers: Sequence[tuple[bytes, bytes]] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (), connection: bytes = b"close",
 ) -> NoReturn:
     """Answer with an HTTP error whose body says why, then raise UpgradeRefused."""
     body = (reason + "\n").encode()
     try:
-        data = conn.send(h11.Response(status_code=status, headers=[
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Content-Length", str(len(body)).encode()),
-            (b"Connection", b"close"), *headers,
-        ]))
+        data = conn.send(h11.Response(
+            status_code=status, reason=HTTPStatus(status).phrase, headers=[
+                (b"Content-Type", b"text/plain; charset=utf-8"),
+                (b"Content-Length", str(len(body)).encode()),
+                (b"Connection", connection), *headers,
+            ],
+        ))
         data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
     except h11.LocalProtocolError:
         raise UpgradeRefused(None, reason) from None  # too broken to answer
