@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from polybroker import server
-from polybroker.config import BrokerConfig, ConfigError, TLSConfig, parse_listen_url
+from polybroker.config import BrokerConfig, ConfigError, Limits, TLSConfig, parse_listen_url
 from polybroker.protocols.mqtt import ConnAck, Disconnect, Publish
 from polybroker.server import open_broker, start_listeners
 from polybroker.transports.upgrade import connect_websocket
@@ -224,3 +224,18 @@ async def test_failed_bind_leaves_nothing_bound():
             await start_listeners(config)
     with socket.socket() as again:
         again.bind(("127.0.0.1", free))
+
+
+async def test_an_opening_that_never_completes_is_closed_after_connect_timeout(caplog):
+    caplog.set_level(logging.INFO)
+    config = replace(config_for("auto://127.0.0.1:0", "mqtt+ws://127.0.0.1:0/mqtt"),
+                     limits=Limits(connect_timeout=0.2))
+    async with open_broker(config) as running:
+        halves = {running.port("auto"): b"\x10\x0c\x00",  # of an MQTT CONNECT
+                  running.port("mqtt", "ws"): b"GET /mqtt HTTP/1.1\r\nHost: x\r\n"}
+        for port, half in halves.items():
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(half)
+            with trio.fail_after(5):
+                assert await stream.receive_some() == b""
+        assert caplog.text.count("closed: not opened within 0.2s") == 2
