@@ -15,6 +15,7 @@ from .config import BrokerConfig, ConfigError, default_listeners, load_config, p
 from .server import RunningBroker, serve_listeners, start_listeners
 
 log = logging.getLogger("polybroker")
+TLS_FLAGS = ("certfile", "keyfile", "cafile", "require_certificate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,11 +119,12 @@ def _make_certs(args: argparse.Namespace) -> int:
 
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
     config = load_config(args.config) if args.config else BrokerConfig()
+    tls_flags = {name: value for name in TLS_FLAGS if (value := getattr(args, name)) is not None}
+    if tls_flags and not args.listen:
+        raise ConfigError("--certfile, --keyfile, --cafile and --require-certificate apply to "
+                          "--listen URLs; configured listeners take theirs from [tls]")
     if args.listen:
-        tls = replace(config.tls, **{
-            name: value for name in ("certfile", "keyfile", "cafile", "require_certificate")
-            if (value := getattr(args, name)) is not None
-        })
+        tls = replace(config.tls, **tls_flags)
         listeners = tuple(parse_listen_url(url, tls=tls) for url in args.listen)
         config = replace(config, listeners=listeners)
     elif not config.listeners:

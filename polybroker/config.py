@@ -243,10 +243,11 @@ def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerCon
     listener = _listener_address(table, prefix)
     websocket = listener.transport in WEBSOCKET_TRANSPORTS
     secure = listener.transport in SECURE_TRANSPORTS
-    for name in sorted(table.keys() & (_WEBSOCKET_KEYS if not websocket else set())):
-        raise ConfigError(f"{prefix}{name}: only for ws and wss listeners")
-    for name in sorted(table.keys() & (set(_TLS_KEYS) if not secure else set())):
-        raise ConfigError(f"{prefix}{name}: only for tls and wss listeners")
+    for keys, allowed, transports in ((_WEBSOCKET_KEYS, websocket, "ws and wss"),
+                                      (set(_TLS_KEYS), secure, "tls and wss")):
+        misplaced = sorted(table.keys() & keys)
+        if misplaced and not allowed:
+            raise ConfigError(f"{prefix}{misplaced[0]}: only for {transports} listeners")
     if "path" in table:
         path = _typed(table, "path", str, prefix)
         if not path.startswith("/") or "?" in path or "#" in path:
@@ -268,8 +269,8 @@ def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerCon
 def _listener_address(table: dict[str, Any], prefix: str) -> ListenerConfig:
     """From ``url``, or from ``protocol``, ``transport``, ``host`` and ``port``."""
     if "url" in table:
-        for name in sorted(table.keys() & _ADDRESS_KEYS):
-            raise ConfigError(f"{prefix}{name}: not allowed together with url")
+        if clash := sorted(table.keys() & _ADDRESS_KEYS):
+            raise ConfigError(f"{prefix}{clash[0]}: not allowed together with url")
         # TLS settings are applied by the caller, from the table and [tls].
         return _parse_url(_typed(table, "url", str, prefix), f"{prefix}url")
     if "protocol" not in table:

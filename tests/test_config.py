@@ -197,3 +197,9 @@ def test_cli_tls_listen_without_a_certificate_names_the_url():
     args = build_parser().parse_args(["serve", "--listen", "mqtt+wss://127.0.0.1:0"])
     with pytest.raises(ConfigError, match=r"--listen mqtt\+wss://127.0.0.1:0: certfile"):
         _config_from_args(args)
+
+
+def test_cli_tls_flags_without_listen_are_an_error():
+    args = build_parser().parse_args(["serve", "--certfile", "a.crt"])
+    with pytest.raises(ConfigError, match="apply to --listen URLs"):
+        _config_from_args(args)
