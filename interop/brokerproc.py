@@ -7,26 +7,40 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT = 20
 
 
 class BrokerProcess:
-    """``polybroker serve`` on a free loopback port; log lines are collected as they come."""
+    """``polybroker serve`` on free loopback ports; log lines are collected as they come.
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    ``listen`` are the ``--listen`` URLs (port 0); ``urls`` the bound ones, in order,
+    and ``port`` the first one's port.
+    """
+
+    def __init__(self, data_dir: Path, *extra: str,
+                 listen: Sequence[str] = ("mqtt://127.0.0.1:0",)) -> None:
         self.lines: list[str] = []
         self._events: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polybroker", "serve", "--listen", "mqtt://127.0.0.1:0",
+            [sys.executable, "-m", "polybroker", "serve",
+             *(arg for url in listen for arg in ("--listen", url)),
              "--data-dir", str(data_dir), *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )
         threading.Thread(target=self._drain, daemon=True).start()
-        line = self.wait_for_log(r"listening on mqtt://", STARTUP_TIMEOUT)
-        self.port = int(re.search(r":(\d+)$", line).group(1))
+        self.wait_for_log(r"polybroker \S+ ready", STARTUP_TIMEOUT)
+        self.urls = [match.group(1) for line in list(self.lines)
+                     if (match := re.search(r"listening on (\S+)$", line))]
+        self.port = self.port_of(self.urls[0].split(":", 1)[0])
+
+    def port_of(self, scheme: str) -> int:
+        """The port of the first listener with this URL scheme (``mqtt+ws``, ...)."""
+        url = next(u for u in self.urls if u.startswith(scheme + "://"))
+        return int(re.search(r":(\d+)(/|$)", url.split("]")[-1]).group(1))
 
     def _drain(self) -> None:
         for line in self.proc.stderr:

@@ -17,13 +17,13 @@ class OutputProcess:
     client to reach a state (connected, subscribed) before acting, without sleeping.
     """
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], **popen_options: object) -> None:
         self.argv = list(argv)
         self.lines: list[str] = []
         self._events: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            stderr=subprocess.STDOUT, text=True, errors="replace", **popen_options,
         )
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()

@@ -1,11 +1,17 @@
 #!/bin/sh
-# Installs the third-party clients the interop tests drive (Debian packages).
+# Installs the third-party clients the interop tests drive: Debian's mosquitto-clients
+# and chromium (with Node.js and npm if missing, in one apt-get run), then the browser
+# test's npm packages (interop/browser/install.sh).
 set -eu
 need=""
 command -v mosquitto_pub >/dev/null 2>&1 || need="$need mosquitto-clients"
-[ -z "$need" ] && exit 0
-if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-echo "installing:$need"
-$sudo apt-get update -qq
-# shellcheck disable=SC2086
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need >/dev/null
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    echo "installing:$need"
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need >/dev/null
+fi
+sh "$(dirname "$0")/browser/install.sh"

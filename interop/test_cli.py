@@ -1,6 +1,7 @@
 """The real ``polybroker`` command: start, announce its port, stop on signals."""
 
 import signal
+import socket
 import subprocess
 import sys
 
@@ -28,8 +29,7 @@ def test_serve_writes_port_file_and_stops_cleanly_on_signal(tmp_path, sig):
     port_file = tmp_path / "ports"
     proc = BrokerProcess(tmp_path / "data", "--listen", "mqtt://[::1]:0",
                          "--port-file", str(port_file))
-    try:
-        proc.wait_for_log("ready")
+    try:  # BrokerProcess returns once the broker has logged "ready"
         urls = port_file.read_text().split()
         assert urls[0] == f"mqtt://127.0.0.1:{proc.port}"
         assert urls[1].startswith("mqtt://[::1]:") and not urls[1].endswith(":0")
@@ -46,3 +46,36 @@ def test_bad_config_exits_with_message(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "limits.max_inflight: unknown key" in out.stderr
+
+
+def serve_until_exit(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "polybroker", "serve", "--data-dir", str(tmp_path / "data"), *args],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_listener_for_a_protocol_not_served_is_refused_at_start_up(tmp_path):
+    out = serve_until_exit(tmp_path, "--listen", "amqp://127.0.0.1:0")
+    assert out.returncode == 2
+    assert "cannot start: listener amqp://127.0.0.1:0: this broker does not serve amqp" \
+        in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_address_in_use_is_one_line_and_exit_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = serve_until_exit(tmp_path, "--listen", f"mqtt://127.0.0.1:{port}")
+    assert out.returncode == 1
+    assert "cannot start: [Errno 98]" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_certificate_file_is_named(tmp_path):
+    out = serve_until_exit(tmp_path, "--listen", "mqtts://127.0.0.1:0",
+                           "--certfile", str(tmp_path / "nope.crt"))
+    assert out.returncode == 2
+    assert f"certfile / keyfile {tmp_path / 'nope.crt'}: cannot load" in out.stderr

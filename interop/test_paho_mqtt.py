@@ -31,11 +31,12 @@ class Received(NamedTuple):
 class PahoClient:
     """One paho client on its own network thread, its callbacks turned into waits."""
 
-    def __init__(self, port: int, client_id: str, clean_session: bool = True) -> None:
+    def __init__(self, port: int, client_id: str, clean_session: bool = True,
+                 **options: object) -> None:
         self.port = port
-        self.client = mqtt.Client(
+        self.client = mqtt.Client(  # options: transport="websockets", for one
             CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-            protocol=MQTTv311, reconnect_on_failure=False,
+            protocol=MQTTv311, reconnect_on_failure=False, **options,
         )
         self.connected = threading.Event()
         self.disconnected = threading.Event()

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import trio
 
-from . import __version__
+from . import __version__, certs
 from .auth import ScramCredential
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
-from .server import RunningBroker, serve
+from .server import RunningBroker, serve_listeners, start_listeners
 
 log = logging.getLogger("polybroker")
+TLS_FLAGS = ("certfile", "keyfile", "cafile", "require_certificate")
 
 SHUTDOWN_GRACE = 2.0  # seconds connections get to flush their last packets
 
@@ -31,9 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML configuration file")
     run.add_argument(
         "--listen", action="append", metavar="URL",
-        help="listen on URL, e.g. mqtt://127.0.0.1:1883 (repeatable; replaces configured "
-             "listeners; port 0 picks a free port)",
+        help="listen on URL, e.g. mqtt://127.0.0.1:1883, mqtt+tls://0.0.0.0:8883, "
+             "mqtt+ws://127.0.0.1:8083/mqtt, auto://127.0.0.1:1883 (repeatable; replaces "
+             "configured listeners; port 0 picks a free port)",
     )
+    tls = run.add_argument_group(
+        "TLS for --listen URLs (over the config file's [tls] table)")
+    tls.add_argument("--certfile", type=Path, help="server certificate chain (PEM)")
+    tls.add_argument("--keyfile", type=Path, help="its private key (PEM), if not in --certfile")
+    tls.add_argument("--cafile", type=Path, help="CA certificates for client certificates")
+    tls.add_argument("--require-certificate", action="store_true", default=None,
+                     help="refuse clients without a certificate signed by --cafile")
     run.add_argument("--data-dir", type=Path, help="directory for broker data (default ./data)")
     run.add_argument("--port-file", type=Path,
                      help="once listening, write each listener's URL (one a line) to this file")
@@ -44,13 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
              "password is read from standard input (prompted on a terminal)",
     )
     scram.add_argument("user")
+    add_certs_command(commands)
     return parser
+
+
+def add_certs_command(commands: argparse._SubParsersAction) -> None:
+    tool = commands.add_parser(
+        "certs", help="create development certificates: a CA, a server and client certificates",
+        description="Create (or reuse) a development CA in DIR and sign certificates with it. "
+                    "A server certificate is written for --server HOST ..., or for "
+                    + ", ".join(certs.DEFAULT_HOSTS) + " when DIR has none yet. "
+                    "Keys are written with mode 0600.",
+    )
+    tool.add_argument("--dir", type=Path, default=Path("certs"),
+                      help="where ca.crt, server.crt, NAME.crt and their keys go (default certs)")
+    tool.add_argument("--server", nargs="+", metavar="HOST",
+                      help="write server.crt for these DNS names and IP addresses")
+    tool.add_argument("--client", action="append", default=[], metavar="NAME",
+                      help="write NAME.crt with subject CN=NAME (repeatable)")
+    tool.add_argument("--days", type=int, default=certs.LEAF_DAYS,
+                      help=f"validity of the server and client certificates (default "
+                           f"{certs.LEAF_DAYS})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "scram-password":
         return _scram_password(args.user)
+    if args.command == "certs":
+        return _make_certs(args)
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -63,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         trio.run(_serve_until_signal, config, args.port_file)
-    except (OSError, ValueError) as exc:
+    except ConfigError as exc:  # found at start-up: an unserved protocol, a bad certificate
+        log.error("cannot start: %s", exc)
+        return 2
+    except (OSError, ValueError) as exc:  # ValueError: a bad SCRAM credentials file
         log.error("cannot start: %s", exc)
         return 1
     return 0
@@ -84,10 +118,42 @@ def _scram_password(user: str) -> int:
     return 0
 
 
+def _make_certs(args: argparse.Namespace) -> int:
+    server_missing = not (args.dir / "server.crt").exists()
+    hosts = tuple(args.server or certs.DEFAULT_HOSTS) if args.server or server_missing else ()
+    try:
+        for host in hosts:  # every name checked before any file is written
+            certs.san_for_host(host)
+        for name in args.client:
+            certs.check_client_name(name)
+        if args.days <= 0:
+            raise certs.CertError("--days: must be greater than 0")
+        ca, created = certs.load_or_create_ca(args.dir)
+        print(f"{'created' if created else 'using existing'} CA {args.dir / 'ca.crt'}")
+        if hosts:
+            paths = certs.issue_server(ca, args.dir, hosts, args.days)
+            print(f"wrote {paths[0]} and {paths[1]} ({', '.join(hosts)})")
+        else:
+            print(f"kept existing {args.dir / 'server.crt'} (--server HOST ... replaces it)")
+        for name in args.client:
+            paths = certs.issue_client(ca, args.dir, name, args.days)
+            print(f"wrote {paths[0]} and {paths[1]} (CN={name})")
+    except (certs.CertError, OSError) as exc:
+        print(f"polybroker certs: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
     config = load_config(args.config) if args.config else BrokerConfig()
+    tls_flags = {name: value for name in TLS_FLAGS if (value := getattr(args, name)) is not None}
+    if tls_flags and not args.listen:
+        raise ConfigError("--certfile, --keyfile, --cafile and --require-certificate apply to "
+                          "--listen URLs; configured listeners take theirs from [tls]")
     if args.listen:
-        config = replace(config, listeners=tuple(parse_listen_url(u) for u in args.listen))
+        tls = replace(config.tls, **tls_flags)
+        listeners = tuple(parse_listen_url(url, tls=tls) for url in args.listen)
+        config = replace(config, listeners=listeners)
     elif not config.listeners:
         config = replace(config, listeners=default_listeners())
     if args.data_dir:
@@ -98,13 +164,19 @@ def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 
 async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        # Bound before any nursery, so a start-up error comes out bare, not in a group.
+        running = await start_listeners(config)
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(serve, config)
+            await nursery.start(serve_listeners, running)
             if port_file is not None:
                 _write_port_file(port_file, running)
             log.info("polybroker %s ready", __version__)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP, reloading certificates")
+                    running.reload_certificates()
+                    continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await running.broker.shutdown(grace=SHUTDOWN_GRACE)
                 nursery.cancel_scope.cancel()

@@ -6,8 +6,35 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-SCHEMES = {"mqtt": ("mqtt", "tcp")}
-DEFAULT_PORTS = {"mqtt": 1883}
+PROTOCOLS = ("mqtt", "stomp", "amqp", "auto")
+TRANSPORTS = ("tcp", "tls", "ws", "wss")
+SECURE_TRANSPORTS = frozenset(("tls", "wss"))
+WEBSOCKET_TRANSPORTS = frozenset(("ws", "wss"))
+# AMQP 0-9-1 has no WebSocket binding.
+_ALLOWED_TRANSPORTS = {
+    "mqtt": TRANSPORTS, "stomp": TRANSPORTS, "auto": TRANSPORTS, "amqp": ("tcp", "tls"),
+}
+
+# URL scheme -> (protocol, transport): "PROTOCOL" is TCP, "PROTOCOL+TRANSPORT" the rest,
+# plus the customary short names for TLS.
+SCHEMES: dict[str, tuple[str, str]] = {
+    (p if t == "tcp" else f"{p}+{t}"): (p, t)
+    for p, allowed in _ALLOWED_TRANSPORTS.items() for t in allowed
+} | {"mqtts": ("mqtt", "tls"), "amqps": ("amqp", "tls")}
+
+# The customary ports: IANA's for MQTT and AMQP, ActiveMQ's for STOMP, EMQX's for MQTT
+# over WebSocket. `auto` serves MQTT among others, so it takes MQTT's.
+_PORTS_BY_TRANSPORT = {
+    "mqtt": {"tcp": 1883, "tls": 8883, "ws": 8083, "wss": 8084},
+    "stomp": {"tcp": 61613, "tls": 61612, "ws": 61614, "wss": 61615},
+    "amqp": {"tcp": 5672, "tls": 5671},
+}
+DEFAULT_PORTS: dict[tuple[str, str], int] = {
+    (p, t): port for p, ports in _PORTS_BY_TRANSPORT.items() for t, port in ports.items()
+} | {("auto", t): port for t, port in _PORTS_BY_TRANSPORT["mqtt"].items()}
+# The HTTP path a WebSocket listener answers on when none is configured.
+DEFAULT_PATHS = {"mqtt": "/mqtt", "stomp": "/stomp", "auto": "/"}
+TLS_VERSIONS = ("1.2", "1.3")
 ZERO_ALLOWED = {"topic_alias_maximum", "max_subscriptions_per_client", "server_keep_alive"}
 
 
@@ -16,16 +43,35 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Server certificate and client-certificate policy of a TLS (or WSS) listener."""
+
+    certfile: Path | None = None  # PEM: the certificate, then any intermediates
+    keyfile: Path | None = None  # PEM private key; None when it is in certfile
+    cafile: Path | None = None  # PEM CAs that client certificates must chain to
+    require_certificate: bool = False  # False: a client certificate is checked if sent
+    # The verified client certificate's CN (or first SAN) becomes the username.
+    use_identity_as_username: bool = False
+    tls_version: str = "1.2"  # the minimum accepted
+    ciphers: str | None = None  # OpenSSL cipher string for TLS 1.2; None: OpenSSL's
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    protocol: str
-    transport: str
+    protocol: str  # mqtt, stomp, amqp or auto (sniffed from the first bytes)
+    transport: str  # tcp, tls, ws or wss
     host: str
     port: int
+    path: str | None = None  # WebSocket only: the HTTP path of the upgrade request
+    tls: TLSConfig | None = None  # tls and wss only
+    allowed_origins: tuple[str, ...] = ()  # WebSocket only; empty allows any Origin
+    max_connections: int | None = None  # None: no limit
 
     @property
     def url(self) -> str:
+        scheme = self.protocol if self.transport == "tcp" else f"{self.protocol}+{self.transport}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.protocol}://{host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}{self.path or ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +120,8 @@ class MQTTSettings:
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     listeners: tuple[ListenerConfig, ...] = ()
+    # Defaults for every TLS listener; a [[listener]] table's own keys override them.
+    tls: TLSConfig = field(default_factory=TLSConfig)
     limits: Limits = field(default_factory=Limits)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     data_dir: Path = Path("data")
@@ -85,25 +133,40 @@ def default_listeners() -> tuple[ListenerConfig, ...]:
     return (parse_listen_url("mqtt://127.0.0.1:1883"),)
 
 
-def parse_listen_url(url: str, key: str = "--listen") -> ListenerConfig:
-    """Parse ``mqtt://HOST:PORT`` (port 0 picks a free port)."""
+def parse_listen_url(
+    url: str, key: str = "--listen", tls: TLSConfig | None = None
+) -> ListenerConfig:
+    """Parse ``SCHEME://HOST[:PORT][/PATH]``; port 0 picks a free port.
+
+    A path is allowed (and is the upgrade path) for WebSocket schemes only; ``tls``
+    gives the certificate settings of a TLS or WSS listener.
+    """
+    listener = _parse_url(url, key)
+    if listener.transport in SECURE_TRANSPORTS:
+        listener = replace(listener, tls=_checked_tls(tls or TLSConfig(), f"{key} {url}: "))
+    return listener
+
+
+def _parse_url(url: str, key: str) -> ListenerConfig:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise ConfigError(f"{key}: unsupported scheme in {url!r} (known: {known})")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    protocol, transport = SCHEMES[scheme]
+    websocket = transport in WEBSOCKET_TRANSPORTS
+    if parts.query or parts.fragment or (parts.path and not websocket):
         raise ConfigError(f"{key}: unexpected path or query in {url!r}")
     try:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{key}: invalid port in {url!r}") from exc
-    protocol, transport = SCHEMES[scheme]
     return ListenerConfig(
         protocol=protocol,
         transport=transport,
         host=parts.hostname or "127.0.0.1",
-        port=DEFAULT_PORTS[protocol] if port is None else port,
+        port=DEFAULT_PORTS[protocol, transport] if port is None else port,
+        path=(parts.path or DEFAULT_PATHS[protocol]) if websocket else None,
     )
 
 
@@ -119,10 +182,12 @@ def load_config(path: Path) -> BrokerConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
-    _reject_unknown(raw, {"listener", "limits", "mqtt", "data_dir", "log_level"}, "")
+    _reject_unknown(raw, {"listener", "tls", "limits", "mqtt", "data_dir", "log_level"}, "")
     config = BrokerConfig()
+    if "tls" in raw:
+        config = replace(config, tls=_tls_table(raw["tls"]))
     if "listener" in raw:
-        config = replace(config, listeners=_listeners(raw["listener"]))
+        config = replace(config, listeners=_listeners(raw["listener"], config.tls))
     if "limits" in raw:
         config = replace(config, limits=_limits(raw["limits"]))
     if "mqtt" in raw:
@@ -137,7 +202,58 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     return config
 
 
-def _listeners(raw: Any) -> tuple[ListenerConfig, ...]:
+# -- [tls] and the TLS keys of a [[listener]] ----------------------------------------------
+
+_TLS_KEYS = {f.name: f for f in fields(TLSConfig)}
+
+
+def _tls_table(raw: Any) -> TLSConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("tls: must be a table")
+    _reject_unknown(raw, set(_TLS_KEYS), "tls.")
+    # Not checked for completeness here: it only supplies defaults to TLS listeners.
+    return _tls_values(raw, TLSConfig(), "tls.")
+
+
+def _tls_values(table: dict[str, Any], base: TLSConfig, prefix: str) -> TLSConfig:
+    """``base`` with the TLS keys present in ``table`` applied, each type-checked."""
+    values: dict[str, Any] = {}
+    for name in _TLS_KEYS.keys() & table.keys():
+        if name in ("require_certificate", "use_identity_as_username"):
+            values[name] = _typed_bool(table, name, prefix)
+        elif name in ("certfile", "keyfile", "cafile"):
+            values[name] = Path(_nonempty(table, name, prefix))
+        else:
+            values[name] = _nonempty(table, name, prefix)
+    tls = replace(base, **values)
+    if tls.tls_version not in TLS_VERSIONS:
+        raise ConfigError(f"{prefix}tls_version: must be one of {', '.join(TLS_VERSIONS)}")
+    return tls
+
+
+def _checked_tls(tls: TLSConfig, prefix: str) -> TLSConfig:
+    """A TLS listener's settings must be complete and consistent."""
+    if tls.certfile is None:
+        raise ConfigError(
+            f"{prefix}certfile: a TLS listener needs a certificate "
+            "(certfile in [tls] or in the listener, or --certfile)"
+        )
+    if tls.require_certificate and tls.cafile is None:
+        raise ConfigError(f"{prefix}cafile: needed to verify client certificates "
+                          "(require_certificate is set)")
+    if tls.use_identity_as_username and not tls.require_certificate:
+        raise ConfigError(f"{prefix}use_identity_as_username: needs require_certificate = true")
+    return tls
+
+
+# -- [[listener]] ----------------------------------------------------------------------------
+
+_ADDRESS_KEYS = {"protocol", "transport", "host", "port"}
+_WEBSOCKET_KEYS = {"path", "allowed_origins"}
+_LISTENER_KEYS = {"url", "max_connections"} | _ADDRESS_KEYS | _WEBSOCKET_KEYS | set(_TLS_KEYS)
+
+
+def _listeners(raw: Any, tls: TLSConfig) -> tuple[ListenerConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError("listener: must be an array of tables ([[listener]])")
     result = []
@@ -145,12 +261,86 @@ def _listeners(raw: Any) -> tuple[ListenerConfig, ...]:
         where = f"listener[{index}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table")
-        _reject_unknown(table, {"url"}, where + ".")
-        if "url" not in table:
-            raise ConfigError(f"{where}.url: missing")
-        result.append(parse_listen_url(_typed(table, "url", str, where + "."), f"{where}.url"))
+        _reject_unknown(table, _LISTENER_KEYS, where + ".")
+        result.append(_listener(table, tls, where + "."))
     return tuple(result)
 
+
+def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerConfig:
+    listener = _listener_address(table, prefix)
+    websocket = listener.transport in WEBSOCKET_TRANSPORTS
+    secure = listener.transport in SECURE_TRANSPORTS
+    for keys, allowed, transports in ((_WEBSOCKET_KEYS, websocket, "ws and wss"),
+                                      (set(_TLS_KEYS), secure, "tls and wss")):
+        misplaced = sorted(table.keys() & keys)
+        if misplaced and not allowed:
+            raise ConfigError(f"{prefix}{misplaced[0]}: only for {transports} listeners")
+    if "path" in table:
+        path = _typed(table, "path", str, prefix)
+        if not path.startswith("/") or "?" in path or "#" in path:
+            raise ConfigError(f"{prefix}path: must start with / and have no query ({path!r})")
+        listener = replace(listener, path=path)
+    if "allowed_origins" in table:
+        listener = replace(listener, allowed_origins=_origins(table, prefix))
+    if "max_connections" in table:
+        limit = _typed(table, "max_connections", int, prefix)
+        if limit <= 0:
+            raise ConfigError(f"{prefix}max_connections: must be greater than 0")
+        listener = replace(listener, max_connections=limit)
+    if secure:
+        own = _tls_values(table, tls, prefix)
+        listener = replace(listener, tls=_checked_tls(own, prefix))
+    return listener
+
+
+def _listener_address(table: dict[str, Any], prefix: str) -> ListenerConfig:
+    """From ``url``, or from ``protocol``, ``transport``, ``host`` and ``port``."""
+    if "url" in table:
+        if clash := sorted(table.keys() & _ADDRESS_KEYS):
+            raise ConfigError(f"{prefix}{clash[0]}: not allowed together with url")
+        # TLS settings are applied by the caller, from the table and [tls].
+        return _parse_url(_typed(table, "url", str, prefix), f"{prefix}url")
+    if "protocol" not in table:
+        raise ConfigError(f"{prefix}url: missing (or give protocol, transport, host and port)")
+    protocol = _typed(table, "protocol", str, prefix)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{prefix}protocol: must be one of {', '.join(PROTOCOLS)}")
+    transport = _typed(table, "transport", str, prefix) if "transport" in table else "tcp"
+    if transport not in _ALLOWED_TRANSPORTS[protocol]:
+        allowed = ", ".join(_ALLOWED_TRANSPORTS[protocol])
+        raise ConfigError(f"{prefix}transport: must be one of {allowed} for {protocol}")
+    port = DEFAULT_PORTS[protocol, transport]
+    if "port" in table:
+        port = _typed(table, "port", int, prefix)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{prefix}port: must be 0 to 65535")
+    websocket = transport in WEBSOCKET_TRANSPORTS
+    return ListenerConfig(
+        protocol=protocol,
+        transport=transport,
+        host=_nonempty(table, "host", prefix) if "host" in table else "127.0.0.1",
+        port=port,
+        path=DEFAULT_PATHS[protocol] if websocket else None,
+    )
+
+
+def _origins(table: dict[str, Any], prefix: str) -> tuple[str, ...]:
+    raw = table["allowed_origins"]
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise ConfigError(f"{prefix}allowed_origins: expected a list of strings")
+    origins = []
+    for origin in raw:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"{prefix}allowed_origins: {origin!r} is not an origin like https://example.com"
+            )
+        # Browsers send the serialized origin: lower case, no trailing slash.
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
+# -- [limits] and helpers ------------------------------------------------------------------
 
 def _limits(raw: Any) -> Limits:
     if not isinstance(raw, dict):
@@ -190,4 +380,18 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], prefi
     if isinstance(value, bool) or not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else "number"
         raise ConfigError(f"{prefix}{key}: expected {expected}, got {value!r}")
+    return value
+
+
+def _typed_bool(table: dict[str, Any], key: str, prefix: str) -> bool:
+    value = table[key]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{prefix}{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _nonempty(table: dict[str, Any], key: str, prefix: str) -> str:
+    value = _typed(table, key, str, prefix)
+    if not value:
+        raise ConfigError(f"{prefix}{key}: must not be empty")
     return value

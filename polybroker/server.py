@@ -1,49 +1,217 @@
-"""Listeners: bind every configured address and hand each connection to its adapter."""
+"""Listeners: bind every configured address, run each connection up its transport stack
+(TLS, WebSocket upgrade, protocol sniffing) and hand it to its protocol's adapter.
+"""
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Protocol
 
 import trio
 
 from .adapters.mqtt import serve_mqtt
 from .auth import ScramSha256, ScramUserStore
 from .broker import Broker
-from .config import BrokerConfig, ListenerConfig
+from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
+from .transports.sniff import UnknownProtocol, sniff
+from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
+from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
 
 log = logging.getLogger("polybroker.server")
 
 
-@dataclass(frozen=True, slots=True)
+class ProtocolHandler(Protocol):
+    """An adapter's entry point: serve one client on ``stream`` until it goes away.
+
+    ``peer`` names the remote address for log lines; ``identity`` is the verified
+    client certificate's name on listeners with ``use_identity_as_username``.
+    """
+
+    async def __call__(
+        self, stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+    ) -> None: ...
+
+
+# Protocol name -> adapter. A protocol joins by adding its entry here; listeners for a
+# protocol without one are refused at start-up, and `auto` connections that turn out
+# to speak it are closed with a log line.
+PROTOCOL_HANDLERS: dict[str, ProtocolHandler] = {"mqtt": serve_mqtt}
+
+
+class Listener:
+    """One bound listener: its sockets, its TLS context and its open connections."""
+
+    def __init__(self, config: ListenerConfig, broker: Broker,
+                 tls: ReloadableContext | None, sockets: list[trio.SocketListener]) -> None:
+        self.config = replace(config, port=sockets[0].socket.getsockname()[1])
+        self.broker = broker
+        self.tls = tls
+        self.sockets = sockets
+        self.connections = 0
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        peer = _peer_name(tcp)
+        limit = self.config.max_connections
+        if limit is not None and self.connections >= limit:
+            log.warning("%s: connection from %s refused: max_connections (%d) reached",
+                        self.config.url, peer, limit)
+            await trio.aclose_forcefully(tcp)
+            return
+        self.connections += 1
+        try:
+            opened = await self._open(tcp, peer)
+            if opened is not None:
+                await self._serve(*opened, peer)
+        except Exception:
+            # One connection's fault must never take the listener down with it.
+            log.exception("connection from %s: internal error, connection closed", peer)
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(tcp)  # whatever the layers above left open
+
+    async def _open(
+        self, tcp: trio.SocketStream, peer: str
+    ) -> tuple[str, trio.abc.Stream, str | None] | None:
+        """TLS, WebSocket upgrade and sniffing as configured, within the connect timeout.
+
+        The protocol, the stream to serve it on and the client's identity, or None
+        (the reason logged) when the connection does not get that far.
+        """
+        config = self.config
+        stream: trio.abc.Stream = tcp
+        protocol, identity = config.protocol, None
+        timeout = self.broker.limits.connect_timeout
+        with trio.move_on_after(timeout):
+            try:
+                if self.tls is not None:
+                    tls_stream = await accept_tls(tcp, self.tls.context)
+                    if config.tls.use_identity_as_username:
+                        identity = certificate_identity(tls_stream.getpeercert())
+                    stream = tls_stream
+                if config.transport in WEBSOCKET_TRANSPORTS:
+                    policy = UpgradePolicy(protocol, config.path, config.allowed_origins)
+                    protocol, stream = await accept_websocket(stream, policy, peer)
+                if protocol == "auto":
+                    protocol, stream = await sniff(stream)
+                return protocol, stream, identity
+            except trio.BrokenResourceError as exc:
+                what = "TLS handshake" if stream is tcp and self.tls else "connection"
+                log.info("%s: %s with %s failed: %s", config.url, what, peer, handshake_error(exc))
+            except UpgradeRefused as exc:
+                log.info("%s: WebSocket upgrade from %s refused: %s", config.url, peer, exc)
+            except UnknownProtocol as exc:
+                log.info("%s: connection from %s closed: %s", config.url, peer, exc)
+            return None
+        log.info("%s: connection from %s closed: not opened within %gs",
+                 config.url, peer, timeout)
+        return None
+
+    async def _serve(self, protocol: str, stream: trio.abc.Stream, identity: str | None,
+                     peer: str) -> None:
+        handler = PROTOCOL_HANDLERS.get(protocol)
+        if handler is None:
+            log.warning("%s: connection from %s speaks %s, which this broker does not serve "
+                        "yet: closed", self.config.url, peer, protocol)
+            await trio.aclose_forcefully(stream)
+            return
+        if self.config.protocol == "auto":
+            log.debug("%s: connection from %s detected as %s", self.config.url, peer, protocol)
+        await handler(stream, self.broker, peer, identity=identity)
+
+
 class RunningBroker:
     """What a started broker offers its embedder: the core and the bound listeners."""
 
-    broker: Broker
-    listeners: tuple[ListenerConfig, ...]  # with the ports actually bound
+    def __init__(self, broker: Broker, bound: tuple[Listener, ...]) -> None:
+        self.broker = broker
+        self.bound = bound
 
-    def port(self, protocol: str = "mqtt") -> int:
-        return next(lc.port for lc in self.listeners if lc.protocol == protocol)
+    @property
+    def listeners(self) -> tuple[ListenerConfig, ...]:
+        """The configured listeners with the ports actually bound."""
+        return tuple(listener.config for listener in self.bound)
+
+    def port(self, protocol: str = "mqtt", transport: str | None = None) -> int:
+        return next(lc.port for lc in self.listeners if lc.protocol == protocol
+                    and transport in (None, lc.transport))
+
+    def reload_certificates(self) -> int:
+        """Re-read every TLS listener's files (SIGHUP); how many reloaded."""
+        contexts = [listener.tls for listener in self.bound if listener.tls is not None]
+        if not contexts:
+            log.info("no TLS listeners: nothing to reload")
+        return sum(context.reload() for context in contexts)
+
+
+def make_broker(config: BrokerConfig) -> Broker:
+    """The broker core with what the configuration plugs into it."""
+    broker = Broker(config)
+    if config.mqtt.scram_users_file is not None:
+        try:
+            users = ScramUserStore.load(config.mqtt.scram_users_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"mqtt.scram_users_file: {exc}") from None
+        broker.authenticators[ScramSha256.method] = ScramSha256(users)
+    return broker
+
+
+def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
+    """Refuse listeners no adapter serves; load TLS files. Index -> context for TLS ones."""
+    contexts = {}
+    for index, listener in enumerate(config.listeners):
+        if listener.protocol != "auto" and listener.protocol not in PROTOCOL_HANDLERS:
+            served = ", ".join([*sorted(PROTOCOL_HANDLERS), "auto"])
+            raise ConfigError(f"listener {listener.url}: this broker does not serve "
+                              f"{listener.protocol} yet (it serves {served})")
+        if listener.tls is not None:
+            try:
+                contexts[index] = ReloadableContext(listener.tls, listener.url)
+            except ConfigError as exc:
+                raise ConfigError(f"listener {listener.url}: {exc}") from None
+    return contexts
+
+
+async def start_listeners(config: BrokerConfig) -> RunningBroker:
+    """Check the configuration and bind every listener; nothing is served yet.
+
+    Raises ConfigError or OSError (an address in use, say), with nothing left bound.
+    """
+    contexts = check_listeners(config)
+    broker = make_broker(config)
+    bound: list[Listener] = []
+    try:
+        for index, listener in enumerate(config.listeners):
+            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+            bound.append(Listener(listener, broker, contexts.get(index), sockets))
+    except BaseException:
+        for done in bound:
+            for sock in done.sockets:
+                await trio.aclose_forcefully(sock)
+        raise
+    return RunningBroker(broker, tuple(bound))
+
+
+async def serve_listeners(
+    running: RunningBroker,
+    *,
+    task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on every bound listener until cancelled."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(running.broker.timers.run)
+        for listener in running.bound:
+            log.info("listening on %s", listener.config.url)
+            nursery.start_soon(trio.serve_listeners, listener.handle, listener.sockets)
+        task_status.started(running)
 
 
 async def serve(
     config: BrokerConfig, *, task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the broker until cancelled; ``task_status.started`` reports the bound ports."""
-    broker = Broker(config)
-    if config.mqtt.scram_users_file is not None:
-        users = ScramUserStore.load(config.mqtt.scram_users_file)
-        broker.authenticators[ScramSha256.method] = ScramSha256(users)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(broker.timers.run)
-        bound = []
-        for listener in config.listeners:
-            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
-            actual = replace(listener, port=sockets[0].socket.getsockname()[1])
-            bound.append(actual)
-            log.info("listening on %s", actual.url)
-            nursery.start_soon(trio.serve_listeners, _connection_handler(broker), sockets)
-        task_status.started(RunningBroker(broker, tuple(bound)))
+    running = await start_listeners(config)
+    await serve_listeners(running, task_status=task_status)
 
 
 @asynccontextmanager
@@ -55,18 +223,6 @@ async def open_broker(config: BrokerConfig) -> AsyncIterator[RunningBroker]:
             yield running
         finally:
             nursery.cancel_scope.cancel()
-
-
-def _connection_handler(broker: Broker):
-    async def handle(stream: trio.SocketStream) -> None:
-        peer = _peer_name(stream)
-        try:
-            await serve_mqtt(stream, broker, peer)
-        except Exception:
-            # One connection's fault must never take the listener down with it.
-            log.exception("connection from %s: internal error, connection closed", peer)
-
-    return handle
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

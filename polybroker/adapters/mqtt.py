@@ -64,14 +64,23 @@ class Closing(Exception):
         self.reason = reason
 
 
+# Seconds the closing handshake of the transport (TLS close_notify, WebSocket close)
+# may take before the connection is dropped regardless.
+CLOSE_TIMEOUT = 2.0
+
+
 class MQTTClientConnection:
     """Serves one MQTT client over one stream; also the session's link to that client."""
 
-    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, broker: Broker, peer: str, identity: str | None = None
+    ) -> None:
         self.stream = stream
         self.broker = broker
         self.limits = broker.limits
         self.peer = peer
+        # The client certificate's name (use_identity_as_username), for authentication.
+        self.identity = identity
         self.conn = ServerConnection(max_packet_size=self.limits.max_packet_size)
         self.level = 4
         self.client_id: str | None = None
@@ -109,7 +118,8 @@ class MQTTClientConnection:
                     self._wakeup.set()
         finally:
             self.broker.connection_closed(self)
-            await trio.aclose_forcefully(self.stream)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.stream.aclose()  # closed even when cancelled, as trio promises
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a 5.0 client is told so (0x8B), then the writer drains."""
@@ -325,7 +335,8 @@ class MQTTClientConnection:
         session.attach(self)
         log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
                  self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
-                 f", session expiry {expiry}s" if v5 else "")
+                 (f", session expiry {expiry}s" if v5 else "")
+                 + (f", certificate identity {self.identity}" if self.identity else ""))
         return True
 
     def _server_properties(self, props: dict) -> dict[int, object]:
@@ -572,6 +583,8 @@ _HANDLERS = {
 _BEFORE_CONNACK = {Connect, Auth, Disconnect}
 
 
-async def serve_mqtt(stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
-    """Serve one MQTT client until it goes away."""
-    await MQTTClientConnection(stream, broker, peer).run()
+async def serve_mqtt(
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+) -> None:
+    """Serve one MQTT client until it goes away (``server.ProtocolHandler``)."""
+    await MQTTClientConnection(stream, broker, peer, identity).run()
