@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-SCHEMES = {"mqtt": ("mqtt", "tcp")}
-DEFAULT_PORTS = {"mqtt": 1883}
+SCHEMES = {"mqtt": ("mqtt", "tcp"), "stomp": ("stomp", "tcp")}
+DEFAULT_PORTS = {"mqtt": 1883, "stomp": 61613}
 ZERO_ALLOWED = {"topic_alias_maximum"}
 
 
@@ -51,6 +51,9 @@ class Limits:
     receive_maximum: int = 1024
     # MQTT 5.0 topic aliases a client may set (0: none); alias 0 or above: DISCONNECT 0x94.
     topic_alias_maximum: int = 64
+    # Messages one named queue holds (ready and unacknowledged); when full, new messages
+    # for it are dropped and logged.
+    max_queue_length: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,19 @@ class MQTTSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StompSettings:
+    # Seconds: how often the broker can send heart-beats and how often it wants them
+    # (the CONNECTED frame's heart-beat header; 0 turns a direction off).
+    heart_beat_send: float = 10.0
+    heart_beat_receive: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    stomp: StompSettings = field(default_factory=StompSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -108,7 +120,7 @@ def load_config(path: Path) -> BrokerConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
-    _reject_unknown(raw, {"listener", "limits", "mqtt", "data_dir", "log_level"}, "")
+    _reject_unknown(raw, {"listener", "limits", "mqtt", "stomp", "data_dir", "log_level"}, "")
     config = BrokerConfig()
     if "listener" in raw:
         config = replace(config, listeners=_listeners(raw["listener"]))
@@ -116,6 +128,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, limits=_limits(raw["limits"]))
     if "mqtt" in raw:
         config = replace(config, mqtt=_mqtt(raw["mqtt"]))
+    if "stomp" in raw:
+        config = replace(config, stomp=_stomp(raw["stomp"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -164,6 +178,19 @@ def _mqtt(raw: Any) -> MQTTSettings:
     _reject_unknown(raw, {"response_information"}, "mqtt.")
     values = {name: _typed(raw, name, str, "mqtt.") for name in raw}
     return MQTTSettings(**values)
+
+
+def _stomp(raw: Any) -> StompSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("stomp: must be a table")
+    _reject_unknown(raw, {f.name for f in fields(StompSettings)}, "stomp.")
+    values = {}
+    for name in raw:
+        value = _typed(raw, name, (int, float), "stomp.")
+        if not 0 <= value <= 2_000_000:  # the header carries milliseconds, below 2**31
+            raise ConfigError(f"stomp.{name}: must be between 0 and 2000000 seconds")
+        values[name] = float(value)
+    return StompSettings(**values)
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:
