@@ -8,10 +8,14 @@ from dataclasses import dataclass, replace
 import trio
 
 from .adapters.mqtt import serve_mqtt
+from .adapters.stomp import serve_stomp
 from .broker import Broker
 from .config import BrokerConfig, ListenerConfig
 
 log = logging.getLogger("polybroker.server")
+
+# Listener protocol -> the coroutine that serves one connection.
+PROTOCOL_HANDLERS = {"mqtt": serve_mqtt, "stomp": serve_stomp}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +42,8 @@ async def serve(
             actual = replace(listener, port=sockets[0].socket.getsockname()[1])
             bound.append(actual)
             log.info("listening on %s", actual.url)
-            nursery.start_soon(trio.serve_listeners, _connection_handler(broker), sockets)
+            handler = _connection_handler(broker, PROTOCOL_HANDLERS[listener.protocol])
+            nursery.start_soon(trio.serve_listeners, handler, sockets)
         task_status.started(RunningBroker(broker, tuple(bound)))
 
 
@@ -53,11 +58,11 @@ async def open_broker(config: BrokerConfig) -> AsyncIterator[RunningBroker]:
             nursery.cancel_scope.cancel()
 
 
-def _connection_handler(broker: Broker):
+def _connection_handler(broker: Broker, serve_protocol):
     async def handle(stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         try:
-            await serve_mqtt(stream, broker, peer)
+            await serve_protocol(stream, broker, peer)
         except Exception:
             # One connection's fault must never take the listener down with it.
             log.exception("connection from %s: internal error, connection closed", peer)
