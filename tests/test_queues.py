@@ -75,6 +75,7 @@ def test_competing_consumers_take_turns_and_each_message_goes_to_one():
     consumers = [Consumer(name) for name in "abc"]
     for consumer in consumers:
         queue.add_consumer(consumer)
+    assert queue.consumer_count == 3
     put_all(queue, *"123456")
     assert [c.payloads for c in consumers] == [[b"1", b"4"], [b"2", b"5"], [b"3", b"6"]]
 
@@ -340,6 +341,11 @@ def test_expired_messages_are_dropped_at_the_head():
     clock.now += 100
     queue.put(msg("late", expiry=clock.now - 1))
     assert queue.get() is None
+    queue.remove_consumer(consumer, requeue=False)
+    queue.put(msg("late", expiry=clock.now + 1))
+    queue.put(msg("live"))
+    clock.now += 2
+    assert queue.get()[0].message.payload == b"live"
 
 
 def test_purge_drops_ready_messages_only():
