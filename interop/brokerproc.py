@@ -27,6 +27,10 @@ class BrokerProcess:
         threading.Thread(target=self._drain, daemon=True).start()
         line = self.wait_for_log(r"listening on mqtt://", STARTUP_TIMEOUT)
         self.port = int(re.search(r":(\d+)$", line).group(1))
+        self.stomp_port: int | None = None  # with an extra --listen stomp://...
+        if any(arg.startswith("stomp://") for arg in extra):
+            line = self.wait_for_log(r"listening on stomp://", STARTUP_TIMEOUT)
+            self.stomp_port = int(re.search(r":(\d+)$", line).group(1))
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
