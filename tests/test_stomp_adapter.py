@@ -161,9 +161,12 @@ async def test_heart_beating_client_beats_keep_the_connection(nursery, autojump_
     broker = make_broker(StompSettings(heart_beat_send=0, heart_beat_receive=10))
     client = await connected(nursery, broker, heart_beat="5000,0")  # MAX(5000, 10000)
     assert client.server.conn.heart_beat == (0, 10000)
-    for _ in range(10):
+    for beat in range(10):
         await trio.sleep(9)
-        await client.send_raw(b"\n")
+        if beat % 2:
+            await client.send_raw(b"\n")
+        else:  # any data counts, frames too
+            await client.send("SEND", {"destination": "/topic/nobody"}, b"data")
     assert await client.messages_until_idle() == []
 
 
@@ -178,9 +181,10 @@ async def test_heart_beating_silent_client_is_dropped_after_twice_the_interval(
     assert 20 <= trio.current_time() - start < 22.5
 
 
-async def test_heart_beating_off_when_either_side_says_0(nursery, autojump_clock):
+@pytest.mark.parametrize("header", [{"heart_beat": "0,0"}, {}])  # missing means 0,0
+async def test_heart_beating_off_when_either_side_says_0(nursery, autojump_clock, header):
     broker = make_broker()  # the server offers 10000,10000
-    client = await connected(nursery, broker, heart_beat="0,0")
+    client = await connected(nursery, broker, **header)
     assert client.server.conn.heart_beat == (0, 0)
     with trio.move_on_after(300):
         await client.receive_event(timeout=600)
@@ -224,6 +228,30 @@ async def test_message_frame_headers(nursery, broker):
     for reserved in ("receipt", "transaction", "redelivered"):
         assert first.get(reserved) is None
     assert first.get("message-id") != second.get("message-id")
+
+
+async def test_value_encoding_user_headers_round_trip_escaped_and_untrimmed(nursery, broker):
+    sub = await connected(nursery, broker)
+    await sub.subscribe("/topic/t")
+    await sub.publish("/topic/t", "x", **{"odd:name": "a:b\nc\\d\re", "spaced": "  both  "})
+    message = await sub.receive()
+    assert message.get("odd:name") == "a:b\nc\\d\re"
+    assert message.get("spaced") == "  both  "
+
+
+async def test_repeated_header_entries_the_first_counts(nursery, broker):
+    sub = await connected(nursery, broker)
+    await sub.subscribe("/topic/first")
+    await sub.subscribe("/topic/second", "1")
+    await sub.send_raw(
+        b"SEND\ndestination:/topic/first\ndestination:/topic/second\n"
+        b"message-id:forged\nsubscription:forged\n\nx\0"
+    )
+    message = await sub.receive()
+    assert (message.get("destination"), message.get("subscription")) == ("/topic/first", "0")
+    assert message.get("message-id") != "forged"
+    assert ("message-id", "forged") not in message.headers
+    assert await sub.messages_until_idle() == []
 
 
 async def test_send_body_with_nul_octets_round_trips(nursery, broker):
@@ -757,6 +785,18 @@ async def test_begin_transaction_aborted_on_disconnect(nursery, broker):
     assert await sub.messages_until_idle() == []
 
 
+async def test_begin_transaction_aborted_when_the_connection_fails(nursery, broker):
+    sub = await connected(nursery, broker)
+    await sub.subscribe("/topic/t")
+    pub = await connected(nursery, broker)
+    await pub.request("BEGIN", {"transaction": "tx"})
+    await pub.publish("/topic/t", "never", transaction="tx")
+    await pub.close()  # no DISCONNECT
+    with trio.fail_after(5):
+        await pub.server_done.wait()
+    assert await sub.messages_until_idle() == []
+
+
 @pytest.mark.parametrize(
     ("frames", "words"),
     [
@@ -846,6 +886,7 @@ async def test_disconnect_later_frames_are_ignored(nursery, broker):
         (b"SEND\ndestination:/topic/t\nbad\\tescape:1\n\nx\0", "escape"),
         (b"SEND\nno colon\n\nx\0", "colon"),
         (b"FROB\n\n\0", "unknown command"),
+        (b"send\ndestination:/topic/t\n\nx\0", "unknown command"),  # case sensitive
         (b"MESSAGE\n\n\0", "only by servers"),
         (b"SUBSCRIBE\ndestination:/topic/t\nid:1\n\nbody\0", "must not have a body"),
         (b"SEND\ndestination:/topic/t\ncontent-length:x\n\n\0", "content-length"),
@@ -855,6 +896,19 @@ async def test_error_malformed_or_unknown_frame_then_close(nursery, broker, data
     client = await connected(nursery, broker)
     await client.send_raw(data)
     await assert_error_and_close(client, words)
+
+
+async def test_connection_lingering_rapid_connects_and_disconnects(nursery, broker):
+    for _ in range(50):
+        client = await connect_client(nursery, broker)
+        await client.send_raw(b"CONNECT\naccept-version:1.2\nhost:h\n\n\0"
+                              b"DISCONNECT\nreceipt:bye\n\n\0")
+        frames = await client.receive_until_closed()
+        assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+        await client.close()
+        with trio.fail_after(5):
+            await client.server_done.wait()
+    assert broker.connections == set()
 
 
 async def test_error_size_limits(nursery):
