@@ -847,19 +847,28 @@ async def test_begin_open_transactions_are_bounded(nursery, broker, monkeypatch)
 # -- RECEIPT, DISCONNECT and ERROR -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("command", "headers"),
-    [
-        ("SEND", {"destination": "/topic/t"}),
-        ("SUBSCRIBE", {"destination": "/topic/t", "id": "r"}),
-        ("BEGIN", {"transaction": "rt"}),
-    ],
-)
-async def test_receipt_for_any_frame_with_a_receipt_header(nursery, broker, command, headers):
+async def test_receipt_for_every_client_frame_with_a_receipt_header(nursery, broker):
     client = await connected(nursery, broker)
-    await client.send(command, {**headers, "receipt": "rcpt-1"})
-    frame = await client.receive()
-    assert (frame.command, frame.get("receipt-id")) == ("RECEIPT", "rcpt-1")
+    sub = {"destination": "/queue/r", "id": "s", "ack": "client-individual"}
+    await client.send("SUBSCRIBE", {**sub, "receipt": "subscribe"})
+    await client.send("SEND", {"destination": "/queue/r", "receipt": "send-1"}, b"1")
+    await client.send("SEND", {"destination": "/queue/r", "receipt": "send-2"}, b"2")
+    frames = [await client.receive() for _ in range(5)]
+    receipts = [f.get("receipt-id") for f in frames if f.command == "RECEIPT"]
+    assert receipts == ["subscribe", "send-1", "send-2"]
+    first, second = (f for f in frames if f.command == "MESSAGE")
+    for command, headers in [
+        ("ACK", {"id": first.get("ack")}),
+        ("NACK", {"id": second.get("ack"), "requeue": "false"}),
+        ("BEGIN", {"transaction": "t1"}),
+        ("COMMIT", {"transaction": "t1"}),
+        ("BEGIN", {"transaction": "t2"}),
+        ("ABORT", {"transaction": "t2"}),
+        ("UNSUBSCRIBE", {"id": "s"}),
+    ]:
+        await client.send(command, {**headers, "receipt": command.lower()})
+        frame = await client.receive()
+        assert (frame.command, frame.get("receipt-id")) == ("RECEIPT", command.lower())
 
 
 async def test_disconnect_with_receipt_then_close(nursery, broker):
