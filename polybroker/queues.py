@@ -226,7 +226,7 @@ class Queue:
         """Settle every message ``holder`` (a consumer, or the holder given to ``get``)
         has not acknowledged: back to the queue (default) or dropped."""
         tags = [tag for tag, (_, owner) in self._unacked.items() if owner is holder]
-        return self.nack_many(tags, requeue=requeue, reject=False)
+        return self._take_back(tags, requeue=requeue, rejected=False)
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -322,15 +322,22 @@ class Queue:
         if one can take it) or drop it. False if the tag is not pending."""
         return self.nack_many((tag,), requeue=requeue) == 1
 
-    def nack_many(self, tags: Iterable[int], *, requeue: bool = True, reject: bool = True) -> int:
+    def reject(self, tag: int, *, requeue: bool = True) -> bool:
+        """AMQP's basic.reject: ``nack`` of one message."""
+        return self.nack(tag, requeue=requeue)
+
+    def nack_many(self, tags: Iterable[int], *, requeue: bool = True) -> int:
+        return self._take_back(tags, requeue=requeue, rejected=True)
+
+    def _take_back(self, tags: Iterable[int], *, requeue: bool, rejected: bool) -> int:
         entries = []
         for tag in tags:
             held = self._unacked.get(tag)
             if held is None:
                 continue
             entry = self._untrack(tag)
-            if reject:
-                entry.rejected_by = held[1]
+            if rejected:
+                entry.rejected_by = held[1]  # so that another consumer gets it next
             entries.append(entry)
         if requeue:
             self._requeue(entries)

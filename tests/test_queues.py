@@ -206,12 +206,13 @@ def test_nack_with_a_single_consumer_redelivers_to_it():
     assert consumer.received[1][1] != consumer.received[0][1]
 
 
-def test_nack_without_requeue_drops_the_message():
+@pytest.mark.parametrize("method", ["nack", "reject"])
+def test_nack_without_requeue_drops_the_message(method):
     queue = make_queue()
     consumer = Consumer("a")
     queue.add_consumer(consumer)
     put_all(queue, "1")
-    assert queue.nack(consumer.tags()[0], requeue=False)
+    assert getattr(queue, method)(consumer.tags()[0], requeue=False)
     assert len(consumer.received) == 1
     assert queue.message_count == queue.unacked_count == 0
 
