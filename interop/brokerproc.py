@@ -36,6 +36,8 @@ class BrokerProcess:
         self.urls = [match.group(1) for line in list(self.lines)
                      if (match := re.search(r"listening on (\S+)$", line))]
         self.port = self.port_of(self.urls[0].split(":", 1)[0])
+        stomp = [u for u in self.urls if u.startswith("stomp://")]
+        self.stomp_port: int | None = self.port_of("stomp") if stomp else None
 
     def port_of(self, scheme: str) -> int:
         """The port of the first listener with this URL scheme (``mqtt+ws``, ...)."""

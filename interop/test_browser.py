@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from polybroker.server import PROTOCOL_HANDLERS
-
 from .brokerproc import BrokerProcess
 from .clients import WAIT, OutputProcess
 from .conftest import require_tool
@@ -159,11 +157,5 @@ def test_stompjs_in_chromium_over_the_auto_websocket_port(web_broker, page_serve
     with chromium(f"{page_server.origin}/page.html?stomp={ws_url}", tmp_path) as browser:
         describe = lambda: "\n".join(browser.lines)  # noqa: E731
         result = page_server.next_report("stomp", FIRST_REPORT_TIMEOUT, describe)
-    if "stomp" in PROTOCOL_HANDLERS:
-        assert result.get("received") == [["/topic/browser", "hello from stompjs"]], result
-    else:
-        # Until the STOMP adapter is registered: stompjs loaded, upgraded with a STOMP
-        # subprotocol and was recognised; the broker said so and closed.
-        web_broker.wait_for_log(r"auto\+ws://127\.0\.0\.1:\d+/ws: connection from .* speaks "
-                                r"stomp, which this broker does not serve yet")
-        assert "error" in result, result
+    assert result.get("received") == [["/topic/browser", "hello from stompjs"]], result
+    web_broker.wait_for_log(r": connected \(STOMP 1\.2")

@@ -1,4 +1,4 @@
-"""The broker core: sessions, routing and retained messages. No I/O, no protocol bytes.
+"""The broker core: sessions, queues, routing and retained messages. No I/O, no protocol bytes.
 
 Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
@@ -15,6 +15,7 @@ import trio
 from .auth import Authenticator
 from .config import BrokerConfig
 from .message import Message
+from .queues import QueueRegistry
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -42,6 +43,8 @@ class Broker:
         self.retained = RetainedStore()
         self.sessions: dict[str, Session] = {}
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
+        # Named queues (STOMP /queue/x, AMQP queues), created on first use.
+        self.queues = QueueRegistry(clock, max_length=self.limits.max_queue_length)
         # MQTT 5.0 enhanced authentication methods by name.
         self.authenticators: dict[str, Authenticator] = {}
         # Open client connections (any protocol), told to close on shutdown.

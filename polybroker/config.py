@@ -105,6 +105,9 @@ class Limits:
     # MQTT 5.0 Server Keep Alive: if set, replaces the client's keep alive and is sent in
     # CONNACK (0: use the client's).
     server_keep_alive: int = 0
+    # Messages one named queue holds (ready and unacknowledged); when full, new messages
+    # for it are dropped and logged.
+    max_queue_length: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +121,21 @@ class MQTTSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StompSettings:
+    # Seconds: how often the broker can send heart-beats and how often it wants them
+    # (the CONNECTED frame's heart-beat header; 0 turns a direction off).
+    heart_beat_send: float = 10.0
+    heart_beat_receive: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     # Defaults for every TLS listener; a [[listener]] table's own keys override them.
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: Limits = field(default_factory=Limits)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    stomp: StompSettings = field(default_factory=StompSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -182,7 +194,9 @@ def load_config(path: Path) -> BrokerConfig:
 
 
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
-    _reject_unknown(raw, {"listener", "tls", "limits", "mqtt", "data_dir", "log_level"}, "")
+    _reject_unknown(
+        raw, {"listener", "tls", "limits", "mqtt", "stomp", "data_dir", "log_level"}, ""
+    )
     config = BrokerConfig()
     if "tls" in raw:
         config = replace(config, tls=_tls_table(raw["tls"]))
@@ -192,6 +206,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, limits=_limits(raw["limits"]))
     if "mqtt" in raw:
         config = replace(config, mqtt=_mqtt(raw["mqtt"]))
+    if "stomp" in raw:
+        config = replace(config, stomp=_stomp(raw["stomp"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -367,6 +383,19 @@ def _mqtt(raw: Any) -> MQTTSettings:
     if "scram_users_file" in values:
         values["scram_users_file"] = Path(values["scram_users_file"])
     return MQTTSettings(**values)
+
+
+def _stomp(raw: Any) -> StompSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("stomp: must be a table")
+    _reject_unknown(raw, {f.name for f in fields(StompSettings)}, "stomp.")
+    values = {}
+    for name in raw:
+        value = _typed(raw, name, (int, float), "stomp.")
+        if not 0 <= value <= 2_000_000:  # the header carries milliseconds, below 2**31
+            raise ConfigError(f"stomp.{name}: must be between 0 and 2000000 seconds")
+        values[name] = float(value)
+    return StompSettings(**values)
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:

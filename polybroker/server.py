@@ -11,6 +11,7 @@ from typing import Protocol
 import trio
 
 from .adapters.mqtt import serve_mqtt
+from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
@@ -19,7 +20,6 @@ from .transports.tls import ReloadableContext, accept_tls, certificate_identity,
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
 
 log = logging.getLogger("polybroker.server")
-
 
 class ProtocolHandler(Protocol):
     """An adapter's entry point: serve one client on ``stream`` until it goes away.
@@ -36,7 +36,7 @@ class ProtocolHandler(Protocol):
 # Protocol name -> adapter. A protocol joins by adding its entry here; listeners for a
 # protocol without one are refused at start-up, and `auto` connections that turn out
 # to speak it are closed with a log line.
-PROTOCOL_HANDLERS: dict[str, ProtocolHandler] = {"mqtt": serve_mqtt}
+PROTOCOL_HANDLERS: dict[str, ProtocolHandler] = {"mqtt": serve_mqtt, "stomp": serve_stomp}
 
 
 class Listener:

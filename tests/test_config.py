@@ -218,3 +218,31 @@ def test_cli_tls_flags_without_listen_are_an_error():
     args = build_parser().parse_args(["serve", "--certfile", "a.crt"])
     with pytest.raises(ConfigError, match="apply to --listen URLs"):
         _config_from_args(args)
+
+
+def test_stomp_listener_scheme_and_default_port():
+    listener = parse_listen_url("stomp://0.0.0.0")
+    assert (listener.protocol, listener.port, listener.url) == ("stomp", 61613, "stomp://0.0.0.0:61613")
+
+
+def test_stomp_settings_and_queue_length_are_read():
+    config = config_from_dict({
+        "stomp": {"heart_beat_send": 0, "heart_beat_receive": 2.5},
+        "limits": {"max_queue_length": 10},
+    })
+    assert (config.stomp.heart_beat_send, config.stomp.heart_beat_receive) == (0.0, 2.5)
+    assert config.limits.max_queue_length == 10
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"stomp": {"heartbeat": 1}}, "stomp.heartbeat: unknown key"),
+        ({"stomp": {"heart_beat_send": -1}}, "stomp.heart_beat_send: must be between"),
+        ({"stomp": {"heart_beat_receive": "10"}}, "stomp.heart_beat_receive: expected number"),
+        ({"stomp": 3}, "stomp: must be a table"),
+    ],
+)
+def test_bad_stomp_settings_are_rejected_naming_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)

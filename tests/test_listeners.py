@@ -143,10 +143,10 @@ async def test_auto_serves_mqtt_and_hands_other_protocols_to_their_adapter(monke
         mqtt = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         assert await mqtt.connect("sniffed") == ConnAck()
 
-        stomp = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
-        await stomp.send_raw(STOMP_CONNECT)
-        assert await stomp.receive_until_closed() == []
-        assert "speaks stomp, which this broker does not serve yet: closed" in caplog.text
+        amqp = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await amqp.send_raw(b"AMQP\x00\x00\x09\x01")
+        assert await amqp.receive_until_closed() == []
+        assert "speaks amqp, which this broker does not serve yet: closed" in caplog.text
 
         echo = Echo()
         monkeypatch.setitem(server.PROTOCOL_HANDLERS, "stomp", echo)
@@ -200,9 +200,9 @@ async def test_max_connections_refuses_the_one_too_many(caplog):
 
 
 async def test_listener_for_a_protocol_without_adapter_is_refused_at_start_up():
-    with pytest.raises(ConfigError, match=r"listener stomp://127.0.0.1:0: this broker does not "
-                                          r"serve stomp yet \(it serves mqtt, auto\)"):
-        await start_listeners(config_for("stomp://127.0.0.1:0"))
+    with pytest.raises(ConfigError, match=r"listener amqp://127.0.0.1:0: this broker does not "
+                                          r"serve amqp yet \(it serves mqtt, stomp, auto\)"):
+        await start_listeners(config_for("amqp://127.0.0.1:0"))
 
 
 async def test_unusable_certificate_is_refused_at_start_up(certs_dir):

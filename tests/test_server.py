@@ -4,6 +4,7 @@ import trio
 
 from polybroker.config import BrokerConfig, parse_listen_url
 from polybroker.protocols.mqtt import ConnAck, Publish
+from polybroker.protocols.stomp import Frame, FrameParser, encode_frame
 from polybroker.server import open_broker
 
 from .rawclient import RawClient
@@ -39,3 +40,15 @@ async def test_connection_error_does_not_stop_the_listener():
         good = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         assert await good.connect("ok") == ConnAck()
         await good.close()
+
+
+async def test_stomp_listener_is_served_by_the_stomp_adapter():
+    async with open_broker(loopback_config("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0")) as running:
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port("stomp"))
+        await stream.send_all(encode_frame(Frame("CONNECT", (("accept-version", "1.2"),))))
+        parser, frames = FrameParser(), []
+        with trio.fail_after(5):
+            while not frames:
+                frames = parser.feed(await stream.receive_some(4096))
+        assert frames[0].command == "CONNECTED"
+        await stream.aclose()

@@ -1,0 +1,609 @@
+"""STOMP adapter (1.0, 1.1, 1.2): one connection's frames in, broker core calls out.
+
+Same shape as the MQTT adapter: the reader parses whatever one receive returns and
+handles every frame in it synchronously; the writer sends what the connection has
+buffered, and sends a heart-beat (EOL) when it has had nothing to send for the
+negotiated interval.
+
+How STOMP meets the core (destinations: see ``polybroker.destinations``):
+
+- Every SUBSCRIBE is a consumer of a ``Queue``: ``/queue/x`` consumes the named
+  queue ``x`` (competing consumers, round-robin); ``/topic/f`` gets a private queue,
+  bound in the router under filter ``f`` and removed with the subscription. So every
+  ack mode, the prefetch bound and redelivery work the same on both kinds.
+- A SEND to ``/topic/t`` is published on the router at QoS 1 (each MQTT subscriber
+  gets it at its granted QoS); a SEND to ``/queue/x`` enters queue ``x`` (created on
+  first use) and waits there for a consumer.
+- ``content-type`` and user headers pass through both ways (MQTT 5.0 user
+  properties); the headers STOMP defines for its own use do not.
+- ``auto`` subscriptions settle a message when it is written; ``client`` and
+  ``client-individual`` ones hold it until ACK (``client``: cumulative over the
+  subscription's earlier messages) or NACK (requeued, ``redelivered:true``, for
+  another consumer when there is one; ``requeue:false`` drops it). Unsubscribing or
+  disconnecting requeues what is unacknowledged.
+- A subscription's ``prefetch-count`` (or ActiveMQ's ``activemq.prefetchSize``)
+  header bounds its unacknowledged messages (0 or none: no bound); a full send buffer
+  (``max_outgoing_bytes``) pauses deliveries to the connection.
+- BEGIN / COMMIT / ABORT buffer SEND, ACK and NACK frames of the transaction and
+  apply them in order at COMMIT; open transactions are aborted when the connection
+  ends.
+- Any fault is answered with an ERROR frame (``message`` header, and ``receipt-id``
+  when the faulty frame asked for a receipt), then the connection is closed after a
+  short linger so the client can read it. On shutdown connected clients get an ERROR
+  "server shutting down" first, as RabbitMQ does.
+"""
+
+import logging
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import __version__
+from ..broker import ANY_QOS, Broker
+from ..destinations import Destination, DestinationError, parse_destination, topic_destination
+from ..message import Message
+from ..protocols.stomp import (
+    DEFAULT_MAX_FRAME_SIZE,
+    V1_2,
+    Frame,
+    ProtocolError,
+    ServerConnection,
+    StompError,
+    encode_frame,
+    encode_message,
+)
+from ..queues import Queue, QueueEntry
+
+log = logging.getLogger("polybroker.stomp")
+
+RECEIVE_SIZE = 65536
+SERVER_NAME = f"polybroker/{__version__}"
+HEART_BEAT_TOLERANCE = 2.0  # a client silent for twice its interval is dropped (as RabbitMQ)
+LINGER = 2.0  # seconds to let the client read our last frame before the socket goes
+MAX_SUBSCRIPTIONS = 1000  # per connection
+MAX_TRANSACTIONS = 100  # open at once, per connection
+MAX_TRANSACTION_FRAMES = 10_000  # per transaction
+MAX_TRANSACTION_BYTES = 64 * 1024 * 1024  # SEND bodies buffered by open transactions
+PREFETCH_HEADERS = ("prefetch-count", "activemq.prefetchSize")
+MAX_PREFETCH = 2**31 - 1
+
+# Headers STOMP uses for itself: not taken from a SEND into the message, nor from a
+# message's headers into a MESSAGE (content-type travels as Message.content_type).
+_RESERVED_HEADERS = frozenset((
+    "destination", "content-length", "content-type", "receipt", "transaction",
+    "message-id", "subscription", "ack", "redelivered",
+))
+_REDELIVERED = (("redelivered", "true"),)
+_CONNECT_COMMANDS = ("CONNECT", "STOMP")
+
+
+@dataclass(eq=False, slots=True)
+class _Transaction:
+    actions: list = field(default_factory=list)
+    size: int = 0  # SEND body bytes buffered
+
+
+class StompSubscription:
+    """One SUBSCRIBE of one connection: a consumer of its queue."""
+
+    __slots__ = ("ack_mode", "connection", "destination", "id", "pending", "queue")
+
+    def __init__(
+        self,
+        connection: "StompClientConnection",
+        sub_id: str,
+        destination: Destination,
+        ack_mode: str,
+        queue: Queue,
+    ) -> None:
+        self.connection = connection
+        self.id = sub_id
+        self.destination = destination
+        self.ack_mode = ack_mode
+        self.queue = queue
+        self.pending: dict[str, int] = {}  # message-id -> delivery tag, in delivery order
+
+    def __repr__(self) -> str:
+        return f"StompSubscription({self.id!r}, {self.destination.wire!r})"
+
+    @property
+    def private(self) -> bool:
+        """A topic subscription: its queue is its own, bound in the router."""
+        return not self.destination.is_queue
+
+    def deliver_from_queue(self, queue: Queue, entry: QueueEntry, tag: int | None) -> None:
+        self.connection.send_message(self, entry, tag)
+
+    def has_credit(self) -> bool:
+        return self.connection.can_send()
+
+    def take(self, message_id: str) -> list[tuple[str, int]]:
+        """Remove and return (message-id, tag) of ``message_id`` and, in ``client`` mode,
+        of every earlier message of the subscription (cumulative)."""
+        if self.ack_mode != "client":
+            return [(message_id, self.pending.pop(message_id))]
+        taken = []
+        for pending_id in self.pending:
+            taken.append(pending_id)
+            if pending_id == message_id:
+                break
+        return [(pending_id, self.pending.pop(pending_id)) for pending_id in taken]
+
+
+class StompClientConnection:
+    """Serves one STOMP client over one stream."""
+
+    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
+        self.stream = stream
+        self.broker = broker
+        self.limits = broker.limits
+        self.peer = peer
+        settings = broker.config.stomp
+        self.conn = ServerConnection(
+            heart_beat=(_ms(settings.heart_beat_send), _ms(settings.heart_beat_receive)),
+            max_frame_size=min(self.limits.max_packet_size, DEFAULT_MAX_FRAME_SIZE),
+        )
+        self.session_id = secrets.token_hex(8)
+        self.login: str | None = None
+        self.host: str | None = None
+        self.connected = False
+        self.subscriptions: dict[str, StompSubscription] = {}
+        self._unacked: dict[str, StompSubscription] = {}  # message-id -> its subscription
+        self._transactions: dict[str, _Transaction] = {}
+        self._transaction_bytes = 0
+        self._message_count = 0
+        self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
+        self._starved = False  # a delivery waited for the send buffer to drain
+        self._closing = False
+        self._linger = False
+        self._wakeup = trio.Event()
+        self._read_scope = trio.CancelScope()
+
+    @property
+    def name(self) -> str:
+        return f"{self.session_id} ({self.peer})"
+
+    async def run(self) -> None:
+        self.broker.connection_opened(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                try:
+                    with self._read_scope:
+                        await self._read_loop()
+                finally:
+                    self._end()
+                    self._closing = True
+                    self._wakeup.set()
+            if self._linger:
+                await self._linger_close()
+        finally:
+            self.broker.connection_closed(self)
+            await trio.aclose_forcefully(self.stream)
+
+    def close_for_shutdown(self) -> None:
+        """The broker is stopping: a connected client gets an ERROR saying so."""
+        if self.connected and not self._closing:
+            self.conn.send(StompError("server shutting down").to_frame())
+            self._linger = True
+        log.info("client %s: closing: server shutting down", self.name)
+        self._read_scope.cancel()
+
+    # -- I/O loops ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        deadline = trio.current_time() + self.limits.connect_timeout
+        while True:
+            data = b""
+            with trio.move_on_at(deadline):
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    log.info("client %s: connection lost", self.name)
+                    return
+                if not data:
+                    log.info("client %s: closed the connection without DISCONNECT", self.name)
+                    return
+            try:
+                if not data:
+                    if not self.connected:
+                        raise ProtocolError("no CONNECT frame in time")
+                    silent = HEART_BEAT_TOLERANCE * self.conn.heart_beat[1] / 1000
+                    raise ProtocolError(f"heart-beat timeout: nothing received for {silent:g}s")
+                if not self._receive(data):
+                    return
+            except StompError as exc:
+                self._fail(exc)
+                return
+            finally:
+                if self.conn.pending_bytes:
+                    self._wakeup.set()
+            receive_ms = self.conn.heart_beat[1]
+            if self.connected and receive_ms:
+                deadline = trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
+            elif self.connected:
+                deadline = math.inf  # no heart-beats: a silent client stays
+
+    def _receive(self, data: bytes) -> bool:
+        """Handle one read's worth of frames; False ends the connection."""
+        for event in self.conn.receive_data(data):
+            if isinstance(event, Frame) and not self._handle(event):
+                return False
+        return True
+
+    async def _write_loop(self) -> None:
+        last_sent = trio.current_time()
+        try:
+            while True:
+                data = self.conn.data_to_send()
+                if data:
+                    with trio.move_on_after(self.limits.send_timeout) as timer:
+                        await self.stream.send_all(data)
+                    if timer.cancelled_caught:
+                        log.warning("client %s: closing: send timed out", self.name)
+                        self._linger = False
+                        break
+                    last_sent = trio.current_time()
+                    if self._starved:
+                        self._resume()
+                elif self._closing:
+                    return
+                else:
+                    send_ms = self.conn.heart_beat[0] if self.connected else 0
+                    beat_at = last_sent + send_ms / 1000 if send_ms else math.inf
+                    with trio.move_on_at(beat_at) as idle:
+                        await self._wakeup.wait()
+                    if idle.cancelled_caught:
+                        self.conn.send_heart_beat()
+                    else:
+                        self._wakeup = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._linger = False
+        self._read_scope.cancel()
+
+    async def _linger_close(self) -> None:
+        """Half-close and read until the client closes (bounded), so that our last frame
+        is not lost to a reset ("Connection Lingering")."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        with trio.move_on_after(LINGER):
+            try:
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _fail(self, exc: StompError) -> None:
+        """Send the ERROR frame for ``exc``; the connection closes after it."""
+        self.conn.send(exc.to_frame())
+        self._linger = True
+        log.warning("client %s: error: %s", self.name, exc.message)
+
+    def _end(self) -> None:
+        """The connection is over: abort its transactions, end its subscriptions."""
+        if self._transactions:
+            log.info("client %s: %d open transaction(s) aborted", self.name,
+                     len(self._transactions))
+            self._transactions.clear()
+        for sub in list(self.subscriptions.values()):
+            self._cancel(sub)
+        self.subscriptions.clear()
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def _handle(self, frame: Frame) -> bool:
+        """Handle one frame, then send its RECEIPT when asked; False ends the connection."""
+        carry_on = _HANDLERS[frame.command](self, frame)
+        receipt = frame.get("receipt")
+        if receipt is not None and frame.command not in _CONNECT_COMMANDS:
+            self.conn.send(Frame("RECEIPT", (("receipt-id", receipt),)))
+        for queue in self._to_dispatch:
+            queue.dispatch()
+        self._to_dispatch.clear()
+        return carry_on
+
+    def _on_connect(self, frame: Frame) -> bool:
+        login = frame.get("login")
+        if not self._authenticate(login, frame.get("passcode")):
+            raise ProtocolError("access refused: bad login or passcode [Connecting]")
+        self.login = login
+        self.host = frame.get("host")
+        self.conn.send(self.conn.connected_frame(session=self.session_id, server=SERVER_NAME))
+        self.connected = True
+        send_ms, receive_ms = self.conn.heart_beat
+        log.info("client %s: connected (STOMP %s, login %s, heart-beat send %dms receive %dms)",
+                 self.name, self.conn.version, login or "-", send_ms, receive_ms)
+        return True
+
+    def _authenticate(self, login: str | None, passcode: str | None) -> bool:
+        """Where the broker's authentication plugs in (the security issue); until it
+        lands any login, or none, is accepted."""
+        return True
+
+    def _on_send(self, frame: Frame) -> bool:
+        destination = self._destination(frame, subscribe=False)
+        if not self._in_transaction(frame, lambda: self._publish(destination, frame)):
+            self._publish(destination, frame)
+        return True
+
+    def _publish(self, destination: Destination, frame: Frame) -> None:
+        headers = tuple((k, v) for k, v in frame.headers if k not in _RESERVED_HEADERS)
+        message = Message(
+            destination.name, frame.body, qos=1, content_type=frame.get("content-type"),
+            headers=headers, origin_protocol="stomp", origin_client=self.session_id,
+        )
+        if destination.is_queue:
+            queue = self.broker.queues.declare(destination.name)
+            # Kept across a restart once the store lands (a durable queue's hook).
+            queue.put(message, persistent=frame.get("persistent") == "true")
+        else:
+            self.broker.publish(message)
+
+    def _on_subscribe(self, frame: Frame) -> bool:
+        version = self.conn.version
+        sub_id = frame.get("id")
+        if sub_id is None:  # 1.0 only (the connection requires it from 1.1 on)
+            sub_id = frame.get("destination")
+        if sub_id in self.subscriptions:
+            raise _error(frame, f"subscription id {sub_id!r} already in use [SUBSCRIBE id Header]")
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise _error(frame, f"more than {MAX_SUBSCRIPTIONS} subscriptions on one connection")
+        destination = self._destination(frame, subscribe=True)
+        prefetch = _prefetch(frame)
+        ack_mode = frame.get("ack", "auto")
+        if destination.is_queue:
+            queue = self.broker.queues.declare(destination.name)
+        else:
+            queue = Queue(
+                f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
+                max_length=self.limits.max_queued_messages,
+            )
+            self.broker.router.add(destination.name, queue, ANY_QOS)
+        sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
+        self.subscriptions[sub_id] = sub
+        queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False)
+        self._to_dispatch.append(queue)
+        log.debug("client %s: subscribed %r to %s (ack %s, prefetch %d, STOMP %s)",
+                  self.name, sub_id, destination.wire, ack_mode, prefetch, version)
+        return True
+
+    def _on_unsubscribe(self, frame: Frame) -> bool:
+        sub_id = frame.get("id")
+        if sub_id is not None:
+            sub = self.subscriptions.get(sub_id)
+        else:  # 1.0 may name the destination instead
+            wire = frame.get("destination")
+            sub = next((s for s in self.subscriptions.values() if s.destination.wire == wire), None)
+        if sub is None:
+            raise _error(frame, f"no subscription {sub_id or frame.get('destination')!r} "
+                                "to remove [UNSUBSCRIBE]")
+        del self.subscriptions[sub.id]
+        self._cancel(sub)
+        return True
+
+    def _cancel(self, sub: StompSubscription) -> None:
+        """End a subscription: its unacknowledged messages go back to the queue."""
+        for message_id in sub.pending:
+            self._unacked.pop(message_id, None)
+        sub.pending.clear()
+        if sub.private:
+            self.broker.router.remove(sub.destination.name, sub.queue)
+        sub.queue.remove_consumer(sub, requeue=not sub.private)
+
+    def _on_ack(self, frame: Frame) -> bool:
+        return self._acknowledge(frame, True)
+
+    def _on_nack(self, frame: Frame) -> bool:
+        return self._acknowledge(frame, False)
+
+    def _acknowledge(self, frame: Frame, positive: bool) -> bool:
+        command = frame.command
+        version = self.conn.version
+        id_header = "id" if version == V1_2 else "message-id"
+        message_id = frame.get(id_header)
+        sub = self._unacked.get(message_id)
+        if sub is None:
+            raise _error(frame, f"{command} of {id_header} {message_id!r}: no such message "
+                                f"awaits acknowledgement [{command}]")
+        named = frame.get("subscription")
+        if version != V1_2 and named is not None and named != sub.id:
+            raise _error(frame, f"{command}: message {message_id!r} did not come through "
+                                f"subscription {named!r} [{command}]")
+        requeue = frame.get("requeue", "true") != "false"
+        action = lambda: self._settle(sub, message_id, positive, requeue)  # noqa: E731
+        if not self._in_transaction(frame, action):
+            action()
+        return True
+
+    def _settle(self, sub: StompSubscription, message_id: str, positive: bool,
+                requeue: bool) -> None:
+        if message_id not in sub.pending:
+            return  # settled since (a transaction's ACK after a cumulative one)
+        tags = []
+        for pending_id, tag in sub.take(message_id):  # cumulative in client mode
+            del self._unacked[pending_id]
+            tags.append(tag)
+        if positive:
+            sub.queue.ack_many(tags)
+        else:
+            sub.queue.nack_many(tags, requeue=requeue)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _in_transaction(self, frame: Frame, action) -> bool:
+        """Buffer ``action`` in the frame's transaction; False if it names none."""
+        name = frame.get("transaction")
+        if name is None:
+            return False
+        transaction = self._transactions.get(name)
+        if transaction is None:
+            raise _error(frame, f"{frame.command} in unknown transaction {name!r} [BEGIN]")
+        size = len(frame.body)
+        if (len(transaction.actions) >= MAX_TRANSACTION_FRAMES
+                or self._transaction_bytes + size > MAX_TRANSACTION_BYTES):
+            raise _error(frame, f"transaction {name!r} too large [Size Limits]")
+        transaction.actions.append(action)
+        transaction.size += size
+        self._transaction_bytes += size
+        return True
+
+    def _on_begin(self, frame: Frame) -> bool:
+        name = frame.get("transaction")
+        if name in self._transactions:
+            raise _error(frame, f"transaction {name!r} already begun [BEGIN]")
+        if len(self._transactions) >= MAX_TRANSACTIONS:
+            raise _error(frame, f"more than {MAX_TRANSACTIONS} open transactions")
+        self._transactions[name] = _Transaction()
+        return True
+
+    def _on_commit(self, frame: Frame) -> bool:
+        for action in self._end_transaction(frame).actions:
+            action()
+        return True
+
+    def _on_abort(self, frame: Frame) -> bool:
+        self._end_transaction(frame)
+        return True
+
+    def _end_transaction(self, frame: Frame) -> _Transaction:
+        name = frame.get("transaction")
+        transaction = self._transactions.pop(name, None)
+        if transaction is None:
+            raise _error(frame, f"{frame.command} of unknown transaction {name!r} "
+                                f"[{frame.command}]")
+        self._transaction_bytes -= transaction.size
+        return transaction
+
+    def _on_disconnect(self, frame: Frame) -> bool:
+        log.info("client %s: disconnected", self.name)
+        self._linger = True
+        return False
+
+    # -- deliveries to the client ---------------------------------------------------------
+
+    def can_send(self) -> bool:
+        """Whether a delivery may be written now; when not, the queues wait for the
+        writer to drain the buffer (``_resume``)."""
+        if self._closing:
+            return False
+        if self.conn.pending_bytes < self.limits.max_outgoing_bytes:
+            return True
+        self._starved = True
+        return False
+
+    def _resume(self) -> None:
+        self._starved = False
+        for sub in list(self.subscriptions.values()):
+            sub.queue.dispatch()
+
+    def send_message(self, sub: StompSubscription, entry: QueueEntry, tag: int | None) -> None:
+        """Write one MESSAGE frame (the queue's consumer callback)."""
+        self._message_count += 1
+        message_id = f"{self.session_id}-{self._message_count}"
+        message = entry.message
+        destination = sub.destination.wire if sub.destination.is_queue else topic_destination(
+            message.topic)
+        headers = _message_headers(message)
+        if entry.redelivered:
+            headers = _REDELIVERED + headers
+        ack = message_id if tag is not None and self.conn.version == V1_2 else None
+        data = self._encode(destination, message_id, sub.id, headers, message.payload, ack)
+        if data is None:
+            log.warning("client %s: message to %s dropped: STOMP %s cannot carry its "
+                        "destination", self.name, destination, self.conn.version)
+            if tag is not None:
+                sub.queue.ack(tag)
+            return
+        self.conn.send_bytes(data)
+        if tag is not None:
+            sub.pending[message_id] = tag
+            self._unacked[message_id] = sub
+        self._wakeup.set()
+
+    def _encode(self, destination: str, message_id: str, sub_id: str,
+                headers: tuple[tuple[str, str], ...], body: bytes, ack: str | None) -> bytes | None:
+        version = self.conn.version
+        try:
+            return encode_message(destination, message_id, sub_id, headers, body, version, ack)
+        except ValueError:
+            pass
+        # A header this version cannot carry (LF in 1.0, CR in 1.1): leave it out.
+        headers = tuple(h for h in headers if _encodable(h, version))
+        try:
+            return encode_message(destination, message_id, sub_id, headers, body, version, ack)
+        except ValueError:
+            return None
+
+    def _destination(self, frame: Frame, *, subscribe: bool) -> Destination:
+        try:
+            return parse_destination(frame.get("destination"), subscribe=subscribe)
+        except DestinationError as exc:
+            raise _error(frame, f"{frame.command}: {exc}") from None
+
+
+def _error(frame: Frame, message: str) -> ProtocolError:
+    """The error for a frame at fault, carrying its receipt ("ERROR")."""
+    return ProtocolError(message, receipt_id=frame.get("receipt"))
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _prefetch(frame: Frame) -> int:
+    for name in PREFETCH_HEADERS:
+        value = frame.get(name)
+        if value is None:
+            continue
+        if not (value.isascii() and value.isdigit()) or int(value) > MAX_PREFETCH:
+            raise _error(frame, f"invalid {name} header {value[:20]!r}")
+        return int(value)
+    return 0
+
+
+def _message_headers(message: Message) -> tuple[tuple[str, str], ...]:
+    """A message's headers as a MESSAGE frame carries them, computed once per message."""
+    headers = message.wire_cache.get("stomp-headers")
+    if headers is None:
+        pairs = [(k, v) for k, v in message.headers if k and k not in _RESERVED_HEADERS]
+        if message.content_type is not None:
+            pairs.insert(0, ("content-type", message.content_type))
+        headers = message.wire_cache["stomp-headers"] = tuple(pairs)
+    return headers
+
+
+def _encodable(header: tuple[str, str], version: str) -> bool:
+    try:
+        encode_frame(Frame("SEND", (header,)), version)
+    except ValueError:
+        return False
+    return True
+
+
+_HANDLERS = {
+    "CONNECT": StompClientConnection._on_connect,
+    "STOMP": StompClientConnection._on_connect,
+    "SEND": StompClientConnection._on_send,
+    "SUBSCRIBE": StompClientConnection._on_subscribe,
+    "UNSUBSCRIBE": StompClientConnection._on_unsubscribe,
+    "ACK": StompClientConnection._on_ack,
+    "NACK": StompClientConnection._on_nack,
+    "BEGIN": StompClientConnection._on_begin,
+    "COMMIT": StompClientConnection._on_commit,
+    "ABORT": StompClientConnection._on_abort,
+    "DISCONNECT": StompClientConnection._on_disconnect,
+}
+
+
+async def serve_stomp(
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+) -> None:
+    """Serve one STOMP client until it goes away. ``identity`` is the TLS client
+    certificate's name, for the authentication checks to come; it is logged."""
+    if identity is not None:
+        log.info("stomp connection %s: certificate identity %s", peer, identity)
+    await StompClientConnection(stream, broker, peer).run()
