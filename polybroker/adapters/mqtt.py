@@ -123,6 +123,8 @@ class MQTTClientConnection:
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a 5.0 client is told so (0x8B), then the writer drains."""
+        if self._closing:
+            return  # already ended (it disconnected just before the shutdown)
         if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
             self.conn.send(Disconnect(rc.SERVER_SHUTTING_DOWN))
         log.info("client %s: closing: server shutting down", self.name)

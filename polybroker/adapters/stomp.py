@@ -185,7 +185,9 @@ class StompClientConnection:
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a connected client gets an ERROR saying so."""
-        if self.connected and not self._closing:
+        if self._closing:
+            return  # already on its way out: nothing to tell it
+        if self.connected:
             self.conn.send(StompError("server shutting down").to_frame())
             self._linger = True
         log.info("client %s: closing: server shutting down", self.name)
