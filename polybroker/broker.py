@@ -3,6 +3,9 @@
 Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
 (session expiry, delayed wills) run on ``timers``, driven by one trio task.
+
+Every change to durable state is told to ``journal`` (``persistence``: records in the
+store; the default keeps nothing).
 """
 
 import logging
@@ -15,6 +18,7 @@ import trio
 from .auth import Authenticator
 from .config import BrokerConfig
 from .message import Message
+from .persistence import Journal
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -47,6 +51,8 @@ class Broker:
         # Open client connections (any protocol), told to close on shutdown.
         self.connections: set[Closable] = set()
         self._all_closed: trio.Event | None = None
+        # In memory only until ``persistence.restore`` attaches the store.
+        self.journal = Journal()
 
     # -- connections ----------------------------------------------------------------------
 
@@ -105,6 +111,7 @@ class Broker:
             session = Session(client_id, self.limits, self.clock, expiry_interval)
             self.sessions[client_id] = session
         session.expiry_interval = expiry_interval
+        self.journal.session_opened(session)
         return session, present
 
     def close_session(
@@ -133,8 +140,13 @@ class Broker:
                 session.will_timer = self.timers.call_later(delay, lambda: self.publish(will))
         if interval == 0:
             self._discard(session)
-        elif interval != NEVER_EXPIRES:
-            session.expiry_timer = self.timers.call_later(interval, lambda: self._expire(session))
+            return
+        self.journal.session_closed(session)
+        if interval != NEVER_EXPIRES:
+            self.expire_later(session, interval)
+
+    def expire_later(self, session: Session, delay: float) -> None:
+        session.expiry_timer = self.timers.call_later(delay, lambda: self._expire(session))
 
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:
@@ -152,6 +164,7 @@ class Broker:
             callback()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+        self.journal.session_discarded(session)
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -159,6 +172,7 @@ class Broker:
         """Add or replace a subscription [MQTT-3.8.4-3]; return whether it existed."""
         existed = topic_filter in session.subscriptions
         session.subscriptions[topic_filter] = options
+        self.journal.subscription_set(session, topic_filter, options)
         shared = split_shared_filter(topic_filter)
         if shared is None:
             self.router.add(topic_filter, session, options)
@@ -185,6 +199,7 @@ class Broker:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
+        self.journal.subscription_removed(session, topic_filter)
         shared = split_shared_filter(topic_filter)
         if shared is None:
             self.router.remove(topic_filter, session)
@@ -204,8 +219,9 @@ class Broker:
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
-            else:
-                self.retained.clear(message.topic)
+                self.journal.retained_set(message)
+            elif self.retained.clear(message.topic):
+                self.journal.retained_cleared(message.topic)
         return self.route(message)
 
     def route(self, message: Message) -> int:
