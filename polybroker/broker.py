@@ -5,7 +5,8 @@ session's link, which buffers bytes for its connection's writer task. Deadlines
 (session expiry, delayed wills) run on ``timers``, driven by one trio task.
 
 Every change to durable state is told to ``journal`` (``persistence``: records in the
-store; the default keeps nothing).
+store; the default keeps nothing), and ``durability`` says when what was recorded is on
+disk, so that connections acknowledge nothing before (``durability``).
 """
 
 import logging
@@ -17,6 +18,7 @@ import trio
 
 from .auth import Authenticator
 from .config import BrokerConfig
+from .durability import Durability
 from .message import Message
 from .persistence import Journal
 from .retained import RetainedStore
@@ -51,8 +53,9 @@ class Broker:
         # Open client connections (any protocol), told to close on shutdown.
         self.connections: set[Closable] = set()
         self._all_closed: trio.Event | None = None
-        # In memory only until ``persistence.restore`` attaches the store.
+        # In memory only until ``durability.open_durable_state`` attaches the store.
         self.journal = Journal()
+        self.durability = Durability()
 
     # -- connections ----------------------------------------------------------------------
 

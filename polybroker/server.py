@@ -10,6 +10,7 @@ import trio
 from .adapters.mqtt import serve_mqtt
 from .broker import Broker
 from .config import BrokerConfig, ListenerConfig
+from .durability import open_durable_state
 
 log = logging.getLogger("polybroker.server")
 
@@ -28,10 +29,14 @@ class RunningBroker:
 async def serve(
     config: BrokerConfig, *, task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run the broker until cancelled; ``task_status.started`` reports the bound ports."""
+    """Run the broker until cancelled; ``task_status.started`` reports the bound ports.
+
+    The durable state is restored before any listener opens, and the store is closed after
+    the last connection has ended."""
     broker = Broker(config)
-    async with trio.open_nursery() as nursery:
+    async with open_durable_state(broker) as storage_tasks, trio.open_nursery() as nursery:
         nursery.start_soon(broker.timers.run)
+        storage_tasks.start(nursery)
         bound = []
         for listener in config.listeners:
             sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)

@@ -164,6 +164,10 @@ class MQTTClientConnection:
             while True:
                 data = self.conn.data_to_send()
                 if data:
+                    # Nothing goes out before the records it acknowledges are on disk.
+                    if not await self.broker.durability.wait_durable(self.limits.send_timeout):
+                        log.error("client %s: closing: storage did not confirm in time", self.name)
+                        break
                     with trio.move_on_after(self.limits.send_timeout) as timer:
                         await self.stream.send_all(data)
                     if timer.cancelled_caught:
@@ -345,6 +349,7 @@ class MQTTClientConnection:
     def _on_publish(self, packet: Publish) -> bool:
         topic = packet.topic
         reason = rc.SUCCESS
+        failures = self.broker.journal.failures
         if self.level >= MQTT_5:
             topic = self._resolve_alias(packet)
             reason = self._check_publish5(packet)
@@ -356,15 +361,31 @@ class MQTTClientConnection:
                 if reason == rc.SUCCESS:
                     reason = self._route(packet, topic)
                     inbound.add(packet.packet_id)
+            reason = self._check_stored(packet, reason, failures)
             self.conn.send(PubRec(packet.packet_id, self._ack_code(reason)))
             return True
         if reason == rc.SUCCESS:
             reason = self._route(packet, topic)
         if packet.qos == 1:
+            reason = self._check_stored(packet, reason, failures)
             self.conn.send(PubAck(packet.packet_id, self._ack_code(reason)))
         elif reason >= 0x80:
             raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
         return True
+
+    def _check_stored(self, packet: Publish, reason: int, failures: int) -> int:
+        """A store write failed while handling this PUBLISH (full disk): 5.0 answers 0x97,
+        3.1.1 can only close without acknowledging, so that the client sends it again (a
+        QoS 2 resend then finds its packet id and is not routed twice)."""
+        if self.broker.journal.failures == failures:
+            return reason
+        if self.level < MQTT_5:
+            raise Closing(rc.QUOTA_EXCEEDED, f"storage full: message to {packet.topic!r} "
+                                             "not acknowledged")
+        log.error("client %s: message to %s refused: storage full", self.name, packet.topic)
+        if packet.qos == 2:
+            self.session.inbound_qos2.discard(packet.packet_id)  # 0x97 ends the exchange
+        return rc.QUOTA_EXCEEDED
 
     def _ack_code(self, reason: int) -> int:
         return reason if self.level >= MQTT_5 else 0
