@@ -78,7 +78,7 @@ from .errors import (
     StoreLockedError,
 )
 from .keydir import KeyDirectory
-from .record import DELETE, MAX_FIELD_SIZE, PUT, Record, decode, encode
+from .record import DELETE, MAX_FIELD_SIZE, PUT, Record, decode, encode_checked_fields
 from .recovery import RecoveryIssue, SegmentScan, log_issue
 from .segment import Segment, fsync_directory, list_segment_ids
 
@@ -299,10 +299,12 @@ class LogStore:
         """Store ``value`` under ``key``; return the write's sequence number (not yet durable:
         it is once ``synced_seq`` reaches it). Raises StoreFullError when out of space."""
         self._check_open()
-        key = _as_bytes(key, "key")
-        value = _as_bytes(value, "value")
+        if type(key) is not bytes or len(key) > MAX_FIELD_SIZE:
+            key = _as_bytes(key, "key")
+        if type(value) is not bytes or len(value) > MAX_FIELD_SIZE:
+            value = _as_bytes(value, "value")
         seq = self._seq + 1
-        segment, offset, length = self._append(encode(PUT, seq, key, value), seq)
+        segment, offset, length = self._append(encode_checked_fields(PUT, seq, key, value), seq)
         self._index.put(key, segment.id, offset, length)
         return seq
 
@@ -310,11 +312,12 @@ class LogStore:
         """Remove ``key`` (a tombstone record); return its sequence number. Deleting an absent
         key writes nothing and returns the current sequence number."""
         self._check_open()
-        key = _as_bytes(key, "key")
+        if type(key) is not bytes or len(key) > MAX_FIELD_SIZE:
+            key = _as_bytes(key, "key")
         if key not in self._index.live:
             return self._seq
         seq = self._seq + 1
-        segment, offset, length = self._append(encode(DELETE, seq, key), seq)
+        segment, offset, length = self._append(encode_checked_fields(DELETE, seq, key), seq)
         self._index.delete(key, segment.id, offset, length)
         return seq
 
