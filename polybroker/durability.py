@@ -1,19 +1,24 @@
 """When recorded state is on disk, and the rule that nothing is acknowledged before.
 
-The rule: a connection sends nothing until every record written before that output was
+The rule: a connection sends no acknowledgement until every record written before it was
 produced is durable under the fsync policy. Each connection's writer asks
 ``wait_durable()`` before it writes what it has buffered, so PUBACK/PUBREC go out after the
 records of the routed message, PUBREL after the "released" state, PUBCOMP after the
-inbound QoS 2 id is gone, a stored QoS 2 PUBLISH after its record (a subscriber never sees
-a message that a restart could hand it again as a new one), CONNACK and SUBACK after the
-session and its subscriptions. Readers never wait: they keep handling packets, and one
+inbound QoS 2 id is gone, a QoS 2 PUBLISH after its record and packet id (a subscriber
+never sees a message that a restart could hand it again as a new one), CONNACK and SUBACK
+after the session and its subscriptions. Only a batch made of QoS 0/1 deliveries alone
+goes out at once: if a crash loses its records, the publisher was not acknowledged and
+sends again, which QoS 1 allows. Readers never wait: they keep handling packets, and one
 fsync covers everything they wrote meanwhile.
 
 Group commit: one committer task runs ``LogStore.sync()`` on a worker thread (the event
 loop never blocks on fsync) whenever records are waiting: ``always`` starts the next fsync
-as soon as the previous one returned, ``batch`` first lets the loop run for
-``BATCH_WINDOW`` so that one fsync covers what arrives in that window, ``never`` does not
-make anyone wait (the operating system writes back on its own; a clean stop syncs).
+as soon as the previous one returned, ``batch`` first lets the loop run for a window so
+that one fsync covers what arrives meanwhile, ``never`` does not make anyone wait (the
+operating system writes back on its own; a clean stop syncs). The batch window is as long
+as the last fsync took, at most ``BATCH_WINDOW``: waiting longer than an fsync costs the
+waiting clients more than the fsync it saves, and under load the records that arrive
+during one fsync are covered by the next anyway.
 
 Compaction runs as a second task, one segment at a time, in the steps of
 ``storage.compaction``: reading and scanning the segment and unlinking it happen on worker
@@ -43,7 +48,7 @@ __all__ = ["Durability", "StorageTasks", "compact_once", "open_durable_state"]
 
 log = logging.getLogger("polybroker.storage")
 
-BATCH_WINDOW = 0.002  # seconds the batch policy gathers records before an fsync
+BATCH_WINDOW = 0.002  # seconds: the longest the batch policy gathers records for an fsync
 IDLE_SYNC = 1.0  # seconds before records that nobody waits for are synced anyway
 RETRY_AFTER = 1.0  # seconds between attempts after an fsync failed
 COMPACTION_INTERVAL = 1.0  # seconds between looks for segments worth compacting
@@ -62,6 +67,7 @@ class Durability:
         self.waits = store is not None and policy != "never"
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
+        self.last_sync = 0.0  # seconds the last one took
         self._kick = trio.Event()
         self._round_done = trio.Event()
         self._started = 0
@@ -104,12 +110,13 @@ class Durability:
                     await self._kick.wait()
                 self._kick = trio.Event()
             if self.policy == "batch" and not self._forced:
-                await trio.sleep(BATCH_WINDOW)
+                await trio.sleep(min(self.last_sync, BATCH_WINDOW))
             await self._sync_round()
 
     async def _sync_round(self) -> None:
         forced, self._forced = self._forced, False
         self._started += 1
+        started = time.perf_counter()
         try:
             synced = await trio.to_thread.run_sync(self.store.sync)
         except StoreError as exc:
@@ -117,6 +124,7 @@ class Durability:
             self._forced = self._forced or forced
             await trio.sleep(RETRY_AFTER)
             return
+        self.last_sync = time.perf_counter() - started
         self.durable_seq = max(self.durable_seq, synced)
         self._finished = self._started
         self.syncs += 1

@@ -61,7 +61,11 @@ FORMAT = 1  # first byte of every value
 SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q/", b"r/"
 
-_MESSAGE_HEAD = struct.Struct(">BBBBd")  # format, qos, retain, payload format, expiry (wall)
+_MESSAGE_HEAD = struct.Struct(">BBBII")  # format, qos | retain, fields present, lengths
+# Fields present in a stored message, beyond topic and payload, in this order.
+_HAS_EXPIRY, _HAS_FORMAT, _HAS_CONTENT_TYPE, _HAS_CORRELATION = 1, 2, 4, 8
+_HAS_RESPONSE_TOPIC, _HAS_PROTOCOL, _HAS_CLIENT, _HAS_HEADERS = 16, 32, 64, 128
+_F64 = struct.Struct(">d")  # expiry deadline, wall-clock seconds
 _DELIVERY_HEAD = struct.Struct(">BBBBHB")  # format, flags, qos, retain, packet id, sub ids
 _SESSION = struct.Struct(">BId")  # format, expiry interval, disconnected at (wall; NaN: no)
 _SUBSCRIPTION = struct.Struct(">BBBBI")  # format, qos, no local, retain as published, sub id
@@ -69,7 +73,6 @@ _LEN = struct.Struct(">I")
 _U32 = struct.Struct(">I")
 _NONE = 0xFFFFFFFF
 _RELEASED, _GROUP = 1, 2  # delivery flags
-_NO_FORMAT = 0xFF
 
 
 # --------------------------------------------------------------------------- value codecs
@@ -111,38 +114,80 @@ class _Reader:
 
 
 def encode_message(message: Message, to_wall: float) -> bytes:
-    """The message as stored; ``to_wall`` turns its expiry deadline into wall-clock time."""
-    expiry = math.nan if message.expiry is None else message.expiry + to_wall
-    fmt = _NO_FORMAT if message.payload_format is None else message.payload_format
-    parts = [
-        _MESSAGE_HEAD.pack(FORMAT, message.qos, message.retain, fmt, expiry),
-        _text(message.topic), _field(message.payload), _text(message.content_type),
-        _field(message.correlation_data), _text(message.response_topic),
-        _text(message.origin_protocol), _text(message.origin_client),
-        _U32.pack(len(message.headers)),
-    ]
-    for name, value in message.headers:
-        parts.append(_text(name))
-        parts.append(_text(value))
+    """The message as stored; ``to_wall`` turns its expiry deadline into wall-clock time.
+    Fields a message does not have take no space (``_OPTIONAL``)."""
+    topic = message.topic.encode()
+    payload = message.payload
+    bits = 0
+    parts = [b"", topic, payload]
+    if message.expiry is not None:
+        bits |= _HAS_EXPIRY
+        parts.append(_F64.pack(message.expiry + to_wall))
+    if message.payload_format is not None:
+        bits |= _HAS_FORMAT
+        parts.append(bytes((message.payload_format,)))
+    for bit, value in (
+        (_HAS_CONTENT_TYPE, message.content_type),
+        (_HAS_CORRELATION, message.correlation_data),
+        (_HAS_RESPONSE_TOPIC, message.response_topic),
+        (_HAS_PROTOCOL, message.origin_protocol or None),
+        (_HAS_CLIENT, message.origin_client),
+    ):
+        if value is not None:
+            bits |= bit
+            data = value.encode() if isinstance(value, str) else value
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+    if message.headers:
+        bits |= _HAS_HEADERS
+        parts.append(_U32.pack(len(message.headers)))
+        for name, value in message.headers:
+            parts.append(_text(name))
+            parts.append(_text(value))
+    qos_retain = message.qos | (0x80 if message.retain else 0)
+    parts[0] = _MESSAGE_HEAD.pack(FORMAT, qos_retain, bits, len(topic), len(payload))
     return b"".join(parts)
 
 
 def decode_message(data: bytes, pos: int, to_clock: float) -> Message:
-    fmt, qos, retain, payload_format, expiry = _MESSAGE_HEAD.unpack_from(data, pos)
+    fmt, qos_retain, bits, topic_len, payload_len = _MESSAGE_HEAD.unpack_from(data, pos)
     if fmt != FORMAT:
         raise ValueError(f"unknown message format {fmt}")
-    reader = _Reader(data, pos + _MESSAGE_HEAD.size)
-    topic, payload = reader.text(), reader.field()
-    content_type, correlation_data = reader.text(), reader.field()
-    response_topic, origin_protocol, origin_client = reader.text(), reader.text(), reader.text()
-    headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
+    pos += _MESSAGE_HEAD.size
+    topic = data[pos : pos + topic_len].decode()
+    pos += topic_len
+    payload = data[pos : pos + payload_len]
+    pos += payload_len
+    if len(payload) != payload_len:
+        raise ValueError("truncated value")
+    expiry = payload_format = None
+    if bits & _HAS_EXPIRY:
+        (expiry,) = _F64.unpack_from(data, pos)
+        expiry += to_clock
+        pos += 8
+    if bits & _HAS_FORMAT:
+        payload_format = data[pos]
+        pos += 1
+    reader = _Reader(data, pos)
+    optional = {}
+    for bit in (_HAS_CONTENT_TYPE, _HAS_CORRELATION, _HAS_RESPONSE_TOPIC, _HAS_PROTOCOL,
+                _HAS_CLIENT):
+        if bits & bit:
+            optional[bit] = reader.field()
+    headers: tuple[tuple[str, str], ...] = ()
+    if bits & _HAS_HEADERS:
+        headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
+
+    def text(bit: int) -> str | None:
+        value = optional.get(bit)
+        return None if value is None else value.decode()
+
     return Message(
-        topic, payload, qos, bool(retain),
-        expiry=None if math.isnan(expiry) else expiry + to_clock,
-        payload_format=None if payload_format == _NO_FORMAT else payload_format,
-        content_type=content_type, correlation_data=correlation_data,
-        response_topic=response_topic, headers=headers,
-        origin_protocol=origin_protocol or "", origin_client=origin_client,
+        topic, payload, qos_retain & 0x7F, bool(qos_retain & 0x80), expiry=expiry,
+        payload_format=payload_format, content_type=text(_HAS_CONTENT_TYPE),
+        correlation_data=optional.get(_HAS_CORRELATION),
+        response_topic=text(_HAS_RESPONSE_TOPIC), headers=headers,
+        origin_protocol=text(_HAS_PROTOCOL) or "", origin_client=text(_HAS_CLIENT),
     )
 
 
@@ -529,7 +574,7 @@ class _Replay:
                 if fmt != FORMAT:
                     raise ValueError(f"unknown session format {fmt}")
                 client_id = client.decode()
-            except (ValueError, struct.error) as exc:
+            except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
             session = Session(client_id, broker.limits, broker.clock, interval)
@@ -551,7 +596,7 @@ class _Replay:
             try:
                 options = decode_subscription(value)
                 self.broker.subscribe(session, topic_filter.decode(), options)
-            except (ValueError, struct.error) as exc:
+            except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
             self.summary.subscriptions += 1
@@ -565,7 +610,7 @@ class _Replay:
                 continue
             try:
                 stored = decode_delivery(value, self.to_clock)
-            except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
             delivery = stored.delivery
@@ -609,7 +654,7 @@ class _Replay:
         for key, value in self.store.scan(RETAINED):
             try:
                 message = decode_message(value, 0, self.to_clock)
-            except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
             if message.expiry is not None and message.expiry <= now:

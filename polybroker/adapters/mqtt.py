@@ -80,6 +80,7 @@ class MQTTClientConnection:
         self._pending_connect: Connect | None = None
         self._taken_over = False
         self._closing = False
+        self._plain_bytes = 0  # buffered QoS 0/1 deliveries, which need not wait for the disk
         self._wakeup = trio.Event()
         self._read_scope = trio.CancelScope()
 
@@ -164,8 +165,13 @@ class MQTTClientConnection:
             while True:
                 data = self.conn.data_to_send()
                 if data:
-                    # Nothing goes out before the records it acknowledges are on disk.
-                    if not await self.broker.durability.wait_durable(self.limits.send_timeout):
+                    # Acknowledgements (and QoS 2 deliveries) go out once the records they
+                    # vouch for are on disk (durability); QoS 0/1 deliveries alone need not.
+                    plain, self._plain_bytes = self._plain_bytes, 0
+                    durability = self.broker.durability
+                    if len(data) > plain and not await durability.wait_durable(
+                        self.limits.send_timeout
+                    ):
                         log.error("client %s: closing: storage did not confirm in time", self.name)
                         break
                     with trio.move_on_after(self.limits.send_timeout) as timer:
@@ -519,6 +525,8 @@ class MQTTClientConnection:
         if data is None:
             return False
         conn.send_bytes(data)
+        if delivery.qos < 2:
+            self._plain_bytes += len(data)
         self._wakeup.set()
         return True
 
