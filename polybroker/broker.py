@@ -3,6 +3,10 @@
 Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
 (session expiry, delayed wills) run on ``timers``, driven by one trio task.
+
+Every change to durable state is told to ``journal`` (``persistence``: records in the
+store; the default keeps nothing), and ``durability`` says when what was recorded is on
+disk, so that connections acknowledge nothing before (``durability``).
 """
 
 import logging
@@ -14,7 +18,9 @@ import trio
 
 from .auth import Authenticator
 from .config import BrokerConfig
+from .durability import Durability
 from .message import Message
+from .persistence import Journal
 from .queues import QueueRegistry
 from .retained import RetainedStore
 from .router import TopicTrie
@@ -50,6 +56,9 @@ class Broker:
         # Open client connections (any protocol), told to close on shutdown.
         self.connections: set[Closable] = set()
         self._all_closed: trio.Event | None = None
+        # In memory only until ``durability.open_durable_state`` attaches the store.
+        self.journal = Journal()
+        self.durability = Durability()
 
     # -- connections ----------------------------------------------------------------------
 
@@ -108,6 +117,7 @@ class Broker:
             session = Session(client_id, self.limits, self.clock, expiry_interval)
             self.sessions[client_id] = session
         session.expiry_interval = expiry_interval
+        self.journal.session_opened(session)
         return session, present
 
     def close_session(
@@ -138,8 +148,13 @@ class Broker:
                 )
         if interval == 0:
             self._discard(session)
-        elif interval != NEVER_EXPIRES:
-            session.expiry_timer = self.timers.call_later(interval, lambda: self._expire(session))
+            return
+        self.journal.session_closed(session)
+        if interval != NEVER_EXPIRES:
+            self.expire_later(session, interval)
+
+    def expire_later(self, session: Session, delay: float) -> None:
+        session.expiry_timer = self.timers.call_later(delay, lambda: self._expire(session))
 
     def _publish_will(self, session: Session, will: Message) -> None:
         session.will_timer = None  # published once, by the delay or by the session's end
@@ -161,6 +176,7 @@ class Broker:
             callback()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+        self.journal.session_discarded(session)
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -168,6 +184,7 @@ class Broker:
         """Add or replace a subscription [MQTT-3.8.4-3]; return whether it existed."""
         existed = topic_filter in session.subscriptions
         session.subscriptions[topic_filter] = options
+        self.journal.subscription_set(session, topic_filter, options)
         shared = split_shared_filter(topic_filter)
         if shared is None:
             self.router.add(topic_filter, session, options)
@@ -194,6 +211,7 @@ class Broker:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
+        self.journal.subscription_removed(session, topic_filter)
         shared = split_shared_filter(topic_filter)
         if shared is None:
             self.router.remove(topic_filter, session)
@@ -213,8 +231,9 @@ class Broker:
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
-            else:
-                self.retained.clear(message.topic)
+                self.journal.retained_set(message)
+            elif self.retained.clear(message.topic):
+                self.journal.retained_cleared(message.topic)
         return self.route(message)
 
     def route(self, message: Message) -> int:

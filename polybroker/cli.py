@@ -14,7 +14,7 @@ import trio
 from . import __version__, certs
 from .auth import ScramCredential
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
-from .server import RunningBroker, serve_listeners, start_listeners
+from .server import RunningBroker, serve_with_storage, start_listeners
 
 log = logging.getLogger("polybroker")
 TLS_FLAGS = ("certfile", "keyfile", "cafile", "require_certificate")
@@ -168,7 +168,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> N
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
         running = await start_listeners(config)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_listeners, running)
+            await nursery.start(serve_with_storage, running)
             if port_file is not None:
                 _write_port_file(port_file, running)
             log.info("polybroker %s ready", __version__)

@@ -128,6 +128,30 @@ class StompSettings:
     heart_beat_receive: float = 10.0
 
 
+FSYNC_POLICIES = ("always", "batch", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The durable state of the broker (``persistence``), kept in a log-structured store
+    in ``<data_dir>/store``."""
+
+    # False: everything stays in memory and is lost when the broker stops.
+    persistence: bool = True
+    # When an acknowledgement may go out: "always" fsyncs as soon as a record is waiting,
+    # "batch" (group commit) waits a few milliseconds first so one fsync covers more,
+    # "never" does not wait for the disk at all (the operating system writes back).
+    fsync: str = "batch"
+    # Bytes per log segment file; compaction works one segment at a time.
+    segment_size: int = 16 * 1024 * 1024
+    # A sealed segment whose share of live records falls below this is rewritten.
+    compaction_threshold: float = 0.5
+    # QoS 1/2 messages kept per persistent session (queued and in flight), and their bytes.
+    # When either is reached, new messages for that session are dropped and logged.
+    max_stored_messages_per_session: int = 100_000
+    max_stored_bytes_per_session: int = 256 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     listeners: tuple[ListenerConfig, ...] = ()
@@ -136,6 +160,7 @@ class BrokerConfig:
     limits: Limits = field(default_factory=Limits)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     stomp: StompSettings = field(default_factory=StompSettings)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -195,7 +220,9 @@ def load_config(path: Path) -> BrokerConfig:
 
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
-        raw, {"listener", "tls", "limits", "mqtt", "stomp", "data_dir", "log_level"}, ""
+        raw,
+        {"listener", "tls", "limits", "mqtt", "stomp", "storage", "data_dir", "log_level"},
+        "",
     )
     config = BrokerConfig()
     if "tls" in raw:
@@ -208,6 +235,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, mqtt=_mqtt(raw["mqtt"]))
     if "stomp" in raw:
         config = replace(config, stomp=_stomp(raw["stomp"]))
+    if "storage" in raw:
+        config = replace(config, storage=_storage(raw["storage"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -396,6 +425,38 @@ def _stomp(raw: Any) -> StompSettings:
             raise ConfigError(f"stomp.{name}: must be between 0 and 2000000 seconds")
         values[name] = float(value)
     return StompSettings(**values)
+
+
+def _storage(raw: Any) -> StorageConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("storage: must be a table")
+    known = {f.name for f in fields(StorageConfig)}
+    _reject_unknown(raw, known, "storage.")
+    values: dict[str, Any] = {}
+    if "persistence" in raw:
+        values["persistence"] = raw["persistence"]
+        if not isinstance(values["persistence"], bool):
+            raise ConfigError(f"storage.persistence: expected true or false, "
+                              f"got {raw['persistence']!r}")
+    if "fsync" in raw:
+        values["fsync"] = _typed(raw, "fsync", str, "storage.")
+        if values["fsync"] not in FSYNC_POLICIES:
+            raise ConfigError(f"storage.fsync: must be one of {', '.join(FSYNC_POLICIES)}")
+    if "compaction_threshold" in raw:
+        threshold = _typed(raw, "compaction_threshold", (int, float), "storage.")
+        if not 0 < threshold <= 1:
+            raise ConfigError("storage.compaction_threshold: must be in (0, 1]")
+        values["compaction_threshold"] = float(threshold)
+    if "segment_size" in raw:
+        values["segment_size"] = _typed(raw, "segment_size", int, "storage.")
+        if values["segment_size"] < 4096:
+            raise ConfigError("storage.segment_size: at least 4096 bytes")
+    for name in ("max_stored_messages_per_session", "max_stored_bytes_per_session"):
+        if name in raw:
+            values[name] = _typed(raw, name, int, "storage.")
+            if values[name] <= 0:
+                raise ConfigError(f"storage.{name}: must be greater than 0")
+    return StorageConfig(**values)
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:

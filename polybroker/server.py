@@ -15,6 +15,7 @@ from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
+from .durability import open_durable_state
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
@@ -209,9 +210,25 @@ async def serve_listeners(
 async def serve(
     config: BrokerConfig, *, task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run the broker until cancelled; ``task_status.started`` reports the bound ports."""
+    """Run the broker until cancelled; ``task_status.started`` reports the bound ports.
+
+    The durable state is restored before any connection is accepted, and the store is
+    closed after the last connection has ended."""
     running = await start_listeners(config)
-    await serve_listeners(running, task_status=task_status)
+    await serve_with_storage(running, task_status=task_status)
+
+
+async def serve_with_storage(
+    running: RunningBroker,
+    *,
+    task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Restore the durable state, then accept connections on the bound listeners until
+    cancelled; the store closes after the last connection has ended."""
+    async with open_durable_state(running.broker) as storage_tasks, \
+            trio.open_nursery() as nursery:
+        storage_tasks.start(nursery)
+        await serve_listeners(running, task_status=task_status)
 
 
 @asynccontextmanager

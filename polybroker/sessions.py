@@ -16,6 +16,10 @@ Outbound rules (one session, any protocol adapter on the other side):
   not yet acknowledged, PUBREL for those already received [MQTT-4.4.0-1].
 Inbound QoS 2 ids live in ``inbound_qos2`` from PUBLISH until PUBREL, so a resent
 PUBLISH (DUP) is acknowledged but not routed again.
+
+A persistent session has a ``journal`` (``persistence``) that it tells about every QoS 1/2
+message it keeps, sends, releases and forgets; the journal may refuse to keep one more
+(the session's stored-message bounds), which drops it like a full queue does.
 """
 
 import logging
@@ -28,6 +32,7 @@ from .config import Limits
 from .message import Message
 
 if TYPE_CHECKING:
+    from .persistence import SessionJournal
     from .shared import SharedGroup
     from .timers import TimerHandle
 
@@ -69,6 +74,7 @@ class Delivery:
     subscription_ids: tuple[int, ...] = ()
     group: "SharedGroup | None" = None  # set when it came through a shared subscription
     released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
+    store_id: int = 0  # the record keeping it in a persistent session's journal (0: none)
 
 
 class Session:
@@ -83,6 +89,7 @@ class Session:
         "expiry_timer",
         "inbound_qos2",
         "inflight",
+        "journal",
         "limits",
         "link",
         "queued",
@@ -108,6 +115,7 @@ class Session:
         self.inflight: dict[int, Delivery] = {}  # insertion order is send order
         self.queued: deque[Delivery] = deque()
         self.inbound_qos2: set[int] = set()
+        self.journal: SessionJournal | None = None  # set while the session is persistent
         self.dropped = 0
         self._next_id = 1
 
@@ -135,26 +143,45 @@ class Session:
             self._send(link, Delivery(message, qos, retain, subscription_ids, group))
 
     def _enqueue(self, delivery: Delivery) -> None:
-        if len(self.queued) < self.limits.max_queued_messages:
+        journal = self.journal
+        if len(self.queued) < self.limits.max_queued_messages and (
+            journal is None or not delivery.qos or journal.message_added(delivery)
+        ):
             self.queued.append(delivery)
             return
+        self._drop_new()
+
+    def _drop_new(self) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning(
-                "client %s: queue full (%d messages), dropped %d message(s) so far",
+                "client %s: queue full (%d messages queued, or the stored-message limit), "
+                "dropped %d message(s) so far",
                 self.client_id, len(self.queued), self.dropped,
             )
 
     def _send(self, link: SessionLink, delivery: Delivery) -> None:
         expiry = delivery.message.expiry
         if expiry is not None and expiry <= self.clock():
+            self._forget(delivery)
             return  # expired while waiting: not delivered (MQTT 5.0 [MQTT-3.3.2-5])
         if not delivery.qos:
             link.send_publish(delivery, None, False)
             return
         packet_id = self._allocate_packet_id()
+        journal = self.journal
+        if journal is not None and not journal.message_sent(delivery, packet_id):
+            self._drop_new()
+            return
         if link.send_publish(delivery, packet_id, False):
             self.inflight[packet_id] = delivery
+        else:
+            self._forget(delivery)
+
+    def _forget(self, delivery: Delivery) -> None:
+        """The message is done with (acknowledged, expired or refused): unrecord it."""
+        if delivery.store_id and self.journal is not None:
+            self.journal.message_removed(delivery)
 
     def _allocate_packet_id(self) -> int:
         # The window is far smaller than the id space, so a free id is always near.
@@ -179,6 +206,7 @@ class Session:
         if delivery is None or delivery.qos != 1:
             return False
         del self.inflight[packet_id]
+        self._forget(delivery)
         self._fill_window()
         return True
 
@@ -188,6 +216,8 @@ class Session:
         if delivery is None or delivery.qos != 2:
             return False
         delivery.released = True
+        if self.journal is not None:
+            self.journal.message_released(delivery, packet_id)
         return True
 
     def pubcomp(self, packet_id: int) -> bool:
@@ -195,12 +225,15 @@ class Session:
         if delivery is None or not delivery.released:
             return False
         del self.inflight[packet_id]
+        self._forget(delivery)
         self._fill_window()
         return True
 
     def drop_inflight(self, packet_id: int) -> None:
         """The client refused a message (MQTT 5.0 PUBACK/PUBREC reason >= 0x80)."""
-        if self.inflight.pop(packet_id, None) is not None:
+        delivery = self.inflight.pop(packet_id, None)
+        if delivery is not None:
+            self._forget(delivery)
             self._fill_window()
 
     # -- connection life cycle ---------------------------------------------------------
@@ -213,6 +246,7 @@ class Session:
                 link.send_pubrel(packet_id)
             elif not link.send_publish(delivery, packet_id, True):
                 del self.inflight[packet_id]
+                self._forget(delivery)
         self._fill_window()
 
     def detach(self) -> None:
@@ -229,4 +263,6 @@ class Session:
         self.inflight = {pid: d for pid, d in self.inflight.items() if not movable(d)}
         taken.extend(d for d in self.queued if d.group is not None)
         self.queued = deque(d for d in self.queued if d.group is None)
+        for delivery in taken:
+            self._forget(delivery)
         return taken

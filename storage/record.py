@@ -44,6 +44,7 @@ __all__ = [
     "Record",
     "decode",
     "encode",
+    "encode_checked_fields",
     "inspect",
     "record_size",
 ]
@@ -93,6 +94,14 @@ def encode(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
         raise ValueError(f"sequence number out of range: {seq}")
     body = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, len(key), len(value), seq) + key + value
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def encode_checked_fields(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
+    """``encode`` for a caller that has already checked every field (the store's write path):
+    the same bytes, without the checks and with one copy fewer."""
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, len(key), len(value), seq)
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
+    return b"".join((head, key, value, _CRC.pack(crc)))
 
 
 def inspect(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int, int, int, int]:

@@ -108,11 +108,13 @@ class Segment:
         """Write ``data`` at the end; return its offset. On failure nothing stays appended
         (the file is truncated back) and the OSError propagates."""
         start = self.size
-        view = memoryview(data)
         written = 0
         try:
-            while written < len(data):
-                written += os.write(self.fd, view[written:])
+            written = os.write(self.fd, data)
+            if written < len(data):  # short write: rare, finish it
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(self.fd, view[written:])
         except BaseException:
             if written:
                 self.rollback(start)

@@ -32,7 +32,10 @@ records. ``compact()`` takes sealed segments below ``compaction_threshold``, app
 of their live records (byte-for-byte, same sequence numbers) to the active segment, fsyncs,
 and only then deletes the old files, so a crash at any point leaves either the original or
 a later copy of every live record. Copies sort after the originals in log order, so replay
-still ends on the current record of each key.
+still ends on the current record of each key. ``begin_compaction()`` does the same for one
+segment in steps, so that an event loop can drive it: the reading and scanning, the fsync and
+the unlink run on worker threads, and the copying in small batches between other writes
+(``compaction``).
 
 *Tombstones.* A DELETE record is needed for as long as a PUT for its key survives in some
 *other* segment: if compaction dropped it while an older segment still held a PUT, replay
@@ -66,6 +69,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from .compaction import CompactionJob
 from .errors import (
     CorruptRecordError,
     StoreClosedError,
@@ -74,7 +78,7 @@ from .errors import (
     StoreLockedError,
 )
 from .keydir import KeyDirectory
-from .record import DELETE, MAX_FIELD_SIZE, PUT, Record, decode, encode
+from .record import DELETE, MAX_FIELD_SIZE, PUT, Record, decode, encode_checked_fields
 from .recovery import RecoveryIssue, SegmentScan, log_issue
 from .segment import Segment, fsync_directory, list_segment_ids
 
@@ -135,6 +139,7 @@ class LogStore:
         self._dirty: dict[int, Segment] = {}  # segments written since their last fsync
         self._dir_dirty = False
         self._closed = False
+        self._job: CompactionJob | None = None  # the stepwise compaction in progress
 
     # ----------------------------------------------------------------- opening / closing
 
@@ -212,6 +217,8 @@ class LogStore:
             self._close_files()
 
     def _close_files(self) -> None:
+        if self._job is not None:
+            self._job.abort()
         with self._lock:
             self._closed = True
             for segment in self._segments.values():
@@ -292,10 +299,12 @@ class LogStore:
         """Store ``value`` under ``key``; return the write's sequence number (not yet durable:
         it is once ``synced_seq`` reaches it). Raises StoreFullError when out of space."""
         self._check_open()
-        key = _as_bytes(key, "key")
-        value = _as_bytes(value, "value")
+        if type(key) is not bytes or len(key) > MAX_FIELD_SIZE:
+            key = _as_bytes(key, "key")
+        if type(value) is not bytes or len(value) > MAX_FIELD_SIZE:
+            value = _as_bytes(value, "value")
         seq = self._seq + 1
-        segment, offset, length = self._append(encode(PUT, seq, key, value), seq)
+        segment, offset, length = self._append(encode_checked_fields(PUT, seq, key, value), seq)
         self._index.put(key, segment.id, offset, length)
         return seq
 
@@ -303,11 +312,12 @@ class LogStore:
         """Remove ``key`` (a tombstone record); return its sequence number. Deleting an absent
         key writes nothing and returns the current sequence number."""
         self._check_open()
-        key = _as_bytes(key, "key")
+        if type(key) is not bytes or len(key) > MAX_FIELD_SIZE:
+            key = _as_bytes(key, "key")
         if key not in self._index.live:
             return self._seq
         seq = self._seq + 1
-        segment, offset, length = self._append(encode(DELETE, seq, key), seq)
+        segment, offset, length = self._append(encode_checked_fields(DELETE, seq, key), seq)
         self._index.delete(key, segment.id, offset, length)
         return seq
 
@@ -417,14 +427,9 @@ class LogStore:
         (whose deletion was made durable before they returned): segments compacted together
         still count as present, so the order in which their files disappear cannot matter."""
         self._check_open()
-        assert self._active is not None
-        active_id = self._active.id
-        candidates = sorted(
-            (self.live_fraction(sid), sid)
-            for sid in self._segments
-            if sid != active_id and self.live_fraction(sid) < self.compaction_threshold
-        )
-        chosen = [self._segments[sid] for _, sid in candidates[:max_segments]]
+        if self._job is not None:
+            raise RuntimeError("a stepwise compaction is in progress")
+        chosen = [self._segments[sid] for sid in self._compaction_candidates()[:max_segments]]
         removals: list[tuple[Segment, Counter[bytes], list[bytes]]] = []
         for segment in chosen:
             result = self._copy_live(segment)
@@ -448,6 +453,33 @@ class LogStore:
         for segment, put_counts, dropped in removals:
             self._index.segment_removed(segment.id, put_counts, dropped)
         return len(removals)
+
+    def _compaction_candidates(self) -> list[int]:
+        """Sealed segments below the threshold, lowest live fraction first."""
+        assert self._active is not None
+        active_id = self._active.id
+        candidates = sorted(
+            (self.live_fraction(sid), sid)
+            for sid in self._segments
+            if sid != active_id and self.live_fraction(sid) < self.compaction_threshold
+        )
+        return [sid for _, sid in candidates]
+
+    def begin_compaction(self) -> CompactionJob | None:
+        """Start compacting, in steps, the sealed segment with the lowest live fraction below
+        the threshold; None if there is none. For an owner whose writing thread must not block
+        (an event loop): ``compaction`` explains how to drive the job."""
+        self._check_open()
+        if self._job is not None:
+            raise RuntimeError("a stepwise compaction is in progress")
+        candidates = self._compaction_candidates()
+        if not candidates:
+            return None
+        segment = self._segments[candidates[0]]
+        with self._lock:
+            segment.pin()
+        self._job = CompactionJob(self, segment)
+        return self._job
 
     def _copy_live(self, segment: Segment) -> tuple[Counter[bytes], list[bytes]] | None:
         """Append copies of the segment's current records to the active segment. Returns the

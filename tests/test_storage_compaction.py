@@ -185,3 +185,158 @@ def test_disk_use_stays_bounded_under_endless_put_delete(tmp_path: Path) -> None
     store.close()
     with LogStore.open(tmp_path, segment_size=segment_size) as store:
         assert len(store) == 40 and list(store.scan(b"queue/")) == []
+
+
+# ------------------------------------------------------------ stepwise compaction (for a loop)
+
+
+def run_job(store: LogStore, limit: int = 3) -> bool:
+    """Drive a stepwise compaction to the end as the broker does (minus the threads)."""
+    job = store.begin_compaction()
+    if job is None:
+        return False
+    job.read()
+    while not job.copy(limit):
+        pass
+    store.sync()
+    if not job.detach():
+        return False
+    job.unlink()
+    job.finish()
+    return True
+
+
+def test_stepwise_compaction_removes_what_compact_would(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path, segment_size=300) as store:
+        for i in range(30):
+            store.put(b"k%02d" % i, b"v" * 20)
+        for i in range(30):
+            if i % 3:
+                store.delete(b"k%02d" % i)
+        low = [s for s in store.segment_ids()[:-1] if store.live_fraction(s) < 0.5]
+        removed = []
+        while (job := store.begin_compaction()) is not None:
+            removed.append(job.segment_id)
+            job.abort()  # begin picks the lowest live fraction; run it for real below
+            assert run_job(store)
+        assert set(low) <= set(removed)
+        assert all(not seg_file(tmp_path, s).exists() for s in removed)
+        assert all(store.live_fraction(s) >= 0.5 for s in store.segment_ids()[:-1])
+        expected = {b"k%02d" % i: b"v" * 20 for i in range(0, 30, 3)}
+        assert dict(store.scan()) == expected
+    with LogStore.open(tmp_path, segment_size=300) as store:
+        assert store.recovery_issues == [] and dict(store.scan()) == expected
+
+
+def test_writes_between_steps_win_over_the_copies(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path, segment_size=400) as store:
+        for i in range(12):
+            store.put(b"k%02d" % i, b"old%02d" % i)
+        roll_with_garbage(store)
+        for i in range(7):
+            store.delete(b"k%02d" % i)  # segment 1 drops below the threshold
+        job = store.begin_compaction()
+        assert job is not None and job.segment_id == 1
+        job.read()
+        assert not job.copy(2)
+        # Between steps: overwrite a key still to be copied, delete another, recreate one.
+        store.put(b"k11", b"new11")
+        store.delete(b"k10")
+        store.put(b"k00", b"back")
+        while not job.copy(2):
+            pass
+        store.sync()
+        assert job.detach()
+        job.unlink()
+        job.finish()
+        expected = {b"k%02d" % i: b"old%02d" % i for i in range(7, 10)}
+        expected |= {b"k11": b"new11", b"k00": b"back"}
+        assert dict(store.scan(b"k")) == expected
+        assert 1 not in store.segment_ids()
+    with LogStore.open(tmp_path, segment_size=400) as store:
+        assert store.recovery_issues == [] and dict(store.scan(b"k")) == expected
+
+
+def test_crash_in_the_middle_of_a_stepwise_compaction_loses_nothing(tmp_path: Path) -> None:
+    opts = {"segment_size": 300}
+    store = LogStore.open(tmp_path, **opts)
+    for i in range(20):
+        store.put(b"k%02d" % i, b"v%d" % i)
+    for i in range(20):
+        if i % 3:
+            store.delete(b"k%02d" % i)
+    roll_with_garbage(store)
+    expected = dict(store.scan())
+    job = store.begin_compaction()
+    job.read()
+    job.copy(1)
+    store._close_files()  # crash: some copies written, none synced, the job never finished
+    with LogStore.open(tmp_path, **opts) as store:
+        assert store.recovery_issues == [] and dict(store.scan()) == expected
+        while run_job(store):
+            pass
+        assert dict(store.scan()) == expected
+    with LogStore.open(tmp_path, **opts) as store:
+        assert dict(store.scan()) == expected
+
+
+def test_a_failed_unlink_keeps_the_store_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LogStore.open(tmp_path, segment_size=300)
+    for i in range(10):
+        store.put(b"k%d" % i, b"v" * 20)
+        store.delete(b"k%d" % i)
+    store.put(b"keep", b"value")
+    roll_with_garbage(store)
+    job = store.begin_compaction()
+    job.read()
+    while not job.copy():
+        pass
+    store.sync()
+    assert job.detach()
+
+    def no_unlink(path: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "unlink", no_unlink)
+    with pytest.raises(StoreError):
+        job.unlink()
+    monkeypatch.undo()
+    job.abort()
+    assert store.get(b"keep") == b"value"
+    assert run_job(store) or store.begin_compaction() is None  # the next job may proceed
+    store.close()
+    with LogStore.open(tmp_path, segment_size=300) as store:
+        assert dict(store.scan()) == {b"keep": b"value"}
+
+
+def test_a_damaged_segment_is_not_compacted_stepwise(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path, segment_size=300) as store:
+        store.put(b"precious", b"p" * 20)
+        roll_with_garbage(store)
+        assert store.live_fraction(1) < 0.5
+        data = bytearray(seg_file(tmp_path, 1).read_bytes())
+        start = data.index(b"precious")
+        data[start + 10] ^= 0xFF  # the disk changed under the open store
+        seg_file(tmp_path, 1).write_bytes(bytes(data))
+        job = store.begin_compaction()
+        job.read()
+        while not job.copy():
+            pass
+        assert job.detach() is False
+        assert 1 in store.segment_ids() and seg_file(tmp_path, 1).exists()
+        assert store.begin_compaction() is not None  # the job is over; another may start
+
+
+def test_one_stepwise_compaction_at_a_time(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path, segment_size=200) as store:
+        for _ in range(3):
+            roll_with_garbage(store)
+        job = store.begin_compaction()
+        with pytest.raises(RuntimeError):
+            store.begin_compaction()
+        with pytest.raises(RuntimeError):
+            store.compact()
+        job.abort()
+        assert store.compact() == 1

@@ -36,8 +36,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = LogStore.open(self.directory, **OPTIONS)
         self.model: dict[bytes, bytes] = {}
         self.last_seq = 0
+        self.job = None  # a stepwise compaction (begin_compaction) in progress
 
     def teardown(self) -> None:
+        if self.job is not None:
+            self.job.abort()
         self.store.close()
         shutil.rmtree(self.directory)
 
@@ -59,19 +62,47 @@ class StoreMachine(RuleBasedStateMachine):
     def sync(self) -> None:
         assert self.store.sync() == self.last_seq == self.store.synced_seq
 
+    @precondition(lambda self: self.job is None)
     @rule(max_segments=st.integers(1, 4))
     def compact(self, max_segments: int) -> None:
         before = set(self.store.segment_ids())
         removed = self.store.compact(max_segments)
         assert len(before - set(self.store.segment_ids())) == removed <= max_segments
 
+    @precondition(lambda self: self.job is None)
+    @rule()
+    def begin_stepwise_compaction(self) -> None:
+        self.job = self.store.begin_compaction()
+        if self.job is not None:
+            self.job.read()
+
+    @precondition(lambda self: self.job is not None)
+    @rule(limit=st.integers(1, 4))
+    def stepwise_compaction_step(self, limit: int) -> None:
+        """One batch of copies; writes by the other rules interleave with these steps."""
+        if not self.job.copy(limit):
+            return
+        segment_id = self.job.segment_id
+        self.store.sync()  # the broker's sync thread makes the copies durable
+        if self.job.detach():
+            self.job.unlink()
+            self.job.finish()
+            assert segment_id not in self.store.segment_ids()
+        self.job = None
+
     def _reopen(self, expected_state: tuple[object, ...]) -> None:
         self.store = LogStore.open(self.directory, **OPTIONS)
         assert index_state(self.store) == expected_state
         self.last_seq = self.store.last_seq
 
+    def _abandon_job(self) -> None:
+        if self.job is not None:
+            self.job.abort()
+            self.job = None
+
     @rule()
     def reopen(self) -> None:
+        self._abandon_job()
         state = index_state(self.store)
         self.store.close()
         self._reopen(state)
@@ -80,6 +111,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def crash(self) -> None:
         """Stop without syncing (a process crash: the page cache keeps what was written)."""
+        self._abandon_job()
         state = index_state(self.store)
         self.store._close_files()
         self._reopen(state)
@@ -89,6 +121,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(garbage=st.binary(min_size=1, max_size=30))
     def crash_mid_write(self, garbage: bytes) -> None:
         """A crash that leaves part of a record behind: it is cut off and reported."""
+        self._abandon_job()
         state = index_state(self.store)
         last = self.store.segment_ids()[-1]
         self.store._close_files()

@@ -20,6 +20,7 @@ from polybroker.storage.record import (
     Record,
     decode,
     encode,
+    encode_checked_fields,
     inspect,
 )
 
@@ -44,6 +45,12 @@ def test_put_round_trip(key: bytes, value: bytes, seq: int) -> None:
     data = encode(PUT, seq, key, value)
     assert decode(data) == Record(PUT, seq, key, value)
     assert inspect(data)[:4] == (OK, PUT, len(key), len(data))
+
+
+@given(keys, values, seqs)
+def test_the_store_fast_path_encodes_the_same_bytes(key: bytes, value: bytes, seq: int) -> None:
+    assert encode_checked_fields(PUT, seq, key, value) == encode(PUT, seq, key, value)
+    assert encode_checked_fields(DELETE, seq, key) == encode(DELETE, seq, key)
 
 
 @given(keys, seqs)

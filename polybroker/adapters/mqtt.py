@@ -97,6 +97,7 @@ class MQTTClientConnection:
         self._taken_over = False
         self._closing_slow = False
         self._closing = False
+        self._plain_bytes = 0  # buffered QoS 0/1 deliveries, which need not wait for the disk
         self._wakeup = trio.Event()
         self._read_scope = trio.CancelScope()
 
@@ -186,6 +187,15 @@ class MQTTClientConnection:
             while True:
                 data = self.conn.data_to_send()
                 if data:
+                    # Acknowledgements (and QoS 2 deliveries) go out once the records they
+                    # vouch for are on disk (durability); QoS 0/1 deliveries alone need not.
+                    plain, self._plain_bytes = self._plain_bytes, 0
+                    durability = self.broker.durability
+                    if len(data) > plain and not await durability.wait_durable(
+                        self.limits.send_timeout
+                    ):
+                        log.error("client %s: closing: storage did not confirm in time", self.name)
+                        break
                     with trio.move_on_after(self.limits.send_timeout) as timer:
                         await self.stream.send_all(data)
                     if timer.cancelled_caught:
@@ -380,6 +390,7 @@ class MQTTClientConnection:
     def _on_publish(self, packet: Publish) -> bool:
         topic = packet.topic
         reason = rc.SUCCESS
+        failures = self.broker.journal.failures
         if self.level >= MQTT_5:
             topic = self._resolve_alias(packet)
             reason = self._check_publish5(packet)
@@ -391,11 +402,13 @@ class MQTTClientConnection:
                 if reason == rc.SUCCESS:
                     reason = self._route(packet, topic)
                     inbound.add(packet.packet_id)
+            reason = self._check_stored(packet, reason, failures)
             self._ack(PUBREC, packet.packet_id, reason)
             return True
         if reason == rc.SUCCESS:
             reason = self._route(packet, topic)
         if packet.qos == 1:
+            reason = self._check_stored(packet, reason, failures)
             self._ack(PUBACK, packet.packet_id, reason)
         elif reason >= 0x80:
             raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
@@ -407,6 +420,20 @@ class MQTTClientConnection:
             self.conn.send_bytes(encode_ack(first_byte, packet_id))
         else:
             self.conn.send(_ACK_TYPES[first_byte](packet_id, reason))
+
+    def _check_stored(self, packet: Publish, reason: int, failures: int) -> int:
+        """A store write failed while handling this PUBLISH (full disk): 5.0 answers 0x97,
+        3.1.1 can only close without acknowledging, so that the client sends it again (a
+        QoS 2 resend then finds its packet id and is not routed twice)."""
+        if self.broker.journal.failures == failures:
+            return reason
+        if self.level < MQTT_5:
+            raise Closing(rc.QUOTA_EXCEEDED, f"storage full: message to {packet.topic!r} "
+                                             "not acknowledged")
+        log.error("client %s: message to %s refused: storage full", self.name, packet.topic)
+        if packet.qos == 2:
+            self.session.inbound_qos2.discard(packet.packet_id)  # 0x97 ends the exchange
+        return rc.QUOTA_EXCEEDED
 
     def _resolve_alias(self, packet: Publish) -> str:
         """Apply an inbound topic alias [MQTT-3.3.2-7 .. -10]."""
@@ -548,6 +575,8 @@ class MQTTClientConnection:
         if data is None:
             return False
         conn.send_bytes(data)
+        if delivery.qos < 2:
+            self._plain_bytes += len(data)
         self._wakeup.set()
         if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large

@@ -1,0 +1,675 @@
+"""Durable broker state: which changes become which store records, and the replay at start-up.
+
+What is durable: persistent sessions (session expiry interval above 0; MQTT 3.1.1 clean
+session 0 never expires), their subscriptions, the QoS 1/2 messages queued or in flight for
+them with their delivery state, the packet ids of inbound QoS 2 messages not yet released,
+and retained messages. Sessions that end with their connection stay in memory only.
+
+One record per state change, keyed so that a prefix scan finds each kind, and one client's
+records sort together (``\\0`` cannot occur in MQTT strings [MQTT-1.5.4-2])::
+
+    s/<client>               session: expiry interval, when it was disconnected
+    u/<client>\\0<filter>     subscription and its options
+    m/<client>\\0<id:8>       a message for the session with its delivery state: QoS,
+                             packet id once sent, subscription ids, shared group; after
+                             PUBREC only the packet id and "released" (the body is not
+                             needed to finish with PUBREL/PUBCOMP)
+    q/<client>\\0<pid:2>      inbound QoS 2 packet id between PUBLISH and PUBREL
+    r/<topic>                retained message
+
+A message that goes to several persistent sessions is stored once per session: the record
+is the message's encoding (made once and reused) plus a few bytes of delivery state, and is
+deleted by that session's acknowledgement alone. Storing the body once with per-session
+references would save space only when a message has more than one persistent receiver,
+and would cost an extra record and tombstone (about 60 bytes) per message, plus reference
+counting, in the usual case of one receiver.
+
+Order of writes, so that a log cut anywhere (a torn tail) still replays to a state some
+client could have seen: a session's record before its other records and deleted after
+them; an inbound QoS 2 id after the messages its PUBLISH was routed to. What may be
+acknowledged and when is ``durability``'s business.
+
+A failed write (``StoreFullError`` on a full disk, or another ``StoreError``) is logged
+loudly and counted in ``failures``; the state stays in memory, so nothing is lost while
+the broker runs, and the adapter that caused the write refuses its client's message
+(MQTT 5.0 reason 0x97, 3.1.1: connection closed without acknowledgement).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .message import Message
+from .sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
+from .storage import LogStore, StoreError
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .config import StorageConfig
+
+__all__ = ["Journal", "RestoreSummary", "SessionJournal", "StoreJournal", "restore"]
+
+log = logging.getLogger("polybroker.persistence")
+
+FORMAT = 1  # first byte of every value
+SEP = b"\0"
+SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q/", b"r/"
+
+_MESSAGE_HEAD = struct.Struct(">BBBII")  # format, qos | retain, fields present, lengths
+# Fields present in a stored message, beyond topic and payload, in this order.
+_HAS_EXPIRY, _HAS_FORMAT, _HAS_CONTENT_TYPE, _HAS_CORRELATION = 1, 2, 4, 8
+_HAS_RESPONSE_TOPIC, _HAS_PROTOCOL, _HAS_CLIENT, _HAS_HEADERS = 16, 32, 64, 128
+_F64 = struct.Struct(">d")  # expiry deadline, wall-clock seconds
+_DELIVERY_HEAD = struct.Struct(">BBBBHB")  # format, flags, qos, retain, packet id, sub ids
+_SESSION = struct.Struct(">BId")  # format, expiry interval, disconnected at (wall; NaN: no)
+_SUBSCRIPTION = struct.Struct(">BBBBI")  # format, qos, no local, retain as published, sub id
+_LEN = struct.Struct(">I")
+_U32 = struct.Struct(">I")
+_NONE = 0xFFFFFFFF
+_RELEASED, _GROUP = 1, 2  # delivery flags
+
+
+# --------------------------------------------------------------------------- value codecs
+
+
+def _field(value: bytes | None) -> bytes:
+    return _LEN.pack(_NONE) if value is None else _LEN.pack(len(value)) + value
+
+
+def _text(value: str | None) -> bytes:
+    return _field(None if value is None else value.encode())
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def field(self) -> bytes | None:
+        (length,) = _LEN.unpack_from(self.data, self.pos)
+        self.pos += 4
+        if length == _NONE:
+            return None
+        start, self.pos = self.pos, self.pos + length
+        if self.pos > len(self.data):
+            raise ValueError("truncated value")
+        return self.data[start : self.pos]
+
+    def text(self) -> str | None:
+        value = self.field()
+        return None if value is None else value.decode()
+
+    def u32(self) -> int:
+        (value,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return value
+
+
+def encode_message(message: Message, to_wall: float) -> bytes:
+    """The message as stored; ``to_wall`` turns its expiry deadline into wall-clock time.
+    Fields a message does not have take no space (``_OPTIONAL``)."""
+    topic = message.topic.encode()
+    payload = message.payload
+    bits = 0
+    parts = [b"", topic, payload]
+    if message.expiry is not None:
+        bits |= _HAS_EXPIRY
+        parts.append(_F64.pack(message.expiry + to_wall))
+    if message.payload_format is not None:
+        bits |= _HAS_FORMAT
+        parts.append(bytes((message.payload_format,)))
+    for bit, value in (
+        (_HAS_CONTENT_TYPE, message.content_type),
+        (_HAS_CORRELATION, message.correlation_data),
+        (_HAS_RESPONSE_TOPIC, message.response_topic),
+        (_HAS_PROTOCOL, message.origin_protocol or None),
+        (_HAS_CLIENT, message.origin_client),
+    ):
+        if value is not None:
+            bits |= bit
+            data = value.encode() if isinstance(value, str) else value
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+    if message.headers:
+        bits |= _HAS_HEADERS
+        parts.append(_U32.pack(len(message.headers)))
+        for name, value in message.headers:
+            parts.append(_text(name))
+            parts.append(_text(value))
+    qos_retain = message.qos | (0x80 if message.retain else 0)
+    parts[0] = _MESSAGE_HEAD.pack(FORMAT, qos_retain, bits, len(topic), len(payload))
+    return b"".join(parts)
+
+
+def decode_message(data: bytes, pos: int, to_clock: float) -> Message:
+    fmt, qos_retain, bits, topic_len, payload_len = _MESSAGE_HEAD.unpack_from(data, pos)
+    if fmt != FORMAT:
+        raise ValueError(f"unknown message format {fmt}")
+    pos += _MESSAGE_HEAD.size
+    topic = data[pos : pos + topic_len].decode()
+    pos += topic_len
+    payload = data[pos : pos + payload_len]
+    pos += payload_len
+    if len(payload) != payload_len:
+        raise ValueError("truncated value")
+    expiry = payload_format = None
+    if bits & _HAS_EXPIRY:
+        (expiry,) = _F64.unpack_from(data, pos)
+        expiry += to_clock
+        pos += 8
+    if bits & _HAS_FORMAT:
+        payload_format = data[pos]
+        pos += 1
+    reader = _Reader(data, pos)
+    optional = {}
+    for bit in (_HAS_CONTENT_TYPE, _HAS_CORRELATION, _HAS_RESPONSE_TOPIC, _HAS_PROTOCOL,
+                _HAS_CLIENT):
+        if bits & bit:
+            optional[bit] = reader.field()
+    headers: tuple[tuple[str, str], ...] = ()
+    if bits & _HAS_HEADERS:
+        headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
+
+    def text(bit: int) -> str | None:
+        value = optional.get(bit)
+        return None if value is None else value.decode()
+
+    return Message(
+        topic, payload, qos_retain & 0x7F, bool(qos_retain & 0x80), expiry=expiry,
+        payload_format=payload_format, content_type=text(_HAS_CONTENT_TYPE),
+        correlation_data=optional.get(_HAS_CORRELATION),
+        response_topic=text(_HAS_RESPONSE_TOPIC), headers=headers,
+        origin_protocol=text(_HAS_PROTOCOL) or "", origin_client=text(_HAS_CLIENT),
+    )
+
+
+def encode_delivery(delivery: Delivery, packet_id: int, body: bytes) -> bytes:
+    flags = _GROUP if delivery.group is not None else 0
+    ids = delivery.subscription_ids
+    parts = [_DELIVERY_HEAD.pack(FORMAT, flags, delivery.qos, delivery.retain, packet_id,
+                                 len(ids))]
+    parts.extend(_U32.pack(i) for i in ids)
+    if delivery.group is not None:
+        parts.append(_text(delivery.group.name))
+        parts.append(_text(delivery.group.topic_filter))
+    parts.append(body)
+    return b"".join(parts)
+
+
+def encode_released(packet_id: int) -> bytes:
+    return _DELIVERY_HEAD.pack(FORMAT, _RELEASED, 2, 0, packet_id, 0)
+
+
+@dataclass(slots=True)
+class StoredDelivery:
+    """A decoded ``m/`` record."""
+
+    delivery: Delivery
+    packet_id: int  # 0: not sent yet
+    group: tuple[str, str] | None  # (name, filter) of the shared subscription
+
+
+def decode_delivery(data: bytes, to_clock: float) -> StoredDelivery:
+    fmt, flags, qos, retain, packet_id, count = _DELIVERY_HEAD.unpack_from(data, 0)
+    if fmt != FORMAT:
+        raise ValueError(f"unknown delivery format {fmt}")
+    if flags & _RELEASED:
+        # Only PUBREL and PUBCOMP are left to exchange: the message itself is gone.
+        delivery = Delivery(Message("", b"", 2), 2, False, released=True)
+        return StoredDelivery(delivery, packet_id, None)
+    reader = _Reader(data, _DELIVERY_HEAD.size)
+    ids = tuple(reader.u32() for _ in range(count))
+    group = (reader.text(), reader.text()) if flags & _GROUP else None
+    message = decode_message(data, reader.pos, to_clock)
+    return StoredDelivery(Delivery(message, qos, bool(retain), ids), packet_id, group)
+
+
+def encode_session(session: Session, disconnected_at: float | None) -> bytes:
+    when = math.nan if disconnected_at is None else disconnected_at
+    return _SESSION.pack(FORMAT, session.expiry_interval, when)
+
+
+def encode_subscription(options: SubscriptionOptions) -> bytes:
+    return _SUBSCRIPTION.pack(FORMAT, options.qos, options.no_local,
+                              options.retain_as_published, options.subscription_id or 0)
+
+
+def decode_subscription(data: bytes) -> SubscriptionOptions:
+    fmt, qos, no_local, rap, sub_id = _SUBSCRIPTION.unpack(data)
+    if fmt != FORMAT:
+        raise ValueError(f"unknown subscription format {fmt}")
+    return SubscriptionOptions(qos, bool(no_local), bool(rap), sub_id or None)
+
+
+# --------------------------------------------------------------------------- journals
+
+
+class Journal:
+    """Where the broker core reports durable state changes. This one keeps nothing: the
+    broker with ``persistence = false``, and the core on its own (tests)."""
+
+    failures = 0  # writes that failed; an adapter compares it around a call to notice
+
+    def session_opened(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
+
+    def session_discarded(self, session: Session) -> None: ...
+
+    def subscription_set(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions
+    ) -> None: ...
+
+    def subscription_removed(self, session: Session, topic_filter: str) -> None: ...
+
+    def retained_set(self, message: Message) -> None: ...
+
+    def retained_cleared(self, topic: str) -> None: ...
+
+
+class StoreJournal(Journal):
+    """Turns the broker's state changes into records of a ``LogStore``."""
+
+    def __init__(self, store: LogStore, broker: Broker, settings: StorageConfig) -> None:
+        self.store = store
+        self.clock = broker.clock
+        self.max_messages = settings.max_stored_messages_per_session
+        self.max_bytes = settings.max_stored_bytes_per_session
+        self.failures = 0
+        self.next_id = 1  # of m/ records: never reused, so a late delete cannot hit a new one
+        self._failing = 0  # failures in the current run of failures
+        self._undeleted: dict[bytes, None] = {}  # tombstones that could not be written
+        self.summary: RestoreSummary | None = None  # what the replay at start-up found
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> bool:
+        try:
+            self.store.put(key, value)
+        except StoreError as exc:
+            self._failed(exc, key)
+            return False
+        if self._failing or self._undeleted:
+            self._recovered(key)
+        return True
+
+    def delete(self, key: bytes) -> None:
+        try:
+            self.store.delete(key)
+        except StoreError as exc:
+            self._failed(exc, key)
+            self._undeleted[key] = None  # retried once writes succeed again
+
+    def _failed(self, exc: StoreError, key: bytes) -> None:
+        self.failures += 1
+        self._failing += 1
+        if self._failing == 1 or self._failing % 1000 == 0:
+            log.error(
+                "STORAGE WRITE FAILED (%d in a row): %s; record %r kept in memory only, "
+                "clients are refused until the store accepts writes again",
+                self._failing, exc, key[:80],
+            )
+
+    def _recovered(self, key: bytes) -> None:
+        if self._failing:
+            log.warning("storage: writes succeed again after %d failure(s)", self._failing)
+            self._failing = 0
+        self._undeleted.pop(key, None)  # written again since: its old tombstone is moot
+        for old in list(self._undeleted):
+            del self._undeleted[old]
+            self.delete(old)
+            if self._failing:
+                return
+
+    def to_wall(self) -> float:
+        """Add to a deadline on the broker's clock to get wall-clock time."""
+        return time.time() - self.clock()
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def session_opened(self, session: Session) -> None:
+        if session.expiry_interval == 0:
+            if session.journal is not None:
+                self._forget_session(session)  # no longer persistent
+            return
+        if session.journal is None:
+            SessionJournal.attach(self, session)
+        self.put(SESSION + session.journal.client, encode_session(session, None))
+
+    def session_closed(self, session: Session) -> None:
+        if session.journal is not None:
+            self.put(SESSION + session.journal.client, encode_session(session, time.time()))
+
+    def session_discarded(self, session: Session) -> None:
+        if session.journal is not None:
+            self._forget_session(session)
+
+    def _forget_session(self, session: Session) -> None:
+        journal = session.journal
+        for topic_filter in session.subscriptions:
+            self.delete(journal.subscription_key(topic_filter))
+        for delivery in (*session.inflight.values(), *session.queued):
+            if delivery.store_id:
+                self.delete(journal.message_key(delivery.store_id))
+                delivery.store_id = 0
+        for packet_id in session.inbound_qos2:
+            self.delete(journal.inbound_key(packet_id))
+        self.delete(SESSION + journal.client)  # last: see the module docstring
+        session.journal = None
+        session.inbound_qos2 = set(session.inbound_qos2)
+
+    # -- subscriptions and retained messages -----------------------------------------------
+
+    def subscription_set(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions
+    ) -> None:
+        if session.journal is not None:
+            self.put(session.journal.subscription_key(topic_filter),
+                     encode_subscription(options))
+
+    def subscription_removed(self, session: Session, topic_filter: str) -> None:
+        if session.journal is not None:
+            self.delete(session.journal.subscription_key(topic_filter))
+
+    def retained_set(self, message: Message) -> None:
+        self.put(RETAINED + message.topic.encode(), self.message_body(message))
+
+    def retained_cleared(self, topic: str) -> None:
+        self.delete(RETAINED + topic.encode())
+
+    def message_body(self, message: Message) -> bytes:
+        """The stored form of a message, made once however many sessions keep it."""
+        cache = message.wire_cache
+        body = cache.get("store")
+        if body is None:
+            body = cache["store"] = encode_message(message, self.to_wall())
+        return body
+
+
+class SessionJournal:
+    """The records of one persistent session's messages (``Session.journal``)."""
+
+    __slots__ = ("client", "count", "nbytes", "owner", "prefix")
+
+    def __init__(self, owner: StoreJournal, client: bytes) -> None:
+        self.owner = owner
+        self.client = client
+        self.prefix = MESSAGE + client + SEP
+        self.count = 0  # messages stored
+        self.nbytes = 0  # their payload bytes
+
+    @classmethod
+    def attach(cls, owner: StoreJournal, session: Session) -> SessionJournal:
+        journal = session.journal = cls(owner, session.client_id.encode())
+        session.inbound_qos2 = JournaledPacketIds(journal, session.inbound_qos2)
+        return journal
+
+    def message_key(self, store_id: int) -> bytes:
+        return self.prefix + store_id.to_bytes(8, "big")
+
+    def subscription_key(self, topic_filter: str) -> bytes:
+        return SUBSCRIPTION + self.client + SEP + topic_filter.encode()
+
+    def inbound_key(self, packet_id: int) -> bytes:
+        return INBOUND_QOS2 + self.client + SEP + packet_id.to_bytes(2, "big")
+
+    def _fits(self, size: int) -> bool:
+        owner = self.owner
+        return self.count < owner.max_messages and self.nbytes + size <= owner.max_bytes
+
+    def _store(self, delivery: Delivery, packet_id: int) -> bool:
+        """Record a delivery not recorded yet; False if over the session's bounds."""
+        size = len(delivery.message.payload)
+        if not self._fits(size):
+            return False
+        owner = self.owner
+        store_id = owner.next_id
+        value = encode_delivery(delivery, packet_id, owner.message_body(delivery.message))
+        if owner.put(self.message_key(store_id), value):
+            owner.next_id = store_id + 1
+            delivery.store_id = store_id
+            self.count += 1
+            self.nbytes += size
+        return True  # a failed write keeps it in memory: the adapter refuses the publisher
+
+    def message_added(self, delivery: Delivery) -> bool:
+        """A QoS 1/2 message was queued for the session; False: over its bounds, drop it."""
+        return self._store(delivery, 0)
+
+    def message_sent(self, delivery: Delivery, packet_id: int) -> bool:
+        """A QoS 1/2 message goes out with ``packet_id``. A QoS 2 message's packet id is
+        recorded before the PUBLISH leaves, so that after a restart it is resent with the
+        same id and the client can tell it is the same message."""
+        if not delivery.store_id:
+            return self._store(delivery, packet_id)
+        if delivery.qos == 2:
+            body = self.owner.message_body(delivery.message)
+            self.owner.put(self.message_key(delivery.store_id),
+                           encode_delivery(delivery, packet_id, body))
+        return True
+
+    def message_released(self, delivery: Delivery, packet_id: int) -> None:
+        """PUBREC came: from now on only the packet id matters (PUBREL until PUBCOMP)."""
+        if delivery.store_id:
+            self.owner.put(self.message_key(delivery.store_id), encode_released(packet_id))
+
+    def message_removed(self, delivery: Delivery) -> None:
+        self.owner.delete(self.message_key(delivery.store_id))
+        delivery.store_id = 0
+        self.count -= 1
+        self.nbytes -= len(delivery.message.payload)
+
+
+class JournaledPacketIds(set):
+    """A persistent session's inbound QoS 2 packet ids (``Session.inbound_qos2``): a set
+    that records its changes, so a PUBLISH resent after a restart is not routed twice."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self, journal: SessionJournal, ids: Iterable[int] = ()) -> None:
+        super().__init__(ids)
+        self.journal = journal
+
+    def add(self, packet_id: int) -> None:
+        if packet_id not in self:
+            super().add(packet_id)
+            self.journal.owner.put(self.journal.inbound_key(packet_id), b"")
+
+    def discard(self, packet_id: int) -> None:
+        if packet_id in self:
+            super().discard(packet_id)
+            self.journal.owner.delete(self.journal.inbound_key(packet_id))
+
+    def remove(self, packet_id: int) -> None:
+        if packet_id not in self:
+            raise KeyError(packet_id)
+        self.discard(packet_id)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class RestoreSummary:
+    sessions: int = 0
+    subscriptions: int = 0
+    messages: int = 0
+    inbound_qos2: int = 0
+    retained: int = 0
+    expired_sessions: int = 0
+    dropped_records: int = 0  # undecodable, or belonging to no session: deleted
+
+    def __str__(self) -> str:
+        text = (f"{self.sessions} sessions, {self.subscriptions} subscriptions, "
+                f"{self.messages} messages, {self.inbound_qos2} inbound QoS 2 ids, "
+                f"{self.retained} retained")
+        if self.expired_sessions:
+            text += f", {self.expired_sessions} sessions expired while stopped"
+        if self.dropped_records:
+            text += f", {self.dropped_records} unusable records dropped"
+        return text
+
+
+def restore(store: LogStore, broker: Broker, settings: StorageConfig) -> StoreJournal:
+    """Rebuild the broker's durable state from ``store`` and attach the journal to it.
+
+    Call on a fresh broker (no sessions, nothing retained), inside trio (the broker's
+    clock). Returns the journal; its ``summary`` says what was restored.
+    """
+    journal = StoreJournal(store, broker, settings)
+    replay = _Replay(store, broker, journal)
+    replay.run()
+    broker.journal = journal
+    replay.expire_sessions()
+    journal.summary = replay.summary
+    return journal
+
+
+class _Replay:
+    def __init__(self, store: LogStore, broker: Broker, journal: StoreJournal) -> None:
+        self.store = store
+        self.broker = broker
+        self.journal = journal
+        self.summary = RestoreSummary()
+        self.to_clock = broker.clock() - time.time()
+        self.sessions: dict[bytes, Session] = {}
+        self.remaining: dict[Session, float] = {}  # seconds left before expiry
+        self.unusable: list[bytes] = []
+
+    def run(self) -> None:
+        self._sessions()
+        self._subscriptions()
+        self._messages()
+        self._inbound_qos2()
+        self._retained()
+        for key in self.unusable:
+            self.journal.delete(key)
+        self.summary.dropped_records = len(self.unusable)
+
+    def _records(self, prefix: bytes) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
+        """(key, client, rest of the key, value) of one kind of per-client records."""
+        for key, value in self.store.scan(prefix):
+            client, _, rest = key[len(prefix):].partition(SEP)
+            yield key, client, rest, value
+
+    def _unusable(self, key: bytes, why: str) -> None:
+        log.error("storage: dropping record %r: %s", key[:80], why)
+        self.unusable.append(key)
+
+    def _sessions(self) -> None:
+        now = time.time()
+        broker = self.broker
+        for key, value in self.store.scan(SESSION):
+            client = key[len(SESSION):]
+            try:
+                fmt, interval, disconnected_at = _SESSION.unpack(value)
+                if fmt != FORMAT:
+                    raise ValueError(f"unknown session format {fmt}")
+                client_id = client.decode()
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            session = Session(client_id, broker.limits, broker.clock, interval)
+            SessionJournal.attach(self.journal, session)
+            broker.sessions[client_id] = session
+            self.sessions[client] = session
+            if interval != NEVER_EXPIRES:
+                # Connected when the broker stopped: its clock starts now.
+                gone = 0.0 if math.isnan(disconnected_at) else max(0.0, now - disconnected_at)
+                self.remaining[session] = interval - gone
+        self.summary.sessions = len(self.sessions)
+
+    def _subscriptions(self) -> None:
+        for key, client, topic_filter, value in self._records(SUBSCRIPTION):
+            session = self.sessions.get(client)
+            if session is None or not topic_filter:
+                self._unusable(key, "no such session")
+                continue
+            try:
+                options = decode_subscription(value)
+                self.broker.subscribe(session, topic_filter.decode(), options)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            self.summary.subscriptions += 1
+
+    def _messages(self) -> None:
+        groups = self.broker.shared_groups
+        for key, client, store_id, value in self._records(MESSAGE):
+            session = self.sessions.get(client)
+            if session is None or len(store_id) != 8:
+                self._unusable(key, "no such session")
+                continue
+            try:
+                stored = decode_delivery(value, self.to_clock)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            delivery = stored.delivery
+            delivery.store_id = int.from_bytes(store_id, "big")
+            if stored.group is not None:
+                delivery.group = groups.get(stored.group)
+            self.journal.next_id = max(self.journal.next_id, delivery.store_id + 1)
+            journal = session.journal
+            journal.count += 1
+            journal.nbytes += len(delivery.message.payload)
+            pid = stored.packet_id
+            if not pid:
+                session.queued.append(delivery)
+                self.summary.messages += 1
+                continue
+            # Sent before: resent with the same packet id (QoS 2 depends on it). A packet id
+            # is only reused once its previous message is done with and its record deleted,
+            # so if two records claim one, that delete was lost (a power cut can keep later
+            # pages and lose earlier ones): the older message is finished, drop its record.
+            stale = session.inflight.pop(pid, None)
+            if stale is not None:
+                self._unusable(journal.message_key(stale.store_id), "packet id reused later")
+                journal.count -= 1
+                journal.nbytes -= len(stale.message.payload)
+                self.summary.messages -= 1
+            session.inflight[pid] = delivery
+            self.summary.messages += 1
+
+    def _inbound_qos2(self) -> None:
+        for key, client, packet_id, _ in self._records(INBOUND_QOS2):
+            session = self.sessions.get(client)
+            if session is None or len(packet_id) != 2:
+                self._unusable(key, "no such session")
+                continue
+            set.add(session.inbound_qos2, int.from_bytes(packet_id, "big"))  # no new record
+            self.summary.inbound_qos2 += 1
+
+    def _retained(self) -> None:
+        retained = self.broker.retained
+        now = self.broker.clock()
+        for key, value in self.store.scan(RETAINED):
+            try:
+                message = decode_message(value, 0, self.to_clock)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            if message.expiry is not None and message.expiry <= now:
+                self.unusable.append(key)  # expired while the broker was stopped
+                continue
+            retained.set(message.topic, message)
+            self.summary.retained += 1
+
+    def expire_sessions(self) -> None:
+        """Start the expiry clocks; sessions whose time ran out while stopped end now."""
+        for session, remaining in self.remaining.items():
+            if remaining <= 0:
+                log.info("client %s: session expired while the broker was stopped",
+                         session.client_id)
+                self.broker._discard(session)
+                self.summary.expired_sessions += 1
+            else:
+                self.broker.expire_later(session, remaining)
