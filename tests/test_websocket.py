@@ -140,7 +140,8 @@ async def test_origin_allow_list():
 @pytest.mark.parametrize(
     ("policy", "offered", "protocol", "chosen"),
     [
-        (MQTT, ["mqttv3.1", "mqtt"], "mqtt", "mqttv3.1"),  # the client's preference
+        (MQTT, ["mqttv3.1", "mqtt"], "mqtt", "mqtt"),  # "mqtt" when offered [MQTT-6.0.0-4]
+        (MQTT, ["mqttv3.1"], "mqtt", "mqttv3.1"),  # an MQTT 3.1 client
         (MQTT, [], "mqtt", None),
         (STOMP, ["v10.stomp", "v11.stomp", "v12.stomp"], "stomp", "v10.stomp"),
         (UpgradePolicy("auto", "/"), ["v12.stomp"], "stomp", "v12.stomp"),

@@ -155,6 +155,8 @@ async def _choose_subprotocol(
     if not offered:  # none asked for: the listener's protocol (auto: sniffed later)
         return policy.protocol, None
     protocols = list(SUBPROTOCOLS) if policy.protocol == "auto" else [policy.protocol]
+    if "mqtt" in protocols and "mqtt" in offered:
+        return "mqtt", "mqtt"  # the server MUST return "mqtt" when offered [MQTT-6.0.0-4]
     for name in offered:  # the client's order of preference
         for protocol in protocols:
             if name in SUBPROTOCOLS.get(protocol, ()):
