@@ -74,6 +74,11 @@ class Durability:
         self._finished = 0
         self._forced = False
 
+    def mark(self) -> int:
+        """A position in the record sequence: when it changes around a call, that call
+        wrote records that must be durable before its acknowledgement goes out."""
+        return self.store.last_seq if self.waits else 0
+
     def pending(self) -> bool:
         """Whether some record is written but not yet known durable (and that matters)."""
         return self.waits and self.store.last_seq > self.durable_seq
@@ -207,5 +212,6 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         yield StorageTasks(store, broker.durability)
     finally:
         broker.journal = Journal()
+        broker.queues.attach_store(None)
         broker.durability = Durability()
         store.close()

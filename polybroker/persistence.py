@@ -1,6 +1,8 @@
 """Durable broker state: which changes become which store records, and the replay at start-up.
 
-What is durable: persistent sessions (session expiry interval above 0; MQTT 3.1.1 clean
+What is durable: named queues that ever held a persistent message, and the persistent
+messages in them (STOMP ``persistent:true``) with whether each was handed out; persistent
+sessions (session expiry interval above 0; MQTT 3.1.1 clean
 session 0 never expires), their subscriptions, the QoS 1/2 messages queued or in flight for
 them with their delivery state, the packet ids of inbound QoS 2 messages not yet released,
 and retained messages. Sessions that end with their connection stay in memory only.
@@ -16,6 +18,17 @@ records sort together (``\\0`` cannot occur in MQTT strings [MQTT-1.5.4-2])::
                              needed to finish with PUBREL/PUBCOMP)
     q/<client>\\0<pid:2>      inbound QoS 2 packet id between PUBLISH and PUBREL
     r/<topic>                retained message
+    Q/<queue>                a durable queue (declared)
+    e/<queue>\\0<seq:8>      a persistent message in the queue; ``seq`` is its arrival
+                             order in the queue, so a scan replays the queue in order
+    e/<queue>\\0<seq:8>\\1   that message was handed out awaiting an acknowledgement:
+                             after a restart it is ready again, flagged redelivered
+
+STOMP declares a queue by using it, so any name a client ever mentions (a typo, a reply
+queue) would otherwise leave a record for good: a queue gets its ``Q/`` record when it
+first holds a persistent message, and keeps it (an empty durable queue comes back empty)
+until it is deleted. Non-persistent messages stay in memory only, as in ActiveMQ and
+RabbitMQ.
 
 A message that goes to several persistent sessions is stored once per session: the record
 is the message's encoding (made once and reused) plus a few bytes of delivery state, and is
@@ -26,7 +39,9 @@ counting, in the usual case of one receiver.
 
 Order of writes, so that a log cut anywhere (a torn tail) still replays to a state some
 client could have seen: a session's record before its other records and deleted after
-them; an inbound QoS 2 id after the messages its PUBLISH was routed to. What may be
+them; an inbound QoS 2 id after the messages its PUBLISH was routed to; a queue's record
+before its messages' records and deleted after them; a message's "handed out" mark
+after its message and deleted before it. What may be
 acknowledged and when is ``durability``'s business.
 
 A failed write (``StoreFullError`` on a full disk, or another ``StoreError``) is logged
@@ -46,6 +61,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .message import Message
+from .queues import Queue, QueueEntry
 from .sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from .storage import LogStore, StoreError
 
@@ -60,6 +76,7 @@ log = logging.getLogger("polybroker.persistence")
 FORMAT = 1  # first byte of every value
 SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q/", b"r/"
+QUEUE, QUEUE_MESSAGE, HANDED_OUT = b"Q/", b"e/", b"\1"
 
 _MESSAGE_HEAD = struct.Struct(">BBBII")  # format, qos | retain, fields present, lengths
 # Fields present in a stored message, beyond topic and payload, in this order.
@@ -288,6 +305,7 @@ class StoreJournal(Journal):
         self._failing = 0  # failures in the current run of failures
         self._undeleted: dict[bytes, None] = {}  # tombstones that could not be written
         self.summary: RestoreSummary | None = None  # what the replay at start-up found
+        self.queues: set[str] = set()  # names of the queues with a ``Q/`` record
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -384,6 +402,38 @@ class StoreJournal(Journal):
 
     def retained_cleared(self, topic: str) -> None:
         self.delete(RETAINED + topic.encode())
+
+    # -- named queues (``queues.QueueStore``) ------------------------------------------------
+
+    @staticmethod
+    def queue_message_key(queue: Queue, entry: QueueEntry) -> bytes:
+        return QUEUE_MESSAGE + queue.name.encode() + SEP + entry.seq.to_bytes(8, "big")
+
+    def enqueued(self, queue: Queue, entry: QueueEntry) -> None:
+        if queue.name not in self.queues:
+            if not self.put(QUEUE + queue.name.encode(), bytes((FORMAT,))):
+                return  # no message record without its queue's (the adapter refuses it)
+            self.queues.add(queue.name)
+        self.put(self.queue_message_key(queue, entry), self.message_body(entry.message))
+
+    def delivered(self, queue: Queue, entry: QueueEntry) -> None:
+        self.put(self.queue_message_key(queue, entry) + HANDED_OUT, b"")
+
+    def removed(self, queue: Queue, entry: QueueEntry) -> None:
+        key = self.queue_message_key(queue, entry)
+        if entry.marked:
+            self.delete(key + HANDED_OUT)
+        self.delete(key)
+
+    def queue_deleted(self, queue: Queue) -> None:
+        """The queue is gone with whatever it held."""
+        if queue.name not in self.queues:
+            return
+        for entry in queue.entries():
+            if entry.persistent:
+                self.removed(queue, entry)
+        self.queues.discard(queue.name)
+        self.delete(QUEUE + queue.name.encode())  # last: see the module docstring
 
     def message_body(self, message: Message) -> bytes:
         """The stored form of a message, made once however many sessions keep it."""
@@ -504,13 +554,16 @@ class RestoreSummary:
     messages: int = 0
     inbound_qos2: int = 0
     retained: int = 0
+    queues: int = 0
+    queue_messages: int = 0
     expired_sessions: int = 0
     dropped_records: int = 0  # undecodable, or belonging to no session: deleted
 
     def __str__(self) -> str:
         text = (f"{self.sessions} sessions, {self.subscriptions} subscriptions, "
                 f"{self.messages} messages, {self.inbound_qos2} inbound QoS 2 ids, "
-                f"{self.retained} retained")
+                f"{self.retained} retained, {self.queues} queues with "
+                f"{self.queue_messages} persistent messages")
         if self.expired_sessions:
             text += f", {self.expired_sessions} sessions expired while stopped"
         if self.dropped_records:
@@ -525,6 +578,7 @@ def restore(store: LogStore, broker: Broker, settings: StorageConfig) -> StoreJo
     clock). Returns the journal; its ``summary`` says what was restored.
     """
     journal = StoreJournal(store, broker, settings)
+    broker.queues.attach_store(journal)
     replay = _Replay(store, broker, journal)
     replay.run()
     broker.journal = journal
@@ -550,6 +604,7 @@ class _Replay:
         self._messages()
         self._inbound_qos2()
         self._retained()
+        self._queues()
         for key in self.unusable:
             self.journal.delete(key)
         self.summary.dropped_records = len(self.unusable)
@@ -662,6 +717,45 @@ class _Replay:
                 continue
             retained.set(message.topic, message)
             self.summary.retained += 1
+
+    def _queues(self) -> None:
+        registry = self.broker.queues
+        for key, _ in self.store.scan(QUEUE):
+            try:
+                name = key[len(QUEUE):].decode()
+                registry.declare(name)
+            except ValueError as exc:
+                self._unusable(key, str(exc))
+                continue
+            self.journal.queues.add(name)
+            self.summary.queues += 1
+        current: tuple[bytes, list[QueueEntry]] | None = None
+        for key, name, rest, value in self._records(QUEUE_MESSAGE):
+            if current is None or current[0] != name:
+                self._refill(current)
+                current = (name, [])
+            entries = current[1]
+            if len(rest) == 9 and rest[8:] == HANDED_OUT:
+                if entries and entries[-1].seq == int.from_bytes(rest[:8], "big"):
+                    entries[-1].marked = entries[-1].redelivered = True
+                else:
+                    self._unusable(key, "no such queued message")
+                continue
+            if len(rest) != 8 or name.decode(errors="replace") not in self.journal.queues:
+                self._unusable(key, "no such queue")
+                continue
+            try:
+                message = decode_message(value, 0, self.to_clock)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            entries.append(QueueEntry(message, int.from_bytes(rest, "big"), persistent=True))
+        self._refill(current)
+
+    def _refill(self, batch: tuple[bytes, list[QueueEntry]] | None) -> None:
+        if batch is not None and batch[1]:
+            queue = self.broker.queues.get(batch[0].decode())
+            self.summary.queue_messages += queue.restore(batch[1])
 
     def expire_sessions(self) -> None:
         """Start the expiry clocks; sessions whose time ran out while stopped end now."""

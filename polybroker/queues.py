@@ -24,8 +24,11 @@ from ``broker.queues``. The rules:
 - ``get`` takes the head message without a consumer (AMQP basic.get).
 - A queue is also a router subscriber (``deliver``, ``client_id = None``), so topic
   bindings can route into it.
-- Persistence: ``store`` (None until the store integration lands) is told when a
-  persistent message enters a durable queue and when it leaves it for good.
+- Persistence: ``store`` (``persistence.StoreJournal`` when the broker has a store,
+  else None) is told when a persistent message enters a durable queue, when it is
+  first handed out awaiting an acknowledgement (so that after a restart it comes back
+  flagged redelivered) and when it leaves the queue for good. ``restore`` puts back
+  what the store kept, in arrival order.
 """
 
 import heapq
@@ -61,6 +64,8 @@ class QueueStore(Protocol):
 
     def enqueued(self, queue: "Queue", entry: "QueueEntry") -> None: ...
 
+    def delivered(self, queue: "Queue", entry: "QueueEntry") -> None: ...
+
     def removed(self, queue: "Queue", entry: "QueueEntry") -> None: ...
 
 
@@ -74,6 +79,7 @@ class QueueEntry:
     redelivered: bool = False  # handed out before and requeued
     deliveries: int = 0  # times handed out (dead-lettering will bound it)
     rejected_by: object = None  # the consumer that last nacked it: another is preferred
+    marked: bool = False  # the store knows it was handed out (``QueueStore.delivered``)
 
 
 class _ConsumerState:
@@ -176,6 +182,28 @@ class Queue:
         self.ready.append(entry)
         self.dispatch()
         return True
+
+    def restore(self, entries: Iterable[QueueEntry]) -> int:
+        """Put back entries the store kept (ascending ``seq``) without recording them
+        again; new messages follow them. Entries beyond ``max_length`` are dropped (and
+        their records deleted); returns how many were put back."""
+        count = 0
+        last = -1
+        for entry in entries:
+            last = max(last, entry.seq)
+            if len(self.ready) + len(self._unacked) >= self.max_length:
+                self._overflowed()
+                self._discard(entry)
+                continue
+            self.ready.append(entry)
+            count += 1
+        if last >= 0:
+            self._seq = itertools.count(max(last + 1, next(self._seq)))
+        return count
+
+    def entries(self) -> list[QueueEntry]:
+        """Every message in the queue: ready ones, then unacknowledged ones."""
+        return [*self.ready, *(entry for entry, _ in self._unacked.values())]
 
     def _overflowed(self) -> None:
         self.dropped += 1
@@ -358,6 +386,9 @@ class Queue:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _track(self, entry: QueueEntry, holder: object) -> int:
+        if entry.persistent and not entry.marked and self.store is not None:
+            self.store.delivered(self, entry)
+            entry.marked = True
         tag = next(self._tags)
         self._unacked[tag] = (entry, holder)
         state = self._consumers.get(holder)
@@ -431,6 +462,28 @@ class QueueRegistry:
 
     def get(self, name: str) -> Queue | None:
         return self._queues.get(name)
+
+    def attach_store(self, store: QueueStore | None) -> None:
+        """Record durable queues' persistent messages in ``store`` from now on (None:
+        in memory only)."""
+        self.store = store
+        for queue in self._queues.values():
+            queue.store = store
+
+    def delete(self, name: str) -> Queue | None:
+        """Delete the queue called ``name`` with its messages; its consumers must be gone
+        (the protocol ends them first). Returns the queue, or None if there was none."""
+        queue = self._queues.get(name)
+        if queue is None:
+            return None
+        if queue.consumer_count:
+            raise ValueError(f"queue {name} still has consumers")
+        del self._queues[name]
+        deleted = getattr(self.store, "queue_deleted", None)
+        if deleted is not None:
+            deleted(queue)
+        log.info("queue %s: deleted", name)
+        return queue
 
     def declare(self, name: str, *, durable: bool = True) -> Queue:
         """The queue called ``name``, created if it does not exist yet. Raises

@@ -314,6 +314,9 @@ async def test_send_persistent_to_a_queue_reaches_the_store_hook(nursery, broker
         def enqueued(self, queue, entry):
             events.append(("enqueued", queue.name, entry.message.payload))
 
+        def delivered(self, queue, entry):
+            events.append(("delivered", queue.name, entry.message.payload))
+
         def removed(self, queue, entry):
             events.append(("removed", queue.name, entry.message.payload))
 

@@ -156,6 +156,7 @@ class StompClientConnection:
         self._message_count = 0
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
+        self._hold = False  # a buffered RECEIPT vouches for records not yet durable
         self._closing = False
         self._linger = False
         self._wakeup = trio.Event()
@@ -241,6 +242,16 @@ class StompClientConnection:
             while True:
                 data = self.conn.data_to_send()
                 if data:
+                    # A RECEIPT goes out once the records its frame wrote are on disk
+                    # (``durability``); everything else need not wait.
+                    hold, self._hold = self._hold, False
+                    if hold and not await self.broker.durability.wait_durable(
+                        self.limits.send_timeout
+                    ):
+                        log.error("client %s: closing: storage did not confirm in time",
+                                  self.name)
+                        self._linger = False
+                        break
                     with trio.move_on_after(self.limits.send_timeout) as timer:
                         await self.stream.send_all(data)
                     if timer.cancelled_caught:
@@ -299,10 +310,14 @@ class StompClientConnection:
 
     def _handle(self, frame: Frame) -> bool:
         """Handle one frame, then send its RECEIPT when asked; False ends the connection."""
-        carry_on = _HANDLERS[frame.command](self, frame)
         receipt = frame.get("receipt")
+        durability = self.broker.durability
+        mark = durability.mark()
+        carry_on = _HANDLERS[frame.command](self, frame)
         if receipt is not None and frame.command not in _CONNECT_COMMANDS:
             self.conn.send(Frame("RECEIPT", (("receipt-id", receipt),)))
+            if durability.mark() != mark:
+                self._hold = True  # the frame wrote records (a persistent SEND, its ACK)
         for queue in self._to_dispatch:
             queue.dispatch()
         self._to_dispatch.clear()
@@ -340,8 +355,12 @@ class StompClientConnection:
         )
         if destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
-            # Kept across a restart once the store lands (a durable queue's hook).
+            # persistent:true: recorded in the store (``persistence``), kept across a restart.
+            journal = self.broker.journal
+            failures = journal.failures
             queue.put(message, persistent=frame.get("persistent") == "true")
+            if journal.failures != failures:
+                raise ProtocolError("message not stored: storage failure")
         else:
             self.broker.publish(message)
 
