@@ -415,7 +415,8 @@ class StoreJournal(Journal):
         cache = message.wire_cache
         body = cache.get("store")
         if body is None:
-            body = cache["store"] = encode_message(message, self.to_wall())
+            to_wall = 0.0 if message.expiry is None else self.to_wall()
+            body = cache["store"] = encode_message(message, to_wall)
         return body
 
 
