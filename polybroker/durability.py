@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .persistence import Journal, restore
+from .persistence import Journal, bulk_load, restore
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
@@ -194,10 +194,11 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         return
     directory = broker.config.data_dir / "store"
     started = time.perf_counter()
-    store = await trio.to_thread.run_sync(partial(
-        LogStore.open, directory, segment_size=settings.segment_size,
-        compaction_threshold=settings.compaction_threshold,
-    ))
+    with bulk_load():  # the key directory is millions of objects too
+        store = await trio.to_thread.run_sync(partial(
+            LogStore.open, directory, segment_size=settings.segment_size,
+            compaction_threshold=settings.compaction_threshold, keep_values=True,
+        ))
     try:
         journal = restore(store, broker, settings)
         broker.durability = Durability(store, settings.fsync)

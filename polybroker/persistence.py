@@ -52,11 +52,13 @@ the broker runs, and the adapter that caused the write refuses its client's mess
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,7 +71,9 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import StorageConfig
 
-__all__ = ["Journal", "RestoreSummary", "SessionJournal", "StoreJournal", "restore"]
+__all__ = [
+    "Journal", "RestoreSummary", "SessionJournal", "StoreJournal", "bulk_load", "restore",
+]
 
 log = logging.getLogger("polybroker.persistence")
 
@@ -166,17 +170,42 @@ def encode_message(message: Message, to_wall: float) -> bytes:
     return b"".join(parts)
 
 
-def decode_message(data: bytes, pos: int, to_clock: float) -> Message:
+class StringCache(dict):
+    """bytes -> str, decoding each distinct value once: the topics and client ids of a
+    replay repeat, and one shared ``str`` per value also saves memory."""
+
+    def __missing__(self, raw: bytes) -> str:
+        text = self[raw] = raw.decode()
+        return text
+
+
+def decode_message(
+    data: bytes, pos: int, to_clock: float, strings: StringCache | None = None
+) -> Message:
+    if strings is None:
+        strings = StringCache()
     fmt, qos_retain, bits, topic_len, payload_len = _MESSAGE_HEAD.unpack_from(data, pos)
     if fmt != FORMAT:
         raise ValueError(f"unknown message format {fmt}")
     pos += _MESSAGE_HEAD.size
-    topic = data[pos : pos + topic_len].decode()
-    pos += topic_len
-    payload = data[pos : pos + payload_len]
-    pos += payload_len
-    if len(payload) != payload_len:
+    end = pos + topic_len
+    topic = strings[data[pos:end]]
+    pos = end + payload_len
+    payload = data[end:pos]
+    if pos > len(data):
         raise ValueError("truncated value")
+    if bits == _HAS_PROTOCOL | _HAS_CLIENT:  # the usual message: nothing else to read
+        (length,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        protocol = strings[data[pos : pos + length]]
+        pos += length
+        (length,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        client = strings[data[pos : pos + length]]
+        if pos + length > len(data):
+            raise ValueError("truncated value")
+        return Message(topic, payload, qos_retain & 0x7F, qos_retain >= 0x80,
+                       origin_protocol=protocol, origin_client=client)
     expiry = payload_format = None
     if bits & _HAS_EXPIRY:
         (expiry,) = _F64.unpack_from(data, pos)
@@ -186,7 +215,7 @@ def decode_message(data: bytes, pos: int, to_clock: float) -> Message:
         payload_format = data[pos]
         pos += 1
     reader = _Reader(data, pos)
-    optional = {}
+    optional: dict[int, bytes | None] = {}
     for bit in (_HAS_CONTENT_TYPE, _HAS_CORRELATION, _HAS_RESPONSE_TOPIC, _HAS_PROTOCOL,
                 _HAS_CLIENT):
         if bits & bit:
@@ -194,17 +223,13 @@ def decode_message(data: bytes, pos: int, to_clock: float) -> Message:
     headers: tuple[tuple[str, str], ...] = ()
     if bits & _HAS_HEADERS:
         headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
-
-    def text(bit: int) -> str | None:
-        value = optional.get(bit)
-        return None if value is None else value.decode()
-
+    text = {bit: strings[value] for bit, value in optional.items() if bit != _HAS_CORRELATION}
     return Message(
-        topic, payload, qos_retain & 0x7F, bool(qos_retain & 0x80), expiry=expiry,
-        payload_format=payload_format, content_type=text(_HAS_CONTENT_TYPE),
+        topic, payload, qos_retain & 0x7F, qos_retain >= 0x80, expiry=expiry,
+        payload_format=payload_format, content_type=text.get(_HAS_CONTENT_TYPE),
         correlation_data=optional.get(_HAS_CORRELATION),
-        response_topic=text(_HAS_RESPONSE_TOPIC), headers=headers,
-        origin_protocol=text(_HAS_PROTOCOL) or "", origin_client=text(_HAS_CLIENT),
+        response_topic=text.get(_HAS_RESPONSE_TOPIC), headers=headers,
+        origin_protocol=text.get(_HAS_PROTOCOL) or "", origin_client=text.get(_HAS_CLIENT),
     )
 
 
@@ -225,28 +250,28 @@ def encode_released(packet_id: int) -> bytes:
     return _DELIVERY_HEAD.pack(FORMAT, _RELEASED, 2, 0, packet_id, 0)
 
 
-@dataclass(slots=True)
-class StoredDelivery:
-    """A decoded ``m/`` record."""
-
-    delivery: Delivery
-    packet_id: int  # 0: not sent yet
-    group: tuple[str, str] | None  # (name, filter) of the shared subscription
-
-
-def decode_delivery(data: bytes, to_clock: float) -> StoredDelivery:
+def decode_delivery(
+    data: bytes, to_clock: float, strings: StringCache | None = None
+) -> tuple[Delivery, int, tuple[str, str] | None]:
+    """A ``m/`` record: the delivery, its packet id (0: not sent yet) and the (name, filter)
+    of the shared subscription it came through, if any."""
     fmt, flags, qos, retain, packet_id, count = _DELIVERY_HEAD.unpack_from(data, 0)
     if fmt != FORMAT:
         raise ValueError(f"unknown delivery format {fmt}")
     if flags & _RELEASED:
         # Only PUBREL and PUBCOMP are left to exchange: the message itself is gone.
         delivery = Delivery(Message("", b"", 2), 2, False, released=True)
-        return StoredDelivery(delivery, packet_id, None)
-    reader = _Reader(data, _DELIVERY_HEAD.size)
-    ids = tuple(reader.u32() for _ in range(count))
-    group = (reader.text(), reader.text()) if flags & _GROUP else None
-    message = decode_message(data, reader.pos, to_clock)
-    return StoredDelivery(Delivery(message, qos, bool(retain), ids), packet_id, group)
+        return delivery, packet_id, None
+    pos = _DELIVERY_HEAD.size
+    ids: tuple[int, ...] = ()
+    group = None
+    if count or flags & _GROUP:
+        reader = _Reader(data, pos)
+        ids = tuple(reader.u32() for _ in range(count))
+        group = (reader.text(), reader.text()) if flags & _GROUP else None
+        pos = reader.pos
+    message = decode_message(data, pos, to_clock, strings)
+    return Delivery(message, qos, retain == 1, ids), packet_id, group
 
 
 def encode_session(session: Session, disconnected_at: float | None) -> bytes:
@@ -440,7 +465,8 @@ class StoreJournal(Journal):
         cache = message.wire_cache
         body = cache.get("store")
         if body is None:
-            body = cache["store"] = encode_message(message, self.to_wall())
+            to_wall = 0.0 if message.expiry is None else self.to_wall()
+            body = cache["store"] = encode_message(message, to_wall)
         return body
 
 
@@ -580,11 +606,28 @@ def restore(store: LogStore, broker: Broker, settings: StorageConfig) -> StoreJo
     journal = StoreJournal(store, broker, settings)
     broker.queues.attach_store(journal)
     replay = _Replay(store, broker, journal)
-    replay.run()
+    with bulk_load():
+        replay.run()
     broker.journal = journal
     replay.expire_sessions()
     journal.summary = replay.summary
     return journal
+
+
+@contextmanager
+def bulk_load() -> Iterator[None]:
+    """For building millions of long-lived objects: without the cyclic collector, which
+    would walk the growing heap again and again (more than doubling a large replay), and
+    moving what was built out of its sight afterwards (``gc.freeze``); reference counting
+    still frees whatever is acknowledged later."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
 
 
 class _Replay:
@@ -594,6 +637,7 @@ class _Replay:
         self.journal = journal
         self.summary = RestoreSummary()
         self.to_clock = broker.clock() - time.time()
+        self.strings = StringCache()
         self.sessions: dict[bytes, Session] = {}
         self.remaining: dict[Session, float] = {}  # seconds left before expiry
         self.unusable: list[bytes] = []
@@ -664,19 +708,17 @@ class _Replay:
                 self._unusable(key, "no such session")
                 continue
             try:
-                stored = decode_delivery(value, self.to_clock)
+                delivery, pid, group = decode_delivery(value, self.to_clock, self.strings)
             except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
-            delivery = stored.delivery
             delivery.store_id = int.from_bytes(store_id, "big")
-            if stored.group is not None:
-                delivery.group = groups.get(stored.group)
+            if group is not None:
+                delivery.group = groups.get(group)
             self.journal.next_id = max(self.journal.next_id, delivery.store_id + 1)
             journal = session.journal
             journal.count += 1
             journal.nbytes += len(delivery.message.payload)
-            pid = stored.packet_id
             if not pid:
                 session.queued.append(delivery)
                 self.summary.messages += 1
@@ -708,7 +750,7 @@ class _Replay:
         now = self.broker.clock()
         for key, value in self.store.scan(RETAINED):
             try:
-                message = decode_message(value, 0, self.to_clock)
+                message = decode_message(value, 0, self.to_clock, self.strings)
             except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue

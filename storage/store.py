@@ -78,7 +78,15 @@ from .errors import (
     StoreLockedError,
 )
 from .keydir import KeyDirectory
-from .record import DELETE, MAX_FIELD_SIZE, PUT, Record, decode, encode_checked_fields
+from .record import (
+    DELETE,
+    HEADER_SIZE,
+    MAX_FIELD_SIZE,
+    OK,
+    PUT,
+    encode_checked_fields,
+    inspect,
+)
 from .recovery import RecoveryIssue, SegmentScan, log_issue
 from .segment import Segment, fsync_directory, list_segment_ids
 
@@ -140,6 +148,10 @@ class LogStore:
         self._dir_dirty = False
         self._closed = False
         self._job: CompactionJob | None = None  # the stepwise compaction in progress
+        # Values of the live keys as replayed by ``open(keep_values=True)``, until the first
+        # write: a caller that reads everything back right after opening (a broker
+        # restoring its state) is spared a second read of every record.
+        self._loaded: dict[bytes, bytes] | None = None
 
     # ----------------------------------------------------------------- opening / closing
 
@@ -150,8 +162,12 @@ class LogStore:
         *,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         compaction_threshold: float = 0.5,
+        keep_values: bool = False,
     ) -> LogStore:
-        """Open (creating if needed) the store in ``directory`` and recover its state."""
+        """Open (creating if needed) the store in ``directory`` and recover its state.
+
+        ``keep_values``: keep the live values read during recovery in memory until the first
+        write, and serve ``get``/``scan`` from them (their checksums were just verified)."""
         if segment_size < 64:
             raise ValueError(f"segment_size too small: {segment_size}")
         if not 0.0 < compaction_threshold <= 1.0:
@@ -166,15 +182,16 @@ class LogStore:
             raise StoreLockedError(errno.EWOULDBLOCK, f"store in use: {directory}") from None
         store = cls(directory, segment_size, compaction_threshold, lock_fd)
         try:
-            store._recover()
+            store._recover(keep_values)
         except BaseException:
             store._close_files()
             raise
         return store
 
-    def _recover(self) -> None:
+    def _recover(self, keep_values: bool) -> None:
         ids = list_segment_ids(self.directory)
         index = self._index
+        loaded: dict[bytes, bytes] | None = {} if keep_values else None
         max_seq = 0
         for position, segment_id in enumerate(ids):
             segment = Segment.open(self.directory, segment_id)
@@ -187,8 +204,12 @@ class LogStore:
                 records += 1
                 if kind == PUT:
                     put(key, segment_id, offset, length)
+                    if loaded is not None:
+                        loaded[key] = data[offset + HEADER_SIZE + len(key) : offset + length - 4]
                 else:
                     delete(key, segment_id, offset, length)
+                    if loaded is not None:
+                        loaded.pop(key, None)
                 if seq > max_seq:
                     max_seq = seq
             segment.records = records
@@ -206,6 +227,7 @@ class LogStore:
             self._new_segment(1)
             fsync_directory(self.directory)
         self._seq = self._synced_seq = max_seq
+        self._loaded = loaded
 
     def close(self) -> None:
         """Sync and close. Further calls raise StoreClosedError (``sync`` is then a no-op)."""
@@ -274,6 +296,10 @@ class LogStore:
             for key in batch:
                 if not key.startswith(prefix):
                     return
+                loaded = self._loaded  # (a write in between drops it)
+                if loaded is not None and (value := loaded.get(key)) is not None:
+                    yield key, value
+                    continue
                 entry = self._index.live.get(key)
                 if entry is not None:
                     yield key, self._read_value(key, entry)
@@ -283,15 +309,20 @@ class LogStore:
 
     def _read_value(self, key: bytes, entry: tuple[int, int, int, int, int]) -> bytes:
         self._check_open()
+        if self._loaded is not None:
+            value = self._loaded.get(key)
+            if value is not None:
+                return value
         segment_id, offset, length = entry[0], entry[1], entry[2]
         data = self._segments[segment_id].read(offset, length)
-        record = decode(data)
-        if not isinstance(record, Record) or record.kind != PUT or record.key != key:
+        status, kind, key_len, total, _ = inspect(data)
+        end = HEADER_SIZE + key_len
+        if status != OK or kind != PUT or total != length or data[HEADER_SIZE:end] != key:
             raise CorruptRecordError(
                 errno.EIO,
                 f"record of key {key!r} at segment {segment_id} offset {offset} fails its checksum",
             )
-        return record.value
+        return data[end : total - 4]
 
     # ----------------------------------------------------------------- writes
 
@@ -326,6 +357,7 @@ class LogStore:
         fit); ``seq`` is the new last sequence number, or None for a compaction copy."""
         segment = self._active
         assert segment is not None
+        self._loaded = None  # from now on, values are read from the files
         if segment.size and segment.size + len(data) > self.segment_size:
             segment = self._roll()
         try:

@@ -164,6 +164,29 @@ async def test_a_torn_tail_is_cut_off_and_reported_not_fatal(tmp_path, caplog):
     assert any("1 recovery issue" in r.message for r in caplog.records)
 
 
+async def test_a_corrupt_record_in_the_middle_is_reported_with_its_offset(tmp_path, caplog):
+    async with running(tmp_path) as broker:
+        sub = await client(broker, "sub")
+        await sub.subscribe("t", 1)
+        await sub.close()
+        pub = await client(broker, "pub", clean=True)
+        for i in range(1, 4):
+            await pub.send(Publish("t", b"message-%d" % i, qos=1, packet_id=i))
+        assert [await pub.receive() for _ in range(3)] == [PubAck(i) for i in range(1, 4)]
+    segment = sorted((tmp_path / "store").glob("*.seg"))[-1]
+    data = bytearray(segment.read_bytes())
+    at = data.index(b"message-2")
+    data[at] ^= 0xFF  # a bit flip in the middle of the log
+    segment.write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO):
+        async with running(tmp_path) as broker:
+            sub = await client(broker, "sub")
+            got = [p.payload for p in await sub.publishes_until_idle()]
+    assert got == [b"message-1", b"message-3"]  # the rest of the state is intact
+    issues = [r.message for r in caplog.records if "corrupt record" in r.message]
+    assert len(issues) == 1 and "segment 1 offset " in issues[0], issues
+
+
 async def test_qos2_in_flight_is_resent_with_its_packet_id_and_pubrel_after_release(tmp_path):
     async with running(tmp_path) as broker:
         sub = await client(broker, "sub")
@@ -305,6 +328,41 @@ async def test_puback_waits_for_the_fsync_of_its_records(tmp_path):
         release.set()
         assert await pub.receive() == PubAck(1)
         assert store.synced_seq == store.last_seq
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_qos1_deliveries_go_out_before_the_fsync_qos2_ones_after(tmp_path, qos):
+    async with running(tmp_path) as broker:
+        sub = await client(broker, "sub")
+        await sub.subscribe("t", 2)
+        pub = await client(broker, "pub", clean=True)
+        await pub.publishes_until_idle()
+        store = broker.durability.store
+        release = threading.Event()
+        real_sync = store.sync
+
+        def slow_sync() -> int:
+            release.wait(10)
+            return real_sync()
+
+        store.sync = slow_sync
+        await pub.send(Publish("t", b"x", qos=qos, packet_id=1))
+        if qos == 1:
+            # A crash now would lose the record, but the publisher has no PUBACK and sends
+            # again: a duplicate, which QoS 1 allows.
+            assert (await sub.receive()).payload == b"x"
+        else:
+            # A restart must not be able to deliver it again as a new message: it waits.
+            with trio.move_on_after(0.3) as early:
+                await sub.receive()
+            assert early.cancelled_caught, "QoS 2 PUBLISH before its record was synced"
+        with trio.move_on_after(0.3) as early:
+            await pub.receive()
+        assert early.cancelled_caught, "acknowledged before the record was synced"
+        release.set()
+        assert await pub.receive() == (PubAck(1) if qos == 1 else PubRec(1))
+        if qos == 2:
+            assert (await sub.receive()).payload == b"x"
 
 
 async def test_fsync_never_acknowledges_without_waiting(tmp_path):

@@ -57,17 +57,18 @@ def test_message_round_trip(message: Message, clock_offset: float) -> None:
 def test_delivery_round_trip(message, qos, retain, ids, shared, packet_id) -> None:
     group = SharedGroup("g", "a/#") if shared else None
     delivery = Delivery(message, qos, retain, tuple(ids), group)
-    stored = decode_delivery(encode_delivery(delivery, packet_id, encode_message(message, 0)), 0)
-    assert (stored.delivery.qos, stored.delivery.retain) == (qos, retain)
-    assert stored.delivery.subscription_ids == tuple(ids)
-    assert stored.group == (("g", "a/#") if shared else None)
-    assert stored.packet_id == packet_id
-    assert fields(stored.delivery.message) == fields(message)
+    value = encode_delivery(delivery, packet_id, encode_message(message, 0))
+    decoded, stored_id, stored_group = decode_delivery(value, 0)
+    assert (decoded.qos, decoded.retain) == (qos, retain)
+    assert decoded.subscription_ids == tuple(ids)
+    assert stored_group == (("g", "a/#") if shared else None)
+    assert stored_id == packet_id
+    assert fields(decoded.message) == fields(message)
 
 
 def test_released_keeps_only_the_packet_id() -> None:
-    stored = decode_delivery(encode_released(513), 0)
-    assert stored.delivery.released and stored.packet_id == 513 and stored.delivery.qos == 2
+    delivery, packet_id, _ = decode_delivery(encode_released(513), 0)
+    assert delivery.released and packet_id == 513 and delivery.qos == 2
 
 
 @given(st.integers(0, 2), st.booleans(), st.booleans(), st.none() | st.integers(1, 2**28 - 1))

@@ -90,8 +90,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert segment_id not in self.store.segment_ids()
         self.job = None
 
-    def _reopen(self, expected_state: tuple[object, ...]) -> None:
-        self.store = LogStore.open(self.directory, **OPTIONS)
+    def _reopen(self, expected_state: tuple[object, ...], keep_values: bool = False) -> None:
+        self.store = LogStore.open(self.directory, **OPTIONS, keep_values=keep_values)
         assert index_state(self.store) == expected_state
         self.last_seq = self.store.last_seq
 
@@ -100,12 +100,13 @@ class StoreMachine(RuleBasedStateMachine):
             self.job.abort()
             self.job = None
 
-    @rule()
-    def reopen(self) -> None:
+    @rule(keep_values=st.booleans())
+    def reopen(self, keep_values: bool) -> None:
+        """Reopen; with ``keep_values`` reads come from the replay until the first write."""
         self._abandon_job()
         state = index_state(self.store)
         self.store.close()
-        self._reopen(state)
+        self._reopen(state, keep_values)
         assert self.store.recovery_issues == []
 
     @rule()

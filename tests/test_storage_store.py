@@ -396,3 +396,32 @@ def test_writes_during_an_fsync_are_left_for_the_next_sync(
     assert store.sync() == second
     assert fsync.calls == [store._segments[1].fd]  # the segment was fsynced again
     store.close()
+
+
+def test_keep_values_serves_reads_from_the_replay_until_the_first_write(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path, segment_size=200) as store:
+        for i in range(30):
+            store.put(b"k%02d" % i, b"v%d" % i)
+        for i in range(0, 30, 3):
+            store.delete(b"k%02d" % i)
+        store.put(b"k01", b"new")
+        expected = dict(store.scan())
+    with LogStore.open(tmp_path, segment_size=200, keep_values=True) as store:
+        assert store._loaded is not None
+        assert dict(store.scan()) == expected and store.get(b"k01") == b"new"
+        store.put(b"k02", b"changed")
+        assert store._loaded is None  # written since: reads go to the files again
+        assert store.get(b"k02") == b"changed" and store.get(b"k04") == b"v4"
+
+
+def test_a_write_during_a_scan_of_kept_values_is_seen(tmp_path: Path) -> None:
+    with LogStore.open(tmp_path) as store:
+        for i in range(5):
+            store.put(b"k%d" % i, b"old")
+    with LogStore.open(tmp_path, keep_values=True) as store:
+        seen = {}
+        for key, value in store.scan():
+            seen[key] = value
+            if key == b"k1":
+                store.put(b"k3", b"new")
+        assert seen[b"k3"] == b"new"
