@@ -50,7 +50,10 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
         # Named queues (STOMP /queue/x, AMQP queues), created on first use.
-        self.queues = QueueRegistry(clock, max_length=self.limits.max_queue_length)
+        self.queues = QueueRegistry(
+            clock, max_length=self.limits.max_queue_length,
+            max_bytes=self.limits.max_queue_bytes,
+        )
         # MQTT 5.0 enhanced authentication methods by name.
         self.authenticators: dict[str, Authenticator] = {}
         # Open client connections (any protocol), told to close on shutdown.

@@ -108,6 +108,8 @@ class Limits:
     # Messages one named queue holds (ready and unacknowledged); when full, new messages
     # for it are dropped and logged.
     max_queue_length: int = 100_000
+    # Payload bytes one named queue holds (ready and unacknowledged); same policy.
+    max_queue_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ class Queue:
         *,
         clock: Callable[[], float],
         max_length: int,
+        max_bytes: int = 0,
         overflow: str = DROP_NEW,
         durable: bool = False,
         store: QueueStore | None = None,
@@ -129,6 +130,8 @@ class Queue:
         self.name = name
         self.clock = clock
         self.max_length = max_length
+        self.max_bytes = max_bytes  # payload bytes held (ready and unacknowledged); 0: none
+        self.bytes = 0
         self.overflow = overflow
         self.durable = durable
         self.store = store
@@ -169,13 +172,14 @@ class Queue:
     def put(self, message: Message, *, persistent: bool = False) -> bool:
         """Append ``message`` and hand it out if a consumer can take it; False if the
         length bound dropped it (``DROP_NEW``)."""
-        if len(self.ready) + len(self._unacked) >= self.max_length:
-            if self.overflow == DROP_HEAD and self.ready:
-                self._overflowed()
-                self._discard(self.ready.popleft())
-            else:
-                self._overflowed()
-                return False
+        size = len(message.payload)
+        while self._full(size) and self.overflow == DROP_HEAD and self.ready:
+            self._overflowed()
+            self._discard(self.ready.popleft())
+        if self._full(size):
+            self._overflowed()
+            return False
+        self.bytes += size
         entry = QueueEntry(message, next(self._seq), persistent and self.durable)
         if entry.persistent and self.store is not None:
             self.store.enqueued(self, entry)
@@ -191,10 +195,13 @@ class Queue:
         last = -1
         for entry in entries:
             last = max(last, entry.seq)
-            if len(self.ready) + len(self._unacked) >= self.max_length:
+            size = len(entry.message.payload)
+            if self._full(size):
                 self._overflowed()
+                self.bytes += size  # entered, and leaves at once through _discard
                 self._discard(entry)
                 continue
+            self.bytes += size
             self.ready.append(entry)
             count += 1
         if last >= 0:
@@ -205,12 +212,18 @@ class Queue:
         """Every message in the queue: ready ones, then unacknowledged ones."""
         return [*self.ready, *(entry for entry, _ in self._unacked.values())]
 
+    def _full(self, size: int) -> bool:
+        """Would one more message of ``size`` payload bytes break a bound?"""
+        if len(self.ready) + len(self._unacked) >= self.max_length:
+            return True
+        return bool(self.max_bytes) and self.bytes + size > self.max_bytes
+
     def _overflowed(self) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning(
-                "queue %s: full (%d messages), dropped %d message(s) so far (%s)",
-                self.name, self.max_length, self.dropped, self.overflow,
+                "queue %s: full (%d messages or %d bytes), dropped %d message(s) so far (%s)",
+                self.name, self.max_length, self.max_bytes, self.dropped, self.overflow,
             )
 
     # -- consumers ------------------------------------------------------------------------
@@ -422,6 +435,7 @@ class Queue:
         ready.extendleft(reversed(merged))
 
     def _settled(self, entry: QueueEntry) -> None:
+        self.bytes -= len(entry.message.payload)
         if entry.persistent and self.store is not None:
             self.store.removed(self, entry)
 
@@ -442,11 +456,13 @@ class QueueRegistry:
         clock: Callable[[], float],
         *,
         max_length: int,
+        max_bytes: int = 0,
         overflow: str = DROP_NEW,
         store: QueueStore | None = None,
     ) -> None:
         self.clock = clock
         self.max_length = max_length
+        self.max_bytes = max_bytes
         self.overflow = overflow
         self.store = store
         self._queues: dict[str, Queue] = {}
@@ -492,7 +508,8 @@ class QueueRegistry:
         if queue is None:
             check_queue_name(name)
             queue = Queue(
-                name, clock=self.clock, max_length=self.max_length, overflow=self.overflow,
+                name, clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
+                overflow=self.overflow,
                 durable=durable, store=self.store,
             )
             self._queues[name] = queue

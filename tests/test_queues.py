@@ -494,3 +494,26 @@ def test_property_each_message_is_consumed_at_most_once_and_none_is_lost(ops, pr
     assert sorted(everything, key=int) == [str(i).encode() for i in range(sent)]
     # Ready messages stay in arrival order.
     assert ready == sorted(ready, key=int)
+
+
+def test_byte_bound_counts_ready_and_unacknowledged_payloads():
+    queue = make_queue(max_bytes=10)
+    consumer = Consumer("a")
+    queue.add_consumer(consumer, prefetch=1)
+    assert queue.put(msg("1234"))  # handed out, unacknowledged: still counted
+    assert queue.put(msg("5678"))  # ready
+    assert not queue.put(msg("abc"))  # 11 bytes would break the bound: dropped
+    assert queue.dropped == 1 and queue.bytes == 8
+    [tag] = consumer.tags()
+    assert queue.ack(tag)  # frees 4 bytes and hands out "5678"
+    assert queue.put(msg("abc"))
+    assert queue.bytes == 7
+    assert consumer.payloads == [b"1234", b"5678"]
+
+
+def test_byte_bound_with_drop_head_pushes_out_the_oldest_ready():
+    queue = make_queue(max_bytes=8, overflow="drop-head")
+    put_all(queue, "aaaa", "bbbb")
+    assert queue.put(msg("cccccc"))  # needs both old ones out
+    assert [e.message.payload for e in queue.entries()] == [b"cccccc"]
+    assert queue.bytes == 6 and queue.dropped == 2
