@@ -587,6 +587,9 @@ class _Replay:
         self.sessions: dict[bytes, Session] = {}
         self.remaining: dict[Session, float] = {}  # seconds left before expiry
         self.unusable: list[bytes] = []
+        # Messages whose shared subscription is gone: recorded again without it, so that
+        # the next restart does not join them to a group of that name subscribed since.
+        self.ungrouped: list[tuple[Session, Delivery, int]] = []
 
     def run(self) -> None:
         self._sessions()
@@ -597,6 +600,10 @@ class _Replay:
         for key in self.unusable:
             self.journal.delete(key)
         self.summary.dropped_records = len(self.unusable)
+        for session, delivery, packet_id in self.ungrouped:
+            body = self.journal.message_body(delivery.message)
+            self.journal.put(session.journal.message_key(delivery.store_id),
+                             encode_delivery(delivery, packet_id, body))
 
     def _records(self, prefix: bytes) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
         """(key, client, rest of the key, value) of one kind of per-client records."""
@@ -660,6 +667,8 @@ class _Replay:
             delivery.store_id = int.from_bytes(store_id, "big")
             if group is not None:
                 delivery.group = groups.get(group)
+                if delivery.group is None:
+                    self.ungrouped.append((session, delivery, pid))
             self.journal.next_id = max(self.journal.next_id, delivery.store_id + 1)
             journal = session.journal
             journal.count += 1
