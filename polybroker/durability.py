@@ -212,7 +212,11 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         )
         yield StorageTasks(store, broker.durability)
     finally:
+        syncs = broker.durability.syncs
         broker.journal = Journal()
         broker.queues.attach_store(None)
         broker.durability = Durability()
         store.close()
+        stats = store.stats()
+        log.info("storage: closed (%d live keys, %d bytes in %d segments, %d fsyncs)",
+                 stats.live_keys, stats.total_bytes, stats.segments, syncs)

@@ -16,10 +16,10 @@ def persistent_state(broker: Broker) -> dict:
             if delivery.released:
                 stored[delivery.store_id] = ("released", pid)
             elif delivery.store_id:
-                stored[delivery.store_id] = _delivery(delivery, pid)
+                stored[delivery.store_id] = _delivery(broker, delivery, pid)
         for delivery in session.queued:
             if delivery.qos:
-                stored[delivery.store_id] = _delivery(delivery, None)
+                stored[delivery.store_id] = _delivery(broker, delivery, None)
         sessions[client_id] = (
             session.expiry_interval, dict(session.subscriptions), sorted(stored.items()),
             sorted(session.inbound_qos2),
@@ -29,10 +29,12 @@ def persistent_state(broker: Broker) -> dict:
     return {"sessions": sessions, "retained": retained}
 
 
-def _delivery(delivery, pid):
+def _delivery(broker, delivery, pid):
     m = delivery.message
     # QoS 1 messages sent from the queue do not record their packet id (a resend with a new
     # id is fine at QoS 1); QoS 2 ones must.
     group = delivery.group and (delivery.group.name, delivery.group.topic_filter)
+    if group not in broker.shared_groups:
+        group = None  # no such shared subscription any more: a restart finds no group
     return (m.topic, m.payload, delivery.qos, delivery.retain, delivery.subscription_ids,
             group, pid if delivery.qos == 2 else None)
