@@ -43,11 +43,11 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter
+from .io import receive_before
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
 
-RECEIVE_SIZE = 65536
 MAX_QOS = 2
 UNBOUNDED = 268_435_460  # larger than any MQTT packet
 # First bytes of the acknowledgement packets (PUBREL has its required flag bits set).
@@ -136,16 +136,9 @@ class MQTTClientConnection:
     async def _read_loop(self) -> None:
         deadline = trio.current_time() + self.limits.connect_timeout
         while True:
-            data = b""
-            with trio.move_on_at(deadline):
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    log.info("client %s: connection lost", self.name)
-                    return
-                if not data:
-                    log.info("client %s: closed the connection without DISCONNECT", self.name)
-                    return
+            data = await receive_before(self.stream, deadline, self.name, log)
+            if data is None:
+                return
             try:
                 if not data:
                     if self.session is None:

@@ -55,10 +55,10 @@ from ..protocols.stomp import (
     encode_message,
 )
 from ..queues import Queue, QueueEntry
+from .io import RECEIVE_SIZE, receive_before
 
 log = logging.getLogger("polybroker.stomp")
 
-RECEIVE_SIZE = 65536
 SERVER_NAME = f"polybroker/{__version__}"
 HEART_BEAT_TOLERANCE = 2.0  # a client silent for twice its interval is dropped (as RabbitMQ)
 LINGER = 2.0  # seconds to let the client read our last frame before the socket goes
@@ -199,16 +199,9 @@ class StompClientConnection:
     async def _read_loop(self) -> None:
         deadline = trio.current_time() + self.limits.connect_timeout
         while True:
-            data = b""
-            with trio.move_on_at(deadline):
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    log.info("client %s: connection lost", self.name)
-                    return
-                if not data:
-                    log.info("client %s: closed the connection without DISCONNECT", self.name)
-                    return
+            data = await receive_before(self.stream, deadline, self.name, log)
+            if data is None:
+                return
             try:
                 if not data:
                     if not self.connected:
