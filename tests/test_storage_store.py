@@ -266,7 +266,7 @@ def test_sync_from_a_worker_thread_while_writing(
 
     def slow_fsync(fd: int) -> None:
         before = os.fstat(fd).st_ino
-        time.sleep(0.0005)  # widen the window in which the main thread could close the fd
+        time.sleep(0.0005)  # ok: a slow fake fsync widens the window for the race it checks
         try:
             if os.fstat(fd).st_ino != before:
                 misuse.append("fd reused during fsync")
