@@ -274,8 +274,9 @@ def _parse_connack(flags: int, body: memoryview, level: int) -> ConnAck:
     return ConnAck(bool(ack_flags), code)
 
 
-def _parse_publish(flags: int, body: memoryview, level: int) -> Publish:
-    # The hot path: plain index arithmetic, no _Reader.
+def _publish_head(flags: int, body: memoryview) -> tuple[int, int, int | None, int]:
+    """What every PUBLISH starts with: QoS (checked with DUP), the end of the topic name,
+    the packet id (QoS > 0) and where the rest begins; the same at every level."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH: QoS 3 [MQTT-3.3.1-4]")
@@ -285,18 +286,21 @@ def _parse_publish(flags: int, body: memoryview, level: int) -> Publish:
     if size < 2:
         raise MalformedPacket("PUBLISH: packet ends inside the topic name")
     topic_end = 2 + ((body[0] << 8) | body[1])
-    if qos:
-        if topic_end + 2 > size:
-            raise MalformedPacket("PUBLISH: packet ends before the packet identifier")
-        packet_id = (body[topic_end] << 8) | body[topic_end + 1]
-        if not packet_id:
-            raise MalformedPacket("PUBLISH: packet identifier 0 [MQTT-2.3.1-1]")
-        payload_start = topic_end + 2
-    else:
+    if not qos:
         if topic_end > size:
             raise MalformedPacket("PUBLISH: packet ends inside the topic name")
-        packet_id = None
-        payload_start = topic_end
+        return qos, topic_end, None, topic_end
+    if topic_end + 2 > size:
+        raise MalformedPacket("PUBLISH: packet ends before the packet identifier")
+    packet_id = (body[topic_end] << 8) | body[topic_end + 1]
+    if not packet_id:
+        raise MalformedPacket("PUBLISH: packet identifier 0 [MQTT-2.3.1-1, MQTT-2.2.1-3]")
+    return qos, topic_end, packet_id, topic_end + 2
+
+
+def _parse_publish(flags: int, body: memoryview, level: int) -> Publish:
+    # The hot path: plain index arithmetic, no _Reader.
+    qos, topic_end, packet_id, payload_start = _publish_head(flags, body)
     topic = _utf8(body[2:topic_end])
     if not topic or "+" in topic or "#" in topic:
         raise MalformedPacket("PUBLISH: invalid topic name [MQTT-3.3.2-2, MQTT-4.7.3-1]")
@@ -425,25 +429,8 @@ def _parse_connack5(flags: int, body: memoryview, level: int) -> ConnAck:
 
 def _parse_publish5(flags: int, body: memoryview, level: int) -> Publish:
     # The hot path: plain index arithmetic, properties parsed only when present.
-    qos = (flags >> 1) & 0x03
-    if qos == 3:
-        raise MalformedPacket("PUBLISH: QoS 3 [MQTT-3.3.1-4]")
-    if flags & 0x08 and not qos:
-        raise MalformedPacket("PUBLISH: DUP set on a QoS 0 message [MQTT-3.3.1-2]")
+    qos, topic_end, packet_id, pos = _publish_head(flags, body)
     size = len(body)
-    if size < 2:
-        raise MalformedPacket("PUBLISH: packet ends inside the topic name")
-    topic_end = 2 + ((body[0] << 8) | body[1])
-    if qos:
-        if topic_end + 2 > size:
-            raise MalformedPacket("PUBLISH: packet ends before the packet identifier")
-        packet_id = (body[topic_end] << 8) | body[topic_end + 1]
-        if not packet_id:
-            raise MalformedPacket("PUBLISH: packet identifier 0 [MQTT-2.2.1-3, MQTT-2.2.1-4]")
-        pos = topic_end + 2
-    else:
-        packet_id = None
-        pos = topic_end
     if pos >= size:
         raise MalformedPacket("PUBLISH: packet ends before the Property Length [MQTT-2.2.2-1]")
     length = body[pos]
