@@ -128,7 +128,7 @@ async def test_MQTT_3_1_2_24_partial_packet_does_not_count_as_a_control_packet(
         try:
             await device.send_raw(b"\x30\x7f\x00\x01")
             for _ in range(4):
-                await trio.sleep(9)
+                await trio.sleep(9)  # ok: mock clock
                 await device.send_raw(b"x")
         except trio.BrokenResourceError:
             pass  # the broker closed the connection, as it must

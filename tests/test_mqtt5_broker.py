@@ -12,6 +12,7 @@ import secrets
 
 import pytest
 import trio
+import trio.testing
 
 from polybroker.auth import ScramSha256, ScramUserStore
 from polybroker.broker import Broker
@@ -225,13 +226,13 @@ async def test_MQTT_4_1_0_2_session_kept_for_its_expiry_interval(
 ):
     client = await client5(nursery, broker, "dev", properties=expiry(10))
     await subscribe5(client, "t", 1)
-    await trio.sleep(1000)  # [MQTT-4.1.0-1]: nothing expires while connected
+    await trio.sleep(1000)  # ok: mock clock; [MQTT-4.1.0-1]: nothing expires while connected
     assert await client.publishes_until_idle() == []
     await disconnect5(client)
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("t", b"kept", qos=1, packet_id=1))
     assert await pub.receive() == PubAck(1)  # [MQTT-4.5.0-1]: stored for the session
-    await trio.sleep(offline_for)
+    await trio.sleep(offline_for)  # ok: mock clock
     assert ("dev" in broker.sessions) is present
     again, connack = await connect5(nursery, broker, "dev", clean_session=False,
                                     properties=expiry(10))
@@ -247,7 +248,7 @@ async def test_MQTT_3_1_2_23_session_expiry_0xFFFFFFFF_never_expires(
     client = await client5(nursery, broker, "dev", properties=expiry(NEVER))
     await subscribe5(client, "t", 1)
     await disconnect5(client)
-    await trio.sleep(10 * 365 * 24 * 3600)
+    await trio.sleep(10 * 365 * 24 * 3600)  # ok: mock clock
     _, connack = await connect5(nursery, broker, "dev", clean_session=False)
     assert connack.session_present is True
 
@@ -261,7 +262,7 @@ async def test_session_expiry_changed_at_disconnect_section_3_14_2_2_2(
 ):
     client = await client5(nursery, broker, "dev", properties=expiry(at_connect))
     await disconnect5(client, session_expiry_interval=at_disconnect)
-    await trio.sleep(offline_for)
+    await trio.sleep(offline_for)  # ok: mock clock
     _, connack = await connect5(nursery, broker, "dev", clean_session=False)
     assert connack.session_present is present
 
@@ -331,7 +332,7 @@ async def test_MQTT_3_1_2_10_delayed_will_published_once(
     nursery, broker, autojump_clock, delay, session_expiry
 ):
     watcher = await lost_device(nursery, broker, delay=delay, session_expiry=session_expiry)
-    await trio.sleep(1000)  # past both the will delay and the session expiry
+    await trio.sleep(1000)  # ok: mock clock; past both the will delay and the session expiry
     assert "dev" not in broker.sessions
     wills = await watcher.publishes_until_idle()
     assert wills == [Publish("wills/dev", b"lost", qos=1, packet_id=1)]
@@ -341,11 +342,11 @@ async def test_MQTT_3_1_3_9_no_will_when_the_client_reconnects_within_the_delay(
     nursery, broker, autojump_clock
 ):
     watcher = await lost_device(nursery, broker, delay=5, session_expiry=100)
-    await trio.sleep(4)
+    await trio.sleep(4)  # ok: mock clock
     _, connack = await connect5(nursery, broker, "dev", clean_session=False,
                                    properties=expiry(100))
     assert connack.session_present is True
-    await trio.sleep(1000)
+    await trio.sleep(1000)  # ok: mock clock
     assert await watcher.publishes_until_idle() == []
 
 
@@ -368,7 +369,7 @@ async def test_MQTT_3_14_4_3_normal_disconnect_discards_the_will(nursery, broker
         will=Will("wills/dev", b"bye", properties={prop.WILL_DELAY_INTERVAL: 5}),
     )
     await disconnect5(device, rc.NORMAL_DISCONNECTION)
-    await trio.sleep(1000)  # past the delay and the session's end [MQTT-3.1.2-10]
+    await trio.sleep(1000)  # ok: mock clock; past the delay and the session's end [MQTT-3.1.2-10]
     assert await watcher.publishes_until_idle() == []
 
 
@@ -411,7 +412,7 @@ async def test_MQTT_3_3_2_5_expired_message_not_delivered_to_an_offline_session(
         Publish("t", b"forever", qos=1, packet_id=3),
     )
     assert await pub.publishes_until_idle() == [PubAck(1), PubAck(2), PubAck(3)]
-    await trio.sleep(10)
+    await trio.sleep(10)  # ok: mock clock
     back, connack = await connect5(nursery, broker, "sub", clean_session=False)
     assert connack.session_present is True
     # [MQTT-3.3.2-6]: the interval forwarded is what is left of it (60 - 10).
@@ -427,13 +428,13 @@ async def test_MQTT_3_3_2_5_expired_retained_message_not_sent_to_new_subscribers
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("r", b"v", retain=True, properties={prop.MESSAGE_EXPIRY_INTERVAL: 10}))
     await pub.publishes_until_idle()
-    await trio.sleep(4)
+    await trio.sleep(4)  # ok: mock clock
     early = await client5(nursery, broker, "early")
     await subscribe5(early, "r")
     assert await early.publishes_until_idle() == [
         Publish("r", b"v", retain=True, properties={prop.MESSAGE_EXPIRY_INTERVAL: 6})
     ]
-    await trio.sleep(7)
+    await trio.sleep(7)  # ok: mock clock
     late = await client5(nursery, broker, "late")
     await subscribe5(late, "r")
     assert await late.publishes_until_idle() == []
@@ -451,7 +452,7 @@ async def test_MQTT_4_3_3_7_no_expiry_once_the_qos2_publish_was_sent(
     assert first == Publish("t", b"x", qos=2, packet_id=1,
                             properties={prop.MESSAGE_EXPIRY_INTERVAL: 5})
     await sub.close()  # no PUBREC
-    await trio.sleep(100)
+    await trio.sleep(100)  # ok: mock clock
     back, _ = await connect5(nursery, broker, "sub", clean_session=False)
     resent = await back.receive()
     assert (resent.topic, resent.payload, resent.qos, resent.packet_id, resent.dup) == (
@@ -814,7 +815,7 @@ async def test_MQTT_4_8_2_6_shared_message_refused_by_the_client_not_sent_elsewh
     await send5(chosen, PubAck(delivery.packet_id, rc.UNSPECIFIED_ERROR))
     await chosen.publishes_until_idle()
     await chosen.close()
-    await trio.sleep(1)
+    await trio.testing.wait_all_tasks_blocked()  # the broker has handled the close
     assert await other.publishes_until_idle() == []
 
 
@@ -829,7 +830,7 @@ async def qos2_shared_delivery_dropped(nursery, broker, session_expiry: int):
     assert len(got_a + got_b) == 1
     chosen, other, name = (a, b, "a") if got_a else (b, a, "b")
     await chosen.close()
-    await trio.sleep(1)
+    await trio.testing.wait_all_tasks_blocked()  # the broker has handled the close
     return name, other
 
 
@@ -1144,7 +1145,7 @@ async def test_MQTT_4_3_3_13_qos2_flow_completes_after_the_message_expired(
     await send5(pub, Publish("t", b"x", qos=2, packet_id=1,
                              properties={prop.MESSAGE_EXPIRY_INTERVAL: 1}))
     assert await pub.receive() == PubRec(1, rc.NO_MATCHING_SUBSCRIBERS)
-    await trio.sleep(10)
+    await trio.sleep(10)  # ok: mock clock
     await send5(pub, PubRel(1))
     assert await pub.receive() == PubComp(1)
 

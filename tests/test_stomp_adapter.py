@@ -149,7 +149,7 @@ async def test_heart_beating_data_counts_as_a_beat(nursery, autojump_clock):
     client = await connected(nursery, broker, heart_beat="0,5000")
     await client.subscribe("/topic/t")
     for _ in range(3):
-        await trio.sleep(4)
+        await trio.sleep(4)  # ok: mock clock
         await client.publish("/topic/t", "data")
         assert (await client.receive_event()).command == "MESSAGE"
     start = trio.current_time()
@@ -162,7 +162,7 @@ async def test_heart_beating_client_beats_keep_the_connection(nursery, autojump_
     client = await connected(nursery, broker, heart_beat="5000,0")  # MAX(5000, 10000)
     assert client.server.conn.heart_beat == (0, 10000)
     for beat in range(10):
-        await trio.sleep(9)
+        await trio.sleep(9)  # ok: mock clock
         if beat % 2:
             await client.send_raw(b"\n")
         else:  # any data counts, frames too
@@ -195,7 +195,7 @@ async def test_heart_beating_off_when_either_side_says_0(nursery, autojump_clock
 async def test_heart_beating_none_in_1_0(nursery, autojump_clock, broker):
     client = await connected(nursery, broker, None, heart_beat="1000,1000")
     assert client.server.conn.heart_beat == (0, 0)
-    await trio.sleep(100)
+    await trio.sleep(100)  # ok: mock clock
     assert await client.messages_until_idle() == []
 
 
