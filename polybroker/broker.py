@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from .auth import Authenticator
+from .auth import Authenticator, Security
 from .config import BrokerConfig
 from .durability import Durability
 from .message import Message
@@ -56,6 +56,8 @@ class Broker:
         )
         # MQTT 5.0 enhanced authentication methods by name.
         self.authenticators: dict[str, Authenticator] = {}
+        # Logins and access rights ([auth]: password file, ACL file); ConfigError if broken.
+        self.security = Security.load(self.config.auth)
         # Open client connections (any protocol), told to close on shutdown.
         self.connections: set[Closable] = set()
         self._all_closed: trio.Event | None = None

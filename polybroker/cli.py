@@ -13,6 +13,7 @@ import trio
 
 from . import __version__, certs
 from .auth import ScramCredential
+from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
 from .server import RunningBroker, serve_with_storage, start_listeners
 
@@ -53,8 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
              "password is read from standard input (prompted on a terminal)",
     )
     scram.add_argument("user")
+    add_passwd_command(commands)
     add_certs_command(commands)
     return parser
+
+
+def add_passwd_command(commands: argparse._SubParsersAction) -> None:
+    tool = commands.add_parser(
+        "passwd", help="add a user to a password file ([auth] password_file), change its "
+                       "password, or remove it",
+        description="Set USER's password in FILE (created with mode 0600 if missing), as a "
+                    "salted scrypt hash; the password is asked twice on the terminal. The "
+                    "file is rewritten atomically; a running broker reads it on SIGHUP.",
+    )
+    tool.add_argument("file", type=Path)
+    tool.add_argument("user")
+    tool.add_argument("-D", "--delete", action="store_true", help="remove USER instead")
+    tool.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
 
 
 def add_certs_command(commands: argparse._SubParsersAction) -> None:
@@ -82,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return _scram_password(args.user)
     if args.command == "certs":
         return _make_certs(args)
+    if args.command == "passwd":
+        return _passwd(args)
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -116,6 +135,40 @@ def _scram_password(user: str) -> int:
         return 2
     print(f"{user}:{ScramCredential.from_password(password).to_rfc5803()}")
     return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    try:
+        check_username(args.user)
+        if args.delete:
+            if not delete_user(args.file, args.user):
+                print(f"polybroker passwd: no user {args.user!r} in {args.file}", file=sys.stderr)
+                return 1
+            print(f"removed {args.user} from {args.file}")
+            return 0
+        password = _new_password(args.user, args.password_stdin)
+        if password is None:
+            return 2
+        changed = set_password(args.file, args.user, password)
+    except (PasswordFileError, OSError) as exc:
+        print(f"polybroker passwd: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'changed the password of' if changed else 'added'} {args.user} in {args.file}")
+    return 0
+
+
+def _new_password(user: str, from_stdin: bool) -> str | None:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {user}: ")
+        if getpass.getpass("again: ") != password:
+            print("polybroker passwd: the passwords differ", file=sys.stderr)
+            return None
+    if not password:
+        print("polybroker passwd: empty password", file=sys.stderr)
+        return None
+    return password
 
 
 def _make_certs(args: argparse.Namespace) -> int:
@@ -174,8 +227,9 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> N
             log.info("polybroker %s ready", __version__)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.info("received SIGHUP, reloading certificates")
+                    log.info("received SIGHUP, reloading certificates, password and ACL files")
                     running.reload_certificates()
+                    running.broker.security.reload()
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await running.broker.shutdown(grace=SHUTDOWN_GRACE)

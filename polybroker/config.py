@@ -66,6 +66,8 @@ class ListenerConfig:
     tls: TLSConfig | None = None  # tls and wss only
     allowed_origins: tuple[str, ...] = ()  # WebSocket only; empty allows any Origin
     max_connections: int | None = None  # None: no limit
+    # Clients without a user name; None: [auth] allow_anonymous, else loopback only.
+    allow_anonymous: bool | None = None
 
     @property
     def url(self) -> str:
@@ -130,6 +132,17 @@ class StompSettings:
     heart_beat_receive: float = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Authentication and authorization (``polybroker.auth``)."""
+
+    password_file: Path | None = None  # user:$scrypt$... lines (``polybroker passwd``)
+    acl_file: Path | None = None  # None: every client may read and write everything
+    # Default for listeners without their own; None: only loopback listeners allow it.
+    allow_anonymous: bool | None = None
+    failure_delay: float = 1.0  # seconds before a refused login is answered
+
+
 FSYNC_POLICIES = ("always", "batch", "never")
 
 
@@ -163,6 +176,7 @@ class BrokerConfig:
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     stomp: StompSettings = field(default_factory=StompSettings)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -223,7 +237,8 @@ def load_config(path: Path) -> BrokerConfig:
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
-        {"listener", "tls", "limits", "mqtt", "stomp", "storage", "data_dir", "log_level"},
+        {"listener", "tls", "limits", "mqtt", "stomp", "storage", "auth", "data_dir",
+         "log_level"},
         "",
     )
     config = BrokerConfig()
@@ -239,6 +254,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, stomp=_stomp(raw["stomp"]))
     if "storage" in raw:
         config = replace(config, storage=_storage(raw["storage"]))
+    if "auth" in raw:
+        config = replace(config, auth=_auth(raw["auth"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -297,7 +314,8 @@ def _checked_tls(tls: TLSConfig, prefix: str) -> TLSConfig:
 
 _ADDRESS_KEYS = {"protocol", "transport", "host", "port"}
 _WEBSOCKET_KEYS = {"path", "allowed_origins"}
-_LISTENER_KEYS = {"url", "max_connections"} | _ADDRESS_KEYS | _WEBSOCKET_KEYS | set(_TLS_KEYS)
+_LISTENER_KEYS = ({"url", "max_connections", "allow_anonymous"} | _ADDRESS_KEYS
+                  | _WEBSOCKET_KEYS | set(_TLS_KEYS))
 
 
 def _listeners(raw: Any, tls: TLSConfig) -> tuple[ListenerConfig, ...]:
@@ -334,6 +352,9 @@ def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerCon
         if limit <= 0:
             raise ConfigError(f"{prefix}max_connections: must be greater than 0")
         listener = replace(listener, max_connections=limit)
+    if "allow_anonymous" in table:
+        allow = _typed_bool(table, "allow_anonymous", prefix)
+        listener = replace(listener, allow_anonymous=allow)
     if secure:
         own = _tls_values(table, tls, prefix)
         listener = replace(listener, tls=_checked_tls(own, prefix))
@@ -459,6 +480,24 @@ def _storage(raw: Any) -> StorageConfig:
             if values[name] <= 0:
                 raise ConfigError(f"storage.{name}: must be greater than 0")
     return StorageConfig(**values)
+
+
+def _auth(raw: Any) -> AuthConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("auth: must be a table")
+    _reject_unknown(raw, {f.name for f in fields(AuthConfig)}, "auth.")
+    values: dict[str, Any] = {}
+    for name in ("password_file", "acl_file"):
+        if name in raw:
+            values[name] = Path(_nonempty(raw, name, "auth."))
+    if "allow_anonymous" in raw:
+        values["allow_anonymous"] = _typed_bool(raw, "allow_anonymous", "auth.")
+    if "failure_delay" in raw:
+        delay = _typed(raw, "failure_delay", (int, float), "auth.")
+        if not 0 <= delay <= 60:
+            raise ConfigError("auth.failure_delay: must be between 0 and 60 seconds")
+        values["failure_delay"] = float(delay)
+    return AuthConfig(**values)
 
 
 def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:

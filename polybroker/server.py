@@ -12,7 +12,7 @@ import trio
 
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
-from .auth import ScramSha256, ScramUserStore
+from .auth import ScramSha256, ScramUserStore, anonymous_allowed
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
@@ -26,11 +26,13 @@ class ProtocolHandler(Protocol):
     """An adapter's entry point: serve one client on ``stream`` until it goes away.
 
     ``peer`` names the remote address for log lines; ``identity`` is the verified
-    client certificate's name on listeners with ``use_identity_as_username``.
+    client certificate's name on listeners with ``use_identity_as_username``;
+    ``allow_anonymous`` the listener's setting, for ``broker.security.login``.
     """
 
     async def __call__(
-        self, stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+        self, stream: trio.abc.Stream, broker: Broker, peer: str, *,
+        identity: str | None = None, allow_anonymous: bool = True,
     ) -> None: ...
 
 
@@ -118,7 +120,8 @@ class Listener:
             return
         if self.config.protocol == "auto":
             log.debug("%s: connection from %s detected as %s", self.config.url, peer, protocol)
-        await handler(stream, self.broker, peer, identity=identity)
+        anonymous = anonymous_allowed(self.config, self.broker.config.auth)
+        await handler(stream, self.broker, peer, identity=identity, allow_anonymous=anonymous)
 
 
 class RunningBroker:

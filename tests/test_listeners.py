@@ -126,7 +126,7 @@ class Echo:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, str | None]] = []
 
-    async def __call__(self, stream, broker, peer, *, identity=None) -> None:
+    async def __call__(self, stream, broker, peer, *, identity=None, allow_anonymous=True) -> None:
         data = await stream.receive_some()
         self.calls.append((data, identity))
         await stream.send_all(b"echo " + data)

@@ -10,8 +10,9 @@ import trio
 
 from polybroker import __version__
 from polybroker.adapters import stomp as stomp_adapter
+from polybroker.auth.passwords import hash_password
 from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits, StompSettings
+from polybroker.config import AuthConfig, BrokerConfig, Limits, StompSettings
 from polybroker.protocols.mqtt import Publish
 from polybroker.protocols.stomp import HEART_BEAT
 
@@ -90,14 +91,16 @@ async def test_connecting_login_passcode_and_host_are_accepted_and_kept(nursery,
     assert (client.server.login, client.server.host) == ("alice", "localhost")
 
 
-async def test_connecting_refused_login_is_an_error(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter.StompClientConnection, "_authenticate",
-                        lambda self, login, passcode: login == "good")
+async def test_connecting_refused_login_is_an_error(nursery, tmp_path):
+    passwords = tmp_path / "passwords"
+    passwords.write_text(f"good:{hash_password('x', n=16)}\n")
+    broker = Broker(BrokerConfig(auth=AuthConfig(password_file=passwords, failure_delay=0)))
     client = await connect_client(nursery, broker)
     await client.send("CONNECT", {"accept-version": "1.2", "host": "h", "login": "bad",
                                   "passcode": "x"})
     await assert_error_and_close(client, "access refused")
-    assert (await connected(nursery, broker, login="good")).server.login == "good"
+    good = await connected(nursery, broker, login="good", passcode="x")
+    assert good.server.login == "good"
 
 
 async def test_connecting_operation_before_connect_is_an_error(nursery, broker):

@@ -11,7 +11,7 @@ import math
 
 import trio
 
-from ..auth import AuthExchange
+from ..auth import AuthExchange, Client, Refusal
 from ..broker import Broker
 from ..message import Message
 from ..protocols.mqtt import (
@@ -42,7 +42,7 @@ from ..protocols.mqtt import (
 from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
-from ..shared import is_valid_shared_filter
+from ..shared import is_valid_shared_filter, split_shared_filter
 from .io import receive_before
 from .mqtt_outbound import PublishEncoder
 
@@ -53,6 +53,11 @@ UNBOUNDED = 268_435_460  # larger than any MQTT packet
 # First bytes of the acknowledgement packets (PUBREL has its required flag bits set).
 PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
 _ACK_TYPES = {PUBACK: PubAck, PUBREC: PubRec, PUBREL: PubRel, PUBCOMP: PubComp}
+# A refused login's CONNACK code: (3.1 and 3.1.1, 5.0).
+_REFUSAL_CODES = {
+    Refusal.BAD_CREDENTIALS: (0x04, rc.BAD_USER_NAME_OR_PASSWORD),
+    Refusal.NOT_AUTHORIZED: (0x05, rc.NOT_AUTHORIZED),
+}
 
 
 class Closing(Exception):
@@ -73,7 +78,8 @@ class MQTTClientConnection:
     """Serves one MQTT client over one stream; also the session's link to that client."""
 
     def __init__(
-        self, stream: trio.abc.Stream, broker: Broker, peer: str, identity: str | None = None
+        self, stream: trio.abc.Stream, broker: Broker, peer: str, identity: str | None = None,
+        allow_anonymous: bool = True,
     ) -> None:
         self.stream = stream
         self.broker = broker
@@ -81,6 +87,9 @@ class MQTTClientConnection:
         self.peer = peer
         # The client certificate's name (use_identity_as_username), for authentication.
         self.identity = identity
+        self.allow_anonymous = allow_anonymous  # the listener's setting
+        self.user: str | None = None  # who logged in (None: anonymous)
+        self.client: Client | None = None  # for access checks, once connected
         self.conn = ServerConnection(max_packet_size=self.limits.max_packet_size)
         self.level = 4
         self.client_id: str | None = None
@@ -144,7 +153,7 @@ class MQTTClientConnection:
                     if self.session is None:
                         raise Closing(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
                     raise Closing(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")  # [MQTT-3.1.2-22]
-                received = self._receive(data)
+                received = await self._receive(data)
             except Closing as close:
                 self._disconnect(close.reason_code, close.reason)
                 return
@@ -158,7 +167,7 @@ class MQTTClientConnection:
             if self.conn.pending_bytes:
                 self._wakeup.set()
 
-    def _receive(self, data: bytes) -> int | None:
+    async def _receive(self, data: bytes) -> int | None:
         """Handle one read's worth of packets; return how many, or None to close."""
         try:
             packets = self.conn.receive_data(data)
@@ -171,6 +180,8 @@ class MQTTClientConnection:
             handler = _HANDLERS.get(type(packet))
             if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
                 raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
+            if type(packet) is Connect and not await self._login(packet):
+                return None
             if not handler(self, packet):
                 return None
         return len(packets)
@@ -234,6 +245,9 @@ class MQTTClientConnection:
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
         session, will = self.session, self.will
         self.will = None
+        if will is not None and not self.broker.security.may_publish(self.client, will.topic):
+            log.info("client %s: will to %s not published: not authorized", self.name, will.topic)
+            will = None
         if will is not None and self.will_delay:
             log.info("client %s: will to %s delayed %ds", self.name, will.topic, self.will_delay)
         elif will is not None:
@@ -248,6 +262,24 @@ class MQTTClientConnection:
                         self.name, self.qos0_dropped)
 
     # -- connecting -----------------------------------------------------------------------
+
+    async def _login(self, packet: Connect) -> bool:
+        """User name and password against ``broker.security``; a refusal is answered
+        with its CONNACK (after the security's delay). Enhanced authentication (an
+        Authentication Method) is the method's business instead."""
+        if prop.AUTHENTICATION_METHOD in packet.properties:
+            return True
+        login = await self.broker.security.login(
+            packet.username, packet.password, allow_anonymous=self.allow_anonymous,
+            identity=self.identity, peer=self.peer, client_id=packet.client_id,
+            protocol="MQTT",
+        )
+        if login.ok:
+            self.user = login.user
+            return True
+        old, new = _REFUSAL_CODES[login.refusal]
+        self.conn.send(ConnAck(return_code=new if packet.protocol_level >= MQTT_5 else old))
+        return False
 
     def _on_connect(self, packet: Connect) -> bool:
         self.level = packet.protocol_level
@@ -292,6 +324,7 @@ class MQTTClientConnection:
         if step.data is not None:
             extra[prop.AUTHENTICATION_DATA] = step.data
         packet, self._pending_connect, self._auth = self._pending_connect, None, None
+        self.user = step.username
         return self._accept(packet, extra)
 
     def _accept(self, packet: Connect, extra: dict | None = None) -> bool:
@@ -310,6 +343,7 @@ class MQTTClientConnection:
             if v5:
                 connack_props[prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
         self.client_id = client_id
+        self.client = Client(self.user, client_id)
         self.keep_alive = packet.keep_alive
         if v5:
             expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
@@ -387,6 +421,12 @@ class MQTTClientConnection:
         if self.level >= MQTT_5:
             topic = self._resolve_alias(packet)
             reason = self._check_publish5(packet)
+        if reason == rc.SUCCESS and not self.broker.security.may_publish(self.client, topic):
+            # Dropped; acknowledged all the same (3.1.1 has no way to say it, 5.0: 0x87).
+            log.info("client %s: publish to %s denied", self.name, topic)
+            if packet.qos == 0:
+                return True
+            reason = rc.NOT_AUTHORIZED
         if packet.qos == 2:
             inbound = self.session.inbound_qos2
             if packet.packet_id not in inbound:  # a resent PUBLISH is not routed again
@@ -516,6 +556,10 @@ class MQTTClientConnection:
                 log.warning("client %s: subscription to %s refused: limit of %d reached",
                             self.name, sub.topic_filter, limit)
                 continue
+            if not self._may_subscribe(sub.topic_filter):
+                codes.append(rc.NOT_AUTHORIZED if self.level >= MQTT_5 else 0x80)
+                log.info("client %s: subscription to %s denied", self.name, sub.topic_filter)
+                continue
             qos = min(sub.qos, MAX_QOS)
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
             existed = self.broker.subscribe(self.session, sub.topic_filter, options)
@@ -527,6 +571,11 @@ class MQTTClientConnection:
         for topic_filter, qos in retained:
             self.broker.send_retained(self.session, topic_filter, qos)
         return True
+
+    def _may_subscribe(self, topic_filter: str) -> bool:
+        shared = split_shared_filter(topic_filter)  # a shared one: its inner filter
+        inner = topic_filter if shared is None else shared[1]
+        return self.broker.security.may_subscribe(self.client, inner)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> bool:
         codes = tuple(
@@ -608,7 +657,8 @@ _BEFORE_CONNACK = {Connect, Auth, Disconnect}
 
 
 async def serve_mqtt(
-    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None,
+    allow_anonymous: bool = True,
 ) -> None:
     """Serve one MQTT client until it goes away (``server.ProtocolHandler``)."""
-    await MQTTClientConnection(stream, broker, peer, identity).run()
+    await MQTTClientConnection(stream, broker, peer, identity, allow_anonymous).run()

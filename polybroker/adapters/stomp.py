@@ -27,6 +27,12 @@ How STOMP meets the core (destinations: see ``polybroker.destinations``):
 - BEGIN / COMMIT / ABORT buffer SEND, ACK and NACK frames of the transaction and
   apply them in order at COMMIT; open transactions are aborted when the connection
   ends.
+- The CONNECT frame's ``login`` and ``passcode`` go to ``broker.security.login``; a
+  refusal is the ERROR "access refused" (whatever was wrong), sent after the security's
+  delay. A SEND or SUBSCRIBE the ACL does not allow (topics: ``may_publish`` /
+  ``may_subscribe``; queues: ``may_write_queue`` / ``may_read_queue``) is answered with
+  an ERROR "access refused: ..." and the connection closes, as STOMP has no other way
+  to refuse one frame. ACL ``%c`` is the CONNECT ``client-id`` header, else the session id.
 - Any fault is answered with an ERROR frame (``message`` header, and ``receipt-id``
   when the faulty frame asked for a receipt), then the connection is closed after a
   short linger so the client can read it. On shutdown connected clients get an ERROR
@@ -41,6 +47,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import __version__
+from ..auth import Client
 from ..broker import ANY_QOS, Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
 from ..message import Message
@@ -135,7 +142,8 @@ class StompSubscription:
 class StompClientConnection:
     """Serves one STOMP client over one stream."""
 
-    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,
+                 identity: str | None = None, allow_anonymous: bool = True) -> None:
         self.stream = stream
         self.broker = broker
         self.limits = broker.limits
@@ -147,6 +155,9 @@ class StompClientConnection:
         )
         self.session_id = secrets.token_hex(8)
         self.login: str | None = None
+        self.identity = identity  # the TLS client certificate's name, if it is the user
+        self.allow_anonymous = allow_anonymous  # the listener's setting
+        self.client = Client(None, self.session_id)  # for access checks, set at login
         self.host: str | None = None
         self.connected = False
         self.subscriptions: dict[str, StompSubscription] = {}
@@ -208,7 +219,7 @@ class StompClientConnection:
                         raise ProtocolError("no CONNECT frame in time")
                     silent = HEART_BEAT_TOLERANCE * self.conn.heart_beat[1] / 1000
                     raise ProtocolError(f"heart-beat timeout: nothing received for {silent:g}s")
-                if not self._receive(data):
+                if not await self._receive(data):
                     return
             except StompError as exc:
                 self._fail(exc)
@@ -222,12 +233,27 @@ class StompClientConnection:
             elif self.connected:
                 deadline = math.inf  # no heart-beats: a silent client stays
 
-    def _receive(self, data: bytes) -> bool:
+    async def _receive(self, data: bytes) -> bool:
         """Handle one read's worth of frames; False ends the connection."""
         for event in self.conn.receive_data(data):
-            if isinstance(event, Frame) and not self._handle(event):
+            if not isinstance(event, Frame):
+                continue
+            if event.command in _CONNECT_COMMANDS and not self.connected:
+                await self._login(event)
+            if not self._handle(event):
                 return False
         return True
+
+    async def _login(self, frame: Frame) -> None:
+        """Check ``login`` and ``passcode``; ProtocolError "access refused" if refused."""
+        client_id = frame.get("client-id") or self.session_id
+        login = await self.broker.security.login(
+            frame.get("login"), frame.get("passcode"), allow_anonymous=self.allow_anonymous,
+            identity=self.identity, peer=self.peer, client_id=client_id, protocol="STOMP",
+        )
+        if not login.ok:
+            raise ProtocolError("access refused")  # never which part was wrong
+        self.client = Client(login.user, client_id)
 
     async def _write_loop(self) -> None:
         last_sent = trio.current_time()
@@ -318,8 +344,6 @@ class StompClientConnection:
 
     def _on_connect(self, frame: Frame) -> bool:
         login = frame.get("login")
-        if not self._authenticate(login, frame.get("passcode")):
-            raise ProtocolError("access refused: bad login or passcode [Connecting]")
         self.login = login
         self.host = frame.get("host")
         self.conn.send(self.conn.connected_frame(session=self.session_id, server=SERVER_NAME))
@@ -329,13 +353,12 @@ class StompClientConnection:
                  self.name, self.conn.version, login or "-", send_ms, receive_ms)
         return True
 
-    def _authenticate(self, login: str | None, passcode: str | None) -> bool:
-        """Where the broker's authentication plugs in (the security issue); until it
-        lands any login, or none, is accepted."""
-        return True
-
     def _on_send(self, frame: Frame) -> bool:
         destination = self._destination(frame, subscribe=False)
+        security, name = self.broker.security, destination.name
+        if not (security.may_write_queue(self.client, name) if destination.is_queue
+                else security.may_publish(self.client, name)):
+            raise _error(frame, f"access refused: SEND to {destination.wire}")
         if not self._in_transaction(frame, lambda: self._publish(destination, frame)):
             self._publish(destination, frame)
         return True
@@ -367,6 +390,10 @@ class StompClientConnection:
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise _error(frame, f"more than {MAX_SUBSCRIPTIONS} subscriptions on one connection")
         destination = self._destination(frame, subscribe=True)
+        security, name = self.broker.security, destination.name
+        if not (security.may_read_queue(self.client, name) if destination.is_queue
+                else security.may_subscribe(self.client, name)):
+            raise _error(frame, f"access refused: SUBSCRIBE to {destination.wire}")
         prefetch = _prefetch(frame)
         ack_mode = frame.get("ack", "auto")
         if destination.is_queue:
@@ -614,10 +641,11 @@ _HANDLERS = {
 
 
 async def serve_stomp(
-    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None,
+    allow_anonymous: bool = True,
 ) -> None:
-    """Serve one STOMP client until it goes away. ``identity`` is the TLS client
-    certificate's name, for the authentication checks to come; it is logged."""
+    """Serve one STOMP client until it goes away (``server.ProtocolHandler``).
+    ``identity`` is the TLS client certificate's name, which is then the user."""
     if identity is not None:
         log.info("stomp connection %s: certificate identity %s", peer, identity)
-    await StompClientConnection(stream, broker, peer).run()
+    await StompClientConnection(stream, broker, peer, identity, allow_anonymous).run()
