@@ -47,7 +47,10 @@ def covers(grant: str, topic_filter: str) -> bool:
             return False  # the filter matches a shorter topic the grant does not
         level = f[index]
         if level == "#":
-            return False  # the filter reaches every depth; the grant stops here
+            # The filter reaches every depth and its parent level; the grant's "+/#"
+            # misses only the parent, which is fine when it is "" (not a topic).
+            empty_parent = index == 0 or (index == 1 and f[0] == "")
+            return empty_parent and g[index:] == ["+", "#"]
         if part != "+" and part != level:
             return False  # a literal covers only itself (not "+")
     return len(g) == len(f)
@@ -63,7 +66,10 @@ def overlaps(first: str, second: str) -> bool:
         x = a[index] if index < len(a) else None
         y = b[index] if index < len(b) else None
         if x == "#" or y == "#":
-            return True  # "#" also matches the parent level, where the other may end
+            # "#" also matches the parent level, where the other may end; but not when
+            # that parent is the empty topic "" (no topic name is empty).
+            ends = x is None or y is None
+            return not (ends and index == 1 and "" in (a[0], b[0]))
         if x is None or y is None:
             return False  # one ends here, the other needs more levels
         if x != "+" and y != "+" and x != y:
