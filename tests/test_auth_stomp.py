@@ -15,6 +15,7 @@ from polybroker.config import (
     BrokerConfig,
     ConfigError,
     config_from_dict,
+    load_config,
     parse_listen_url,
 )
 
@@ -199,3 +200,8 @@ def test_reload_reads_both_files_and_keeps_the_old_ones_when_broken(tmp_path, ca
     assert list(security.passwords) == ["bob"]
     assert security.acl.may_subscribe(None, "c", "b/x")
     assert "ACL file" in caplog.text and "keeping the old one" in caplog.text
+
+
+def test_example_config_has_the_auth_defaults():
+    config = load_config(Path(__file__).parent.parent / "config" / "polybroker.toml")
+    assert config.auth == AuthConfig()
