@@ -26,9 +26,11 @@ from polybroker.protocols.mqtt import (
     Subscription,
     Will,
 )
+from polybroker.protocols.mqtt import properties as prop
 from polybroker.protocols.mqtt import reason_codes as rc
 
 from .rawclient import RawClient
+from .test_mqtt5_broker import auth_packet, scram_start, send5, with_scram_users
 
 V311, V5 = 4, 5
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -183,6 +185,31 @@ async def test_refusal_is_logged_without_the_password(nursery, tmp_path, caplog)
     assert "memory" in line and "'dev-7'" in line and "'alice'" in line
     assert "bad user name or password" in line
     assert "hunter2" not in caplog.text
+
+
+async def scram_login(nursery, broker, password: str) -> RawClient:
+    """alice through MQTT 5.0 SCRAM-SHA-256; the CONNACK is left to the caller."""
+    with_scram_users(broker)  # alice, "correct horse"
+    client, scram, auth = await scram_start(nursery, broker, "alice", password)
+    final = scram.client_final(auth.properties[prop.AUTHENTICATION_DATA])
+    await send5(client, auth_packet(final))
+    return client
+
+
+async def test_failed_scram_exchange_waits_failure_delay(nursery, tmp_path, autojump_clock):
+    broker = make_broker(nursery, tmp_path, failure_delay=2.0)
+    start = trio.current_time()
+    client = await scram_login(nursery, broker, "wrong")
+    assert await client.receive_until_closed() == [ConnAck(return_code=rc.NOT_AUTHORIZED)]
+    assert trio.current_time() - start == pytest.approx(2.0)
+
+
+async def test_scram_user_gets_its_acl_rights(nursery, tmp_path):
+    broker = make_broker(nursery, tmp_path)
+    client = await scram_login(nursery, broker, "correct horse")
+    assert (await client.receive()).return_code == 0
+    await send5(client, Subscribe(1, (Subscription("a/#"), Subscription("secret/#"))))
+    assert await client.receive() == SubAck(1, (0, rc.NOT_AUTHORIZED))
 
 
 # -- publish --------------------------------------------------------------------------------

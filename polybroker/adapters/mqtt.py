@@ -103,6 +103,7 @@ class MQTTClientConnection:
         self.qos0_dropped = 0
         self._auth: AuthExchange | None = None
         self._pending_connect: Connect | None = None
+        self._auth_failed = False  # the enhanced authentication exchange failed
         self._taken_over = False
         self._closing_slow = False
         self._closing = False
@@ -183,6 +184,8 @@ class MQTTClientConnection:
             if type(packet) is Connect and not await self._login(packet):
                 return None
             if not handler(self, packet):
+                if self._auth_failed:
+                    await self._refuse_enhanced()
                 return None
         return len(packets)
 
@@ -281,6 +284,14 @@ class MQTTClientConnection:
         self.conn.send(ConnAck(return_code=new if packet.protocol_level >= MQTT_5 else old))
         return False
 
+    async def _refuse_enhanced(self) -> None:
+        method = self._pending_connect.properties[prop.AUTHENTICATION_METHOD]
+        await self.broker.security.refuse(
+            Refusal.NOT_AUTHORIZED, username=None, peer=self.peer,
+            client_id=self._pending_connect.client_id, protocol=f"MQTT {method}",
+        )
+        self.conn.send(ConnAck(return_code=rc.NOT_AUTHORIZED))
+
     def _on_connect(self, packet: Connect) -> bool:
         self.level = packet.protocol_level
         props = packet.properties
@@ -317,8 +328,7 @@ class MQTTClientConnection:
             self.conn.send(Auth(rc.CONTINUE_AUTHENTICATION, props))
             return True
         if not step.ok:
-            self.conn.send(ConnAck(return_code=rc.NOT_AUTHORIZED))
-            log.warning("client %s: refused: %s authentication failed", self.name, method)
+            self._auth_failed = True  # answered by _refuse_enhanced, after the delay
             return False
         extra = {prop.AUTHENTICATION_METHOD: method}
         if step.data is not None:
@@ -375,6 +385,7 @@ class MQTTClientConnection:
         log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
                  self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
                  (f", session expiry {expiry}s" if v5 else "")
+                 + (f", user {self.user}" if self.user is not None else "")
                  + (f", certificate identity {self.identity}" if self.identity else ""))
         return True
 

@@ -19,7 +19,9 @@ An adapter (MQTT, STOMP, AMQP, ...) uses ``broker.security`` (a ``Security``):
    ``Refusal.NOT_AUTHORIZED`` (no user name where anonymous clients are refused, or a
    user name that nothing can check: MQTT 0x05 / 0x87). What goes back to the client
    must not say which part was wrong. ``login.user`` is the authenticated user name
-   (None: anonymous).
+   (None: anonymous). A protocol's own mechanism (MQTT 5.0 SCRAM, an AMQP SASL
+   mechanism other than PLAIN) refuses through ``await broker.security.refuse(refusal,
+   username=..., peer=..., client_id=..., protocol=...)``, which logs and waits the same.
 
 2. Access, with ``client = Client(login.user, client_id)``::
 
@@ -172,6 +174,13 @@ class Security:
             return Login(None)
         else:
             refusal = Refusal.NOT_AUTHORIZED
+        return await self.refuse(refusal, username=username, peer=peer, client_id=client_id,
+                                 protocol=protocol)
+
+    async def refuse(self, refusal: Refusal, *, username: str | None, peer: str,
+                     client_id: str, protocol: str) -> Login:
+        """Log a refused login and wait ``failure_delay``; for logins this class does not
+        check itself (an authentication mechanism of the protocol, such as SCRAM)."""
         log.warning("%s login refused from %s (client id %r, user %r): %s", protocol, peer,
                     client_id, username, refusal.value)
         await trio.sleep(self.failure_delay)
