@@ -75,7 +75,10 @@ def secured(tmp_path_factory, passwords):
 @pytest.fixture
 def own_secured(tmp_path, passwords):
     """A broker of the test's own, for a test that rewrites its files."""
-    proc = start_secured(tmp_path, passwords)
+    own = tmp_path / "passwords"
+    own.write_text(passwords.read_text())
+    proc = start_secured(tmp_path, own)
+    proc.password_path = own
     try:
         yield proc
     finally:
@@ -265,6 +268,9 @@ def test_mosquitto_pub_with_user_and_password(secured, version):
                             "-t", f"news/{version}/x", "-m", "never")
         assert bad.returncode != 0
         assert "bad user name or password" in (bad.stdout + bad.stderr).lower()
+        anonymous = mosquitto_pub(secured.port, "-V", version, "-t", "news/x", "-m", "never")
+        assert anonymous.returncode != 0
+        assert "not authori" in (anonymous.stdout + anonymous.stderr).lower()
         good = mosquitto_pub(secured.port, "-V", version, "-u", "alice", "-P", "wonderland",
                              "-t", f"news/{version}/x", "-m", "hello", "-q", "1")
         assert good.returncode == 0, good.stdout + good.stderr
@@ -274,6 +280,24 @@ def test_mosquitto_pub_with_user_and_password(secured, version):
 
 
 # -- SIGHUP ---------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_the_password_file(own_secured):
+    carol = Paho(own_secured.port, "carol", MQTTv5, "carol", "c4rol")
+    try:
+        assert carol.connack_code() == 0x86
+    finally:
+        carol.close()
+    subprocess.run([sys.executable, "-m", "polybroker", "passwd", str(own_secured.password_path),
+                    "carol", "--password-stdin"], input="c4rol\n", text=True, check=True,
+                   capture_output=True, timeout=WAIT)
+    own_secured.proc.send_signal(signal.SIGHUP)
+    own_secured.wait_for_log(r"password file \S+ reloaded: 3 user\(s\)")
+    carol = Paho(own_secured.port, "carol", MQTTv5, "carol", "c4rol")
+    try:
+        assert carol.connack_code() == 0
+    finally:
+        carol.close()
 
 
 def test_sighup_reloads_the_acl(own_secured):
