@@ -318,3 +318,13 @@ def test_sighup_reloads_the_acl(own_secured):
         assert bob.subscribe("secret/#") == 0x80
     finally:
         bob.close()
+
+
+def test_serve_refuses_to_start_with_a_missing_password_file(tmp_path):
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[auth]\npassword_file = "{tmp_path / "missing"}"\n')
+    out = subprocess.run([sys.executable, "-m", "polybroker", "serve", "--config", str(config),
+                          "--listen", "mqtt://127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 2
+    assert "cannot start: auth.password_file" in out.stderr
