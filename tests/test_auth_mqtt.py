@@ -339,3 +339,17 @@ async def test_connect_while_logging_in_keeps_the_packets_that_follow(nursery, t
                       Publish("devices/bob/x", b"hi", qos=1, packet_id=2))
     packets = [await client.receive() for _ in range(4)]
     assert [type(p) for p in packets] == [ConnAck, SubAck, Publish, PubAck]
+
+
+async def test_packets_pipelined_after_a_refused_connect_are_ignored(nursery, tmp_path):
+    broker = make_broker(nursery, tmp_path, acl=None)
+    watcher = await user(nursery, broker, "alice", client_id="w")
+    assert await watcher.subscribe("#", 1) == SubAck(1, (1,))
+    intruder = open_client(nursery, broker)
+    await intruder.send(Connect("x", username="alice", password=b"guess",
+                                will=Will("wills/x", b"will")),
+                        Publish("t", b"sneaked in", qos=1, packet_id=1),
+                        Subscribe(2, (Subscription("#"),)))
+    assert await intruder.receive_until_closed() == [ConnAck(return_code=0x04)]
+    assert await watcher.publishes_until_idle() == []  # no message, no will
+    assert set(broker.sessions) == {"w"}

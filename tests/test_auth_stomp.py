@@ -205,3 +205,16 @@ def test_reload_reads_both_files_and_keeps_the_old_ones_when_broken(tmp_path, ca
 def test_example_config_has_the_auth_defaults():
     config = load_config(Path(__file__).parent.parent / "config" / "polybroker.toml")
     assert config.auth == AuthConfig()
+
+
+async def test_frames_pipelined_after_a_refused_connect_are_ignored(nursery, tmp_path):
+    broker = make_broker(nursery, tmp_path)
+    watcher = await alice(nursery, broker)
+    await watcher.subscribe("/topic/public/#", "public")
+    intruder = open_client(nursery, broker)
+    await intruder.send_raw(
+        b"CONNECT\naccept-version:1.2\nhost:h\nlogin:alice\npasscode:guess\n\n\0"
+        b"SEND\ndestination:/topic/public/x\n\nsneaked in\0"
+    )
+    assert await error_then_close(intruder) == "access refused"
+    assert await watcher.messages_until_idle() == []
