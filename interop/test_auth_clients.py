@@ -328,3 +328,35 @@ def test_serve_refuses_to_start_with_a_missing_password_file(tmp_path):
                          capture_output=True, text=True, timeout=WAIT)
     assert out.returncode == 2
     assert "cannot start: auth.password_file" in out.stderr
+
+
+def test_certificate_identity_is_the_user_for_the_acl(tmp_path):
+    certs = tmp_path / "certs"
+    subprocess.run([sys.executable, "-m", "polybroker", "certs", "--dir", str(certs),
+                    "--client", "sensor-1"], capture_output=True, timeout=WAIT, check=True)
+    (tmp_path / "acl").write_text("user sensor-1\ntopic readwrite telemetry/#\n")
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f'[tls]\ncertfile = "{certs / "server.crt"}"\nkeyfile = "{certs / "server.key"}"\n'
+        f'cafile = "{certs / "ca.crt"}"\nrequire_certificate = true\n'
+        f'use_identity_as_username = true\n'
+        f'[auth]\nacl_file = "{tmp_path / "acl"}"\nallow_anonymous = false\n'
+    )
+    proc = BrokerProcess(tmp_path / "data", "--config", str(config),
+                         listen=("mqtts://127.0.0.1:0",))
+    tls = ("--cafile", str(certs / "ca.crt"), "--cert", str(certs / "sensor-1.crt"),
+           "--key", str(certs / "sensor-1.key"))
+    try:
+        sub_argv = [require_tool("stdbuf"), "-oL", require_tool("mosquitto_sub"),
+                    "-h", "127.0.0.1", "-p", str(proc.port), *tls, "-d", "-v",
+                    "-t", "telemetry/#", "-t", "other/#", "-C", "1", "-W", str(WAIT)]
+        with OutputProcess(sub_argv) as sub:
+            # Two filters, one SUBACK: telemetry/# granted, other/# refused (0x80).
+            assert sub.wait_for_line(r"^Subscribed \(") == "Subscribed (mid: 1): 0, 128"
+            out = mosquitto_pub(proc.port, *tls, "-t", "telemetry/t1", "-m", "21.5", "-q", "1")
+            assert out.returncode == 0, out.stdout + out.stderr
+            sub.wait_for_line(r"^telemetry/t1 21.5$")
+            assert sub.finish() == 0
+        proc.wait_for_log(r"certificate identity sensor-1")
+    finally:
+        proc.stop()
