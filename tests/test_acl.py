@@ -211,3 +211,12 @@ def test_malformed_lines_are_refused_with_their_number(text, where):
 def test_a_lone_word_after_topic_is_the_filter_granted_readwrite():
     acl = parse_acl("topic read")
     assert acl.may_publish(None, "c", "read") and acl.may_subscribe(None, "c", "read")
+
+
+def test_resolved_rules_are_cached_within_a_bound(monkeypatch):
+    monkeypatch.setattr("polybroker.auth.acl.RESOLVED_LIMIT", 3)
+    acl = parse_acl("pattern write c/%c/#\n")
+    for n in range(10):
+        assert acl.may_publish(None, f"id{n}", f"c/id{n}/x")
+        assert not acl.may_publish(None, f"id{n}", "c/other/x")
+        assert len(acl._resolved) <= 3

@@ -39,8 +39,9 @@ from ..protocols.mqtt.topics import is_valid_topic_filter
 from .filters import covers, filter_matches, overlaps
 
 ACCESS = ("read", "write", "readwrite", "deny")
-_GRANTS = {"read": ("read", "readwrite"), "write": ("write", "readwrite")}
-_EVERYONE = object()  # the section before any user line
+# Clients whose rules are kept resolved (substituted, sorted by access); past this
+# many the cache starts again, so that changing client ids cannot grow it without end.
+RESOLVED_LIMIT = 10_000
 
 
 class ACLError(ValueError):
@@ -55,43 +56,63 @@ class Rule:
     templated: bool = False  # %u and %c are substituted
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """One client's targets of one kind, by what they allow."""
+
+    deny: tuple[str, ...]
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class AccessControlList:
     """Parsed rules; ``may_*`` answer for one client (user name or None, client id)."""
 
     general: list[Rule] = field(default_factory=list)  # every client
     sections: dict[str | None, list[Rule]] = field(default_factory=dict)  # None: anonymous
+    _resolved: dict[tuple, Resolved] = field(default_factory=dict, repr=False)
 
-    def rules(self, kind: str, user: str | None, client_id: str) -> list[tuple[str, str]]:
-        """(access, target) of the rules of ``kind`` that apply to this client."""
-        result = []
+    def rules(self, kind: str, user: str | None, client_id: str) -> Resolved:
+        """The targets of the rules of ``kind`` that apply to this client."""
+        key = (kind, user, client_id)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            if len(self._resolved) >= RESOLVED_LIMIT:
+                self._resolved.clear()
+            resolved = self._resolved[key] = self._resolve(kind, user, client_id)
+        return resolved
+
+    def _resolve(self, kind: str, user: str | None, client_id: str) -> Resolved:
+        targets: dict[str, list[str]] = {access: [] for access in ACCESS}
         for rule in (*self.general, *self.sections.get(user, ())):
             if rule.kind != kind:
                 continue
-            if not rule.templated:
-                result.append((rule.access, rule.target))
-            elif (target := _substitute(rule, user, client_id)) is not None:
-                result.append((rule.access, target))
-        return result
+            target = _substitute(rule, user, client_id) if rule.templated else rule.target
+            if target is not None:
+                targets[rule.access].append(target)
+        both = targets["readwrite"]
+        return Resolved(tuple(targets["deny"]), tuple(targets["read"] + both),
+                        tuple(targets["write"] + both))
 
     def may_publish(self, user: str | None, client_id: str, topic: str) -> bool:
         rules = self.rules("topic", user, client_id)
-        if any(a == "deny" and filter_matches(t, topic) for a, t in rules):
+        if any(filter_matches(t, topic) for t in rules.deny):
             return False
-        return any(a in _GRANTS["write"] and filter_matches(t, topic) for a, t in rules)
+        return any(filter_matches(t, topic) for t in rules.write)
 
     def may_subscribe(self, user: str | None, client_id: str, topic_filter: str) -> bool:
         rules = self.rules("topic", user, client_id)
-        if any(a == "deny" and overlaps(t, topic_filter) for a, t in rules):
+        if any(overlaps(t, topic_filter) for t in rules.deny):
             return False
-        return any(a in _GRANTS["read"] and covers(t, topic_filter) for a, t in rules)
+        return any(covers(t, topic_filter) for t in rules.read)
 
     def may_use_queue(self, user: str | None, client_id: str, name: str, access: str) -> bool:
         """``access`` is "read" (consume) or "write" (send)."""
         rules = self.rules("queue", user, client_id)
-        if any(a == "deny" and glob_matches(t, name) for a, t in rules):
+        if any(glob_matches(t, name) for t in rules.deny):
             return False
-        return any(a in _GRANTS[access] and glob_matches(t, name) for a, t in rules)
+        return any(glob_matches(t, name) for t in getattr(rules, access))
 
 
 def _substitute(rule: Rule, user: str | None, client_id: str) -> str | None:
