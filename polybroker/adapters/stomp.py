@@ -43,6 +43,7 @@ import trio
 from .. import __version__
 from ..broker import ANY_QOS, Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
+from ..limits import PublishThrottle
 from ..message import Message
 from ..protocols.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -154,6 +155,7 @@ class StompClientConnection:
         self._transactions: dict[str, _Transaction] = {}
         self._transaction_bytes = 0
         self._message_count = 0
+        self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # a buffered RECEIPT vouches for records not yet durable
@@ -221,6 +223,7 @@ class StompClientConnection:
                 deadline = trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
             elif self.connected:
                 deadline = math.inf  # no heart-beats: a silent client stays
+            deadline += await self.throttle.settle()  # max_publish_rate
 
     def _receive(self, data: bytes) -> bool:
         """Handle one read's worth of frames; False ends the connection."""
@@ -335,6 +338,7 @@ class StompClientConnection:
         return True
 
     def _on_send(self, frame: Frame) -> bool:
+        self.throttle.count()
         destination = self._destination(frame, subscribe=False)
         if not self._in_transaction(frame, lambda: self._publish(destination, frame)):
             self._publish(destination, frame)
