@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = TARGETS[args.codec]
     began = time.monotonic()
     deadline = began + args.seconds if args.seconds else float("inf")
-    slowest, done = 0.0, 0
+    slowest, slowest_case, done = 0.0, None, 0
     print(f"fuzzing {args.codec}: seed {seed}, cases {args.start}..{args.cases - 1}", flush=True)
     for case in range(args.start, args.cases):
         rng = random.Random(f"{seed}:{case}")
@@ -511,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"--start {case} --cases {case + 1})", flush=True)
             return 1
         now = time.monotonic()
-        slowest = max(slowest, now - started)
+        if now - started > slowest:
+            slowest, slowest_case = now - started, case
         done += 1
         if done % 100_000 == 0:
             print(f"  {done} cases clean, {done / (now - began):.0f}/s", flush=True)
@@ -519,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
     elapsed = time.monotonic() - began
     print(f"{args.codec}: {done} cases clean in {elapsed:.0f}s (seed {seed}, "
-          f"slowest case {slowest * 1000:.1f} ms)", flush=True)
+          f"slowest case {slowest * 1000:.1f} ms: #{slowest_case})", flush=True)
     return 0
 
 

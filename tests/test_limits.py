@@ -319,12 +319,14 @@ async def test_without_a_publish_rate_nothing_waits(nursery, autojump_clock):
 # -- hostile peers: a CONNECT that never completes, a subscriber that never reads ----------
 
 
-async def test_mqtt_connect_trickled_byte_by_byte_is_closed_at_connect_timeout(
-    nursery, autojump_clock
+@pytest.mark.parametrize("opening", [b"", encode(Connect("slowloris", keep_alive=60))],
+                         ids=["nothing", "trickled"])
+async def test_mqtt_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
+    nursery, autojump_clock, opening
 ):
     broker = make_broker(connect_timeout=3)
     slow = await connect_mqtt(nursery, broker)
-    wire = encode(Connect("slowloris", keep_alive=60))
+    wire = opening
     start = trio.current_time()
 
     async def trickle() -> None:
@@ -338,12 +340,14 @@ async def test_mqtt_connect_trickled_byte_by_byte_is_closed_at_connect_timeout(
     assert broker.sessions == {}
 
 
-async def test_stomp_connect_trickled_byte_by_byte_is_closed_at_connect_timeout(
-    nursery, autojump_clock
+@pytest.mark.parametrize("opening", [b"", b"CONNECT\naccept-version:1.2\nhost:h\nx:" + b"p" * 40],
+                         ids=["nothing", "trickled"])
+async def test_stomp_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
+    nursery, autojump_clock, opening
 ):
     broker = make_broker(connect_timeout=3)
     slow = await connect_stomp(nursery, broker)
-    wire = b"CONNECT\naccept-version:1.2\nhost:h\nx-padding:" + b"p" * 40
+    wire = opening
 
     async def trickle() -> None:
         for byte in wire:
