@@ -233,8 +233,9 @@ class Broker:
     # -- publishing -----------------------------------------------------------------------
 
     def publish(self, message: Message) -> int:
-        """Store it if retained (an empty payload clears), then route it to subscribers;
-        return how many subscribers it was delivered to."""
+        """Store it if retained (an empty payload clears; a new topic beyond the retained
+        bounds is not stored), then route it to subscribers; return how many subscribers
+        it was delivered to."""
         if message.retain:
             if message.payload:
                 if self.retained_bound.admits(self.retained, message):
