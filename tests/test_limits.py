@@ -166,6 +166,22 @@ async def test_connections_beyond_the_rate_are_closed_after_accept_and_logged_on
     assert "refused: max_connection_rate (0.001/s) exceeded (1 refused so far)" in caplog.text
 
 
+async def test_connections_beyond_max_connections_are_logged_once_per_interval(caplog):
+    caplog.set_level(logging.INFO)
+    listener = replace(parse_listen_url("mqtt://127.0.0.1:0"), max_connections=1)
+    async with open_broker(BrokerConfig(listeners=(listener,))) as running:
+        port = running.port("mqtt")
+        admitted = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await admitted.connect("ok")
+        for _ in range(10):
+            refused = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            assert await refused.receive_until_closed() == []
+            await refused.close()
+        await admitted.close()
+    lines = [r for r in caplog.records if "max_connections (1) reached" in r.getMessage()]
+    assert len(lines) == 1
+
+
 # -- max_retained_messages / max_retained_bytes ---------------------------------------------
 
 
