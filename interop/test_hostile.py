@@ -16,6 +16,10 @@ rate; every slowloris connection was closed by the broker within its connect tim
 the broker's resident memory (VmRSS) stayed under ``RSS_BOUND``; afterwards the broker
 still accepts clients, and it logged no error or traceback.
 
+A second test shows the new limits as paho sees them: a publisher over
+``max_publish_rate`` is slowed, not refused; retained messages over
+``max_retained_messages`` are acknowledged and delivered but not kept.
+
 Every wait is bounded (``trio.fail_after``, paho callbacks, broker log lines); the byte
 trickling and the memory sampling are load and measurement, not synchronization.
 """
@@ -320,3 +324,45 @@ async def run_scenario(broker: BrokerProcess) -> None:
           f"{max(memory) / 2**20:.0f} MiB; flood {stats['flood_acked']} acked in "
           f"{stats['flood_seconds']:.1f}s; garbage {stats}; slowloris lifetimes max "
           f"{ {name: round(max(lives), 2) for name, lives in lifetimes.items()} }")
+
+
+# -- the new limits as a real client sees them ----------------------------------------------
+
+
+def test_paho_publisher_is_throttled_and_retained_bound_holds(tmp_path):
+    """paho over max_publish_rate: slowed, never refused or dropped; over
+    max_retained_messages: acknowledged and delivered, not kept for later subscribers."""
+    config = tmp_path / "polybroker.toml"
+    config.write_text("[limits]\nmax_publish_rate = 100\nmax_publish_burst = 10\n"
+                      "max_retained_messages = 3\n")
+    broker = BrokerProcess(tmp_path / "data", "--config", str(config))
+    subscriber = PahoClient(broker.port, "watcher")
+    publisher = PahoClient(broker.port, "fast")
+    late = PahoClient(broker.port, "late")
+    try:
+        subscriber.connect()
+        subscriber.subscribe(("t/#", 1))
+        publisher.connect()
+        start = time.monotonic()
+        infos = [publisher.client.publish(f"t/{i}", b"%d" % i, qos=1, retain=i < 5)
+                 for i in range(310)]  # as fast as paho sends them
+        for info in infos:
+            info.wait_for_publish(20)
+            assert info.is_published()
+        elapsed = time.monotonic() - start
+        assert elapsed >= 2.9  # 10 from the burst, 300 at 100 a second
+        received = subscriber.receive(310, timeout=20)
+        assert sorted(m.payload for m in received) == sorted(b"%d" % i for i in range(310))
+        broker.wait_for_log(r"retained message to t/3 from fast not stored")
+        late.connect()
+        late.subscribe(("t/#", 0))
+        # The retained messages come right after the SUBACK, so before this marker.
+        late.publish("t/marker", b"end", qos=1)
+        kept = []
+        while (message := late.next_message()).topic != "t/marker":
+            kept.append(message.topic)
+        assert sorted(kept) == ["t/0", "t/1", "t/2"]
+    finally:
+        for client in (late, publisher, subscriber):
+            client.stop()
+        broker.stop()
