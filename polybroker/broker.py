@@ -19,6 +19,7 @@ import trio
 from .auth import Authenticator, Security
 from .config import BrokerConfig
 from .durability import Durability
+from .limits import RetainedBound
 from .message import Message
 from .persistence import Journal
 from .queues import QueueRegistry
@@ -46,7 +47,10 @@ class Broker:
         self.clock = clock
         self.timers = Timers(clock)
         self.router = TopicTrie()
-        self.retained = RetainedStore()
+        self.retained = RetainedStore(size_of=_payload_size)
+        self.retained_bound = RetainedBound(
+            self.limits.max_retained_messages, self.limits.max_retained_bytes, log
+        )
         self.sessions: dict[str, Session] = {}
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
         # Named queues (STOMP /queue/x, AMQP queues), created on first use.
@@ -231,12 +235,14 @@ class Broker:
     # -- publishing -----------------------------------------------------------------------
 
     def publish(self, message: Message) -> int:
-        """Store it if retained (an empty payload clears), then route it to subscribers;
-        return how many subscribers it was delivered to."""
+        """Store it if retained (an empty payload clears; a new topic beyond the retained
+        bounds is not stored), then route it to subscribers; return how many subscribers
+        it was delivered to."""
         if message.retain:
             if message.payload:
-                self.retained.set(message.topic, message)
-                self.journal.retained_set(message)
+                if self.retained_bound.admits(self.retained, message):
+                    self.retained.set(message.topic, message)
+                    self.journal.retained_set(message)
             elif self.retained.clear(message.topic):
                 self.journal.retained_cleared(message.topic)
         return self.route(message)
@@ -278,6 +284,10 @@ class Broker:
         for subscriber, (granted, retain, ids) in merged.items():
             subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
         return len(merged)
+
+
+def _payload_size(message: Message) -> int:
+    return len(message.payload)
 
 
 def _cancel(handle: object) -> None:

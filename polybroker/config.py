@@ -35,7 +35,10 @@ DEFAULT_PORTS: dict[tuple[str, str], int] = {
 # The HTTP path a WebSocket listener answers on when none is configured.
 DEFAULT_PATHS = {"mqtt": "/mqtt", "stomp": "/stomp", "auto": "/"}
 TLS_VERSIONS = ("1.2", "1.3")
-ZERO_ALLOWED = {"topic_alias_maximum", "max_subscriptions_per_client", "server_keep_alive"}
+ZERO_ALLOWED = {
+    "topic_alias_maximum", "max_subscriptions_per_client", "server_keep_alive",
+    "max_publish_rate", "max_publish_burst", "max_retained_messages", "max_retained_bytes",
+}
 
 
 class ConfigError(ValueError):
@@ -68,6 +71,10 @@ class ListenerConfig:
     max_connections: int | None = None  # None: no limit
     # Clients without a user name; None: [auth] allow_anonymous, else loopback only.
     allow_anonymous: bool | None = None
+    # New connections a second (token bucket, ``max_connection_burst`` saved up, by
+    # default one second's worth); beyond it a connection is closed right after accept.
+    max_connection_rate: float | None = None  # None: no limit
+    max_connection_burst: int | None = None
 
     @property
     def url(self) -> str:
@@ -112,6 +119,17 @@ class Limits:
     max_queue_length: int = 100_000
     # Payload bytes one named queue holds (ready and unacknowledged); same policy.
     max_queue_bytes: int = 256 * 1024 * 1024
+    # Messages a second one client may publish (MQTT PUBLISH, STOMP SEND; 0: no limit),
+    # with ``max_publish_burst`` saved up (0: one second's worth). Beyond it the broker
+    # stops reading from that client until the rate allows (TCP back-pressure): the
+    # client is slowed down, nothing is dropped.
+    max_publish_rate: float = 0.0
+    max_publish_burst: int = 0
+    # Retained messages kept, and their payload bytes (0: no limit). A retained message
+    # for a new topic beyond either is not stored (still delivered, counted and logged);
+    # replacing or clearing a retained message is always allowed.
+    max_retained_messages: int = 1_000_000
+    max_retained_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +332,11 @@ def _checked_tls(tls: TLSConfig, prefix: str) -> TLSConfig:
 
 _ADDRESS_KEYS = {"protocol", "transport", "host", "port"}
 _WEBSOCKET_KEYS = {"path", "allowed_origins"}
-_LISTENER_KEYS = ({"url", "max_connections", "allow_anonymous"} | _ADDRESS_KEYS
-                  | _WEBSOCKET_KEYS | set(_TLS_KEYS))
+_RATE_KEYS = {"max_connection_rate", "max_connection_burst"}
+_LISTENER_KEYS = (
+    {"url", "max_connections", "allow_anonymous"} | _RATE_KEYS | _ADDRESS_KEYS
+    | _WEBSOCKET_KEYS | set(_TLS_KEYS)
+)
 
 
 def _listeners(raw: Any, tls: TLSConfig) -> tuple[ListenerConfig, ...]:
@@ -355,6 +376,14 @@ def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerCon
     if "allow_anonymous" in table:
         allow = _typed_bool(table, "allow_anonymous", prefix)
         listener = replace(listener, allow_anonymous=allow)
+    for name in sorted(table.keys() & _RATE_KEYS):
+        value = _typed(table, name, (int, float) if name == "max_connection_rate" else int,
+                       prefix)
+        if value <= 0:
+            raise ConfigError(f"{prefix}{name}: must be greater than 0")
+        listener = replace(listener, **{name: value})
+    if "max_connection_burst" in table and "max_connection_rate" not in table:
+        raise ConfigError(f"{prefix}max_connection_burst: needs max_connection_rate")
     if secure:
         own = _tls_values(table, tls, prefix)
         listener = replace(listener, tls=_checked_tls(own, prefix))

@@ -6,6 +6,8 @@ the trie the filter covers, not to the size of the whole store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["RetainedStore"]
 
 # Distinguishes "no value" from a stored None.
@@ -23,9 +25,12 @@ class _Node:
 class RetainedStore:
     """Topic -> value. The root itself never holds a value (a topic has at least one level)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size_of: Callable[[object], int] = lambda value: 0) -> None:
         self._root = _Node()
         self._count = 0
+        # The total ``size_of`` the stored values (payload bytes, for max_retained_bytes).
+        self._size_of = size_of
+        self.size = 0
 
     def __len__(self) -> int:
         return self._count
@@ -42,6 +47,9 @@ class RetainedStore:
             node = child
         if node.value is _MISSING:
             self._count += 1
+        else:
+            self.size -= self._size_of(node.value)
+        self.size += self._size_of(value)
         node.value = value
 
     def get(self, topic: str) -> object | None:
@@ -63,6 +71,7 @@ class RetainedStore:
             node = child
         if node.value is _MISSING:
             return False
+        self.size -= self._size_of(node.value)
         node.value = _MISSING
         self._count -= 1
         for parent, level in reversed(path):

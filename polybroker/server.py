@@ -16,6 +16,7 @@ from .auth import ScramSha256, ScramUserStore, anonymous_allowed
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
+from .limits import ConnectionRate, RateLimitedLog
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
@@ -52,12 +53,19 @@ class Listener:
         self.tls = tls
         self.sockets = sockets
         self.connections = 0
+        self._refusals = RateLimitedLog(log)  # a flood must not flood the log
+        rate = self.config.max_connection_rate
+        self.rate = (None if rate is None else
+                     ConnectionRate(self.config.url, rate, config.max_connection_burst, log))
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer_name(tcp)
+        if self.rate is not None and not self.rate.admit(peer):
+            await trio.aclose_forcefully(tcp)
+            return
         limit = self.config.max_connections
         if limit is not None and self.connections >= limit:
-            log.warning("%s: connection from %s refused: max_connections (%d) reached",
+            self._refusals.warning("%s: connection from %s refused: max_connections (%d) reached",
                         self.config.url, peer, limit)
             await trio.aclose_forcefully(tcp)
             return

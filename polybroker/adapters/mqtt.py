@@ -13,6 +13,7 @@ import trio
 
 from ..auth import AuthExchange, Client, Refusal
 from ..broker import Broker
+from ..limits import PublishThrottle
 from ..message import Message
 from ..protocols.mqtt import (
     CONNACK_IDENTIFIER_REJECTED,
@@ -101,6 +102,7 @@ class MQTTClientConnection:
         self.inbound_aliases: dict[int, str] = {}
         self.problem_information = True  # MQTT 5.0 Request Problem Information
         self.qos0_dropped = 0
+        self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
         self._auth: AuthExchange | None = None
         self._pending_connect: Connect | None = None
         self._auth_failed = False  # the enhanced authentication exchange failed
@@ -167,6 +169,7 @@ class MQTTClientConnection:
                 deadline = trio.current_time() + keep_alive
             if self.conn.pending_bytes:
                 self._wakeup.set()
+            deadline += await self.throttle.settle()  # max_publish_rate
 
     async def _receive(self, data: bytes) -> int | None:
         """Handle one read's worth of packets; return how many, or None to close."""
@@ -426,6 +429,7 @@ class MQTTClientConnection:
     # -- publishing -----------------------------------------------------------------------
 
     def _on_publish(self, packet: Publish) -> bool:
+        self.throttle.count()
         topic = packet.topic
         reason = rc.SUCCESS
         failures = self.broker.journal.failures

@@ -50,6 +50,7 @@ from .. import __version__
 from ..auth import Client
 from ..broker import ANY_QOS, Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
+from ..limits import PublishThrottle
 from ..message import Message
 from ..protocols.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -165,6 +166,7 @@ class StompClientConnection:
         self._transactions: dict[str, _Transaction] = {}
         self._transaction_bytes = 0
         self._message_count = 0
+        self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # a buffered RECEIPT vouches for records not yet durable
@@ -232,6 +234,7 @@ class StompClientConnection:
                 deadline = trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
             elif self.connected:
                 deadline = math.inf  # no heart-beats: a silent client stays
+            deadline += await self.throttle.settle()  # max_publish_rate
 
     async def _receive(self, data: bytes) -> bool:
         """Handle one read's worth of frames; False ends the connection."""
@@ -354,6 +357,7 @@ class StompClientConnection:
         return True
 
     def _on_send(self, frame: Frame) -> bool:
+        self.throttle.count()
         destination = self._destination(frame, subscribe=False)
         security, name = self.broker.security, destination.name
         if not (security.may_write_queue(self.client, name) if destination.is_queue
