@@ -76,6 +76,7 @@ from .storage import LogStore, StoreError
 if TYPE_CHECKING:
     from .broker import Broker
     from .config import StorageConfig
+    from .exchanges import Binding, Exchange
 
 __all__ = [
     "Journal", "RestoreSummary", "SessionJournal", "StoreJournal", "bulk_load", "restore",
@@ -321,6 +322,14 @@ class Journal:
     def retained_set(self, message: Message) -> None: ...
 
     def retained_cleared(self, topic: str) -> None: ...
+
+    def exchange_declared(self, exchange: Exchange) -> None: ...
+
+    def exchange_deleted(self, exchange: Exchange) -> None: ...
+
+    def binding_added(self, binding: Binding) -> None: ...
+
+    def binding_removed(self, binding: Binding) -> None: ...
 
 
 class StoreJournal(Journal):
