@@ -375,6 +375,8 @@ class QueueRegistry:
             return 0
         del self._queues[queue.name]
         consumers = queue.consumers
+        for listener in self.on_deleted:  # its bindings go first (their records too)
+            listener(queue)
         deleted = getattr(self.store, "queue_deleted", None)
         if deleted is not None:
             deleted(queue)
@@ -384,8 +386,6 @@ class QueueRegistry:
             timer.cancel()
         if queue.owner is not None:
             self._owned.get(queue.owner, {}).pop(queue.name, None)
-        for listener in self.on_deleted:
-            listener(queue)
         for consumer in consumers:
             tell = getattr(consumer, "queue_deleted", None)
             if tell is not None:
