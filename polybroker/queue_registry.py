@@ -237,7 +237,8 @@ class QueueRegistry:
             queue = self.lookup(name, owner)
             queue.last_used = self.clock()
             return queue
-        if not name:
+        server_named = not name
+        if server_named:
             name = self._server_name()
         queue = self._queues.get(name)
         if queue is not None and queue.declared:
@@ -245,7 +246,7 @@ class QueueRegistry:
             self._check_equivalent(queue, durable, exclusive, auto_delete, arguments)
             queue.last_used = self.clock()
             return queue
-        if queue is None and name.startswith("amq."):
+        if queue is None and name.startswith("amq.") and not server_named:
             raise AccessRefused(f"ACCESS_REFUSED - queue name '{name}' contains reserved "
                                 "prefix 'amq.*'")
         try:

@@ -27,6 +27,7 @@ from polybroker.refusals import (
 )
 
 from .rawclient import connect_client
+from .stompclient import connect_client as connect_stomp
 
 
 class FakeClock:
@@ -432,3 +433,16 @@ async def test_mqtt_and_amqp_meet_on_amq_topic(nursery, broker):
     broker.exchanges.bind("readings", "amq.topic", "cmd.#")
     assert broker.exchanges.publish("amq.topic", "cmd.dev2", Message("", b"x", qos=1)) == 2
     assert consumer.received == [b"21.5", b"x"]
+
+
+async def test_stomp_meets_amqp_on_amq_topic_and_on_queues(nursery, broker):
+    client = await connect_stomp(nursery, broker)
+    await client.connect()
+    await client.subscribe("/topic/cmd/dev1", "t")
+    await client.subscribe("/queue/jobs", "q")
+    await client.messages_until_idle()  # subscribed
+    assert broker.exchanges.publish("amq.topic", "cmd.dev1", Message("", b"on", qos=1)) == 1
+    assert broker.exchanges.publish("", "jobs", Message("", b"job", qos=1)) == 1
+    frames = await client.messages_until_idle()
+    assert sorted((f.get("destination"), f.body) for f in frames) == [
+        ("/queue/jobs", b"job"), ("/topic/cmd/dev1", b"on")]
