@@ -148,6 +148,7 @@ from .properties import (
     delivery_mode_and_expiration,
     encode_properties,
 )
+from .sasl import MECHANISMS, sasl_credentials
 
 __all__ = [
     "ACCESS_REFUSED",
@@ -171,6 +172,7 @@ __all__ = [
     "HEARTBEAT_FRAME",
     "INTERNAL_ERROR",
     "INVALID_PATH",
+    "MECHANISMS",
     "METHODS",
     "NOT_ALLOWED",
     "NOT_FOUND",
@@ -276,4 +278,5 @@ __all__ = [
     "encode_method",
     "encode_properties",
     "encode_table",
+    "sasl_credentials",
 ]

@@ -236,8 +236,9 @@ class FrameParser:
         try:
             method = decode_arguments(cls, buf, start + 4, end)
         except MalformedData as exc:
-            exc.class_id, exc.method_id = class_id, method_id
-            raise
+            raise MalformedData(
+                f"{cls.NAME}: {exc.text}", class_id=class_id, method_id=method_id
+            ) from None
         if cls.HAS_CONTENT:
             self._pending[channel] = _Pending(method)
         else:
@@ -379,7 +380,7 @@ def encode_deliver(
     if len(tag) > 255 or len(ex) > 255 or len(key) > 255:
         raise ValueError("consumer tag, exchange and routing key are at most 255 bytes")
     parts: list[Any] = [
-        _METHOD_HEAD.pack(FRAME_METHOD, channel, 17 + len(tag) + len(ex) + len(key), 60, 60),
+        _METHOD_HEAD.pack(FRAME_METHOD, channel, 16 + len(tag) + len(ex) + len(key), 60, 60),
         _LENGTH_OCTETS[len(tag)],
         tag,
         _DELIVER_TAIL.pack(delivery_tag, redelivered, len(ex)),
@@ -408,6 +409,7 @@ def decode_method(payload: bytes) -> Method:
     try:
         return decode_arguments(cls, payload, 4, len(payload))
     except MalformedData as exc:
-        exc.class_id, exc.method_id = class_id, method_id
-        raise
+        raise MalformedData(
+            f"{cls.NAME}: {exc.text}", class_id=class_id, method_id=method_id
+        ) from None
 
