@@ -698,6 +698,7 @@ class Queue:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         self.ready.clear()
+        freed = {held[2] for held in self._unacked.values() if held[2] is not None}
         for tag in list(self._unacked):
             self._untrack(tag)
         self.bytes = 0
@@ -707,6 +708,8 @@ class Queue:
         self._consumers.clear()
         self._order.clear()
         self._turn = 0
+        for shared in freed:  # their room goes to the channel's other queues
+            shared.dispatch()
         return count
 
 

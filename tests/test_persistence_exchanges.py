@@ -149,3 +149,16 @@ async def test_a_persistent_publish_is_durable_before_its_confirm(tmp_path):
         assert await durability.wait_durable(5)
         store = durability.store
         assert store.synced_seq >= store.last_seq
+
+
+async def test_mqtt_qos1_messages_in_a_durable_queue_bound_on_amq_topic_survive(tmp_path):
+    async with running(tmp_path) as broker:
+        broker.queues.declare_queue("readings", durable=True)
+        broker.exchanges.bind("readings", "amq.topic", "sensors.#")
+        broker.publish(Message("sensors/t1", b"q1", qos=1, origin_protocol="mqtt"))
+        broker.publish(Message("sensors/t2", b"q0", qos=0, origin_protocol="mqtt"))
+    async with running(tmp_path) as broker:
+        queue = broker.queues.get("readings")
+        assert [e.message.payload for e in queue.ready] == [b"q1"]
+        broker.publish(Message("sensors/a/b", b"again", qos=1, origin_protocol="mqtt"))
+        assert [e.message.payload for e in queue.ready] == [b"q1", b"again"]

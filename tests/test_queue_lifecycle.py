@@ -476,3 +476,26 @@ def test_cancel_keeps_unacknowledged_messages_pending(core):
     assert channel.unacked == 1
     assert queue.release(consumer) == 1  # the channel closes: back, redelivered, in order
     assert ready(queue) == [b"y", b"z"] and queue.ready[0].redelivered
+
+
+def test_deleting_a_queue_gives_its_channel_prefetch_room_to_other_queues(core):
+    a, b = core.queues.declare_queue("a"), core.queues.declare_queue("b")
+    publish(core, "a", b"a1")
+    publish(core, "b", b"b1")
+    channel = SharedPrefetch(1)
+    first, second = Consumer("1"), Consumer("2")
+    a.add_consumer(first, shared=channel)
+    b.add_consumer(second, shared=channel)
+    assert (first.payloads, second.payloads) == ([b"a1"], [])
+    core.queues.delete_queue("a")
+    assert second.payloads == [b"b1"] and channel.unacked == 1
+
+
+def test_x_overflow_reject_publish_dlx_refuses_and_dead_letters(core):
+    work, dead = dead_letter_setup(core, **{"x-max-length": 1,
+                                            "x-overflow": "reject-publish-dlx"})
+    refused: list = []
+    core.exchanges.publish("", "work", msg(b"1"), refused=refused)
+    core.exchanges.publish("", "work", msg(b"2"), refused=refused)
+    assert (ready(work), ready(dead), refused) == ([b"1"], [b"2"], [work])
+    assert dead.ready[0].message.deaths[0].reason == "maxlen"
