@@ -160,7 +160,7 @@ def test_qos_raised_on_a_live_channel(connect):
     channel.basic_consume("eta", lambda ch, method, props, body: got.append(body))
     pump(connection, lambda: got)
     assert observer.queue_declare("eta", passive=True).method.message_count == 2
-    channel.basic_qos(prefetch_count=2, global_qos=True)  # as Celery does while it holds an ETA task
+    channel.basic_qos(prefetch_count=2, global_qos=True)  # as Celery does for an ETA task
     pump(connection, lambda: len(got) >= 2)
     assert got == [b"a", b"b"]
 
@@ -350,7 +350,7 @@ def test_user_id_must_be_the_login(connect):
     channel = connection.channel()
     channel.queue_declare("users")
     channel.basic_publish("", "users", b"mine", pika.BasicProperties(user_id="guest"))
-    method, properties, body = channel.basic_get("users", auto_ack=True)
+    _, properties, body = channel.basic_get("users", auto_ack=True)
     assert (body, properties.user_id) == (b"mine", "guest")
     channel.basic_publish("", "users", b"forged", pika.BasicProperties(user_id="mallory"))
     with pytest.raises(ChannelClosedByBroker) as info:
