@@ -66,7 +66,7 @@ from polybroker.protocols.amqp import (
 )
 from polybroker.protocols.amqp import methods as m
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- strategies (also used by the fuzz tests) ---------------------------------------------
 

@@ -44,7 +44,7 @@ from polybroker.protocols.amqp import methods as m
 
 from .test_amqp_codec import _encode_stream, _stream_items, any_method, tables
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def feed(data: bytes, cuts: list[int], *, client_side: bool = False) -> list:

@@ -104,8 +104,8 @@ class FrameParser:
         "_failed",
         "_frame_max",
         "_header_pending",
+        "_methods",
         "_pending",
-        "_side_flag",
         "max_body_size",
     )
 
@@ -119,7 +119,7 @@ class FrameParser:
         self._frame_max = _check_frame_max(frame_max)
         self.max_body_size = max_body_size
         self._header_pending = not client_side
-        self._side_flag = "FROM_SERVER" if client_side else "FROM_CLIENT"
+        self._methods = _SERVER_SENT if client_side else _CLIENT_SENT
         self._buffer = bytearray()
         self._failed = False
         self._pending: dict[int, _Pending] = {}
@@ -211,10 +211,11 @@ class FrameParser:
             raise FrameError(f"method frame of {end - start} bytes has no method id")
         class_id, method_id = _IDS.unpack_from(buf, start)
         key = class_id << 16 | method_id
-        cls = METHODS.get(key)
-        if cls is None or not getattr(cls, self._side_flag):
+        cls = self._methods.get(key)
+        if cls is None:
             error = NotImplementedMethod if key in NOT_IMPLEMENTED else CommandInvalid
-            what = "unknown method" if cls is None else f"{cls.NAME} may not be sent by this peer"
+            known = METHODS.get(key)
+            what = "unknown method" if known is None else f"{known.NAME} from the wrong peer"
             raise error(
                 f"{what} ({class_id}, {method_id})", class_id=class_id, method_id=method_id
             )
@@ -251,15 +252,18 @@ class FrameParser:
         if pending is None or pending.properties is not None:
             raise UnexpectedFrame(f"content header on channel {channel} without a method")
         method = pending.method
-        ids = {"class_id": method.CLASS_ID, "method_id": method.METHOD_ID}
         if end - start < 14:
-            raise FrameError(f"content header of {end - start} bytes", **ids)
+            raise _content_error(FrameError, f"content header of {end - start} bytes", method)
         class_id, _weight, body_size = _CONTENT_HEAD.unpack_from(buf, start)
         if class_id != method.CLASS_ID:
-            raise FrameError(f"content header of class {class_id} after {method.NAME}", **ids)
+            raise _content_error(
+                FrameError, f"content header of class {class_id} after {method.NAME}", method
+            )
         if body_size > self.max_body_size:
-            raise ContentTooLarge(
-                f"body of {body_size} bytes exceeds the limit {self.max_body_size}", **ids
+            raise _content_error(
+                ContentTooLarge,
+                f"body of {body_size} bytes exceeds the limit {self.max_body_size}",
+                method,
             )
         properties = bytes(buf[start + 12 : end])
         if body_size == 0:
@@ -275,14 +279,16 @@ class FrameParser:
             raise UnexpectedFrame(f"body frame on channel {channel} without a content header")
         received = pending.received + end - start
         if received > pending.body_size:
-            method = pending.method
-            raise UnexpectedFrame(
+            raise _content_error(
+                UnexpectedFrame,
                 f"body of at least {received} bytes, {pending.body_size} announced",
-                class_id=method.CLASS_ID,
-                method_id=method.METHOD_ID,
+                pending.method,
             )
-        with memoryview(buf) as view:
-            part = view[start:end].tobytes()
+        if end - start <= _SMALL:
+            part = bytes(buf[start:end])
+        else:  # one copy instead of two
+            with memoryview(buf) as view:
+                part = view[start:end].tobytes()
         if received < pending.body_size:
             pending.parts.append(part)
             pending.received = received
@@ -295,6 +301,13 @@ class FrameParser:
 
 
 _FRAME_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT))
+_CLIENT_SENT = {key: cls for key, cls in METHODS.items() if cls.FROM_CLIENT}
+_SERVER_SENT = {key: cls for key, cls in METHODS.items() if cls.FROM_SERVER}
+_SMALL = 4096  # body frames up to this size are copied through a bytearray slice
+
+
+def _content_error(error: type[AMQPError], text: str, method: Method) -> AMQPError:
+    return error(text, class_id=method.CLASS_ID, method_id=method.METHOD_ID)
 
 
 # --- encoding -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ _RESERVED_BYTES = {R_SHORT: b"\x00\x00", R_SHORTSTR: b"\x00", R_LONGSTR: b"\x00\
 _UINT16 = struct.Struct(">H")
 _UINT32 = struct.Struct(">I")
 _UINT64 = struct.Struct(">Q")
+_ACK = struct.Struct(">QB")
 
 
 class Method:
@@ -606,11 +607,49 @@ class TxRollbackOk(Method):
 # --- argument coding ----------------------------------------------------------------------
 
 
+# Per-message methods get a straight-line decoder; anything unusual in their bytes
+# falls back to the generic decoder, which finds the error.
+
+
+def _decode_publish(buf: Any, pos: int, end: int) -> Method | None:
+    # reserved short, exchange, routing key, mandatory and immediate bits
+    ex_start = pos + 3
+    if ex_start > end:
+        return None
+    key_length_at = ex_start + buf[pos + 2]
+    if key_length_at >= end:
+        return None
+    bits_at = key_length_at + 1 + buf[key_length_at]
+    if bits_at + 1 != end:
+        return None
+    try:
+        exchange = str(buf[ex_start:key_length_at], "utf-8")
+        routing_key = str(buf[key_length_at + 1 : bits_at], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    bits = buf[bits_at]
+    return BasicPublish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+
+
+def _decode_ack(buf: Any, pos: int, end: int) -> Method | None:
+    if end - pos != 9:
+        return None
+    return BasicAck(_UINT64.unpack_from(buf, pos)[0], bool(buf[pos + 8] & 1))
+
+
+_FAST_DECODERS: dict[type, Any] = {BasicPublish: _decode_publish, BasicAck: _decode_ack}
+
+
 def decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method:
     """Build a ``cls`` from the argument bytes ``buf[pos:end]``; all must be used.
 
     Raises MalformedData (502) for truncated, overlong or undecodable arguments.
     """
+    fast = _FAST_DECODERS.get(cls)
+    if fast is not None:
+        method = fast(buf, pos, end)
+        if method is not None:
+            return method
     values: list[Any] = []
     append = values.append
     octet = 0
@@ -664,6 +703,8 @@ def decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method:
 
 def encode_arguments(method: Method) -> bytes:
     """The argument bytes of ``method`` (without class and method ids)."""
+    if type(method) is BasicAck:  # one per publish in confirm mode
+        return _ACK.pack(method.delivery_tag, method.multiple)  # type: ignore[attr-defined]
     out = bytearray()
     octet = 0
     bit = 8
