@@ -260,6 +260,7 @@ class Channel:
     # -- consuming --------------------------------------------------------------------------
 
     def _on_qos(self, m: BasicQos) -> None:
+        self._reply(BasicQosOk())  # before the deliveries a larger bound lets through
         if m.global_:
             self.shared.set_limit(m.prefetch_count)
         else:
@@ -267,7 +268,6 @@ class Channel:
             for consumer in list(self.consumers.values()):
                 if not consumer.no_ack:
                     consumer.queue.set_prefetch(consumer, m.prefetch_count)
-        self._reply(BasicQosOk())
 
     def _on_consume(self, m: BasicConsume) -> None:
         queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
