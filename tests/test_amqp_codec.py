@@ -507,6 +507,13 @@ def test_bits_pack_into_one_octet_lsb_first() -> None:
     assert encode_arguments(BasicQos(0, 5, True)) == b"\x00\x00\x00\x00\x00\x05\x01"
 
 
+def test_publish_flags() -> None:
+    for mandatory in (False, True):
+        for immediate in (False, True):
+            publish = BasicPublish("ex", "rk", mandatory, immediate)
+            assert decode_method(method_payload(60, 40, encode_arguments(publish))) == publish
+
+
 def test_pika_start_ok_plain_bytes() -> None:
     # What pika sends after connection.start (4.2.3 method frame on channel 0).
     props = {
@@ -582,6 +589,13 @@ def test_sasl_amqplain_from_py_amqp() -> None:
         (method_payload(60, 80, b"\x00" * 10), MalformedData, 502),  # trailing byte
         (method_payload(50, 10, b"\x00\x00\x02\xff\xfe\x00" + b"\0" * 4), MalformedData, 502),
         (b"\x00\x3c", FrameError, 501),
+        # basic.publish and basic.ack have their own decoders: the same errors apply.
+        (method_payload(60, 40, b"\x00\x00\x01e\x01k"), MalformedData, 502),  # no bits
+        (method_payload(60, 40, b"\x00\x00\x01e\x01k\x00\x00"), MalformedData, 502),
+        (method_payload(60, 40, b"\x00\x00\x01\xff\x01k\x00"), MalformedData, 502),
+        (method_payload(60, 40, b"\x00\x00\x05e"), MalformedData, 502),
+        (method_payload(60, 40, b"\x00\x00"), MalformedData, 502),
+        (method_payload(60, 80, b"\x00" * 7), MalformedData, 502),
     ],
 )
 def test_decode_method_errors(payload: bytes, error: type, code: int) -> None:
@@ -937,6 +951,52 @@ def test_any_split_of_a_stream_parses_the_same(items, data) -> None:
     previous = 0
     for cut in [*cuts, len(stream)]:
         events += parser.receive_data(stream[previous:cut])
+        previous = cut
+    assert events == expected
+
+
+def _frames_of(data: bytes) -> list[bytes]:
+    return [frame(t, c, p) for t, c, p in split_frames(data)]
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.binary(max_size=50), st.booleans()), min_size=1,
+        max_size=12,
+    ),
+    st.randoms(use_true_random=False),
+    st.lists(st.integers(0, 5000), max_size=10),
+)  # fmt: skip
+def test_interleaved_channels_parse_in_completion_order(items, rng, cuts) -> None:
+    # Contents split into 8-byte body frames; channel 0 carries heartbeats. Frames of
+    # different channels interleave at random, each channel's own frames stay in order.
+    queues: dict[int, list[tuple[list[bytes], object]]] = {}
+    for channel, body, with_props in items:
+        if channel == 0:
+            queues.setdefault(0, []).append(([HEARTBEAT_FRAME], HEARTBEAT))
+            continue
+        props = encode_properties(reply_to="r") if with_props else b"\x00\x00"
+        frames = _frames_of(encode_content(channel, PUBLISH, props, body, 16))
+        queues.setdefault(channel, []).append(
+            (frames, Content(channel, PUBLISH, len(body), props, body))
+        )
+    stream = bytearray(PROTOCOL_HEADER)
+    expected: list = [PROTOCOL_HEADER_EVENT]
+    while queues:
+        channel = rng.choice(sorted(queues))
+        frames, event = queues[channel][0]
+        stream += frames.pop(0)
+        if not frames:
+            expected.append(event)
+            queues[channel].pop(0)
+            if not queues[channel]:
+                del queues[channel]
+    parser = FrameParser()
+    events = []
+    previous = 0
+    for cut in [*sorted(c for c in cuts if c <= len(stream)), len(stream)]:
+        events += parser.receive_data(bytes(stream[previous:cut]))
         previous = cut
     assert events == expected
 
