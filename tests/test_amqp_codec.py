@@ -267,9 +267,11 @@ def test_unencodable_values_raise(value) -> None:
         encode_table({"k": value})
 
 
-def test_shortstr_key_longer_than_255_bytes_is_refused() -> None:
+def test_bad_keys_are_refused() -> None:
     with pytest.raises(ValueError):
         encode_table({"k" * 256: 1})
+    with pytest.raises(TypeError):
+        encode_table({1: 1})
 
 
 @pytest.mark.parametrize(
@@ -512,6 +514,19 @@ def test_publish_flags() -> None:
         for immediate in (False, True):
             publish = BasicPublish("ex", "rk", mandatory, immediate)
             assert decode_method(method_payload(60, 40, encode_arguments(publish))) == publish
+
+
+def test_literal_frames() -> None:
+    # connection.tune-ok(channel_max=2047, frame_max=131072, heartbeat=60) on channel 0,
+    # then channel.open on channel 1 (its reserved shortstr is empty), byte by byte.
+    tune_ok = bytes.fromhex("01 0000 0000000c 000a 001f 07ff 00020000 003c ce")
+    channel_open = bytes.fromhex("01 0001 00000005 0014 000a 00 ce")
+    assert encode_method(0, m.ConnectionTuneOk(2047, 131072, 60)) == tune_ok
+    assert encode_method(1, ChannelOpen()) == channel_open
+    assert server_parser().receive_data(tune_ok + channel_open) == [
+        MethodFrame(0, m.ConnectionTuneOk(2047, 131072, 60)),
+        MethodFrame(1, ChannelOpen()),
+    ]
 
 
 def test_pika_start_ok_plain_bytes() -> None:

@@ -1,6 +1,6 @@
 """What the AMQP frame parser returns: one frozen dataclass per meaning."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .methods import Method
 
@@ -30,7 +30,7 @@ class Content:
     method: Method
     body_size: int
     properties: bytes
-    body: bytes
+    body: bytes = field(repr=False)  # may be megabytes: keep it out of logs
 
 
 @dataclass(frozen=True, slots=True)

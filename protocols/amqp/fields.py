@@ -355,6 +355,8 @@ def _write_table(out: bytearray, table: Mapping[str, Any], depth: int) -> None:
     start = len(out)
     out += b"\x00\x00\x00\x00"
     for key, value in table.items():
+        if not isinstance(key, str):
+            raise TypeError(f"field table keys are str, not {type(key).__name__}: {key!r}")
         out += shortstr(key)
         _write_value(out, value, depth)
     _UINT32.pack_into(out, start, len(out) - start - 4)
