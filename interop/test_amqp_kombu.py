@@ -18,9 +18,10 @@ from .amqp_support import broker_url, start_broker
 from .clients import WAIT
 
 
-@pytest.fixture
-def broker(tmp_path):
-    proc = start_broker(tmp_path / "data")
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    # One broker for the module: each test uses queue and exchange names of its own.
+    proc = start_broker(tmp_path_factory.mktemp("kombu") / "data")
     try:
         yield proc
     finally:

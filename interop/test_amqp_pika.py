@@ -31,9 +31,10 @@ from .clients import WAIT
 PERSISTENT = 2
 
 
-@pytest.fixture
-def broker(tmp_path):
-    proc = start_broker(tmp_path / "data")
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    # One broker for the module: each test uses queue and exchange names of its own.
+    proc = start_broker(tmp_path_factory.mktemp("pika") / "data")
     try:
         yield proc
     finally:
@@ -400,7 +401,7 @@ def test_silent_peer_is_dropped_after_heartbeats(broker):
 def test_heartbeats_from_the_peer_keep_it_connected(broker):
     sock = raw_open(broker.amqp_port, heartbeat=1)
     with sock:
-        deadline = time.monotonic() + 3.5
+        deadline = time.monotonic() + 2.5  # longer than two intervals of silence
         beats = 0
         while time.monotonic() < deadline:
             sock.sendall(heartbeat_frame())
