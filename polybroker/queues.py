@@ -303,11 +303,13 @@ class Queue:
         if self.message_ttl is not None:
             deadline = self.clock() + self.message_ttl
             expiry = deadline if expiry is None else min(expiry, deadline)
-        entry.expires_at = expiry
         if entry.persistent and self.store is not None:
             self.store.enqueued(self, entry)
         self.ready.append(entry)
         self.dispatch()
+        # The deadline applies from now on: a consumer ready at once gets even a message
+        # with TTL 0 (as in RabbitMQ); a requeued one can still expire.
+        entry.expires_at = expiry
         if expiry is not None and self.ready:
             self._arm_expiry(expiry)
         return True

@@ -499,3 +499,16 @@ def test_x_overflow_reject_publish_dlx_refuses_and_dead_letters(core):
     core.exchanges.publish("", "work", msg(b"2"), refused=refused)
     assert (ready(work), ready(dead), refused) == ([b"1"], [b"2"], [work])
     assert dead.ready[0].message.deaths[0].reason == "maxlen"
+
+
+def test_ttl_zero_reaches_a_ready_consumer_and_nobody_else(core, clock):
+    queue = core.queues.declare_queue("q", arguments={"x-message-ttl": 0})
+    publish(core, "q", b"nobody")
+    advance(core, clock, 0)
+    assert queue.message_count == 0
+    consumer = Consumer()
+    queue.add_consumer(consumer)
+    publish(core, "q", b"now")
+    assert consumer.payloads == [b"now"]
+    queue.nack(consumer.tags[0], requeue=True)  # back in the queue: its time is up
+    assert consumer.payloads == [b"now"] and queue.message_count == 0
