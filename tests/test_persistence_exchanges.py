@@ -9,6 +9,7 @@ from polybroker.message import Death, Message
 from polybroker.persistence import decode_message, encode_message
 from polybroker.refusals import PreconditionFailed
 
+from .durable_state import persistent_state
 from .test_persistence import crash_image, running
 
 PROPERTIES = b"\x90\x00\x10application/json\x02"  # raw content properties, passed through
@@ -162,3 +163,50 @@ async def test_mqtt_qos1_messages_in_a_durable_queue_bound_on_amq_topic_survive(
         assert [e.message.payload for e in queue.ready] == [b"q1"]
         broker.publish(Message("sensors/a/b", b"again", qos=1, origin_protocol="mqtt"))
         assert [e.message.payload for e in queue.ready] == [b"q1", b"again"]
+
+
+def amqp_state(broker) -> dict:
+    """What a restart must give back of AMQP's state: durable exchanges, durable
+    non-exclusive queues with their declaration and persistent messages, the bindings
+    between them."""
+    exchanges = {e.name: (e.kind, e.auto_delete, e.internal, e.arguments,
+                          sorted((b.queue, b.routing_key, repr(b.arguments))
+                                 for b in e.bindings.values()
+                                 if broker.queues.get(b.queue).durable))
+                 for e in broker.exchanges if e.durable}
+    queues = {}
+    for queue in broker.queues:
+        if queue.durable and not queue.exclusive:
+            messages = [(e.message.payload, e.message.exchange, e.message.routing_key,
+                         e.message.amqp_properties, e.message.deaths)
+                        for e in sorted(queue.entries(), key=lambda e: e.seq) if e.persistent]
+            queues[queue.name] = (queue.auto_delete, queue.arguments, messages)
+    return {"exchanges": exchanges, "queues": queues}
+
+
+async def test_a_restart_gives_back_the_same_durable_state(tmp_path):
+    async with running(tmp_path) as broker:
+        exchanges, queues = broker.exchanges, broker.queues
+        exchanges.declare("dlx", "fanout", durable=True)
+        exchanges.declare("logs", "topic", durable=True)
+        exchanges.declare("h", "headers", durable=True, internal=True)
+        queues.declare_queue("dead", durable=True)
+        queues.declare_queue("work", durable=True, arguments={
+            "x-dead-letter-exchange": "dlx", "x-max-length": 3})
+        queues.declare_queue("notes", durable=True, auto_delete=True)
+        queues.declare_queue("temp")
+        exchanges.bind("dead", "dlx")
+        exchanges.bind("work", "logs", "#.error")
+        exchanges.bind("notes", "logs", "app.*")
+        exchanges.bind("temp", "logs", "#")
+        exchanges.bind("notes", "h", "", {"x-match": "any", "k": 1})
+        for i in range(5):  # two pushed out into "dead"
+            exchanges.publish("logs", f"db.{i}.error" if i % 2 else "error", amqp(b"%d" % i))
+        exchanges.publish("logs", "app.x", amqp(b"note"))
+        broker.queues.declare("stomp-made")  # STOMP: declared by use
+        queues.get("stomp-made").put(Message("stomp-made", b"s", qos=1), persistent=True)
+        before, sessions_before = amqp_state(broker), persistent_state(broker)
+        assert len(before["queues"]["dead"][2]) == 2
+    async with running(tmp_path) as broker:
+        assert amqp_state(broker) == before
+        assert persistent_state(broker) == sessions_before

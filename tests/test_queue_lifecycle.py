@@ -4,6 +4,7 @@ delete, and prefetch shared by the consumers of a channel. Time is a fake clock;
 broker's timers are run by hand."""
 
 import pytest
+import trio
 
 from polybroker.broker import Broker
 from polybroker.message import Message
@@ -512,3 +513,13 @@ def test_ttl_zero_reaches_a_ready_consumer_and_nobody_else(core, clock):
     assert consumer.payloads == [b"now"]
     queue.nack(consumer.tags[0], requeue=True)  # back in the queue: its time is up
     assert consumer.payloads == [b"now"] and queue.message_count == 0
+
+
+async def test_the_broker_timer_task_expires_idle_queues_and_messages(broker, autojump_clock):
+    queue = broker.queues.declare_queue("celeryev.x", arguments={
+        "x-expires": 60000, "x-message-ttl": 5000})
+    broker.exchanges.publish("", "celeryev.x", msg(b"event"))
+    await trio.sleep(6)  # ok: mock clock
+    assert "celeryev.x" in broker.queues and queue.message_count == 0
+    await trio.sleep(60)  # ok: mock clock
+    assert "celeryev.x" not in broker.queues
