@@ -15,7 +15,7 @@ import trio.testing
 from polybroker import __version__
 from polybroker.adapters import amqp as amqp_adapter
 from polybroker.broker import Broker
-from polybroker.config import AmqpSettings, BrokerConfig, Limits
+from polybroker.config import AmqpSettings, BrokerConfig, ConfigError, Limits, config_from_dict
 from polybroker.protocols.amqp import (
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
@@ -34,6 +34,7 @@ from polybroker.protocols.amqp import (
     ConnectionTune,
     ConnectionTuneOk,
     Content,
+    ExchangeBind,
     FrameParser,
     Heartbeat,
     Method,
@@ -201,6 +202,17 @@ async def test_tune_values_come_from_the_amqp_settings(nursery):
     assert (tune.channel_max, tune.frame_max, tune.heartbeat) == (3, 8192, 5)
 
 
+def test_amqp_table_of_the_configuration():
+    config = config_from_dict({"amqp": {"heartbeat": 0, "frame_max": 4096, "channel_max": 1}})
+    assert config.amqp == AmqpSettings(heartbeat=0, frame_max=4096, channel_max=1)
+    assert config_from_dict({}).amqp == AmqpSettings(heartbeat=60, frame_max=131072,
+                                                     channel_max=2047)
+    for bad in ({"frame_max": 4095}, {"heartbeat": -1}, {"channel_max": 0},
+                {"heartbeat": 1.5}, {"unknown": 1}):
+        with pytest.raises(ConfigError, match="amqp"):
+            config_from_dict({"amqp": bad})
+
+
 async def test_amqplain_login_is_accepted(nursery, broker):
     client = await start_client(nursery, broker)
     response = encode_table({"LOGIN": "oslo", "PASSWORD": "secret"}, length_prefix=False)
@@ -352,6 +364,19 @@ async def test_frame_above_frame_max_is_frame_error(nursery):
     client = await open_client(nursery, broker)
     await client.publish(1, "", "q", b"x" * 5000, frame_max=0)  # one oversize body frame
     assert (await client.expect(0, ConnectionClose)).reply_code == 501
+
+
+async def test_body_above_max_packet_size_is_content_too_large(nursery):
+    broker = make_broker(max_packet_size=1000)
+    client = await open_client(nursery, broker)
+    await client.publish(1, "", "q", b"x" * 1001)
+    assert_close(await client.expect(0, ConnectionClose), 311, 60, 40)
+
+
+async def test_exchange_bind_is_not_implemented(nursery, broker):
+    client = await open_client(nursery, broker)
+    await client.send(1, ExchangeBind(destination="a", source="b", routing_key="k"))
+    assert_close(await client.expect(0, ConnectionClose), 540, 40, 30)
 
 
 async def test_immediate_publish_is_not_implemented(nursery, broker):

@@ -24,6 +24,8 @@ from polybroker.protocols.amqp import (
     BasicReturn,
     ChannelClose,
     ChannelCloseOk,
+    ChannelFlow,
+    ChannelFlowOk,
     ConfirmSelect,
     ConfirmSelectOk,
     Content,
@@ -181,6 +183,20 @@ async def test_global_qos_bounds_the_channel_across_queues(nursery, broker):
     assert ready == 4  # two held by the channel, whatever their queues
     await client.send(1, BasicAck(delivery_tag=got[0].method.delivery_tag))
     await deliveries(client, 1, 1)
+
+
+async def test_channel_flow_pauses_deliveries(nursery, broker):
+    client = await open_client(nursery, broker)
+    await client.declare(1, "q")
+    await client.send(1, ChannelFlow(active=False))
+    assert (await client.expect(1, ChannelFlowOk)).active is False
+    await consume(client, 1, "q", "c", no_ack=True)
+    await client.publish(1, "", "q", b"held")
+    await barrier(client, 1)
+    assert broker.queues.get("q").message_count == 1
+    await client.send(1, ChannelFlow(active=True))
+    assert (await client.expect(1, ChannelFlowOk)).active is True
+    assert (await deliveries(client, 1, 1))[0].body == b"held"
 
 
 async def test_cancel_keeps_unacked_pending_until_the_channel_closes(nursery, broker):
