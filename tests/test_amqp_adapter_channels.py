@@ -6,6 +6,7 @@ from the MQTT topic space. Client: ``AmqpTestClient`` (``test_amqp_adapter``).
 
 import trio
 
+from polybroker.adapters import amqp as amqp_adapter
 from polybroker.message import Message
 from polybroker.protocols.amqp import (
     BasicAck,
@@ -47,7 +48,7 @@ from polybroker.protocols.amqp import (
 )
 from polybroker.sessions import SubscriptionOptions
 
-from .test_amqp_adapter import TIMEOUT, AmqpTestClient, assert_close, open_client
+from .test_amqp_adapter import TIMEOUT, AmqpTestClient, assert_close, make_broker, open_client
 
 
 async def consume(client: AmqpTestClient, channel: int, queue: str, tag: str = "",
@@ -387,3 +388,28 @@ async def test_message_from_the_topic_space_gets_properties(nursery, broker):
         "text/plain", {"unit": "C"}, 2)
     second = await get(client, 1, "readings", no_ack=True)
     assert decode_properties(second.properties).delivery_mode == 1
+
+
+async def test_a_connection_that_does_not_read_leaves_messages_to_others(nursery):
+    broker = make_broker(max_outgoing_bytes=4000)
+    # lockstep: the broker's writes to ``slow`` block until the test reads them.
+    slow_stream, server_stream = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(amqp_adapter.serve_amqp, server_stream, broker, "slow-peer")
+    slow = AmqpTestClient(slow_stream)
+    await slow.handshake()
+    await slow.open_channel()
+    fast = await open_client(nursery, broker)
+    await fast.declare(1, "q")
+    await consume(slow, 1, "q", "slow", no_ack=True)
+    await consume(fast, 1, "q", "fast", no_ack=True)
+    for n in range(30):
+        await fast.publish(1, "", "q", bytes([n]) * 1000)
+    # The slow connection's buffer fills up (its writer is blocked): the rest goes to fast.
+    fast_got = []
+    await fast.send(1, ExchangeDeclare(exchange="amq.direct", passive=True))
+    while not isinstance(event := await fast.event(), MethodFrame):  # the barrier's reply
+        fast_got.append(event.body[0])
+    assert len(fast_got) >= 20
+    slow_got = [d.body[0] for d in await deliveries(slow, 1, 30 - len(fast_got))]
+    assert sorted(fast_got + slow_got) == list(range(30))
+    assert broker.queues.get("q").message_count == 0
