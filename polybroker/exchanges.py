@@ -116,7 +116,8 @@ class Exchange:
 
     # -- indexes (the registry keeps ``bindings`` and the router) ---------------------------
 
-    def _index(self, queue: Queue, binding: Binding, add: bool) -> None:
+    def index(self, queue: Queue, binding: Binding, add: bool) -> None:
+        """Add ``binding`` of ``queue`` to (or remove it from) the routing index."""
         key = binding.routing_key
         if self.kind == DIRECT:
             _count(self._direct.setdefault(key, {}), queue, add)
@@ -420,7 +421,7 @@ class ExchangeRegistry:
         if ex.name == AMQ_TOPIC:
             self._router_count(queue, binding.routing_key, True)
         else:
-            ex._index(queue, binding, True)
+            ex.index(queue, binding, True)
         if ex.durable and queue.durable and not queue.exclusive:
             self.broker.journal.binding_added(binding)
 
@@ -451,7 +452,7 @@ class ExchangeRegistry:
         if ex.name == AMQ_TOPIC:
             self._router_count(queue, binding.routing_key, False)
         else:
-            ex._index(queue, binding, False)
+            ex.index(queue, binding, False)
         if ex.durable and queue.durable and not queue.exclusive:
             self.broker.journal.binding_removed(binding)
         if auto_delete and ex.auto_delete and not ex.bindings and ex.name in self._exchanges:

@@ -1,7 +1,9 @@
 """Durable broker state: which changes become which store records, and the replay at start-up.
 
-What is durable: named queues that ever held a persistent message, and the persistent
-messages in them (STOMP ``persistent:true``) with whether each was handed out; persistent
+What is durable: named queues that ever held a persistent message or that AMQP declared
+durable (not exclusive), with the persistent messages in them (STOMP ``persistent:true``,
+AMQP delivery_mode 2, MQTT QoS 1/2 routed in through ``amq.topic``) and whether each was
+handed out; durable AMQP exchanges and the bindings between them and durable queues; persistent
 sessions (session expiry interval above 0; MQTT 3.1.1 clean
 session 0 never expires), their subscriptions, the QoS 1/2 messages queued or in flight for
 them with their delivery state, the packet ids of inbound QoS 2 messages not yet released,
