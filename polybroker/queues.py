@@ -288,9 +288,10 @@ class Queue:
         length bound refused it (``DROP_NEW``, ``reject-publish``)."""
         size = len(message.payload)
         entry = QueueEntry(message, 0, persistent and self.durable and self.owner is None)
-        limited = self.limit_length is not None or self.limit_bytes is not None
-        if limited and not self._make_room(entry, size):
-            return False
+        if self.limit_length is not None or self.limit_bytes is not None:
+            verdict = self._make_room(entry, size)
+            if verdict is not None:
+                return verdict
         while self._full(size) and self.overflow == DROP_HEAD and self.ready:
             self._overflowed()
             self._discard(self.ready.popleft(), MAXLEN)
@@ -314,9 +315,10 @@ class Queue:
             self._arm_expiry(expiry)
         return True
 
-    def _make_room(self, entry: QueueEntry, size: int) -> bool:
-        """Apply x-max-length / x-max-length-bytes to a new message of ``size`` bytes;
-        False if it is refused."""
+    def _make_room(self, entry: QueueEntry, size: int) -> bool | None:
+        """Apply x-max-length / x-max-length-bytes to a new message of ``size`` bytes:
+        None if it may enter, False if it is refused (reject-publish), True if it was
+        accepted but is itself the head that drop-head pushes out at once."""
         length, nbytes = self.limit_length, self.limit_bytes
         ready = self.ready
 
@@ -326,7 +328,7 @@ class Queue:
             )
 
         if not over():
-            return True
+            return None
         if self.limit_overflow != DROP_HEAD:
             self.dropped += 1
             if self.limit_overflow == REJECT_PUBLISH_DLX:
@@ -336,8 +338,8 @@ class Queue:
             self._discard(ready.popleft(), MAXLEN)
         if over():  # room for no message at all: the new one is the head that goes
             self._dead_letter(entry, MAXLEN)
-            return False
-        return True
+            return True
+        return None
 
     def restore(self, entries: Iterable[QueueEntry]) -> int:
         """Put back entries the store kept (ascending ``seq``) without recording them
