@@ -8,6 +8,7 @@ import pytest
 from kombu import Connection, Exchange, Producer
 
 from .amqp_support import broker_url, pika_params, pump, start_broker
+from .brokerproc import BrokerProcess
 from .clients import WAIT
 from .test_paho_mqtt import PahoClient
 from .test_stomp_py import StompPy
@@ -109,3 +110,19 @@ def test_pika_publish_to_queue_reaches_stomp_subscriber(broker, pika_connection)
         assert "count" not in frame.headers  # only string headers cross
     finally:
         stomp_client.stop()
+
+
+def test_auto_listener_recognises_amqp(tmp_path):
+    proc = BrokerProcess(tmp_path / "data", listen=("auto://127.0.0.1:0",))
+    try:
+        connection = pika.BlockingConnection(pika_params(proc.port_of("auto")))
+        try:
+            channel = connection.channel()
+            channel.queue_declare("sniffed")
+            channel.basic_publish("", "sniffed", b"over auto")
+            assert channel.basic_get("sniffed", auto_ack=True)[2] == b"over auto"
+        finally:
+            connection.close()
+        proc.wait_for_log(r"detected as amqp|connected \(AMQP 0-9-1")
+    finally:
+        proc.stop()
