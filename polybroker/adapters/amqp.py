@@ -278,6 +278,7 @@ class AMQPClientConnection:
 
     def _end(self) -> None:
         """The connection is over: close its channels, delete its exclusive queues."""
+        self.state = CLOSING  # no more deliveries to it (messages requeued below go elsewhere)
         channels = list(self.channels.values())
         self.channels.clear()
         for channel in channels:
@@ -285,8 +286,6 @@ class AMQPClientConnection:
         deleted = self.broker.queues.owner_closed(self)
         if deleted:
             log.debug("client %s: %d exclusive queue(s) deleted", self.name, deleted)
-        if self.state != CLOSING:
-            self.state = CLOSING
 
     # -- frames -----------------------------------------------------------------------------
 
