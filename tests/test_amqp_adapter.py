@@ -21,6 +21,7 @@ from polybroker.protocols.amqp import (
     PROTOCOL_HEADER,
     BasicConsume,
     BasicPublish,
+    BasicReturn,
     ChannelClose,
     ChannelCloseOk,
     ChannelOpen,
@@ -474,3 +475,25 @@ async def test_properties_of_a_publish_that_do_not_decode_are_syntax_error(nurse
     await client.publish(1, "", "q", b"x", properties=b"\x80\x00")  # content_type, missing
     assert (await client.expect(0, ConnectionClose)).reply_code == 502
 
+
+
+async def test_a_client_that_does_not_read_is_not_read_either(nursery, autojump_clock):
+    broker = make_broker(max_outgoing_bytes=50_000, send_timeout=100)
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    connection = amqp_adapter.AMQPClientConnection(server_stream, broker, "lazy-peer")
+    nursery.start_soon(connection.run)
+    client = AmqpTestClient(client_stream)
+    await client.handshake()
+    await client.open_channel()
+    # Mandatory publishes that route nowhere: each comes back as a 10 kB basic.return.
+    sent = 0
+    with trio.move_on_after(10):
+        while sent < 100:
+            await client.publish(1, "amq.direct", "nowhere", b"r" * 10_000, mandatory=True)
+            sent += 1
+    assert sent < 20  # the broker stopped reading: its replies are not being read
+    assert connection.pending_bytes <= 50_000 + 65_536 // 10_000 * 10_100
+    returned = 0
+    with trio.fail_after(30):
+        while returned < sent:  # reading lets everything through again
+            returned += isinstance((await client.event()).method, BasicReturn)

@@ -111,6 +111,7 @@ class AMQPClientConnection:
         self._hold = False  # buffered replies vouch for records not yet durable
         self._finished = False  # the reader is done: the writer flushes and ends
         self._wakeup = trio.Event()
+        self._drained = trio.Event()  # set by the writer after each write
         self._read_scope = trio.CancelScope()
 
     @property
@@ -203,6 +204,11 @@ class AMQPClientConnection:
                 self._to_dispatch.clear()
             if not carry_on:
                 return
+            # Replies (returns, confirms, -oks) are not bounded by the deliveries' credit:
+            # while more than max_outgoing_bytes wait, read no more from this client.
+            while self.pending_bytes > self.limits.max_outgoing_bytes:
+                self._drained = trio.Event()
+                await self._drained.wait()
             if self.state == CLOSING:
                 deadline = min(deadline, trio.current_time() + CLOSE_TIMEOUT)
             elif self.state == OPEN:
@@ -259,6 +265,7 @@ class AMQPClientConnection:
                         log.warning("client %s: closing: send timed out", self.name)
                         break
                     last_sent = trio.current_time()
+                    self._drained.set()
                     if self._starved:
                         self._resume()
                 elif self._finished:
