@@ -33,7 +33,7 @@ def app(celery_broker):
     url = broker_url(celery_broker.amqp_port)
     worker = OutputProcess(
         [sys.executable, "-m", "celery", "-A", "interop.amqp_celery_app", "worker",
-         "--pool=solo", "--loglevel=INFO", "-n", WORKER_NAME, "--without-mingle"],
+         "--pool=solo", "--loglevel=INFO", "-n", WORKER_NAME],
         env={**os.environ, "AMQP_TEST_BROKER_URL": url},
     )
     try:
@@ -62,7 +62,7 @@ def test_retried_task(app):
 
 
 def test_control_ping(app):
-    replies = app.control.ping(timeout=2)
+    replies = app.control.ping(destination=[WORKER_NAME], timeout=WAIT, limit=1)
     assert {"ok": "pong"} in [reply.get(WORKER_NAME) for reply in replies], replies
 
 
