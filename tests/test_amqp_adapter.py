@@ -455,6 +455,15 @@ async def test_many_channels(nursery, broker):
     assert_close(await client.expect(0, ConnectionClose), 504, 50, 10)
 
 
+async def test_close_of_a_channel_that_is_not_open_is_answered(nursery, broker):
+    client = await open_client(nursery, broker, channels=0)
+    await client.send(3, ChannelClose(reply_code=200))
+    await client.expect(3, ChannelCloseOk)
+    await client.send(3, ChannelCloseOk())  # ignored
+    await client.open_channel(3)
+    await client.close_connection()
+
+
 # -- shutdown --------------------------------------------------------------------------------
 
 

@@ -382,6 +382,13 @@ class AMQPClientConnection:
         method = event.method
         channel = self.channels.get(number)
         if channel is None:
+            # A close crossing ours, or racing the end of the channel: answered or ignored
+            # (as RabbitMQ does), not a connection error.
+            if isinstance(method, ChannelClose):
+                self.send_method(number, ChannelCloseOk())
+                return
+            if isinstance(method, ChannelCloseOk):
+                return
             if not isinstance(method, ChannelOpen):
                 raise ConnectionFault(CHANNEL_ERROR, f"CHANNEL_ERROR - expected "
                                       f"'channel.open' on channel {number}", method.CLASS_ID,
