@@ -417,6 +417,16 @@ async def test_connection_close_from_the_client_is_answered_and_cleans_up(nurser
     assert len(broker.queues) == 0  # the exclusive queue went with its connection
 
 
+async def test_garbage_after_our_close_gets_no_second_close(nursery, broker):
+    client = await open_client(nursery, broker)
+    await client.send(9, QueueDeclare(queue="q"))
+    await client.expect(0, ConnectionClose)
+    await client.send_raw(b"\x01\x00\x01\x00\x00\x00\x04\x00\x32\x00\x0a\x00")  # bad end
+    await client.send_raw(b"more garbage")
+    await client.send(0, ConnectionCloseOk())  # unparsable now: the timeout ends it
+    assert await client.closed() == []
+
+
 async def test_no_close_ok_within_the_timeout_closes_anyway(nursery, broker, autojump_clock):
     client = await open_client(nursery, broker)
     await client.send(9, QueueDeclare(queue="q"))

@@ -226,8 +226,9 @@ class AMQPClientConnection:
             self.send(PROTOCOL_HEADER)
             return False
         except AMQPError as exc:
-            self._fault(exc.reply_code, _reply_text(exc.reply_code, exc.text), exc.class_id,
-                        exc.method_id)
+            if self.state != CLOSING:  # one connection.close is enough
+                self._fault(exc.reply_code, _reply_text(exc.reply_code, exc.text),
+                            exc.class_id, exc.method_id)
             self.parser = None
             return True
         for event in events:
