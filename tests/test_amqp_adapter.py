@@ -321,7 +321,7 @@ async def test_heartbeat_zero_means_none(nursery, broker, autojump_clock):
 # -- connection errors -----------------------------------------------------------------------
 
 
-async def test_bad_frame_end_is_frame_error(nursery, broker):
+async def test_bad_frame_end_is_frame_error(nursery, broker, autojump_clock):
     client = await open_client(nursery, broker)
     await client.send_raw(encode_method(1, QueueDeclare(queue="q"))[:-1] + b"\x00")
     close = await client.expect(0, ConnectionClose)
@@ -417,7 +417,7 @@ async def test_connection_close_from_the_client_is_answered_and_cleans_up(nurser
     assert len(broker.queues) == 0  # the exclusive queue went with its connection
 
 
-async def test_garbage_after_our_close_gets_no_second_close(nursery, broker):
+async def test_garbage_after_our_close_gets_no_second_close(nursery, broker, autojump_clock):
     client = await open_client(nursery, broker)
     await client.send(9, QueueDeclare(queue="q"))
     await client.expect(0, ConnectionClose)
