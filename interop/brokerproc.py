@@ -39,6 +39,11 @@ class BrokerProcess:
         stomp = [u for u in self.urls if u.startswith("stomp://")]
         self.stomp_port: int | None = self.port_of("stomp") if stomp else None
 
+    @property
+    def amqp_port(self) -> int:
+        """The port of the first ``amqp://`` listener."""
+        return self.port_of("amqp")
+
     def port_of(self, scheme: str) -> int:
         """The port of the first listener with this URL scheme (``mqtt+ws``, ...)."""
         url = next(u for u in self.urls if u.startswith(scheme + "://"))

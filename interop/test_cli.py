@@ -55,11 +55,12 @@ def serve_until_exit(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_listener_for_a_protocol_not_served_is_refused_at_start_up(tmp_path):
-    out = serve_until_exit(tmp_path, "--listen", "amqp://127.0.0.1:0")
+def test_listener_that_cannot_start_is_refused_at_start_up(tmp_path):
+    out = serve_until_exit(tmp_path, "--listen", "mqtts://127.0.0.1:0", "--certfile",
+                           str(tmp_path / "missing.crt"), "--keyfile",
+                           str(tmp_path / "missing.key"))
     assert out.returncode == 2
-    assert "cannot start: listener amqp://127.0.0.1:0: this broker does not serve amqp" \
-        in out.stderr
+    assert "cannot start: listener mqtt+tls://127.0.0.1:0: certfile" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -1,4 +1,5 @@
-"""The broker core: sessions, queues, routing and retained messages. No I/O, no protocol bytes.
+"""The broker core: sessions, queues, exchanges, routing and retained messages. No I/O, no
+protocol bytes.
 
 Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
@@ -19,10 +20,11 @@ import trio
 from .auth import Authenticator, Security
 from .config import BrokerConfig
 from .durability import Durability
+from .exchanges import ExchangeRegistry
 from .limits import RetainedBound
 from .message import Message
 from .persistence import Journal
-from .queues import QueueRegistry
+from .queue_registry import QueueRegistry
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -53,11 +55,14 @@ class Broker:
         )
         self.sessions: dict[str, Session] = {}
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
-        # Named queues (STOMP /queue/x, AMQP queues), created on first use.
+        # Named queues (STOMP /queue/x, AMQP queues) and AMQP's exchanges in front of them.
         self.queues = QueueRegistry(
             clock, max_length=self.limits.max_queue_length,
-            max_bytes=self.limits.max_queue_bytes,
+            max_bytes=self.limits.max_queue_bytes, timers=self.timers,
         )
+        self.exchanges = ExchangeRegistry(self)
+        self.queues.on_deleted.append(self.exchanges.queue_deleted)
+        self.queues.dead_letterer = self.exchanges.dead_letter
         # MQTT 5.0 enhanced authentication methods by name.
         self.authenticators: dict[str, Authenticator] = {}
         # Logins and access rights ([auth]: password file, ACL file); ConfigError if broken.

@@ -161,6 +161,15 @@ class AuthConfig:
     failure_delay: float = 1.0  # seconds before a refused login is answered
 
 
+@dataclass(frozen=True, slots=True)
+class AmqpSettings:
+    # What connection.tune proposes; the client's tune-ok may lower each (0: no limit,
+    # for heartbeat: none).
+    heartbeat: int = 60  # seconds
+    frame_max: int = 131072  # bytes, at least 4096
+    channel_max: int = 2047
+
+
 FSYNC_POLICIES = ("always", "batch", "never")
 
 
@@ -193,6 +202,7 @@ class BrokerConfig:
     limits: Limits = field(default_factory=Limits)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     stomp: StompSettings = field(default_factory=StompSettings)
+    amqp: AmqpSettings = field(default_factory=AmqpSettings)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     data_dir: Path = Path("data")
@@ -255,7 +265,7 @@ def load_config(path: Path) -> BrokerConfig:
 def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
-        {"listener", "tls", "limits", "mqtt", "stomp", "storage", "auth", "data_dir",
+        {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
          "log_level"},
         "",
     )
@@ -270,6 +280,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, mqtt=_mqtt(raw["mqtt"]))
     if "stomp" in raw:
         config = replace(config, stomp=_stomp(raw["stomp"]))
+    if "amqp" in raw:
+        config = replace(config, amqp=_amqp(raw["amqp"]))
     if "storage" in raw:
         config = replace(config, storage=_storage(raw["storage"]))
     if "auth" in raw:
@@ -464,6 +476,24 @@ def _mqtt(raw: Any) -> MQTTSettings:
     if "scram_users_file" in values:
         values["scram_users_file"] = Path(values["scram_users_file"])
     return MQTTSettings(**values)
+
+
+_AMQP_RANGES = {"heartbeat": (0, 65535), "frame_max": (4096, 2**32 - 1),
+                "channel_max": (1, 65535)}
+
+
+def _amqp(raw: Any) -> AmqpSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("amqp: must be a table")
+    _reject_unknown(raw, set(_AMQP_RANGES), "amqp.")
+    values = {}
+    for name in raw:
+        value = _typed(raw, name, int, "amqp.")
+        low, high = _AMQP_RANGES[name]
+        if not low <= value <= high:
+            raise ConfigError(f"amqp.{name}: must be between {low} and {high}")
+        values[name] = value
+    return AmqpSettings(**values)
 
 
 def _stomp(raw: Any) -> StompSettings:

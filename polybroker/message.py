@@ -3,6 +3,21 @@
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True, slots=True)
+class Death:
+    """One entry of a dead-lettered message's history (AMQP renders it as ``x-death``):
+    the message left ``queue`` for ``reason`` (``rejected``, ``expired``, ``maxlen``) that
+    many ``count`` times; ``exchange`` and ``routing_keys`` are where it had been published
+    to, ``time`` is the wall-clock time (seconds) of the first death."""
+
+    queue: str
+    reason: str
+    exchange: str
+    routing_keys: tuple[str, ...]
+    count: int = 1
+    time: float = 0.0
+
+
 @dataclass(slots=True, eq=False)
 class Message:
     """An application message, normalized once at the edge where it entered the broker.
@@ -28,4 +43,11 @@ class Message:
     headers: tuple[tuple[str, str], ...] = ()  # MQTT 5.0 user properties, in order
     origin_protocol: str = ""
     origin_client: str | None = None
+    # AMQP (None / defaults for the other protocols, so their paths pay nothing):
+    exchange: str | None = None  # where it was published; stamped by ``exchanges.publish``
+    routing_key: str | None = None  # the publish's routing key; stamped likewise
+    amqp_properties: bytes | None = None  # raw content-header property bytes, passed through
+    amqp_headers: dict | None = None  # parsed ``headers`` table, for headers exchanges
+    persistent: bool = False  # delivery_mode 2: stored when it enters a durable queue
+    deaths: tuple[Death, ...] = ()  # dead-letter history, most recent first
     wire_cache: dict = field(default_factory=dict, compare=False, repr=False)

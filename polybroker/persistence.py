@@ -1,7 +1,9 @@
 """Durable broker state: which changes become which store records, and the replay at start-up.
 
-What is durable: named queues that ever held a persistent message, and the persistent
-messages in them (STOMP ``persistent:true``) with whether each was handed out; persistent
+What is durable: named queues that ever held a persistent message or that AMQP declared
+durable (not exclusive), with the persistent messages in them (STOMP ``persistent:true``,
+AMQP delivery_mode 2, MQTT QoS 1/2 routed in through ``amq.topic``) and whether each was
+handed out; durable AMQP exchanges and the bindings between them and durable queues; persistent
 sessions (session expiry interval above 0; MQTT 3.1.1 clean
 session 0 never expires), their subscriptions, the QoS 1/2 messages queued or in flight for
 them with their delivery state, the packet ids of inbound QoS 2 messages not yet released,
@@ -18,7 +20,11 @@ records sort together (``\\0`` cannot occur in MQTT strings [MQTT-1.5.4-2])::
                              needed to finish with PUBREL/PUBCOMP)
     q2/<client>\\0<pid:2>     inbound QoS 2 packet id between PUBLISH and PUBREL
     r/<topic>                retained message
-    Q/<queue>                a durable queue (declared)
+    Q/<queue>                a durable queue; its value: nothing more (STOMP: declared by
+                             use) or its AMQP declaration (auto_delete, x-arguments)
+    X/<exchange>             a durable AMQP exchange: type, auto_delete, internal, arguments
+    B/<exchange>\\0<queue>\\0<key>\\0<arguments>
+                             a binding between a durable exchange and a durable queue
     e/<queue>\\0<seq:8>      a persistent message in the queue; ``seq`` is its arrival
                              order in the queue, so a scan replays the queue in order
     e/<queue>\\0<seq:8>\\1   that message was handed out awaiting an acknowledgement:
@@ -29,6 +35,12 @@ queue) would otherwise leave a record for good: a queue gets its ``Q/`` record w
 first holds a persistent message, and keeps it (an empty durable queue comes back empty)
 until it is deleted. Non-persistent messages stay in memory only, as in ActiveMQ and
 RabbitMQ.
+
+An AMQP-declared durable queue gets its ``Q/`` record when declared (exclusive queues
+never do). AMQP messages carry more fields (exchange, routing key, the raw content
+properties, dead-letter history): they are stored in format 2, the same layout with a
+second set of fields after the first (``encode_message``). Order of writes for AMQP: an
+exchange's and a queue's record before their bindings', deleted after them.
 
 (``q/`` is left for named queues and their messages, when they come.)
 
@@ -58,6 +70,7 @@ the broker runs, and the adapter that caused the write refuses its client's mess
 
 from __future__ import annotations
 
+import ast
 import gc
 import logging
 import math
@@ -68,14 +81,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .message import Message
+from .exchanges import arguments_key
+from .message import Death, Message
 from .queues import Queue, QueueEntry
+from .refusals import Refused
 from .sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
     from .broker import Broker
     from .config import StorageConfig
+    from .exchanges import Binding, Exchange
 
 __all__ = [
     "Journal", "RestoreSummary", "SessionJournal", "StoreJournal", "bulk_load", "restore",
@@ -87,6 +103,11 @@ FORMAT = 1  # first byte of every value
 SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q2/", b"r/"
 QUEUE, QUEUE_MESSAGE, HANDED_OUT = b"Q/", b"e/", b"\1"
+EXCHANGE, BINDING = b"X/", b"B/"
+AMQP_FORMAT = 2  # a message with AMQP fields (``encode_message``)
+# AMQP fields present in a format 2 message, after the format 1 ones.
+_HAS_EXCHANGE, _HAS_ROUTING_KEY, _HAS_PROPERTIES, _PERSISTENT, _HAS_DEATHS = 1, 2, 4, 8, 16
+_DECLARED, _AUTO_DELETE, _INTERNAL = 1, 2, 4  # queue / exchange record flags
 
 _MESSAGE_HEAD = struct.Struct(">BBBII")  # format, qos | retain, fields present, lengths
 # Fields present in a stored message, beyond topic and payload, in this order.
@@ -171,9 +192,63 @@ def encode_message(message: Message, to_wall: float) -> bytes:
         for name, value in message.headers:
             parts.append(_text(name))
             parts.append(_text(value))
+    fmt = FORMAT
+    if message.routing_key is not None or message.amqp_properties is not None or (
+        message.persistent or message.deaths
+    ):
+        fmt = AMQP_FORMAT
+        parts.append(_encode_amqp(message))
     qos_retain = message.qos | (0x80 if message.retain else 0)
-    parts[0] = _MESSAGE_HEAD.pack(FORMAT, qos_retain, bits, len(topic), len(payload))
+    parts[0] = _MESSAGE_HEAD.pack(fmt, qos_retain, bits, len(topic), len(payload))
     return b"".join(parts)
+
+
+def _encode_amqp(message: Message) -> bytes:
+    bits = 0
+    parts = [b""]
+    for bit, value in (
+        (_HAS_EXCHANGE, message.exchange),
+        (_HAS_ROUTING_KEY, message.routing_key),
+        (_HAS_PROPERTIES, message.amqp_properties),
+    ):
+        if value is not None:
+            bits |= bit
+            parts.append(_field(value.encode() if isinstance(value, str) else value))
+    if message.persistent:
+        bits |= _PERSISTENT
+    if message.deaths:
+        bits |= _HAS_DEATHS
+        parts.append(_U32.pack(len(message.deaths)))
+        for death in message.deaths:
+            parts += [_text(death.queue), _text(death.reason), _text(death.exchange),
+                      _U32.pack(len(death.routing_keys))]
+            parts += [_text(key) for key in death.routing_keys]
+            parts += [_U32.pack(death.count), _F64.pack(death.time)]
+    parts[0] = bytes((bits,))
+    return b"".join(parts)
+
+
+def _decode_amqp(reader: _Reader) -> dict:
+    bits = reader.data[reader.pos]
+    reader.pos += 1
+    fields: dict = {"persistent": bool(bits & _PERSISTENT)}
+    if bits & _HAS_EXCHANGE:
+        fields["exchange"] = reader.text()
+    if bits & _HAS_ROUTING_KEY:
+        fields["routing_key"] = reader.text()
+    if bits & _HAS_PROPERTIES:
+        fields["amqp_properties"] = reader.field()
+    if bits & _HAS_DEATHS:
+        deaths = []
+        for _ in range(reader.u32()):
+            queue, reason, exchange = reader.text(), reader.text(), reader.text()
+            keys = tuple(reader.text() for _ in range(reader.u32()))
+            count = reader.u32()
+            (when,) = _F64.unpack_from(reader.data, reader.pos)
+            reader.pos += 8
+            deaths.append(Death(queue, reason, exchange, keys, count, when))
+        fields["deaths"] = tuple(deaths)
+    return fields
 
 
 class StringCache(dict):
@@ -191,7 +266,7 @@ def decode_message(
     if strings is None:
         strings = StringCache()
     fmt, qos_retain, bits, topic_len, payload_len = _MESSAGE_HEAD.unpack_from(data, pos)
-    if fmt != FORMAT:
+    if fmt != FORMAT and fmt != AMQP_FORMAT:
         raise ValueError(f"unknown message format {fmt}")
     pos += _MESSAGE_HEAD.size
     end = pos + topic_len
@@ -200,7 +275,7 @@ def decode_message(
     payload = data[end:pos]
     if pos > len(data):
         raise ValueError("truncated value")
-    if bits == _HAS_PROTOCOL | _HAS_CLIENT:  # the usual message: nothing else to read
+    if bits == _HAS_PROTOCOL | _HAS_CLIENT and fmt == FORMAT:  # the usual: nothing else
         (length,) = _LEN.unpack_from(data, pos)
         pos += 4
         protocol = strings[data[pos : pos + length]]
@@ -229,6 +304,9 @@ def decode_message(
     headers: tuple[tuple[str, str], ...] = ()
     if bits & _HAS_HEADERS:
         headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
+    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else {}
+    if reader.pos > len(data):
+        raise ValueError("truncated value")
     text = {bit: strings[value] for bit, value in optional.items() if bit != _HAS_CORRELATION}
     return Message(
         topic, payload, qos_retain & 0x7F, qos_retain >= 0x80, expiry=expiry,
@@ -236,6 +314,7 @@ def decode_message(
         correlation_data=optional.get(_HAS_CORRELATION),
         response_topic=text.get(_HAS_RESPONSE_TOPIC), headers=headers,
         origin_protocol=text.get(_HAS_PROTOCOL) or "", origin_client=text.get(_HAS_CLIENT),
+        **amqp,
     )
 
 
@@ -297,6 +376,85 @@ def decode_subscription(data: bytes) -> SubscriptionOptions:
     return SubscriptionOptions(qos, bool(no_local), bool(rap), sub_id or None)
 
 
+def _plain(value: object) -> object:
+    """An argument value as ``ast.literal_eval`` reads it back: table types it cannot
+    (decimals, timestamps) are kept as their text."""
+    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return str(value)
+
+
+def encode_arguments(arguments: dict) -> bytes:
+    return _text(repr(_plain(dict(arguments))) if arguments else None)
+
+
+def decode_arguments(reader: _Reader) -> dict:
+    text = reader.text()
+    if text is None:
+        return {}
+    arguments = ast.literal_eval(text)
+    if not isinstance(arguments, dict):
+        raise ValueError("arguments are not a table")
+    return arguments
+
+
+def encode_queue(queue: Queue) -> bytes:
+    flags = _DECLARED | (_AUTO_DELETE if queue.auto_delete else 0)
+    return bytes((FORMAT, flags)) + encode_arguments(queue.arguments)
+
+
+def decode_queue(value: bytes) -> tuple[bool, bool, dict]:
+    """A ``Q/`` value: (declared by AMQP, auto_delete, arguments)."""
+    if not value or value[0] != FORMAT:
+        raise ValueError("unknown queue format")
+    if len(value) == 1:
+        return False, False, {}  # STOMP: declared by use
+    flags = value[1]
+    return bool(flags & _DECLARED), bool(flags & _AUTO_DELETE), decode_arguments(
+        _Reader(value, 2))
+
+
+def encode_exchange(exchange: Exchange) -> bytes:
+    flags = (_AUTO_DELETE if exchange.auto_delete else 0) | (
+        _INTERNAL if exchange.internal else 0)
+    return bytes((FORMAT, flags)) + _text(exchange.kind) + encode_arguments(exchange.arguments)
+
+
+def decode_exchange(value: bytes) -> tuple[str, bool, bool, dict]:
+    """A ``X/`` value: (type, auto_delete, internal, arguments)."""
+    if len(value) < 2 or value[0] != FORMAT:
+        raise ValueError("unknown exchange format")
+    reader = _Reader(value, 2)
+    kind = reader.text() or ""
+    return kind, bool(value[1] & _AUTO_DELETE), bool(value[1] & _INTERNAL), decode_arguments(
+        reader)
+
+
+def binding_key(binding: Binding) -> bytes:
+    return (BINDING + binding.exchange.encode() + SEP + binding.queue.encode() + SEP
+            + binding.routing_key.encode() + SEP + arguments_key(binding.arguments).encode())
+
+
+def encode_binding(binding: Binding) -> bytes:
+    return (bytes((FORMAT,)) + _text(binding.exchange) + _text(binding.queue)
+            + _text(binding.routing_key) + encode_arguments(binding.arguments))
+
+
+def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
+    """A ``B/`` value: (exchange, queue, routing key, arguments)."""
+    if not value or value[0] != FORMAT:
+        raise ValueError("unknown binding format")
+    reader = _Reader(value, 1)
+    exchange, queue, key = reader.text(), reader.text(), reader.text()
+    if exchange is None or queue is None or key is None:
+        raise ValueError("incomplete binding")
+    return exchange, queue, key, decode_arguments(reader)
+
+
 # --------------------------------------------------------------------------- journals
 
 
@@ -321,6 +479,14 @@ class Journal:
     def retained_set(self, message: Message) -> None: ...
 
     def retained_cleared(self, topic: str) -> None: ...
+
+    def exchange_declared(self, exchange: Exchange) -> None: ...
+
+    def exchange_deleted(self, exchange: Exchange) -> None: ...
+
+    def binding_added(self, binding: Binding) -> None: ...
+
+    def binding_removed(self, binding: Binding) -> None: ...
 
 
 class StoreJournal(Journal):
@@ -456,6 +622,11 @@ class StoreJournal(Journal):
             self.delete(key + HANDED_OUT)
         self.delete(key)
 
+    def queue_declared(self, queue: Queue) -> None:
+        """A durable queue was declared (AMQP): its flags and arguments."""
+        if self.put(QUEUE + queue.name.encode(), encode_queue(queue)):
+            self.queues.add(queue.name)
+
     def queue_deleted(self, queue: Queue) -> None:
         """The queue is gone with whatever it held."""
         if queue.name not in self.queues:
@@ -465,6 +636,20 @@ class StoreJournal(Journal):
                 self.removed(queue, entry)
         self.queues.discard(queue.name)
         self.delete(QUEUE + queue.name.encode())  # last: see the module docstring
+
+    # -- AMQP exchanges and bindings --------------------------------------------------------
+
+    def exchange_declared(self, exchange: Exchange) -> None:
+        self.put(EXCHANGE + exchange.name.encode(), encode_exchange(exchange))
+
+    def exchange_deleted(self, exchange: Exchange) -> None:
+        self.delete(EXCHANGE + exchange.name.encode())
+
+    def binding_added(self, binding: Binding) -> None:
+        self.put(binding_key(binding), encode_binding(binding))
+
+    def binding_removed(self, binding: Binding) -> None:
+        self.delete(binding_key(binding))
 
     def message_body(self, message: Message) -> bytes:
         """The stored form of a message, made once however many sessions keep it."""
@@ -588,6 +773,8 @@ class RestoreSummary:
     retained: int = 0
     queues: int = 0
     queue_messages: int = 0
+    exchanges: int = 0
+    bindings: int = 0
     expired_sessions: int = 0
     dropped_records: int = 0  # undecodable, or belonging to no session: deleted
 
@@ -595,7 +782,8 @@ class RestoreSummary:
         text = (f"{self.sessions} sessions, {self.subscriptions} subscriptions, "
                 f"{self.messages} messages, {self.inbound_qos2} inbound QoS 2 ids, "
                 f"{self.retained} retained, {self.queues} queues with "
-                f"{self.queue_messages} persistent messages")
+                f"{self.queue_messages} persistent messages, {self.exchanges} exchanges, "
+                f"{self.bindings} bindings")
         if self.expired_sessions:
             text += f", {self.expired_sessions} sessions expired while stopped"
         if self.dropped_records:
@@ -657,7 +845,9 @@ class _Replay:
         self._messages()
         self._inbound_qos2()
         self._retained()
+        self._exchanges()
         self._queues()
+        self._bindings()
         for key in self.unusable:
             self.journal.delete(key)
         self.summary.dropped_records = len(self.unusable)
@@ -775,13 +965,41 @@ class _Replay:
             retained.set(message.topic, message)
             self.summary.retained += 1
 
+    def _exchanges(self) -> None:
+        exchanges = self.broker.exchanges
+        for key, value in self.store.scan(EXCHANGE):
+            try:
+                name = key[len(EXCHANGE):].decode()
+                kind, auto_delete, internal, arguments = decode_exchange(value)
+                exchanges.declare(name, kind, durable=True, auto_delete=auto_delete,
+                                  internal=internal, arguments=arguments)
+            except (ValueError, SyntaxError, struct.error, IndexError, Refused) as exc:
+                self._unusable(key, str(exc))
+                continue
+            self.summary.exchanges += 1
+
+    def _bindings(self) -> None:
+        exchanges = self.broker.exchanges
+        for key, value in self.store.scan(BINDING):
+            try:
+                exchange, queue, routing_key, arguments = decode_binding(value)
+                exchanges.bind(queue, exchange, routing_key, arguments)
+            except (ValueError, SyntaxError, struct.error, IndexError, Refused) as exc:
+                self._unusable(key, str(exc))
+                continue
+            self.summary.bindings += 1
+
     def _queues(self) -> None:
         registry = self.broker.queues
-        for key, _ in self.store.scan(QUEUE):
+        for key, value in self.store.scan(QUEUE):
             try:
                 name = key[len(QUEUE):].decode()
-                registry.declare(name)
-            except ValueError as exc:
+                declared, auto_delete, arguments = decode_queue(value)
+                if declared:
+                    registry.restore_queue(name, auto_delete=auto_delete, arguments=arguments)
+                else:
+                    registry.declare(name)
+            except (ValueError, SyntaxError, struct.error, IndexError, Refused) as exc:
                 self._unusable(key, str(exc))
                 continue
             self.journal.queues.add(name)

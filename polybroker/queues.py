@@ -1,26 +1,39 @@
 """Named queues: the core's second subscriber kind (competing consumers, acks, redelivery).
 
-Protocol-neutral: STOMP ``/queue/x`` and (later) AMQP queue ``x`` are one ``Queue``
-from ``broker.queues``. The rules:
+Protocol-neutral: STOMP ``/queue/x`` and AMQP queue ``x`` are one ``Queue`` from
+``broker.queues`` (``queue_registry``: declaring, exclusive owners, auto-delete,
+expiry of idle queues). The rules:
 
 - Messages wait in ``ready`` in arrival order. The queue holds at most
   ``max_length`` messages, ready and unacknowledged together; when full, the
   overflow policy applies: ``DROP_NEW`` (the default, as sessions do: the new
   message is dropped, counted and logged) or ``DROP_HEAD`` (the oldest ready
-  message makes room).
+  message makes room). That bound protects the broker; AMQP's own bounds
+  (``x-max-length``, ``x-max-length-bytes``: ``limit_length``, ``limit_bytes``)
+  count ready messages only, as RabbitMQ does, with ``x-overflow`` ``drop-head``
+  (the default: the oldest ready message is dead-lettered or dropped),
+  ``reject-publish`` (``put`` returns False) or ``reject-publish-dlx`` (refused and
+  dead-lettered).
 - Each message goes to exactly one consumer. Consumers take turns (round-robin),
   skipping any without credit: its own ``has_credit()`` (e.g. its connection's send
   buffer is full) and its prefetch, the number of unacknowledged messages it may
   hold (0: no bound). A consumer that regains credit by itself calls ``dispatch``.
 - A consumer with ``ack_required`` gets a delivery tag per delivery (unique in the
   queue, increasing) and the message stays unacknowledged until ``ack`` (consumed),
-  ``nack(requeue=True)`` (back to the queue) or ``nack(requeue=False)`` (dropped;
-  dead-lettering will hook into ``_discard``). Without ``ack_required`` a message is
-  settled as it is handed over.
+  ``nack(requeue=True)`` (back to the queue) or ``nack(requeue=False)`` (dropped, or
+  dead-lettered). Without ``ack_required`` a message is settled as it is handed over.
+- Prefetch: a consumer's own bound (AMQP ``basic.qos`` global=False) and optionally a
+  ``SharedPrefetch`` shared by several consumers, on any queues (global=True: the
+  channel's bound). Both apply. Messages taken with ``get`` count toward neither.
 - Requeued messages (nack, consumer removed, ``release``) go back to their original
   position (by arrival sequence) flagged ``redelivered``; a nacked message goes to
   another consumer when one has credit.
-- A message whose expiry has passed when it reaches the head is dropped.
+- A message expires at its own ``expiry`` or after the queue's ``message_ttl``,
+  whichever is first. An expired message is dropped (or dead-lettered) when it reaches
+  the head, and, when the queue has ``timers``, as soon as it is at the head.
+- Dead-lettering: with ``dead_letter_exchange`` set, messages rejected without requeue
+  (``rejected``), expired (``expired``) or pushed out by ``x-max-length`` (``maxlen``)
+  go to ``dead_letterer`` (the exchanges); purged and deleted ones do not.
 - ``get`` takes the head message without a consumer (AMQP basic.get).
 - A queue is also a router subscriber (``deliver``, ``client_id = None``), so topic
   bindings can route into it.
@@ -35,17 +48,23 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .message import Message
+from .refusals import AccessRefused, ResourceLocked
+from .timers import TimerHandle, Timers
 
 log = logging.getLogger("polybroker.queues")
 
 DROP_NEW = "drop-new"
 DROP_HEAD = "drop-head"
 OVERFLOW_POLICIES = (DROP_NEW, DROP_HEAD)
+# x-overflow values (AMQP's own length bounds)
+REJECT_PUBLISH, REJECT_PUBLISH_DLX = "reject-publish", "reject-publish-dlx"
+LIMIT_OVERFLOWS = (DROP_HEAD, REJECT_PUBLISH, REJECT_PUBLISH_DLX)
+REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"  # dead-letter reasons
 MAX_NAME_BYTES = 255  # AMQP's short string; STOMP has no limit of its own
 
 
@@ -58,6 +77,11 @@ class QueueConsumer(Protocol):
     def has_credit(self) -> bool:
         """False while the consumer cannot take another message."""
 
+    # Optional: ``queue_deleted(queue)`` is called, if the consumer has it, when the queue
+    # is deleted under it (queue.delete, x-expires cannot, exclusive owner gone...): AMQP
+    # answers with a broker-side basic.cancel. The consumer is already removed then, and
+    # its unacknowledged messages are gone with the queue.
+
 
 class QueueStore(Protocol):
     """The persistence hook (implemented by the store integration)."""
@@ -67,6 +91,10 @@ class QueueStore(Protocol):
     def delivered(self, queue: "Queue", entry: "QueueEntry") -> None: ...
 
     def removed(self, queue: "Queue", entry: "QueueEntry") -> None: ...
+
+    def queue_declared(self, queue: "Queue") -> None: ...
+
+    def queue_deleted(self, queue: "Queue") -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -80,20 +108,57 @@ class QueueEntry:
     deliveries: int = 0  # times handed out (dead-lettering will bound it)
     rejected_by: object = None  # the consumer that last nacked it: another is preferred
     marked: bool = False  # the store knows it was handed out (``QueueStore.delivered``)
+    expires_at: float | None = None  # the message's expiry or the queue's TTL, the first
+
+
+class SharedPrefetch:
+    """A bound on the unacknowledged messages of several consumers together, on any
+    queues: AMQP ``basic.qos`` with global=True (RabbitMQ: per channel). Give the same
+    object to ``add_consumer`` for each consumer of the channel; ``set_limit`` applies at
+    once (more room dispatches)."""
+
+    __slots__ = ("limit", "queues", "unacked")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit  # 0: no bound
+        self.unacked = 0  # messages held by its consumers (and by cancelled ones)
+        self.queues: dict[Queue, int] = {}  # queues with consumers under it -> how many
+
+    def has_room(self) -> bool:
+        return not self.limit or self.unacked < self.limit
+
+    def set_limit(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError("prefetch must not be negative")
+        self.limit = limit
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        for queue in list(self.queues):
+            queue.dispatch()
 
 
 class _ConsumerState:
-    __slots__ = ("ack_required", "consumer", "prefetch", "unacked")
+    __slots__ = ("ack_required", "consumer", "exclusive", "prefetch", "shared", "unacked")
 
-    def __init__(self, consumer: QueueConsumer, ack_required: bool, prefetch: int) -> None:
+    def __init__(
+        self, consumer: QueueConsumer, ack_required: bool, prefetch: int,
+        shared: SharedPrefetch | None, exclusive: bool,
+    ) -> None:
         self.consumer = consumer
         self.ack_required = ack_required
         self.prefetch = prefetch
+        self.shared = shared if ack_required else None
+        self.exclusive = exclusive
         self.unacked = 0
 
     def ready(self) -> bool:
-        if self.ack_required and self.prefetch and self.unacked >= self.prefetch:
-            return False
+        if self.ack_required:
+            if self.prefetch and self.unacked >= self.prefetch:
+                return False
+            shared = self.shared
+            if shared is not None and shared.limit and shared.unacked >= shared.limit:
+                return False
         return self.consumer.has_credit()
 
 
@@ -122,6 +187,7 @@ class Queue:
         overflow: str = DROP_NEW,
         durable: bool = False,
         store: QueueStore | None = None,
+        timers: Timers | None = None,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}")
@@ -135,12 +201,33 @@ class Queue:
         self.overflow = overflow
         self.durable = durable
         self.store = store
+        self.timers = timers  # for expiring messages at the head without a dequeue
+        # Declaration (``queue_registry``); STOMP's queues keep the defaults.
+        self.declared = False  # declared by a client (AMQP), not just used (STOMP)
+        self.owner: object = None  # the connection an exclusive queue belongs to
+        self.auto_delete = False
+        self.arguments: dict = {}  # as declared (x-arguments), for equivalence checks
+        self.message_ttl: float | None = None  # seconds (x-message-ttl)
+        self.expires: float | None = None  # seconds unused before deletion (x-expires)
+        self.limit_length: int | None = None  # ready messages (x-max-length)
+        self.limit_bytes: int | None = None  # their payload bytes (x-max-length-bytes)
+        self.limit_overflow = DROP_HEAD  # x-overflow
+        self.dead_letter_exchange: str | None = None
+        self.dead_letter_routing_key: str | None = None
+        self.dead_letterer: Callable[[Queue, QueueEntry, str], None] | None = None
+        self.registry: QueueLifecycle | None = None  # told when the last consumer goes
+        self.had_consumer = False
+        self.last_used = clock()  # consumer gone, get, (re)declare: for x-expires
+        self.deleted = False
         self.ready: deque[QueueEntry] = deque()
         self.dropped = 0  # messages refused or pushed out by the length bound
         self._consumers: dict[Hashable, _ConsumerState] = {}
         self._order: list[Hashable] = []  # consumers in turn order
         self._turn = 0
-        self._unacked: dict[int, tuple[QueueEntry, object]] = {}  # tag -> (entry, holder)
+        # tag -> (entry, holder, the holder's shared prefetch or None)
+        self._unacked: dict[int, tuple[QueueEntry, object, SharedPrefetch | None]] = {}
+        self._unacked_bytes = 0
+        self._expiry_timer: TimerHandle | None = None
         self._seq = itertools.count()
         self._tags = itertools.count(1)
         self._dispatching = False
@@ -161,31 +248,98 @@ class Queue:
     def consumer_count(self) -> int:
         return len(self._consumers)
 
+    @property
+    def exclusive(self) -> bool:
+        return self.owner is not None
+
+    @property
+    def ready_bytes(self) -> int:
+        """Payload bytes of the ready messages."""
+        return self.bytes - self._unacked_bytes
+
+    @property
+    def consumers(self) -> list[QueueConsumer]:
+        return list(self._order)
+
+    def check_owner(self, owner: object) -> None:
+        """Raise ResourceLocked (405) if the queue is exclusive to another connection."""
+        if self.owner is not None and owner is not self.owner:
+            raise ResourceLocked(
+                f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue "
+                f"'{self.name}' in vhost '/'. It could be originally declared on another "
+                "connection or the exclusive property value does not match that of the "
+                "original declaration."
+            )
+
     # -- producing ------------------------------------------------------------------------
 
     def deliver(
         self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
     ) -> None:
-        """The router's subscriber interface: a topic binding routes ``message`` here."""
-        self.put(message)
+        """The router's subscriber interface: a topic binding routes ``message`` here.
+
+        Persistent: an AMQP persistent message, or a QoS 1/2 one from the topic space
+        (MQTT, STOMP ``/topic/``), as RabbitMQ's MQTT plugin makes them."""
+        persistent = message.persistent or (message.routing_key is None and qos > 0)
+        self.put(message, persistent=persistent)
 
     def put(self, message: Message, *, persistent: bool = False) -> bool:
-        """Append ``message`` and hand it out if a consumer can take it; False if the
-        length bound dropped it (``DROP_NEW``)."""
+        """Append ``message`` and hand it out if a consumer can take it; False if a
+        length bound refused it (``DROP_NEW``, ``reject-publish``)."""
         size = len(message.payload)
+        entry = QueueEntry(message, 0, persistent and self.durable and self.owner is None)
+        if self.limit_length is not None or self.limit_bytes is not None:
+            verdict = self._make_room(entry, size)
+            if verdict is not None:
+                return verdict
         while self._full(size) and self.overflow == DROP_HEAD and self.ready:
             self._overflowed()
-            self._discard(self.ready.popleft())
+            self._discard(self.ready.popleft(), MAXLEN)
         if self._full(size):
             self._overflowed()
             return False
         self.bytes += size
-        entry = QueueEntry(message, next(self._seq), persistent and self.durable)
+        entry.seq = next(self._seq)
+        expiry = message.expiry
+        if self.message_ttl is not None:
+            deadline = self.clock() + self.message_ttl
+            expiry = deadline if expiry is None else min(expiry, deadline)
         if entry.persistent and self.store is not None:
             self.store.enqueued(self, entry)
         self.ready.append(entry)
         self.dispatch()
+        # The deadline applies from now on: a consumer ready at once gets even a message
+        # with TTL 0 (as in RabbitMQ); a requeued one can still expire.
+        entry.expires_at = expiry
+        if expiry is not None and self.ready:
+            self._arm_expiry(expiry)
         return True
+
+    def _make_room(self, entry: QueueEntry, size: int) -> bool | None:
+        """Apply x-max-length / x-max-length-bytes to a new message of ``size`` bytes:
+        None if it may enter, False if it is refused (reject-publish), True if it was
+        accepted but is itself the head that drop-head pushes out at once."""
+        length, nbytes = self.limit_length, self.limit_bytes
+        ready = self.ready
+
+        def over() -> bool:
+            return (length is not None and len(ready) + 1 > length) or (
+                nbytes is not None and self.ready_bytes + size > nbytes
+            )
+
+        if not over():
+            return None
+        if self.limit_overflow != DROP_HEAD:
+            self.dropped += 1
+            if self.limit_overflow == REJECT_PUBLISH_DLX:
+                self._dead_letter(entry, MAXLEN)
+            return False
+        while ready and over():
+            self._discard(ready.popleft(), MAXLEN)
+        if over():  # room for no message at all: the new one is the head that goes
+            self._dead_letter(entry, MAXLEN)
+            return True
+        return None
 
     def restore(self, entries: Iterable[QueueEntry]) -> int:
         """Put back entries the store kept (ascending ``seq``) without recording them
@@ -193,8 +347,13 @@ class Queue:
         their records deleted); returns how many were put back."""
         count = 0
         last = -1
+        now = self.clock()
         for entry in entries:
             last = max(last, entry.seq)
+            entry.expires_at = entry.message.expiry
+            if self.message_ttl is not None:  # the TTL starts again at the restart
+                deadline = now + self.message_ttl
+                entry.expires_at = min(entry.expires_at or deadline, deadline)
             size = len(entry.message.payload)
             if self._full(size):
                 self._overflowed()
@@ -206,11 +365,13 @@ class Queue:
             count += 1
         if last >= 0:
             self._seq = itertools.count(max(last + 1, next(self._seq)))
+        if self.ready and self.ready[0].expires_at is not None:
+            self._arm_expiry(self.ready[0].expires_at)
         return count
 
     def entries(self) -> list[QueueEntry]:
         """Every message in the queue: ready ones, then unacknowledged ones."""
-        return [*self.ready, *(entry for entry, _ in self._unacked.values())]
+        return [*self.ready, *(held[0] for held in self._unacked.values())]
 
     def _full(self, size: int) -> bool:
         """Would one more message of ``size`` payload bytes break a bound?"""
@@ -235,16 +396,36 @@ class Queue:
         ack_required: bool = True,
         prefetch: int = 0,
         dispatch: bool = True,
+        owner: object = None,
+        shared: SharedPrefetch | None = None,
+        exclusive: bool = False,
     ) -> None:
         """Add a consumer; it takes the last turn. ``prefetch`` bounds its unacknowledged
-        messages (0: no bound). With ``dispatch=False`` the caller dispatches later (to
-        answer its client first)."""
+        messages (0: no bound), ``shared`` bounds them together with other consumers'
+        (AMQP global qos). With ``dispatch=False`` the caller dispatches later (to answer
+        its client first).
+
+        ``owner`` is the consuming connection: ResourceLocked (405) if the queue is
+        exclusive to another one (None: not checked). ``exclusive`` (basic.consume's
+        flag): AccessRefused (403) if the queue has other consumers, and while it
+        consumes no other consumer is accepted."""
         if consumer in self._consumers:
             raise ValueError(f"{consumer!r} already consumes from {self!r}")
         if prefetch < 0:
             raise ValueError("prefetch must not be negative")
-        self._consumers[consumer] = _ConsumerState(consumer, ack_required, prefetch)
+        if owner is not None:
+            self.check_owner(owner)
+        if (exclusive and self._consumers) or any(
+            state.exclusive for state in self._consumers.values()
+        ):
+            raise AccessRefused(f"ACCESS_REFUSED - queue '{self.name}' in vhost '/' in "
+                                "exclusive use")
+        state = _ConsumerState(consumer, ack_required, prefetch, shared, exclusive)
+        self._consumers[consumer] = state
         self._order.append(consumer)
+        self.had_consumer = True
+        if state.shared is not None:
+            state.shared.queues[self] = state.shared.queues.get(self, 0) + 1
         if dispatch:
             self.dispatch()
 
@@ -252,21 +433,40 @@ class Queue:
         self._consumers[consumer].prefetch = prefetch
         self.dispatch()
 
-    def remove_consumer(self, consumer: QueueConsumer, *, requeue: bool = True) -> int:
+    def remove_consumer(
+        self, consumer: QueueConsumer, *, requeue: bool = True, settle: bool = True
+    ) -> int:
         """Remove a consumer and settle what it has not acknowledged (see ``release``);
-        return how many messages that was."""
-        if self._consumers.pop(consumer, None) is None:
+        return how many messages that was. With ``settle=False`` (AMQP basic.cancel) its
+        unacknowledged messages stay pending under their tags until ``ack``/``nack`` or
+        ``release(consumer)`` (when its channel closes).
+
+        An ``auto_delete`` queue that had a consumer is deleted when its last one goes."""
+        state = self._consumers.pop(consumer, None)
+        if state is None:
             return 0
         index = self._order.index(consumer)
         del self._order[index]
         if index < self._turn:
             self._turn -= 1
-        return self.release(consumer, requeue=requeue)
+        shared = state.shared
+        if shared is not None:
+            left = shared.queues.get(self, 0) - 1
+            if left > 0:
+                shared.queues[self] = left
+            else:
+                shared.queues.pop(self, None)
+        count = self.release(consumer, requeue=requeue) if settle else 0
+        if not self._consumers:
+            self.last_used = self.clock()
+            if self.registry is not None and not self.deleted:
+                self.registry.consumers_gone(self)
+        return count
 
     def release(self, holder: object, *, requeue: bool = True) -> int:
         """Settle every message ``holder`` (a consumer, or the holder given to ``get``)
         has not acknowledged: back to the queue (default) or dropped."""
-        tags = [tag for tag, (_, owner) in self._unacked.items() if owner is holder]
+        tags = [tag for tag, held in self._unacked.items() if held[1] is holder]
         return self._take_back(tags, requeue=requeue, rejected=False)
 
     # -- delivery -------------------------------------------------------------------------
@@ -281,7 +481,7 @@ class Queue:
             while ready:
                 entry = ready[0]
                 if self._expired(entry):
-                    self._discard(ready.popleft())
+                    self._discard(ready.popleft(), EXPIRED)
                     continue
                 state = self._choose(entry)
                 if state is None:
@@ -323,12 +523,13 @@ class Queue:
     def get(self, holder: object = None) -> tuple[QueueEntry, int | None] | None:
         """Take the next ready message without a consumer (AMQP basic.get); None if there
         is none. With a ``holder`` the message stays unacknowledged under the returned
-        tag; without, it is settled at once."""
+        tag; without, it is settled at once. Counts as a use (x-expires)."""
+        self.last_used = self.clock()
         ready = self.ready
         while ready:
             entry = ready.popleft()
             if self._expired(entry):
-                self._discard(entry)
+                self._discard(entry, EXPIRED)
                 continue
             entry.deliveries += 1
             if holder is None:
@@ -338,8 +539,29 @@ class Queue:
         return None
 
     def _expired(self, entry: QueueEntry) -> bool:
-        expiry = entry.message.expiry
+        expiry = entry.expires_at
         return expiry is not None and expiry <= self.clock()
+
+    def _arm_expiry(self, deadline: float) -> None:
+        timer = self._expiry_timer
+        if self.timers is None or self.deleted:
+            return
+        if timer is not None and not timer.cancelled and timer.deadline <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._expiry_timer = self.timers.call_at(deadline, self._expire_head)
+
+    def _expire_head(self) -> None:
+        """Drop (or dead-letter) the expired messages at the head; wait for the next."""
+        self._expiry_timer = None
+        if self.deleted:
+            return
+        ready = self.ready
+        while ready and self._expired(ready[0]):
+            self._discard(ready.popleft(), EXPIRED)
+        if ready and ready[0].expires_at is not None:
+            self._arm_expiry(ready[0].expires_at)
 
     # -- acknowledgements -----------------------------------------------------------------
 
@@ -349,13 +571,20 @@ class Queue:
 
     def ack_many(self, tags: Iterable[int]) -> int:
         count = 0
+        freed: set[SharedPrefetch] = set()
+        unacked = self._unacked
         for tag in tags:
-            entry = self._untrack(tag)
-            if entry is not None:
-                self._settled(entry)
-                count += 1
+            held = unacked.get(tag)
+            if held is None:
+                continue
+            if held[2] is not None:
+                freed.add(held[2])
+            self._settled(self._untrack(tag))
+            count += 1
         if count:
             self.dispatch()
+            for shared in freed:  # the room may be for a consumer of another queue
+                shared.dispatch()
         return count
 
     def nack(self, tag: int, *, requeue: bool = True) -> bool:
@@ -372,11 +601,14 @@ class Queue:
 
     def _take_back(self, tags: Iterable[int], *, requeue: bool, rejected: bool) -> int:
         entries = []
+        freed: set[SharedPrefetch] = set()
         for tag in tags:
             held = self._unacked.get(tag)
             if held is None:
                 continue
             entry = self._untrack(tag)
+            if held[2] is not None:
+                freed.add(held[2])
             if rejected:
                 entry.rejected_by = held[1]  # so that another consumer gets it next
             entries.append(entry)
@@ -384,13 +616,15 @@ class Queue:
             self._requeue(entries)
         else:
             for entry in entries:
-                self._discard(entry)
+                self._discard(entry, REJECTED if rejected else None)
         if entries:
             self.dispatch()
+            for shared in freed:
+                shared.dispatch()
         return len(entries)
 
     def purge(self) -> int:
-        """Drop every ready message; return how many."""
+        """Drop every ready message (not dead-lettered); return how many."""
         count = len(self.ready)
         while self.ready:
             self._discard(self.ready.popleft())
@@ -403,20 +637,28 @@ class Queue:
             self.store.delivered(self, entry)
             entry.marked = True
         tag = next(self._tags)
-        self._unacked[tag] = (entry, holder)
         state = self._consumers.get(holder)
+        shared = None
         if state is not None:
             state.unacked += 1
+            shared = state.shared
+            if shared is not None:
+                shared.unacked += 1
+        self._unacked[tag] = (entry, holder, shared)
+        self._unacked_bytes += len(entry.message.payload)
         return tag
 
     def _untrack(self, tag: int) -> QueueEntry | None:
         held = self._unacked.pop(tag, None)
         if held is None:
             return None
-        entry, holder = held
+        entry, holder, shared = held
+        self._unacked_bytes -= len(entry.message.payload)
         state = self._consumers.get(holder)
         if state is not None:
             state.unacked -= 1
+        if shared is not None:
+            shared.unacked -= 1
         return entry
 
     def _requeue(self, entries: list[QueueEntry]) -> None:
@@ -439,79 +681,47 @@ class Queue:
         if entry.persistent and self.store is not None:
             self.store.removed(self, entry)
 
-    def _discard(self, entry: QueueEntry) -> None:
-        # Expired, rejected without requeue or pushed out: the dead-letter hook goes here.
+    def _discard(self, entry: QueueEntry, reason: str | None = None) -> None:
+        """``entry`` leaves the queue unconsumed: dead-lettered for ``reason`` when the
+        queue has a dead-letter exchange, else dropped."""
         self._settled(entry)
+        if reason is not None:
+            self._dead_letter(entry, reason)
+
+    def _dead_letter(self, entry: QueueEntry, reason: str) -> None:
+        if self.dead_letter_exchange is not None and self.dead_letterer is not None:
+            self.dead_letterer(self, entry, reason)
+
+    def drop_everything(self) -> int:
+        """The queue is being deleted: forget every message (nothing is dead-lettered; the
+        store deletes its records with the queue's) and every consumer; return how many
+        ready messages there were."""
+        count = len(self.ready)
+        self.deleted = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self.ready.clear()
+        freed = {held[2] for held in self._unacked.values() if held[2] is not None}
+        for tag in list(self._unacked):
+            self._untrack(tag)
+        self.bytes = 0
+        for state in self._consumers.values():
+            if state.shared is not None:
+                state.shared.queues.pop(self, None)
+        self._consumers.clear()
+        self._order.clear()
+        self._turn = 0
+        for shared in freed:  # their room goes to the channel's other queues
+            shared.dispatch()
+        return count
 
 
 def _by_seq(entry: QueueEntry) -> int:
     return entry.seq
 
 
-class QueueRegistry:
-    """The broker's named queues, created on first use and shared by every protocol."""
+class QueueLifecycle(Protocol):
+    """What a queue tells its registry (``queue_registry.QueueRegistry``)."""
 
-    def __init__(
-        self,
-        clock: Callable[[], float],
-        *,
-        max_length: int,
-        max_bytes: int = 0,
-        overflow: str = DROP_NEW,
-        store: QueueStore | None = None,
-    ) -> None:
-        self.clock = clock
-        self.max_length = max_length
-        self.max_bytes = max_bytes
-        self.overflow = overflow
-        self.store = store
-        self._queues: dict[str, Queue] = {}
-
-    def __len__(self) -> int:
-        return len(self._queues)
-
-    def __iter__(self) -> Iterator[Queue]:
-        return iter(list(self._queues.values()))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._queues
-
-    def get(self, name: str) -> Queue | None:
-        return self._queues.get(name)
-
-    def attach_store(self, store: QueueStore | None) -> None:
-        """Record durable queues' persistent messages in ``store`` from now on (None:
-        in memory only)."""
-        self.store = store
-        for queue in self._queues.values():
-            queue.store = store
-
-    def delete(self, name: str) -> Queue | None:
-        """Delete the queue called ``name`` with its messages; its consumers must be gone
-        (the protocol ends them first). Returns the queue, or None if there was none."""
-        queue = self._queues.get(name)
-        if queue is None:
-            return None
-        if queue.consumer_count:
-            raise ValueError(f"queue {name} still has consumers")
-        del self._queues[name]
-        deleted = getattr(self.store, "queue_deleted", None)
-        if deleted is not None:
-            deleted(queue)
-        log.info("queue %s: deleted", name)
-        return queue
-
-    def declare(self, name: str, *, durable: bool = True) -> Queue:
-        """The queue called ``name``, created if it does not exist yet. Raises
-        ValueError for a name no protocol can carry (``check_queue_name``)."""
-        queue = self._queues.get(name)
-        if queue is None:
-            check_queue_name(name)
-            queue = Queue(
-                name, clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
-                overflow=self.overflow,
-                durable=durable, store=self.store,
-            )
-            self._queues[name] = queue
-            log.info("queue %s: created", name)
-        return queue
+    def consumers_gone(self, queue: Queue) -> None: ...

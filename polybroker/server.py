@@ -10,6 +10,7 @@ from typing import Protocol
 
 import trio
 
+from .adapters.amqp import serve_amqp
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
@@ -40,7 +41,9 @@ class ProtocolHandler(Protocol):
 # Protocol name -> adapter. A protocol joins by adding its entry here; listeners for a
 # protocol without one are refused at start-up, and `auto` connections that turn out
 # to speak it are closed with a log line.
-PROTOCOL_HANDLERS: dict[str, ProtocolHandler] = {"mqtt": serve_mqtt, "stomp": serve_stomp}
+PROTOCOL_HANDLERS: dict[str, ProtocolHandler] = {
+    "mqtt": serve_mqtt, "stomp": serve_stomp, "amqp": serve_amqp,
+}
 
 
 class Listener:

@@ -143,10 +143,12 @@ async def test_auto_serves_mqtt_and_hands_other_protocols_to_their_adapter(monke
         mqtt = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         assert await mqtt.connect("sniffed") == ConnAck()
 
-        amqp = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
-        await amqp.send_raw(b"AMQP\x00\x00\x09\x01")
-        assert await amqp.receive_until_closed() == []
-        assert "speaks amqp, which this broker does not serve yet: closed" in caplog.text
+        amqp = await trio.open_tcp_stream("127.0.0.1", port)
+        await amqp.send_all(b"AMQP\x00\x00\x09\x01")
+        with trio.fail_after(5):
+            start = await amqp.receive_some()
+        assert start[:1] == b"\x01" and start[7:11] == b"\x00\x0a\x00\x0a"  # connection.start
+        await amqp.aclose()
 
         echo = Echo()
         monkeypatch.setitem(server.PROTOCOL_HANDLERS, "stomp", echo)
@@ -199,7 +201,8 @@ async def test_max_connections_refuses_the_one_too_many(caplog):
         await third.close()
 
 
-async def test_listener_for_a_protocol_without_adapter_is_refused_at_start_up():
+async def test_listener_for_a_protocol_without_adapter_is_refused_at_start_up(monkeypatch):
+    monkeypatch.delitem(server.PROTOCOL_HANDLERS, "amqp")  # every protocol has one today
     with pytest.raises(ConfigError, match=r"listener amqp://127.0.0.1:0: this broker does not "
                                           r"serve amqp yet \(it serves mqtt, stomp, auto\)"):
         await start_listeners(config_for("amqp://127.0.0.1:0"))

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from polybroker.broker import ANY_QOS, Broker
 from polybroker.message import Message
-from polybroker.queues import DROP_HEAD, Queue, QueueRegistry
+from polybroker.queue_registry import QueueRegistry
+from polybroker.queues import DROP_HEAD, Queue
 
 
 class Consumer:

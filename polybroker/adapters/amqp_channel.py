@@ -1,0 +1,543 @@
+"""One AMQP channel: its consumers, delivery tags, QoS, confirms and transaction.
+
+RabbitMQ's semantics (the de-facto reference for 0-9-1; ``shared/AMQP-LITE.md``):
+
+- Delivery tags count 1, 2, ... per channel across basic.deliver and basic.get-ok;
+  each maps to (queue, the queue's own tag). basic.ack / reject / nack settle them,
+  ``multiple`` covering every earlier one (tag 0 with multiple: all). An unknown tag is
+  406 PRECONDITION_FAILED.
+- basic.qos: ``global=True`` bounds the channel's unacknowledged deliveries together,
+  ``global=False`` each consumer's. Unlike RabbitMQ, a new ``global=False`` value also
+  applies to the channel's existing consumers, at once: Celery raises its prefetch on
+  a live channel while it holds ETA tasks, and with any broker but RabbitMQ it sends
+  ``global=False``.
+- basic.cancel leaves the consumer's unacknowledged messages pending until they are
+  settled or the channel closes; closing the channel (either side, or the connection)
+  puts every unacknowledged message back, flagged redelivered, in its original place.
+- A queue deleted under a consumer is announced with a broker-sent basic.cancel
+  (consumer_cancel_notify).
+- Publishing: a mandatory publish that reaches no queue comes back as basic.return
+  312 NO_ROUTE (before its confirm); in confirm mode every publish is acknowledged with
+  basic.ack (basic.nack when a queue refused it, ``x-overflow`` reject-publish) in
+  publish order. A publish to a missing exchange closes the channel with 404. The
+  connection's writer holds back what follows records not yet on disk, so the ack of
+  a persistent message routed to a durable queue goes out once it is durable.
+- tx.select: publishes and acknowledgements wait for tx.commit (applied in order) or
+  are dropped by tx.rollback. A channel is in confirm mode or transactional, not both
+  (406).
+- A refusal of the core (``refusals``) closes the channel with its code; the codes
+  AMQP makes connection errors (503, 504, 530, 540) close the connection instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..destinations import amqp_address
+from ..protocols.amqp import (
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    BasicAck,
+    BasicCancel,
+    BasicCancelOk,
+    BasicConsume,
+    BasicConsumeOk,
+    BasicGet,
+    BasicGetEmpty,
+    BasicGetOk,
+    BasicNack,
+    BasicPublish,
+    BasicQos,
+    BasicQosOk,
+    BasicRecover,
+    BasicRecoverAsync,
+    BasicRecoverOk,
+    BasicReject,
+    BasicReturn,
+    ChannelClose,
+    ChannelFlow,
+    ChannelFlowOk,
+    ConfirmSelect,
+    ConfirmSelectOk,
+    ExchangeBind,
+    ExchangeDeclare,
+    ExchangeDeclareOk,
+    ExchangeDelete,
+    ExchangeDeleteOk,
+    ExchangeUnbind,
+    Method,
+    QueueBind,
+    QueueBindOk,
+    QueueDeclare,
+    QueueDeclareOk,
+    QueueDelete,
+    QueueDeleteOk,
+    QueuePurge,
+    QueuePurgeOk,
+    QueueUnbind,
+    QueueUnbindOk,
+    TxCommit,
+    TxCommitOk,
+    TxRollback,
+    TxRollbackOk,
+    TxSelect,
+    TxSelectOk,
+    encode_content,
+    encode_deliver,
+)
+from ..queues import Queue, QueueEntry, SharedPrefetch
+from ..refusals import NotFound, PreconditionFailed, Refused
+from .amqp_messages import delivery_properties, message_from_publish
+
+if TYPE_CHECKING:
+    from .amqp import AMQPClientConnection
+
+log = logging.getLogger("polybroker.amqp")
+
+# Reply codes that AMQP defines as connection errors: a refusal with one of them
+# closes the connection, not the channel.
+CONNECTION_CODES = frozenset((COMMAND_INVALID, CHANNEL_ERROR, NOT_ALLOWED, NOT_IMPLEMENTED,
+                              501, 502, 505, 506, 541, 320, 402))
+MAX_TX_ACTIONS = 100_000  # publishes and acknowledgements held by one transaction
+
+
+class ConnectionFault(Exception):
+    """Close the connection with connection.close(code, text, class_id, method_id)."""
+
+    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.class_id = class_id
+        self.method_id = method_id
+
+
+class AmqpConsumer:
+    """One basic.consume: a consumer of its queue."""
+
+    __slots__ = ("channel", "no_ack", "queue", "tag")
+
+    def __init__(self, channel: Channel, tag: str, queue: Queue, no_ack: bool) -> None:
+        self.channel = channel
+        self.tag = tag
+        self.queue = queue
+        self.no_ack = no_ack
+
+    def __repr__(self) -> str:
+        return f"AmqpConsumer({self.tag!r} on {self.queue.name!r})"
+
+    def deliver_from_queue(self, queue: Queue, entry: QueueEntry, tag: int | None) -> None:
+        self.channel.deliver(self, entry, tag)
+
+    def has_credit(self) -> bool:
+        return self.channel.can_deliver()
+
+    def queue_deleted(self, queue: Queue) -> None:
+        self.channel.cancelled_by_broker(self)
+
+
+class Channel:
+    """An open channel of one connection."""
+
+    def __init__(self, connection: AMQPClientConnection, number: int) -> None:
+        self.connection = connection
+        self.broker = connection.broker
+        self.number = number
+        self.closing = False  # we sent channel.close and wait for close-ok
+        self.active = True  # channel.flow
+        self.consumers: dict[str, AmqpConsumer] = {}
+        # delivery tag -> (queue, the queue's tag), in tag order
+        self.unacked: dict[int, tuple[Queue, int]] = {}
+        self._next_tag = 1
+        self.prefetch = 0  # basic.qos global=False
+        self.shared = SharedPrefetch()  # basic.qos global=True
+        self.confirm = False
+        self._published = 0  # publish sequence number in confirm mode
+        self.tx: list[Callable[[], None]] | None = None
+        self.last_queue: str | None = None  # queue.declare's, for methods naming ''
+
+    def __repr__(self) -> str:
+        return f"Channel({self.number} of {self.connection.name})"
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def handle(self, method: Method, content: tuple[bytes, bytes] | None = None) -> None:
+        """Handle one method (``content``: raw properties and body of a publish).
+        Refusals close the channel (or the connection: ConnectionFault)."""
+        if self.closing:
+            return  # only close-ok matters now (the connection handles it)
+        handler = _HANDLERS.get(type(method))
+        try:
+            if handler is None:
+                raise _unsupported(method)
+            if content is not None:
+                self._on_publish(method, *content)
+            else:
+                handler(self, method)
+        except Refused as exc:
+            if exc.code in CONNECTION_CODES:
+                raise ConnectionFault(exc.code, exc.text, method.CLASS_ID,
+                                      method.METHOD_ID) from None
+            self.fail(exc.code, exc.text, method)
+
+    def fail(self, code: int, text: str, method: Method) -> None:
+        """Close the channel for a fault (channel.close); its resources go at once."""
+        log.info("client %s: channel %d closed: %d %s", self.connection.name, self.number,
+                 code, text)
+        self.connection.send_method(self.number, ChannelClose(
+            reply_code=code, reply_text=text[:255], class_id=method.CLASS_ID,
+            method_id=method.METHOD_ID,
+        ))
+        self.closing = True
+        self.close_down()
+
+    def _reply(self, method: Method) -> None:
+        self.connection.send_method(self.number, method)
+
+    # -- exchanges and queues ---------------------------------------------------------------
+
+    def _on_exchange_declare(self, m: ExchangeDeclare) -> None:
+        self.broker.exchanges.declare(
+            m.exchange, m.type, passive=m.passive, durable=m.durable,
+            auto_delete=m.auto_delete, internal=m.internal, arguments=m.arguments,
+        )
+        if not m.nowait:
+            self._reply(ExchangeDeclareOk())
+
+    def _on_exchange_delete(self, m: ExchangeDelete) -> None:
+        self.broker.exchanges.delete(m.exchange, if_unused=m.if_unused)
+        if not m.nowait:
+            self._reply(ExchangeDeleteOk())
+
+    def _queue_name(self, name: str, method: Method) -> str:
+        """``''`` names the channel's last declared queue (0-9-1: queue names)."""
+        if name:
+            return name
+        if self.last_queue is None:
+            raise NotFound("NOT_FOUND - no previously declared queue")
+        return self.last_queue
+
+    def _on_queue_declare(self, m: QueueDeclare) -> None:
+        queue = self.broker.queues.declare_queue(
+            m.queue, owner=self.connection, passive=m.passive, durable=m.durable,
+            exclusive=m.exclusive, auto_delete=m.auto_delete, arguments=m.arguments,
+        )
+        self.last_queue = queue.name
+        if not m.nowait:
+            self._reply(QueueDeclareOk(queue=queue.name, message_count=queue.message_count,
+                                       consumer_count=queue.consumer_count))
+
+    def _on_queue_bind(self, m: QueueBind) -> None:
+        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        self.broker.exchanges.bind(queue, m.exchange, m.routing_key, m.arguments)
+        if not m.nowait:
+            self._reply(QueueBindOk())
+
+    def _on_queue_unbind(self, m: QueueUnbind) -> None:
+        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        self.broker.exchanges.unbind(queue, m.exchange, m.routing_key, m.arguments)
+        self._reply(QueueUnbindOk())
+
+    def _on_queue_purge(self, m: QueuePurge) -> None:
+        count = self.broker.queues.purge(self._queue_name(m.queue, m), self.connection)
+        if not m.nowait:
+            self._reply(QueuePurgeOk(message_count=count))
+
+    def _on_queue_delete(self, m: QueueDelete) -> None:
+        count = self.broker.queues.delete_queue(
+            self._queue_name(m.queue, m), owner=self.connection, if_unused=m.if_unused,
+            if_empty=m.if_empty,
+        )
+        if not m.nowait:
+            self._reply(QueueDeleteOk(message_count=count))
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def _on_qos(self, m: BasicQos) -> None:
+        self._reply(BasicQosOk())  # before the deliveries a larger bound lets through
+        if m.global_:
+            self.shared.set_limit(m.prefetch_count)
+        else:
+            self.prefetch = m.prefetch_count
+            for consumer in list(self.consumers.values()):
+                if not consumer.no_ack:
+                    consumer.queue.set_prefetch(consumer, m.prefetch_count)
+
+    def _on_consume(self, m: BasicConsume) -> None:
+        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+        if tag in self.consumers:
+            raise ConnectionFault(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag "
+                                               f"'{tag}'", m.CLASS_ID, m.METHOD_ID)
+        consumer = AmqpConsumer(self, tag, queue, m.no_ack)
+        queue.add_consumer(
+            consumer, ack_required=not m.no_ack, prefetch=self.prefetch, dispatch=False,
+            owner=self.connection, shared=self.shared, exclusive=m.exclusive,
+        )
+        self.consumers[tag] = consumer
+        if not m.nowait:
+            self._reply(BasicConsumeOk(consumer_tag=tag))
+        self.connection.dispatch_later(queue)
+
+    def _on_cancel(self, m: BasicCancel) -> None:
+        consumer = self.consumers.pop(m.consumer_tag, None)
+        if consumer is not None:
+            # What it holds stays pending until settled or the channel closes.
+            consumer.queue.remove_consumer(consumer, settle=False)
+        if not m.nowait:
+            self._reply(BasicCancelOk(consumer_tag=m.consumer_tag))
+
+    def _on_cancel_ok(self, m: BasicCancelOk) -> None:
+        """A client's answer to our basic.cancel: nothing to do."""
+
+    def cancelled_by_broker(self, consumer: AmqpConsumer) -> None:
+        """The consumer's queue was deleted: tell the client (consumer_cancel_notify)."""
+        if self.consumers.get(consumer.tag) is not consumer:
+            return
+        del self.consumers[consumer.tag]
+        if not self.closing:
+            self._reply(BasicCancel(consumer_tag=consumer.tag, nowait=True))
+
+    def can_deliver(self) -> bool:
+        return self.active and not self.closing and self.connection.can_send()
+
+    def deliver(self, consumer: AmqpConsumer, entry: QueueEntry, queue_tag: int | None) -> None:
+        """basic.deliver of ``entry`` to ``consumer`` (the queue's consumer callback)."""
+        queue = consumer.queue
+        tag = self._take_tag(queue, queue_tag)
+        message = entry.message
+        exchange, routing_key = amqp_address(message, queue.name)
+        try:
+            data = encode_deliver(
+                self.number, consumer.tag, tag, entry.redelivered, exchange, routing_key,
+                delivery_properties(message), message.payload, self.connection.frame_max,
+            )
+        except ValueError:  # a topic longer than a routing key may be
+            log.warning("client %s: message on %s dropped: its routing key is too long for "
+                        "AMQP", self.connection.name, message.topic[:80])
+            self._settle_now(tag, positive=True)
+            return
+        self.connection.send(data)
+
+    def _take_tag(self, queue: Queue, queue_tag: int | None) -> int:
+        tag = self._next_tag
+        self._next_tag += 1
+        if queue_tag is not None:
+            self.unacked[tag] = (queue, queue_tag)
+        return tag
+
+    def _on_get(self, m: BasicGet) -> None:
+        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        got = queue.get(None if m.no_ack else self)
+        if got is None:
+            self._reply(BasicGetEmpty())
+            return
+        entry, queue_tag = got
+        tag = self._take_tag(queue, queue_tag)
+        message = entry.message
+        exchange, routing_key = amqp_address(message, queue.name)
+        get_ok = BasicGetOk(delivery_tag=tag, redelivered=entry.redelivered, exchange=exchange,
+                            routing_key=routing_key, message_count=queue.message_count)
+        self.connection.send(encode_content(
+            self.number, get_ok, delivery_properties(message), message.payload,
+            self.connection.frame_max,
+        ))
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    def _on_ack(self, m: BasicAck) -> None:
+        self._settle(m, m.delivery_tag, m.multiple, positive=True, requeue=False)
+
+    def _on_reject(self, m: BasicReject) -> None:
+        self._settle(m, m.delivery_tag, False, positive=False, requeue=m.requeue)
+
+    def _on_nack(self, m: BasicNack) -> None:
+        self._settle(m, m.delivery_tag, m.multiple, positive=False, requeue=m.requeue)
+
+    def _settle(self, m: Method, tag: int, multiple: bool, *, positive: bool,
+                requeue: bool) -> None:
+        if self.tx is not None:
+            self._check_tag(tag, multiple)
+            self._hold(lambda: self._settle_tags(self._take_tags(tag, multiple), positive,
+                                                 requeue))
+            return
+        self._settle_tags(self._take_tags(tag, multiple), positive, requeue)
+
+    def _check_tag(self, tag: int, multiple: bool) -> None:
+        if not (multiple and tag == 0) and tag not in self.unacked:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+
+    def _take_tags(self, tag: int, multiple: bool) -> list[tuple[Queue, int]]:
+        self._check_tag(tag, multiple)
+        if not multiple:
+            return [self.unacked.pop(tag)]
+        taken = []
+        for held in list(self.unacked):
+            if tag and held > tag:
+                break
+            taken.append(self.unacked.pop(held))
+        return taken
+
+    def _settle_now(self, tag: int, positive: bool) -> None:
+        held = self.unacked.pop(tag, None)
+        if held is not None:
+            self._settle_tags([held], positive, requeue=False)
+
+    @staticmethod
+    def _settle_tags(held: list[tuple[Queue, int]], positive: bool, requeue: bool) -> None:
+        by_queue: dict[Queue, list[int]] = {}
+        for queue, queue_tag in held:
+            by_queue.setdefault(queue, []).append(queue_tag)
+        for queue, tags in by_queue.items():
+            if positive:
+                queue.ack_many(tags)
+            else:
+                queue.nack_many(tags, requeue=requeue)
+
+    def _on_recover(self, m: BasicRecover | BasicRecoverAsync) -> None:
+        """Put every unacknowledged delivery back (redelivered), whatever ``requeue``."""
+        self._settle_tags(self._take_tags(0, True), positive=False, requeue=True)
+        if isinstance(m, BasicRecover):
+            self._reply(BasicRecoverOk())
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _on_publish(self, m: BasicPublish, properties: bytes, body: bytes) -> None:
+        if m.immediate:
+            raise ConnectionFault(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true",
+                                  m.CLASS_ID, m.METHOD_ID)
+        connection = self.connection
+        message = message_from_publish(
+            m.exchange, m.routing_key, properties, body, now=self.broker.clock(),
+            client=connection.name, user=connection.user,
+        )
+        if self.tx is not None:
+            if m.exchange not in self.broker.exchanges:  # 404 now, not at commit
+                raise NotFound(f"NOT_FOUND - no exchange '{m.exchange}' in vhost '/'")
+            self._hold(lambda: self._route(m, message))
+            return
+        self._route(m, message)
+
+    def _route(self, m: BasicPublish, message) -> None:
+        refused: list[Queue] = []
+        reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
+                                                refused=refused)
+        if not reached and m.mandatory:
+            self.connection.send(encode_content(
+                self.number,
+                BasicReturn(reply_code=NO_ROUTE, reply_text="NO_ROUTE", exchange=m.exchange,
+                            routing_key=m.routing_key),
+                message.amqp_properties, message.payload, self.connection.frame_max,
+            ))
+        if self.confirm:
+            self._published += 1
+            if refused:
+                self._reply(BasicNack(delivery_tag=self._published, requeue=False))
+            else:
+                self._reply(BasicAck(delivery_tag=self._published))
+
+    def _on_confirm_select(self, m: ConfirmSelect) -> None:
+        if self.tx is not None:
+            raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from tx to confirm "
+                                     "mode")
+        self.confirm = True
+        if not m.nowait:
+            self._reply(ConfirmSelectOk())
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _hold(self, action: Callable[[], None]) -> None:
+        if len(self.tx) >= MAX_TX_ACTIONS:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - more than {MAX_TX_ACTIONS} "
+                                     "actions in one transaction")
+        self.tx.append(action)
+
+    def _on_tx_select(self, m: TxSelect) -> None:
+        if self.confirm:
+            raise PreconditionFailed("PRECONDITION_FAILED - cannot switch from confirm to tx "
+                                     "mode")
+        if self.tx is None:
+            self.tx = []
+        self._reply(TxSelectOk())
+
+    def _on_tx_commit(self, m: TxCommit) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
+        actions, self.tx = self.tx, []
+        for action in actions:
+            action()
+        self._reply(TxCommitOk())
+
+    def _on_tx_rollback(self, m: TxRollback) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
+        self.tx = []
+        self._reply(TxRollbackOk())
+
+    # -- flow and closing -------------------------------------------------------------------
+
+    def _on_flow(self, m: ChannelFlow) -> None:
+        self.active = m.active
+        self._reply(ChannelFlowOk(active=m.active))
+        if m.active:
+            self.resume()
+
+    def resume(self) -> None:
+        """Room to deliver again: let the consumed queues dispatch."""
+        for queue in {consumer.queue for consumer in self.consumers.values()}:
+            queue.dispatch()
+        self.shared.dispatch()
+
+    def close_down(self) -> None:
+        """The channel ends: its consumers go, every unacknowledged delivery goes back to
+        its queue (redelivered, in its original place), an open transaction is dropped."""
+        self.tx = None if self.tx is None else []
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer, settle=False)
+        held = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle_tags(held, positive=False, requeue=True)
+
+
+def _unsupported(method: Method) -> ConnectionFault:
+    if isinstance(method, ExchangeBind | ExchangeUnbind):  # not advertised
+        code, name = NOT_IMPLEMENTED, "NOT_IMPLEMENTED"
+    else:
+        code, name = COMMAND_INVALID, "COMMAND_INVALID"
+    return ConnectionFault(code, f"{name} - {method.NAME} is not supported here",
+                           method.CLASS_ID, method.METHOD_ID)
+
+
+_HANDLERS: dict[type, Callable] = {
+    ExchangeDeclare: Channel._on_exchange_declare,
+    ExchangeDelete: Channel._on_exchange_delete,
+    QueueDeclare: Channel._on_queue_declare,
+    QueueBind: Channel._on_queue_bind,
+    QueueUnbind: Channel._on_queue_unbind,
+    QueuePurge: Channel._on_queue_purge,
+    QueueDelete: Channel._on_queue_delete,
+    BasicQos: Channel._on_qos,
+    BasicConsume: Channel._on_consume,
+    BasicCancel: Channel._on_cancel,
+    BasicCancelOk: Channel._on_cancel_ok,
+    BasicGet: Channel._on_get,
+    BasicAck: Channel._on_ack,
+    BasicReject: Channel._on_reject,
+    BasicNack: Channel._on_nack,
+    BasicRecover: Channel._on_recover,
+    BasicRecoverAsync: Channel._on_recover,
+    BasicPublish: Channel._on_publish,
+    ConfirmSelect: Channel._on_confirm_select,
+    TxSelect: Channel._on_tx_select,
+    TxCommit: Channel._on_tx_commit,
+    TxRollback: Channel._on_tx_rollback,
+    ChannelFlow: Channel._on_flow,
+}

@@ -1,0 +1,601 @@
+"""AMQP exchanges and bindings on the protocol-neutral core (``broker.exchanges``).
+
+RabbitMQ's semantics, the de-facto reference for AMQP 0-9-1:
+
+- Predeclared (durable, never deleted): the default exchange ``''`` (routes to the queue
+  named by the routing key; it cannot be declared, deleted, bound or unbound: 403),
+  ``amq.direct``, ``amq.fanout``, ``amq.topic`` and ``amq.headers``. Declaring any
+  other ``amq.`` name is refused (403).
+- ``declare`` creates or checks: a redeclaration must have the same type, durable,
+  auto_delete and internal flags (406); ``passive`` only checks that it exists (404).
+- Kinds: ``direct`` (routing key equals binding key), ``fanout`` (every bound queue),
+  ``topic`` (``.``-separated words; ``*`` one word, ``#`` zero or more words, anywhere
+  in the pattern) and ``headers`` (binding arguments against the message's headers:
+  ``x-match`` ``all``, the default, or ``any``; a void binding value matches any value;
+  other ``x-`` arguments are ignored).
+- ``amq.topic`` is the bridge to the MQTT/STOMP topic space: its bindings live in the
+  broker's router and its publishes are broker publishes (``destinations`` has the
+  mapping and what cannot cross).
+- A binding is (exchange, queue, routing key, arguments); binding twice is binding once.
+  A message goes to each matching queue once, however many of its bindings match.
+- An ``auto_delete`` exchange is deleted when its last binding goes, once it had one.
+- Publishing to a missing exchange is NotFound (404), to an internal one AccessRefused.
+- Dead-lettering (``dead_letter``): a queue with ``x-dead-letter-exchange`` hands the
+  messages it rejects, expires or pushes out to that exchange, as a copy carrying a
+  ``Death`` record; a message that would die in the same queue again without having
+  been rejected in between (a cycle) is dropped, as RabbitMQ does.
+- Durability: durable exchanges and the bindings between a durable exchange and a
+  durable queue are recorded in the store (``broker.journal``) and restored at start-up
+  (``persistence``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
+from .message import Death, Message
+from .queues import Queue, QueueEntry
+from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
+from .sessions import SubscriptionOptions
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+__all__ = [
+    "DEFAULT", "DIRECT", "FANOUT", "HEADERS", "KINDS", "TOPIC", "Binding", "Exchange",
+    "ExchangeRegistry", "TopicPatterns",
+]
+
+log = logging.getLogger("polybroker.exchanges")
+
+DIRECT, FANOUT, TOPIC, HEADERS = "direct", "fanout", "topic", "headers"
+KINDS = (DIRECT, FANOUT, TOPIC, HEADERS)
+DEFAULT = ""  # the default exchange's name
+PREDECLARED = {
+    "amq.direct": DIRECT, "amq.fanout": FANOUT, AMQ_TOPIC: TOPIC, "amq.headers": HEADERS,
+}
+_ANY_QOS = SubscriptionOptions(qos=2)  # how a queue sits in the router
+MAX_NAME_BYTES = 255
+
+
+def arguments_key(arguments: Mapping | None) -> str:
+    """A binding's arguments as part of its identity (tables may hold unhashable values)."""
+    if not arguments:
+        return ""
+    return repr(sorted(arguments.items(), key=lambda item: item[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One binding of a queue to an exchange."""
+
+    exchange: str
+    queue: str
+    routing_key: str
+    arguments: Mapping = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+
+class Exchange:
+    """One exchange: its declaration and its bindings."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping | None = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = dict(arguments or {})
+        self.predeclared = name == DEFAULT or name in PREDECLARED
+        # (queue name, routing key, arguments key) -> binding
+        self.bindings: dict[tuple[str, str, str], Binding] = {}
+        self.had_binding = False  # auto_delete applies only after a first binding
+        # Routing indexes: each counts bindings per (queue, key), so that unbinding one of
+        # two bindings that differ only by arguments keeps the route.
+        self._direct: dict[str, dict[Queue, int]] = {}
+        self._fanout: dict[Queue, int] = {}
+        self._topic = TopicPatterns()
+        self._headers: dict[tuple[Queue, str, str], Mapping] = {}
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.name!r}, {self.kind!r})"
+
+    # -- indexes (the registry keeps ``bindings`` and the router) ---------------------------
+
+    def index(self, queue: Queue, binding: Binding, add: bool) -> None:
+        """Add ``binding`` of ``queue`` to (or remove it from) the routing index."""
+        key = binding.routing_key
+        if self.kind == DIRECT:
+            _count(self._direct.setdefault(key, {}), queue, add)
+            if not self._direct[key]:
+                del self._direct[key]
+        elif self.kind == FANOUT:
+            _count(self._fanout, queue, add)
+        elif self.kind == TOPIC:
+            if add:
+                self._topic.add(key, queue)
+            else:
+                self._topic.remove(key, queue)
+        else:
+            index = (queue, key, arguments_key(binding.arguments))
+            if add:
+                self._headers[index] = binding.arguments
+            else:
+                self._headers.pop(index, None)
+
+    def match(self, routing_key: str, message: Message) -> list[Queue]:
+        """The queues a message published with ``routing_key`` goes to, each once, in a
+        stable order."""
+        if self.kind == DIRECT:
+            return list(self._direct.get(routing_key, ()))
+        if self.kind == FANOUT:
+            return list(self._fanout)
+        if self.kind == TOPIC:
+            return self._topic.match(routing_key)
+        headers = message.amqp_headers
+        if headers is None:
+            headers = dict(message.headers)
+        found: dict[Queue, None] = {}
+        for (queue, _, _), arguments in self._headers.items():
+            if queue not in found and headers_match(arguments, headers):
+                found[queue] = None
+        return list(found)
+
+
+def _count(counts: dict, item: object, add: bool) -> None:
+    if add:
+        counts[item] = counts.get(item, 0) + 1
+    else:
+        left = counts.get(item, 0) - 1
+        if left > 0:
+            counts[item] = left
+        else:
+            counts.pop(item, None)
+
+
+def headers_match(arguments: Mapping, headers: Mapping) -> bool:
+    """Does a headers-exchange binding with ``arguments`` match a message's ``headers``?
+
+    ``x-match`` is ``all`` (default: every non-``x-`` argument must match) or ``any``
+    (one suffices); a binding value of None (AMQP void) matches any value of the header.
+    A binding without such arguments matches every message under ``all``, none under
+    ``any``."""
+    mode = arguments.get("x-match", "all")
+    if isinstance(mode, bytes):
+        mode = mode.decode(errors="replace")
+    want_any = mode.startswith("any")
+    for name, value in arguments.items():
+        if name.startswith("x-"):
+            continue
+        ok = name in headers and (value is None or headers[name] == value)
+        if want_any and ok:
+            return True
+        if not want_any and not ok:
+            return False
+    return not want_any
+
+
+class _PatternNode:
+    __slots__ = ("children", "hash", "queues", "star")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _PatternNode] = {}
+        self.star: _PatternNode | None = None
+        self.hash: _PatternNode | None = None
+        self.queues: dict[Queue, int] = {}
+
+
+def split_words(key: str) -> list[str]:
+    """AMQP topic words; the empty key has none (only ``#`` matches it)."""
+    return key.split(".") if key else []
+
+
+class TopicPatterns:
+    """AMQP topic binding keys -> queues, matched word by word (a trie: the cost depends
+    on the key and the wildcard branches taken, not on the number of bindings).
+
+    Unlike MQTT's ``#``, AMQP's may stand anywhere (``#.ERROR``, ``a.#.z``), so matching
+    walks a set of (node, word index) states instead of one path."""
+
+    def __init__(self) -> None:
+        self._root = _PatternNode()
+
+    def add(self, pattern: str, queue: Queue) -> None:
+        node = self._root
+        for word in split_words(pattern):
+            if word == "*":
+                node.star = node.star or _PatternNode()
+                node = node.star
+            elif word == "#":
+                node.hash = node.hash or _PatternNode()
+                node = node.hash
+            else:
+                node = node.children.setdefault(word, _PatternNode())
+        _count(node.queues, queue, True)
+
+    def remove(self, pattern: str, queue: Queue) -> None:
+        path: list[tuple[_PatternNode, str]] = []
+        node: _PatternNode | None = self._root
+        for word in split_words(pattern):
+            path.append((node, word))
+            if word == "*":
+                node = node.star
+            elif word == "#":
+                node = node.hash
+            else:
+                node = node.children.get(word)
+            if node is None:
+                return
+        _count(node.queues, queue, False)
+        for parent, word in reversed(path):  # prune what became empty
+            if node.queues or node.children or node.star or node.hash:
+                break
+            if word == "*":
+                parent.star = None
+            elif word == "#":
+                parent.hash = None
+            else:
+                del parent.children[word]
+            node = parent
+
+    def match(self, routing_key: str) -> list[Queue]:
+        words = split_words(routing_key)
+        end = len(words)
+        found: dict[Queue, None] = {}
+        seen: set[tuple[int, int]] = set()
+        states = [(self._root, 0)]
+        while states:
+            node, i = states.pop()
+            if (id(node), i) in seen:
+                continue
+            seen.add((id(node), i))
+            if node.hash is not None:  # "#" takes zero or more of the remaining words
+                states.extend((node.hash, j) for j in range(i, end + 1))
+            if i == end:
+                for queue in node.queues:
+                    found[queue] = None
+                continue
+            child = node.children.get(words[i])
+            if child is not None:
+                states.append((child, i + 1))
+            if node.star is not None:
+                states.append((node.star, i + 1))
+        return list(found)
+
+
+class ExchangeRegistry:
+    """The broker's exchanges by name, their bindings, and publishing through them."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._exchanges: dict[str, Exchange] = {}
+        self._by_queue: dict[Queue, set[tuple[str, tuple[str, str, str]]]] = {}
+        self._router_refs: dict[tuple[Queue, str], int] = {}  # amq.topic bindings per filter
+        self._exchanges[DEFAULT] = Exchange(DEFAULT, DIRECT, durable=True)
+        for name, kind in PREDECLARED.items():
+            self._exchanges[name] = Exchange(name, kind, durable=True)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._exchanges
+
+    def __iter__(self) -> Iterator[Exchange]:
+        return iter(list(self._exchanges.values()))
+
+    def __len__(self) -> int:
+        return len(self._exchanges)
+
+    def get(self, name: str) -> Exchange | None:
+        return self._exchanges.get(name)
+
+    def _existing(self, name: str) -> Exchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'")
+        return exchange
+
+    # -- declaring and deleting -------------------------------------------------------------
+
+    def declare(
+        self,
+        name: str,
+        kind: str = DIRECT,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping | None = None,
+    ) -> Exchange:
+        """exchange.declare: the exchange called ``name``, created if it does not exist.
+
+        Raises NotFound (passive, missing), AccessRefused (the default exchange, a new
+        ``amq.`` name), PreconditionFailed (differs from the existing one: type, durable,
+        auto_delete, internal; or a bad name) and CommandInvalid (unknown type).
+        """
+        existing = self._exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'")
+            return existing
+        if name == DEFAULT:
+            raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
+                                "exchange")
+        if kind not in KINDS:
+            raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{kind}'")
+        if existing is not None:
+            if (existing.kind, existing.durable, existing.auto_delete, existing.internal) != (
+                kind, durable, auto_delete, internal
+            ):
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - inequivalent arg for exchange '{name}' in vhost "
+                    f"'/': declared as {_describe(existing)}, not {kind}"
+                    f"{' durable' if durable else ''}{' auto_delete' if auto_delete else ''}"
+                    f"{' internal' if internal else ''}"
+                )
+            return existing
+        if name.startswith("amq."):
+            raise AccessRefused(f"ACCESS_REFUSED - exchange name '{name}' contains reserved "
+                                "prefix 'amq.*'")
+        if "\0" in name or len(name.encode()) > MAX_NAME_BYTES:
+            raise PreconditionFailed("PRECONDITION_FAILED - invalid exchange name")
+        exchange = Exchange(name, kind, durable=durable, auto_delete=auto_delete,
+                            internal=internal, arguments=arguments)
+        self._exchanges[name] = exchange
+        if durable:
+            self.broker.journal.exchange_declared(exchange)
+        log.info("exchange %s: declared (%s%s)", name, kind, ", durable" if durable else "")
+        return exchange
+
+    def delete(self, name: str, *, if_unused: bool = False) -> None:
+        """exchange.delete with its bindings. A missing exchange is no error (RabbitMQ);
+        the predeclared ones are AccessRefused; ``if_unused`` with bindings is
+        PreconditionFailed."""
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            return
+        if exchange.predeclared:
+            raise AccessRefused(f"ACCESS_REFUSED - operation not permitted on exchange "
+                                f"'{name}'")
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - exchange '{name}' in use")
+        self._remove(exchange)
+
+    def _remove(self, exchange: Exchange) -> None:
+        for binding in list(exchange.bindings.values()):
+            queue = self.broker.queues.get(binding.queue)
+            if queue is not None:
+                self._unbind(exchange, queue, binding, auto_delete=False)
+        del self._exchanges[exchange.name]
+        if exchange.durable:
+            self.broker.journal.exchange_deleted(exchange)
+        log.info("exchange %s: deleted", exchange.name)
+
+    # -- bindings ---------------------------------------------------------------------------
+
+    def bind(
+        self,
+        queue: str | Queue,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping | None = None,
+    ) -> bool:
+        """queue.bind; True if the binding is new (binding again changes nothing).
+
+        Raises NotFound (no such queue or exchange), AccessRefused (the default exchange)
+        and PreconditionFailed (a key on ``amq.topic`` with no MQTT equivalent). Callers
+        check exclusive ownership first (``QueueRegistry.lookup``)."""
+        target, ex = self._pair(queue, exchange)
+        ident = (target.name, routing_key, arguments_key(arguments))
+        if ident in ex.bindings:
+            return False
+        if ex.name == AMQ_TOPIC:
+            topic_filter = binding_key_to_filter(routing_key)
+            if topic_filter is None:
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - binding key '{routing_key[:100]}' on amq.topic "
+                    "must map onto an MQTT filter ('#' last, no '/', '+')"
+                )
+        binding = Binding(ex.name, target.name, routing_key, dict(arguments or {}))
+        self._add(ex, target, binding)
+        return True
+
+    def _add(self, ex: Exchange, queue: Queue, binding: Binding) -> None:
+        ident = (binding.queue, binding.routing_key, arguments_key(binding.arguments))
+        ex.bindings[ident] = binding
+        ex.had_binding = True
+        self._by_queue.setdefault(queue, set()).add((ex.name, ident))
+        if ex.name == AMQ_TOPIC:
+            self._router_count(queue, binding.routing_key, True)
+        else:
+            ex.index(queue, binding, True)
+        if ex.durable and queue.durable and not queue.exclusive:
+            self.broker.journal.binding_added(binding)
+
+    def unbind(
+        self,
+        queue: str | Queue,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping | None = None,
+    ) -> bool:
+        """queue.unbind; True if the binding existed (unbinding a missing binding is no
+        error). Raises NotFound and AccessRefused as ``bind`` does."""
+        target, ex = self._pair(queue, exchange)
+        binding = ex.bindings.get((target.name, routing_key, arguments_key(arguments)))
+        if binding is None:
+            return False
+        self._unbind(ex, target, binding, auto_delete=True)
+        return True
+
+    def _unbind(self, ex: Exchange, queue: Queue, binding: Binding, *, auto_delete: bool) -> None:
+        ident = (binding.queue, binding.routing_key, arguments_key(binding.arguments))
+        del ex.bindings[ident]
+        mine = self._by_queue.get(queue)
+        if mine is not None:
+            mine.discard((ex.name, ident))
+            if not mine:
+                del self._by_queue[queue]
+        if ex.name == AMQ_TOPIC:
+            self._router_count(queue, binding.routing_key, False)
+        else:
+            ex.index(queue, binding, False)
+        if ex.durable and queue.durable and not queue.exclusive:
+            self.broker.journal.binding_removed(binding)
+        if auto_delete and ex.auto_delete and not ex.bindings and ex.name in self._exchanges:
+            log.info("exchange %s: auto-deleted (no bindings left)", ex.name)
+            self._remove(ex)
+
+    def _router_count(self, queue: Queue, routing_key: str, add: bool) -> None:
+        # Several bindings may map onto one filter (same key, other arguments): the router
+        # holds it while any of them does.
+        topic_filter = binding_key_to_filter(routing_key)
+        counts = self._router_refs
+        ref = (queue, topic_filter)
+        _count(counts, ref, add)
+        if add and counts[ref] == 1:
+            self.broker.router.add(topic_filter, queue, _ANY_QOS)
+        elif not add and ref not in counts:
+            self.broker.router.remove(topic_filter, queue)
+
+    def _pair(self, queue: str | Queue, exchange: str) -> tuple[Queue, Exchange]:
+        if exchange == DEFAULT:
+            raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
+                                "exchange")
+        if isinstance(queue, Queue):
+            target = queue
+        else:
+            target = self.broker.queues.get(queue)
+            if target is None:
+                raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'")
+        return target, self._existing(exchange)
+
+    def bindings_of(self, queue: Queue) -> list[Binding]:
+        """The bindings of ``queue`` (not counting the default exchange's)."""
+        out = []
+        for name, ident in self._by_queue.get(queue, ()):
+            binding = self._exchanges[name].bindings.get(ident)
+            if binding is not None:
+                out.append(binding)
+        return out
+
+    def queue_deleted(self, queue: Queue) -> None:
+        """``queue`` is gone: its bindings go too (auto_delete exchanges may follow)."""
+        for name, ident in list(self._by_queue.get(queue, ())):
+            ex = self._exchanges.get(name)
+            if ex is not None and ident in ex.bindings:
+                self._unbind(ex, queue, ex.bindings[ident], auto_delete=True)
+        self._by_queue.pop(queue, None)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: Message,
+        *,
+        refused: list[Queue] | None = None,
+    ) -> int:
+        """basic.publish: route ``message`` through ``exchange``; return how many queues
+        (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
+        unroutable (basic.return 312 for a mandatory publish).
+
+        Stamps ``message.exchange`` and ``message.routing_key`` (and ``message.topic`` for
+        ``amq.topic``); a persistent message (``message.persistent``) is recorded in each
+        durable queue it enters. Queues that turned it away (``x-overflow``
+        ``reject-publish``) still count as reached and are appended to ``refused`` (for a
+        negative publisher confirm). Raises NotFound (no such exchange) and AccessRefused
+        (an internal exchange)."""
+        ex = self._existing(exchange)
+        if ex.internal:
+            raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
+                                f"'{exchange}'")
+        message.exchange = exchange
+        message.routing_key = routing_key
+        return self._route(ex, routing_key, message, refused)
+
+    def _route(
+        self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None
+    ) -> int:
+        if ex.name == DEFAULT:
+            queue = self.broker.queues.get(routing_key)
+            if queue is None:
+                return 0
+            targets = [queue]
+        elif ex.name == AMQ_TOPIC:
+            topic = routing_key_to_topic(routing_key)
+            if topic is None:
+                return 0
+            message.topic = topic
+            return self.broker.publish(message)
+        else:
+            targets = ex.match(routing_key, message)
+        persistent = message.persistent
+        for queue in targets:
+            if not queue.put(message, persistent=persistent) and refused is not None:
+                refused.append(queue)
+        return len(targets)
+
+    # -- dead-lettering ---------------------------------------------------------------------
+
+    def dead_letter(self, queue: Queue, entry: QueueEntry, reason: str) -> None:
+        """Republish a message that died in ``queue`` (``reason``: ``rejected``,
+        ``expired`` or ``maxlen``) to the queue's dead-letter exchange, with its
+        dead-letter routing key or else its own routing keys. A missing exchange drops it
+        (as RabbitMQ does)."""
+        target = queue.dead_letter_exchange
+        if target is None:
+            return
+        ex = self._exchanges.get(target)
+        if ex is None:
+            log.debug("queue %s: dead-letter exchange %r missing, message dropped",
+                      queue.name, target)
+            return
+        message = entry.message
+        deaths = message.deaths
+        if reason != "rejected" and any(d.queue == queue.name for d in deaths) and not any(
+            d.reason == "rejected" for d in deaths
+        ):
+            return  # a cycle without a rejection in it: dropped
+        old_key = message.routing_key
+        if old_key is None:
+            old_key = message.topic.replace("/", ".")
+        death = _death(message, queue.name, reason, old_key)
+        rest = tuple(d for d in deaths if (d.queue, d.reason) != (queue.name, reason))
+        key = queue.dead_letter_routing_key
+        if key is None:
+            key = old_key
+        copy = dataclasses.replace(
+            message, exchange=ex.name, routing_key=key, expiry=None, deaths=(death, *rest),
+            wire_cache={},
+        )
+        self._route(ex, key, copy, None)
+
+
+def _death(message: Message, queue: str, reason: str, routing_key: str) -> Death:
+    for old in message.deaths:
+        if (old.queue, old.reason) == (queue, reason):
+            return dataclasses.replace(old, count=old.count + 1)
+    return Death(queue, reason, message.exchange or "", (routing_key,), 1, time.time())
+
+
+def _describe(exchange: Exchange) -> str:
+    flags = [exchange.kind]
+    for flag in ("durable", "auto_delete", "internal"):
+        if getattr(exchange, flag):
+            flags.append(flag)
+    return " ".join(flags)
