@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -509,6 +509,7 @@ class ExchangeRegistry:
         message: Message,
         *,
         refused: list[Queue] | None = None,
+        admit: Callable[[Queue], bool] | None = None,
     ) -> int:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
@@ -518,18 +519,20 @@ class ExchangeRegistry:
         ``amq.topic``); a persistent message (``message.persistent``) is recorded in each
         durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
-        negative publisher confirm). Raises NotFound (no such exchange) and AccessRefused
-        (an internal exchange)."""
+        negative publisher confirm). ``admit``, when given, picks the queues the publisher
+        may write to (the ACL); the others are passed over as if not bound. Raises NotFound
+        (no such exchange) and AccessRefused (an internal exchange)."""
         ex = self._existing(exchange)
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
         message.exchange = exchange
         message.routing_key = routing_key
-        return self._route(ex, routing_key, message, refused)
+        return self._route(ex, routing_key, message, refused, admit)
 
     def _route(
-        self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None
+        self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None,
+        admit: Callable[[Queue], bool] | None = None,
     ) -> int:
         if ex.name == DEFAULT:
             queue = self.broker.queues.get(routing_key)
@@ -544,6 +547,8 @@ class ExchangeRegistry:
             return self.broker.publish(message)
         else:
             targets = ex.match(routing_key, message)
+        if admit is not None:
+            targets = [queue for queue in targets if admit(queue)]
         persistent = message.persistent
         for queue in targets:
             if not queue.put(message, persistent=persistent) and refused is not None:

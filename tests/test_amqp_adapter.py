@@ -238,23 +238,6 @@ async def test_unreadable_login_is_refused_with_403(nursery, broker, mechanism, 
     assert await client.closed() == []
 
 
-async def test_every_login_goes_through_check_login(nursery, broker, monkeypatch):
-    seen = []
-
-    def refuse(broker_arg, user, password, identity):
-        seen.append((broker_arg, user, password, identity))
-        return False
-
-    monkeypatch.setattr(amqp_adapter, "check_login", refuse)
-    client = await start_client(nursery, broker)
-    await client.send_raw(PROTOCOL_HEADER)
-    await client.expect(0, ConnectionStart)
-    await client.send(0, ConnectionStartOk(mechanism="PLAIN", response=b"\0alice\0pw"))
-    close = await client.expect(0, ConnectionClose)
-    assert close.reply_code == 403
-    assert seen == [(broker, "alice", "pw", None)]
-
-
 async def test_virtual_host_other_than_root_is_not_allowed(nursery, broker):
     client = await start_client(nursery, broker)
     await client.send_raw(PROTOCOL_HEADER)

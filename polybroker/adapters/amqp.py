@@ -33,6 +33,7 @@ import math
 
 import trio
 
+from ..auth import Client, Refusal
 from ..broker import Broker
 from ..protocols.amqp import (
     ACCESS_REFUSED,
@@ -66,7 +67,6 @@ from ..protocols.amqp import (
 from ..queues import Queue
 from .amqp_channel import Channel, ConnectionFault
 from .amqp_negotiation import (
-    check_login,
     connection_start,
     connection_tune,
     credentials,
@@ -89,13 +89,17 @@ class AMQPClientConnection:
     """Serves one AMQP client over one stream."""
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, allow_anonymous: bool = True) -> None:
         self.stream = stream
         self.broker = broker
         self.limits = broker.limits
         self.settings = broker.config.amqp
         self.peer = peer
         self.identity = identity
+        self.allow_anonymous = allow_anonymous  # the listener's setting
+        self.client = Client(None, "")  # who the ACL sees, once logged in
+        self._login: tuple[str | None, str | None, str, str] | None = None  # being checked
+        self._backlog: list[object] = []  # events that came after a start-ok being checked
         self.parser = FrameParser(frame_max=self.settings.frame_max,
                                   max_body_size=self.limits.max_packet_size)
         self.state = AWAIT_HEADER
@@ -196,6 +200,10 @@ class AMQPClientConnection:
             mark = durability.mark()
             try:
                 carry_on = self._receive(data)
+                while carry_on and self._login is not None:
+                    await self._finish_login()
+                    backlog, self._backlog = self._backlog, []
+                    carry_on = self._process(backlog)
             finally:
                 if durability.mark() != mark:
                     self._hold = True  # replies buffered now follow records: wait for disk
@@ -231,7 +239,15 @@ class AMQPClientConnection:
                             exc.class_id, exc.method_id)
             self.parser = None
             return True
-        for event in events:
+        return self._process(events)
+
+    def _process(self, events: list) -> bool:
+        """Handle parsed events in order; False ends the connection. Stops at a start-ok
+        whose login must be checked first (``_finish_login``), keeping the rest."""
+        for index, event in enumerate(events):
+            if self._login is not None:
+                self._backlog = events[index:]
+                return True
             try:
                 if not self._handle(event):
                     return False
@@ -346,18 +362,39 @@ class AMQPClientConnection:
         return True
 
     def _on_start_ok(self, method: ConnectionStartOk) -> bool:
-        login = credentials(method)
-        if login is None or not check_login(self.broker, *login, self.identity):
-            user = login[0] if login else "?"
-            log.warning("connection from %s: login refused (user %s, mechanism %s)", self.peer,
-                        user, method.mechanism)
+        """Remember the credentials; the read loop checks them (``_finish_login``) before
+        any later frame is handled."""
+        user, password = credentials(method) or (None, None)
+        name = method.client_properties.get("connection_name")
+        self._login = (user, password, method.mechanism[:40], name if isinstance(name, str)
+                       else "")
+        return True
+
+    async def _finish_login(self) -> None:
+        """Check the start-ok's credentials with the broker's security settings: tune on
+        success, connection.close 403 after the refusal delay otherwise (never saying
+        which part was wrong)."""
+        user, password, mechanism, client_id = self._login
+        security = self.broker.security
+        if user is None:  # unknown mechanism or an unreadable response
+            login = await security.refuse(Refusal.BAD_CREDENTIALS, username=None,
+                                          peer=self.peer, client_id=client_id, protocol="AMQP")
+        else:
+            # An empty user name (PLAIN "\0\0") is an anonymous login.
+            login = await security.login(user or None, password, allow_anonymous=self.allow_anonymous,
+                                         identity=self.identity, peer=self.peer,
+                                         client_id=client_id, protocol="AMQP")
+        self._login = None
+        if not login.ok:
             self._close(ACCESS_REFUSED, f"ACCESS_REFUSED - Login was refused using "
-                        f"authentication mechanism {method.mechanism[:40]}")
-            return True
-        self.user = login[0]
+                        f"authentication mechanism {mechanism}")
+            return
+        # The claimed name stays the connection's user (basic.properties user_id is
+        # checked against it) even where anonymous clients are let in.
+        self.user = login.user or user
+        self.client = Client(login.user, client_id)
         self.send_method(0, connection_tune(self.settings))
         self.state = AWAIT_TUNE_OK
-        return True
 
     def _on_tune_ok(self, method: ConnectionTuneOk) -> None:
         try:
@@ -442,8 +479,10 @@ def _reply_text(code: int, text: str) -> str:
 
 
 async def serve_amqp(
-    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None,
+    allow_anonymous: bool = True,
 ) -> None:
     """Serve one AMQP 0-9-1 client until it goes away. ``identity`` is the TLS client
-    certificate's name, given to the login check."""
-    await AMQPClientConnection(stream, broker, peer, identity).run()
+    certificate's name and ``allow_anonymous`` the listener's setting, both for the login
+    check (``broker.security.login``)."""
+    await AMQPClientConnection(stream, broker, peer, identity, allow_anonymous).run()

@@ -27,6 +27,14 @@ RabbitMQ's semantics (the de-facto reference for 0-9-1; ``shared/AMQP-LITE.md``)
   (406).
 - A refusal of the core (``refusals``) closes the channel with its code; the codes
   AMQP makes connection errors (503, 504, 530, 540) close the connection instead.
+- The ACL (``broker.security``; with no ACL file everything is allowed): declaring,
+  binding, purging, deleting, consuming from and getting from a queue need ``queue
+  read`` on it (a server-named queue being declared, and queues exclusive to this
+  connection, are the client's own); a binding on ``amq.topic`` also needs the right to
+  subscribe to its topic filter. A publish to the default exchange needs ``queue write``
+  on the queue it names, one to ``amq.topic`` the right to publish to its topic: refused,
+  the channel is closed with 403 ACCESS_REFUSED (as RabbitMQ does). Through any other
+  exchange a message enters only the queues the publisher may write to.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..destinations import amqp_address
+from ..destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
+from ..exchanges import AMQ_TOPIC, DEFAULT
 from ..protocols.amqp import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
@@ -92,7 +101,7 @@ from ..protocols.amqp import (
     encode_deliver,
 )
 from ..queues import Queue, QueueEntry, SharedPrefetch
-from ..refusals import NotFound, PreconditionFailed, Refused
+from ..refusals import AccessRefused, NotFound, PreconditionFailed, Refused
 from .amqp_messages import delivery_properties, message_from_publish
 
 if TYPE_CHECKING:
@@ -224,6 +233,10 @@ class Channel:
         return self.last_queue
 
     def _on_queue_declare(self, m: QueueDeclare) -> None:
+        if m.queue:
+            existing = self.broker.queues.get(m.queue)
+            if existing is None or existing.owner is not self.connection:
+                self._check_read(m.queue)
         queue = self.broker.queues.declare_queue(
             m.queue, owner=self.connection, passive=m.passive, durable=m.durable,
             exclusive=m.exclusive, auto_delete=m.auto_delete, arguments=m.arguments,
@@ -234,7 +247,14 @@ class Channel:
                                        consumer_count=queue.consumer_count))
 
     def _on_queue_bind(self, m: QueueBind) -> None:
-        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        queue = self._readable(self._queue_name(m.queue, m))
+        if m.exchange == AMQ_TOPIC:
+            topic_filter = binding_key_to_filter(m.routing_key)
+            if topic_filter is not None and not self.broker.security.may_subscribe(
+                self.connection.client, topic_filter
+            ):
+                raise AccessRefused(f"ACCESS_REFUSED - read access to topic "
+                                    f"'{topic_filter}' refused")
         self.broker.exchanges.bind(queue, m.exchange, m.routing_key, m.arguments)
         if not m.nowait:
             self._reply(QueueBindOk())
@@ -245,13 +265,17 @@ class Channel:
         self._reply(QueueUnbindOk())
 
     def _on_queue_purge(self, m: QueuePurge) -> None:
-        count = self.broker.queues.purge(self._queue_name(m.queue, m), self.connection)
+        name = self._readable(self._queue_name(m.queue, m)).name
+        count = self.broker.queues.purge(name, self.connection)
         if not m.nowait:
             self._reply(QueuePurgeOk(message_count=count))
 
     def _on_queue_delete(self, m: QueueDelete) -> None:
+        name = self._queue_name(m.queue, m)
+        if name in self.broker.queues:
+            self._readable(name)
         count = self.broker.queues.delete_queue(
-            self._queue_name(m.queue, m), owner=self.connection, if_unused=m.if_unused,
+            name, owner=self.connection, if_unused=m.if_unused,
             if_empty=m.if_empty,
         )
         if not m.nowait:
@@ -270,7 +294,7 @@ class Channel:
                     consumer.queue.set_prefetch(consumer, m.prefetch_count)
 
     def _on_consume(self, m: BasicConsume) -> None:
-        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        queue = self._readable(self._queue_name(m.queue, m))
         tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
         if tag in self.consumers:
             raise ConnectionFault(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag "
@@ -333,7 +357,7 @@ class Channel:
         return tag
 
     def _on_get(self, m: BasicGet) -> None:
-        queue = self.broker.queues.lookup(self._queue_name(m.queue, m), self.connection)
+        queue = self._readable(self._queue_name(m.queue, m))
         got = queue.get(None if m.no_ack else self)
         if got is None:
             self._reply(BasicGetEmpty())
@@ -413,6 +437,7 @@ class Channel:
             raise ConnectionFault(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true",
                                   m.CLASS_ID, m.METHOD_ID)
         connection = self.connection
+        self._check_write(m.exchange, m.routing_key)
         message = message_from_publish(
             m.exchange, m.routing_key, properties, body, now=self.broker.clock(),
             client=connection.name, user=connection.user,
@@ -427,7 +452,7 @@ class Channel:
     def _route(self, m: BasicPublish, message) -> None:
         refused: list[Queue] = []
         reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
-                                                refused=refused)
+                                                refused=refused, admit=self._writable())
         if not reached and m.mandatory:
             self.connection.send(encode_content(
                 self.number,
@@ -441,6 +466,45 @@ class Channel:
                 self._reply(BasicNack(delivery_tag=self._published, requeue=False))
             else:
                 self._reply(BasicAck(delivery_tag=self._published))
+
+    # -- authorization (the ACL) ----------------------------------------------------------
+
+    def _check_read(self, name: str) -> None:
+        if not self.broker.security.may_read_queue(self.connection.client, name):
+            raise AccessRefused(f"ACCESS_REFUSED - read access to queue '{name}' refused")
+
+    def _readable(self, name: str) -> Queue:
+        """The queue ``name`` (404 / 405 as ``lookup``), if the client may read it."""
+        queue = self.broker.queues.lookup(name, self.connection)
+        if queue.owner is not self.connection:
+            self._check_read(queue.name)
+        return queue
+
+    def _check_write(self, exchange: str, routing_key: str) -> None:
+        """A publish to the default exchange or ``amq.topic`` the client may not make:
+        403 (through other exchanges ``_writable`` picks the queues)."""
+        security = self.broker.security
+        if security.acl is None:
+            return
+        client = self.connection.client
+        if exchange == DEFAULT:
+            if not security.may_write_queue(client, routing_key):
+                raise AccessRefused(f"ACCESS_REFUSED - write access to queue "
+                                    f"'{routing_key}' refused")
+        elif exchange == AMQ_TOPIC:
+            topic = routing_key_to_topic(routing_key)
+            if topic is not None and not security.may_publish(client, topic):
+                raise AccessRefused(f"ACCESS_REFUSED - write access to topic '{topic}' "
+                                    f"refused")
+
+    def _writable(self) -> Callable[[Queue], bool] | None:
+        """The ACL's filter of the queues a publish may enter; None when all may."""
+        security = self.broker.security
+        if security.acl is None:
+            return None
+        client = self.connection.client
+        return lambda queue: (queue.owner is self.connection
+                              or security.may_write_queue(client, queue.name))
 
     def _on_confirm_select(self, m: ConfirmSelect) -> None:
         if self.tx is not None:

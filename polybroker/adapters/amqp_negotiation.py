@@ -10,7 +10,6 @@ nothing is offered that the broker does not do.
 import platform
 
 from .. import __version__
-from ..broker import Broker
 from ..config import AmqpSettings
 from ..protocols.amqp import (
     MECHANISMS,
@@ -45,14 +44,6 @@ def connection_start() -> ConnectionStart:
         mechanisms=MECHANISMS,
         locales=LOCALE.encode(),
     )
-
-
-def check_login(broker: Broker, user: str, password: str, identity: str | None) -> bool:
-    """Whether ``user`` may log in with ``password`` (``identity``: the TLS client
-    certificate's name on listeners that use it). Every AMQP login goes through here.
-
-    The broker keeps no password store yet, so every user is accepted."""
-    return True
 
 
 def credentials(start_ok: ConnectionStartOk) -> tuple[str, str] | None:
