@@ -350,7 +350,10 @@ def test_paho_publisher_is_throttled_and_retained_bound_holds(tmp_path):
             info.wait_for_publish(20)
             assert info.is_published()
         elapsed = time.monotonic() - start
-        assert elapsed >= 2.9  # 10 from the burst, 300 at 100 a second
+        # 10 from the burst, 300 at 100 a second: 3 s, less what the last read held: the
+        # broker waits out a read's debt after handling it, and paho keeps up to 20
+        # QoS 1 messages in flight, so the last 20 can be acknowledged before the wait.
+        assert elapsed >= 2.7
         received = subscriber.receive(310, timeout=20)
         assert sorted(m.payload for m in received) == sorted(b"%d" % i for i in range(310))
         broker.wait_for_log(r"retained message to t/3 from fast not stored")
