@@ -6,9 +6,6 @@ Waits are bounded by client timeouts; "receives nothing" is shown by a later all
 marker message that arrives first.
 """
 
-import subprocess
-import sys
-
 import kombu
 import paho.mqtt.client as mqtt
 import pika
@@ -18,8 +15,8 @@ from paho.mqtt.client import CallbackAPIVersion, MQTTv311
 
 from .brokerproc import BrokerProcess
 from .clients import WAIT
+from .test_auth_clients import start_secured, write_passwords
 
-USERS = {"alice": "wonderland", "bob": "builder"}
 ACL = """\
 user alice
 topic readwrite #
@@ -35,17 +32,8 @@ queue readwrite bob.*
 def secured(tmp_path_factory):
     directory = tmp_path_factory.mktemp("amqp-auth")
     passwords = directory / "passwords"
-    for name, password in USERS.items():
-        subprocess.run([sys.executable, "-m", "polybroker", "passwd", str(passwords), name,
-                        "--password-stdin"], input=password + "\n", text=True, check=True,
-                       capture_output=True, timeout=WAIT)
-    (directory / "acl").write_text(ACL)
-    config = directory / "broker.toml"
-    config.write_text(
-        f'[auth]\npassword_file = "{passwords}"\n'
-        f'acl_file = "{directory / "acl"}"\nallow_anonymous = false\nfailure_delay = 0.05\n'
-    )
-    proc = BrokerProcess(directory / "data", "--config", str(config),
+    write_passwords(passwords)
+    proc = start_secured(directory, passwords, ACL,
                          listen=("amqp://127.0.0.1:0", "mqtt://127.0.0.1:0"))
     try:
         yield proc

@@ -48,16 +48,17 @@ def passwords(tmp_path_factory):
     return path
 
 
-def start_secured(directory, passwords) -> BrokerProcess:
-    """A broker with MQTT and STOMP listeners, USERS, ACL, and anonymous clients refused."""
-    (directory / "acl").write_text(ACL)
+def start_secured(directory, passwords, acl: str = ACL,
+                  listen: tuple[str, ...] = ("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0"),
+                  ) -> BrokerProcess:
+    """A broker with ``listen``'s listeners, USERS, ``acl``, and anonymous clients refused."""
+    (directory / "acl").write_text(acl)
     config = directory / "broker.toml"
     config.write_text(
         f'[auth]\npassword_file = "{passwords}"\n'
         f'acl_file = "{directory / "acl"}"\nallow_anonymous = false\nfailure_delay = 0.05\n'
     )
-    proc = BrokerProcess(directory / "data", "--config", str(config),
-                         listen=("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0"))
+    proc = BrokerProcess(directory / "data", "--config", str(config), listen=listen)
     proc.acl_path = directory / "acl"
     return proc
 

@@ -9,9 +9,8 @@ import trio
 import trio.testing
 
 from polybroker.adapters import amqp as amqp_adapter
-from polybroker.auth.passwords import hash_password
 from polybroker.broker import Broker
-from polybroker.config import AuthConfig, BrokerConfig
+from polybroker.config import BrokerConfig
 from polybroker.message import Message
 from polybroker.protocols.amqp import (
     PROTOCOL_HEADER,
@@ -40,6 +39,7 @@ from polybroker.protocols.amqp import (
 )
 
 from .test_amqp_adapter import AmqpTestClient, assert_close
+from .test_auth_stomp import make_broker as make_secured_broker
 
 ACL = """
 queue read public.*
@@ -52,14 +52,7 @@ topic deny sensors/secret/#
 
 
 def make_broker(nursery, tmp_path: Path, **auth: object) -> Broker:
-    passwords = tmp_path / "passwords"
-    passwords.write_text(f"alice:{hash_password('wonderland', n=16, r=1)}\n")
-    acl = tmp_path / "acl"
-    acl.write_text(ACL)
-    config = AuthConfig(password_file=passwords, acl_file=acl, **{"failure_delay": 0.0, **auth})
-    broker = Broker(BrokerConfig(auth=config))
-    nursery.start_soon(broker.timers.run)
-    return broker
+    return make_secured_broker(nursery, tmp_path, ACL, **auth)
 
 
 def start_client(nursery, broker: Broker, *, allow_anonymous: bool = True,

@@ -31,11 +31,13 @@ queue write reports.*
 """
 
 
-def make_broker(nursery, tmp_path: Path, **auth: object) -> Broker:
+def make_broker(nursery, tmp_path: Path, acl_text: str = ACL, **auth: object) -> Broker:
+    """A broker whose password file holds alice (password wonderland), with ``acl_text``
+    as its ACL and no refusal delay unless ``auth`` sets one."""
     passwords = tmp_path / "passwords"
     passwords.write_text(f"alice:{hash_password('wonderland', n=16, r=1)}\n")
     acl = tmp_path / "acl"
-    acl.write_text(ACL)
+    acl.write_text(acl_text)
     config = AuthConfig(password_file=passwords, acl_file=acl, **{"failure_delay": 0.0, **auth})
     broker = Broker(BrokerConfig(auth=config))
     nursery.start_soon(broker.timers.run)
