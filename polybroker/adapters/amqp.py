@@ -381,7 +381,8 @@ class AMQPClientConnection:
                                           peer=self.peer, client_id=client_id, protocol="AMQP")
         else:
             # An empty user name (PLAIN "\0\0") is an anonymous login.
-            login = await security.login(user or None, password, allow_anonymous=self.allow_anonymous,
+            login = await security.login(user or None, password,
+                                         allow_anonymous=self.allow_anonymous,
                                          identity=self.identity, peer=self.peer,
                                          client_id=client_id, protocol="AMQP")
         self._login = None
