@@ -1,11 +1,12 @@
 """Hostile peers against a real ``polybroker serve`` process, all at once.
 
-On the MQTT, STOMP and ``auto`` ports, concurrently:
+On the MQTT, STOMP, AMQP and ``auto`` ports, concurrently:
 
 - garbage: many short connections (bounded) sending random bytes or valid packets and
-  frames mutated as the fuzzers mutate them (``tests/fuzz_longrun.py``);
-- slowloris: connections that trickle a CONNECT (MQTT) or CONNECT frame (STOMP) one
-  byte every 200 ms and never finish it;
+  frames mutated as the fuzzers mutate them (``tests/fuzz_longrun.py``,
+  ``tests/test_amqp_fuzz.py``);
+- slowloris: connections that trickle a CONNECT (MQTT), a CONNECT frame (STOMP) or the
+  protocol header and connection.start-ok (AMQP) one byte every 200 ms and never finish;
 - a QoS 1 publish flood from one MQTT client, pipelined as fast as the socket takes it;
 - slow readers subscribed to everything (MQTT QoS 1, MQTT QoS 0, STOMP) that never read.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from polybroker.protocols.amqp import PROTOCOL_HEADER, ConnectionStartOk, encode_method
 from polybroker.protocols.mqtt import (
     Connect,
     PacketParser,
@@ -42,6 +44,7 @@ from polybroker.protocols.mqtt import (
     encode,
 )
 from tests.fuzz_longrun import TARGETS, chunks, mutate, random_ops
+from tests.test_amqp_fuzz import corpus_stream, mutate_randomly
 
 from .brokerproc import BrokerProcess
 from .test_paho_mqtt import PahoClient
@@ -102,6 +105,8 @@ async def garbage(port: int, codecs: list[str], rng: random.Random, count: int,
     for _ in range(count):
         if rng.random() < 0.3:
             data = rng.randbytes(rng.randint(0, 400))
+        elif "amqp" in codecs:
+            data = mutate_randomly(corpus_stream(rng, client_side=False), rng)
         else:
             target = rng.choice(TARGETS[rng.choice(codecs)][:1])  # the server-side target
             data = mutate(target.corpus(rng), random_ops(rng))
@@ -172,6 +177,18 @@ async def stomp_session(port: int) -> trio.SocketStream:
             seen += await stream.receive_some(1)  # the CONNECTED frame, nothing more
     assert seen.startswith(b"CONNECTED\n"), seen
     return stream
+
+
+async def amqp_greeting(port: int) -> None:
+    """The AMQP port still answers a protocol header with connection.start."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(PROTOCOL_HEADER)
+    start = b""
+    with trio.fail_after(5):
+        while len(start) < 11:
+            start += await stream.receive_some(4096)
+    assert start[0] == 1 and start[7:11] == b"\x00\x0a\x00\x0a"  # connection.start
+    await close_quietly(stream)
 
 
 async def slow_stomp_reader(port: int, subscribed: trio.Event) -> None:
@@ -251,7 +268,8 @@ async def test_hostile_peers_do_not_hurt_well_behaved_clients(tmp_path):
     config.write_text(CONFIG)
     broker = BrokerProcess(
         tmp_path / "data", "--config", str(config),
-        listen=("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "auto://127.0.0.1:0"),
+        listen=("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "amqp://127.0.0.1:0",
+                "auto://127.0.0.1:0"),
     )
     try:
         await run_scenario(broker)
@@ -261,12 +279,15 @@ async def test_hostile_peers_do_not_hurt_well_behaved_clients(tmp_path):
 
 async def run_scenario(broker: BrokerProcess) -> None:
     ports = {"mqtt": broker.port_of("mqtt"), "stomp": broker.port_of("stomp"),
-             "auto": broker.port_of("auto")}
-    codecs = {"mqtt": ["mqtt3", "mqtt5"], "stomp": ["stomp"], "auto": ["mqtt3", "stomp"]}
+             "amqp": broker.amqp_port, "auto": broker.port_of("auto")}
+    codecs = {"mqtt": ["mqtt3", "mqtt5"], "stomp": ["stomp"], "amqp": ["amqp"],
+              "auto": ["mqtt3", "stomp"]}
     openings = {
         "mqtt": encode(Connect("slowloris-" + "x" * 40, keep_alive=60)),
         "stomp": b"CONNECT\naccept-version:1.2\nhost:slowloris\nx-pad:" + b"p" * 40 + b"\n\n\x00",
     }
+    openings["amqp"] = PROTOCOL_HEADER + encode_method(0, ConnectionStartOk(
+        mechanism="PLAIN", response=b"\0slowloris\0" + b"p" * 40))
     openings["auto"] = openings["mqtt"]
     stats = dict.fromkeys(("garbage_closed", "garbage_open", "flood_sent", "flood_acked"), 0)
     stats["flood_seconds"] = 0.0
@@ -299,6 +320,7 @@ async def run_scenario(broker: BrokerProcess) -> None:
             stream, _ = await mqtt_session(port, "after")  # waits for the CONNACK
             await close_quietly(stream)
         await close_quietly(await stomp_session(ports["stomp"]))
+        await amqp_greeting(ports["amqp"])
         late = PahoClient(ports["mqtt"], "late")
         await trio.to_thread.run_sync(late.connect)
         await trio.to_thread.run_sync(late.publish, "good/late", b"still here", 1)
@@ -314,7 +336,7 @@ async def run_scenario(broker: BrokerProcess) -> None:
         bound = CONNECT_TIMEOUT * (2 if name == "auto" else 1) + 1.5
         assert len(lives) == SLOWLORIS_CONNECTIONS
         assert max(lives) <= bound, (name, sorted(lives))
-    assert stats["garbage_closed"] + stats["garbage_open"] == 3 * GARBAGE_CONNECTIONS
+    assert stats["garbage_closed"] + stats["garbage_open"] == 4 * GARBAGE_CONNECTIONS
     assert max(memory) < RSS_BOUND, f"VmRSS peaked at {max(memory) / 2**20:.0f} MiB"
     problems = [line for line in broker.lines
                 if re.search(r" (ERROR|CRITICAL) |Traceback|internal error", line)]

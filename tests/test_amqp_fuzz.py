@@ -182,7 +182,7 @@ def _sample_method(cls: type[Method], rng: random.Random) -> Method:
     return cls(*(values[kind]() for name, kind in cls.ARGUMENTS if name is not None))
 
 
-def _corpus_stream(rng: random.Random, client_side: bool) -> bytes:
+def corpus_stream(rng: random.Random, client_side: bool) -> bytes:
     """A valid stream of a few frames from one side."""
     side = "FROM_SERVER" if client_side else "FROM_CLIENT"
     classes = [c for c in METHODS.values() if getattr(c, side)]
@@ -211,7 +211,7 @@ def _corpus_stream(rng: random.Random, client_side: bool) -> bytes:
     return b"".join(parts)
 
 
-def _mutate_randomly(data: bytes, rng: random.Random) -> bytes:
+def mutate_randomly(data: bytes, rng: random.Random) -> bytes:
     mutable = bytearray(data)
     for _ in range(rng.randrange(1, 4)):
         kind = rng.randrange(6)
@@ -244,7 +244,7 @@ def _mutate_a_payload(data: bytes, rng: random.Random, header: bool) -> bytes:
     if not frames:
         return data
     chosen = rng.randrange(len(frames))
-    payload = _mutate_randomly(bytes(frames[chosen][7:-1]), rng)
+    payload = mutate_randomly(bytes(frames[chosen][7:-1]), rng)
     frames[chosen][3:] = struct.pack(">I", len(payload)) + payload + b"\xce"
     return data[:start] + b"".join(frames)
 
@@ -256,11 +256,11 @@ def fuzz(cases: int, seed: int) -> tuple[Counter, list[str]]:
     failures: list[str] = []
     for case in range(cases):
         client_side = rng.random() < 0.3
-        stream = _corpus_stream(rng, client_side)
+        stream = corpus_stream(rng, client_side)
         if rng.random() < 0.5:
             data = _mutate_a_payload(stream, rng, header=not client_side)
         else:
-            data = _mutate_randomly(stream, rng)
+            data = mutate_randomly(stream, rng)
         cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(4)))
         try:
             outcomes[run_case(data, cuts, client_side)] += 1
