@@ -94,6 +94,9 @@ class Limits:
     # QoS 1/2 messages queued per session beyond the in-flight window (also while
     # offline). When full, new messages for that session are dropped and logged.
     max_queued_messages: int = 1000
+    # Payload bytes of those queued messages per session (and per STOMP topic
+    # subscription); past it, new messages are dropped the same way.
+    max_queued_bytes: int = 64 * 1024 * 1024
     # Bytes waiting to be written to one connection; past this, QoS 0 deliveries to
     # it are dropped (a slow reader must not grow the broker's memory); past twice
     # this, the client is disconnected (5.0: 0x97 Quota exceeded) and its QoS 1/2

@@ -925,7 +925,7 @@ class _Replay:
             journal.count += 1
             journal.nbytes += len(delivery.message.payload)
             if not pid:
-                session.queued.append(delivery)
+                session.restore_queued(delivery)
                 self.summary.messages += 1
                 continue
             # Sent before: resent with the same packet id (QoS 2 depends on it). A packet id

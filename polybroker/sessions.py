@@ -7,8 +7,9 @@ Outbound rules (one session, any protocol adapter on the other side):
 - QoS 0 goes straight to the connection, unless messages already wait in ``queued``:
   then it waits behind them, so the client sees messages in the order they came.
   While offline, QoS 0 is not kept.
-- ``queued`` is bounded by ``max_queued_messages``; when full the *new* message is
-  dropped for this session and counted (policy "drop new", as Mosquitto does).
+- ``queued`` is bounded by ``max_queued_messages`` and its payload bytes by
+  ``max_queued_bytes``; when full the *new* message is dropped for this session and
+  counted (policy "drop new", as Mosquitto does).
 - A message whose expiry deadline has passed is dropped instead of sent.
 - QoS 1: PUBLISH -> PUBACK frees the slot. QoS 2: PUBLISH -> PUBREC, we send PUBREL
   -> PUBCOMP frees the slot.
@@ -93,6 +94,7 @@ class Session:
         "limits",
         "link",
         "queued",
+        "queued_bytes",
         "receive_maximum",
         "subscriptions",
         "will_timer",
@@ -114,6 +116,7 @@ class Session:
         self.receive_maximum = limits.max_inflight_messages
         self.inflight: dict[int, Delivery] = {}  # insertion order is send order
         self.queued: deque[Delivery] = deque()
+        self.queued_bytes = 0  # payload bytes in ``queued``
         self.inbound_qos2: set[int] = set()
         self.journal: SessionJournal | None = None  # set while the session is persistent
         self.dropped = 0
@@ -144,20 +147,30 @@ class Session:
 
     def _enqueue(self, delivery: Delivery) -> None:
         journal = self.journal
-        if len(self.queued) < self.limits.max_queued_messages and (
-            journal is None or not delivery.qos or journal.message_added(delivery)
+        limits = self.limits
+        size = len(delivery.message.payload)
+        if (
+            len(self.queued) < limits.max_queued_messages
+            and self.queued_bytes + size <= limits.max_queued_bytes
+            and (journal is None or not delivery.qos or journal.message_added(delivery))
         ):
             self.queued.append(delivery)
+            self.queued_bytes += size
             return
         self._drop_new()
+
+    def restore_queued(self, delivery: Delivery) -> None:
+        """Put back a message queued before a restart (no bounds: it was admitted then)."""
+        self.queued.append(delivery)
+        self.queued_bytes += len(delivery.message.payload)
 
     def _drop_new(self) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning(
-                "client %s: queue full (%d messages queued, or the stored-message limit), "
-                "dropped %d message(s) so far",
-                self.client_id, len(self.queued), self.dropped,
+                "client %s: queue full (%d messages, %d bytes queued, or the stored-message "
+                "limit), dropped %d message(s) so far",
+                self.client_id, len(self.queued), self.queued_bytes, self.dropped,
             )
 
     def _send(self, link: SessionLink, delivery: Delivery) -> None:
@@ -197,7 +210,9 @@ class Session:
         while link is not None and queued and (
             queued[0].qos == 0 or len(self.inflight) < self.receive_maximum
         ):
-            self._send(link, queued.popleft())
+            delivery = queued.popleft()
+            self.queued_bytes -= len(delivery.message.payload)
+            self._send(link, delivery)
 
     # -- acknowledgements from the client ---------------------------------------------
 
@@ -263,6 +278,7 @@ class Session:
         self.inflight = {pid: d for pid, d in self.inflight.items() if not movable(d)}
         taken.extend(d for d in self.queued if d.group is not None)
         self.queued = deque(d for d in self.queued if d.group is None)
+        self.queued_bytes = sum(len(d.message.payload) for d in self.queued)
         for delivery in taken:
             self._forget(delivery)
         return taken

@@ -412,3 +412,41 @@ async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(n
     assert slow.server.conn.pending_bytes < 2000 + 300
     assert queue.message_count + queue.unacked_count <= 50
     assert queue.dropped == 500 - queue.message_count - queue.unacked_count
+
+
+async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog):
+    caplog.set_level(logging.WARNING)
+    broker = make_broker(max_queued_messages=1000, max_queued_bytes=5000,
+                         max_inflight_messages=10)
+    slow = await connect_mqtt(nursery, broker, lockstep=True)  # reads nothing unless asked
+    await slow.connect("slow")
+    await slow.subscribe("t", 1)
+    pub = await connect_mqtt(nursery, broker)
+    await pub.connect("pub")
+    await pub.send(*(Publish("t", b"x" * 100, 1, packet_id=i) for i in range(1, 201)))
+    assert [await pub.receive() for _ in range(200)] == [PubAck(i) for i in range(1, 201)]
+    session = broker.sessions["slow"]
+    assert len(session.inflight) == 10
+    assert (len(session.queued), session.queued_bytes) == (50, 5000)  # 50 x 100 bytes
+    assert session.dropped == 140
+    assert "50 messages, 5000 bytes queued" in caplog.text
+    # Draining the window lets the queue move; its byte count follows.
+    for _ in range(10):
+        publish = await slow.receive()
+        await slow.send(PubAck(publish.packet_id))
+    assert session.queued_bytes == 100 * len(session.queued) == 4000
+
+
+async def test_stomp_topic_backlog_is_bounded_in_bytes_too(nursery):
+    broker = make_broker(max_queued_bytes=1000, max_outgoing_bytes=200)
+    slow = await connect_stomp(nursery, broker, lockstep=True)
+    await slow.connect()
+    await slow.subscribe("/topic/t", ack="client")
+    pub = await connect_mqtt(nursery, broker)
+    await pub.connect("pub")
+    await pub.send(*(Publish("t", b"x" * 100, 1, packet_id=i) for i in range(1, 101)))
+    assert [await pub.receive() for _ in range(100)] == [PubAck(i) for i in range(1, 101)]
+    (sub,) = slow.server.subscriptions.values()
+    queue = sub.queue
+    assert queue.bytes <= 1000
+    assert queue.dropped == 100 - queue.message_count - queue.unacked_count > 0

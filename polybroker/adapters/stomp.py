@@ -406,6 +406,7 @@ class StompClientConnection:
             queue = Queue(
                 f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
                 max_length=self.limits.max_queued_messages,
+                max_bytes=self.limits.max_queued_bytes,
             )
             self.broker.router.add(destination.name, queue, ANY_QOS)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
