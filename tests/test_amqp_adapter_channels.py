@@ -48,6 +48,7 @@ from polybroker.protocols.amqp import (
 )
 from polybroker.sessions import SubscriptionOptions
 
+from .stompclient import connect_client as connect_stomp
 from .test_amqp_adapter import TIMEOUT, AmqpTestClient, assert_close, make_broker, open_client
 
 
@@ -413,3 +414,15 @@ async def test_a_connection_that_does_not_read_leaves_messages_to_others(nursery
     slow_got = [d.body[0] for d in await deliveries(slow, 1, 30 - len(fast_got))]
     assert sorted(fast_got + slow_got) == list(range(30))
     assert broker.queues.get("q").message_count == 0
+
+
+async def test_stomp_subscriber_is_refused_another_connections_exclusive_queue(nursery, broker):
+    client = await open_client(nursery, broker)
+    await client.declare(1, "private", exclusive=True)
+    stomp = await connect_stomp(nursery, broker)
+    await stomp.connect()
+    await stomp.send("SUBSCRIBE", {"destination": "/queue/private", "id": "0"})
+    frames = await stomp.receive_until_closed()
+    assert [f.command for f in frames] == ["ERROR"]
+    assert "resource locked" in frames[0].get("message")
+    assert broker.queues.get("private").consumer_count == 0

@@ -402,6 +402,9 @@ class StompClientConnection:
         ack_mode = frame.get("ack", "auto")
         if destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
+            if queue.owner is not None:  # an AMQP exclusive queue (0-9-1: 405 for others)
+                raise _error(frame, f"resource locked: {destination.wire} is exclusive to "
+                                    f"another connection")
         else:
             queue = Queue(
                 f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
