@@ -7,6 +7,7 @@ from the MQTT topic space. Client: ``AmqpTestClient`` (``test_amqp_adapter``).
 import trio
 
 from polybroker.adapters import amqp as amqp_adapter
+from polybroker.adapters import amqp_channel
 from polybroker.message import Message
 from polybroker.protocols.amqp import (
     BasicAck,
@@ -289,6 +290,26 @@ async def test_transaction_holds_publishes_and_acks_until_commit(nursery, broker
     await client.expect(1, TxCommitOk)
     assert [e.message.payload for e in queue.ready] == [b"kept"]
     assert queue.unacked_count == 0
+
+
+async def test_transactions_hold_a_bounded_number_of_bytes(nursery, broker, monkeypatch):
+    monkeypatch.setattr(amqp_channel, "MAX_TX_BYTES", 1000)
+    client = await open_client(nursery, broker, channels=2)
+    await client.declare(1, "q")
+    for number in (1, 2):
+        await client.send(number, TxSelect())
+        await client.expect(number, TxSelectOk)
+    await client.publish(1, "", "q", b"a" * 600)
+    await client.publish(2, "", "q", b"b" * 600)  # the connection's 1000 bytes are passed
+    close = await client.expect(2, ChannelClose)
+    assert_close(close, 406, 60, 40)
+    assert "transactions hold more than 1000 bytes" in close.reply_text
+    await client.send(1, TxRollback())  # gives its 600 bytes back
+    await client.expect(1, TxRollbackOk)
+    await client.publish(1, "", "q", b"c" * 900)
+    await client.send(1, TxCommit())
+    await client.expect(1, TxCommitOk)
+    assert [e.message.payload for e in broker.queues.get("q").ready] == [b"c" * 900]
 
 
 async def test_confirm_and_tx_exclude_each_other(nursery, broker):

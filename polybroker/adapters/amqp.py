@@ -110,6 +110,7 @@ class AMQPClientConnection:
         self.channels: dict[int, Channel] = {}
         self._out: list[bytes] = []
         self.pending_bytes = 0
+        self.tx_bytes = 0  # message bodies held by open transactions, all channels
         self._to_dispatch: list[Queue] = []
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # buffered replies vouch for records not yet durable

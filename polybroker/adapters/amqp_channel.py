@@ -114,6 +114,7 @@ log = logging.getLogger("polybroker.amqp")
 CONNECTION_CODES = frozenset((COMMAND_INVALID, CHANNEL_ERROR, NOT_ALLOWED, NOT_IMPLEMENTED,
                               501, 502, 505, 506, 541, 320, 402))
 MAX_TX_ACTIONS = 100_000  # publishes and acknowledgements held by one transaction
+MAX_TX_BYTES = 64 * 1024 * 1024  # message bodies held by a connection's open transactions
 
 
 class ConnectionFault(Exception):
@@ -169,6 +170,7 @@ class Channel:
         self.confirm = False
         self._published = 0  # publish sequence number in confirm mode
         self.tx: list[Callable[[], None]] | None = None
+        self.tx_bytes = 0  # bodies held by ``tx`` (counted in the connection's too)
         self.last_queue: str | None = None  # queue.declare's, for methods naming ''
 
     def __repr__(self) -> str:
@@ -445,7 +447,7 @@ class Channel:
         if self.tx is not None:
             if m.exchange not in self.broker.exchanges:  # 404 now, not at commit
                 raise NotFound(f"NOT_FOUND - no exchange '{m.exchange}' in vhost '/'")
-            self._hold(lambda: self._route(m, message))
+            self._hold(lambda: self._route(m, message), len(body))
             return
         self._route(m, message)
 
@@ -516,11 +518,24 @@ class Channel:
 
     # -- transactions -----------------------------------------------------------------------
 
-    def _hold(self, action: Callable[[], None]) -> None:
+    def _hold(self, action: Callable[[], None], size: int = 0) -> None:
+        connection = self.connection
         if len(self.tx) >= MAX_TX_ACTIONS:
             raise PreconditionFailed(f"PRECONDITION_FAILED - more than {MAX_TX_ACTIONS} "
                                      "actions in one transaction")
+        if connection.tx_bytes + size > MAX_TX_BYTES:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - transactions hold more than "
+                                     f"{MAX_TX_BYTES} bytes")
         self.tx.append(action)
+        self.tx_bytes += size
+        connection.tx_bytes += size
+
+    def _take_tx(self) -> list[Callable[[], None]]:
+        """The open transaction's actions; the transaction starts again empty."""
+        actions, self.tx = self.tx or [], []
+        self.connection.tx_bytes -= self.tx_bytes
+        self.tx_bytes = 0
+        return actions
 
     def _on_tx_select(self, m: TxSelect) -> None:
         if self.confirm:
@@ -533,15 +548,14 @@ class Channel:
     def _on_tx_commit(self, m: TxCommit) -> None:
         if self.tx is None:
             raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
-        actions, self.tx = self.tx, []
-        for action in actions:
+        for action in self._take_tx():
             action()
         self._reply(TxCommitOk())
 
     def _on_tx_rollback(self, m: TxRollback) -> None:
         if self.tx is None:
             raise PreconditionFailed("PRECONDITION_FAILED - channel is not transactional")
-        self.tx = []
+        self._take_tx()
         self._reply(TxRollbackOk())
 
     # -- flow and closing -------------------------------------------------------------------
@@ -561,7 +575,8 @@ class Channel:
     def close_down(self) -> None:
         """The channel ends: its consumers go, every unacknowledged delivery goes back to
         its queue (redelivered, in its original place), an open transaction is dropped."""
-        self.tx = None if self.tx is None else []
+        if self.tx is not None:
+            self._take_tx()
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:
