@@ -141,21 +141,63 @@ class MQTTClientConnection:
         return f"{self.client_id or '<no id>'} ({self.peer})"
 
     async def run(self) -> None:
+        # The read loop is written out here rather than in a method of its own: a frame
+        # less for as long as the connection lives.
         self.broker.connection_opened(self)
+        scope = self._read_scope
+        stream = self.stream
+        deadline = trio.current_time() + self.limits.connect_timeout
         try:
+            with scope:
+                while True:
+                    # Only the wait for bytes is bounded by the deadline, not their
+                    # handling (a login may take its time).
+                    scope.deadline = deadline
+                    try:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        log.info("client %s: connection lost", self.name)
+                        break
+                    scope.deadline = math.inf
+                    if not data:
+                        log.info("client %s: closed the connection without DISCONNECT",
+                                 self.name)
+                        break
+                    try:
+                        received = await self._receive(data)
+                    except Closing as close:
+                        self._disconnect(close.reason_code, close.reason)
+                        break
+                    if received is None:
+                        break
+                    if received and self.session is not None:
+                        # Only a whole Control Packet restarts the keep-alive period, not
+                        # stray bytes [MQTT-3.1.2-24]: one and a half times the keep
+                        # alive, 0 is none.
+                        keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
+                        deadline = trio.current_time() + keep_alive
+                    if self.conn.pending_bytes:
+                        self._send_soon()
+                    if self.throttle is not None:
+                        deadline += await self.throttle.settle()  # max_publish_rate
+            if scope.cancelled_caught and not self._stopped:
+                # The deadline passed while waiting for bytes.
+                if self.session is None:
+                    self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
+                else:  # [MQTT-3.1.2-22]
+                    self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
+        finally:
             try:
-                await self._read_loop()
-            finally:
                 self._end()
                 self._closing = True
                 self._send_soon()  # what is still buffered (a DISCONNECT, say)
-            if self._writing:
-                self._drained = trio.Event()
-                await self._drained.wait()  # bounded: the writer gives up after send_timeout
-        finally:
-            self.broker.connection_closed(self)
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.stream.aclose()  # closed even when cancelled, as trio promises
+                if self._writing:
+                    self._drained = trio.Event()
+                    await self._drained.wait()  # bounded: the writer gives up in send_timeout
+            finally:
+                self.broker.connection_closed(self)
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await stream.aclose()  # closed even when cancelled, as trio promises
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a 5.0 client is told so (0x8B), then the writer drains."""
@@ -172,47 +214,6 @@ class MQTTClientConnection:
         self._read_scope.cancel()
 
     # -- I/O ------------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        scope = self._read_scope
-        stream = self.stream
-        deadline = trio.current_time() + self.limits.connect_timeout
-        with scope:
-            while True:
-                # Only the wait for bytes is bounded by the deadline, not their handling
-                # (a login may take its time).
-                scope.deadline = deadline
-                try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    log.info("client %s: connection lost", self.name)
-                    return
-                scope.deadline = math.inf
-                if not data:
-                    log.info("client %s: closed the connection without DISCONNECT", self.name)
-                    return
-                try:
-                    received = await self._receive(data)
-                except Closing as close:
-                    self._disconnect(close.reason_code, close.reason)
-                    return
-                if received is None:
-                    return
-                if received and self.session is not None:
-                    # Only a whole Control Packet restarts the keep-alive period, not stray
-                    # bytes [MQTT-3.1.2-24]: one and a half times the keep alive, 0 is none.
-                    keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
-                    deadline = trio.current_time() + keep_alive
-                if self.conn.pending_bytes:
-                    self._send_soon()
-                if self.throttle is not None:
-                    deadline += await self.throttle.settle()  # max_publish_rate
-        if scope.cancelled_caught and not self._stopped:
-            # The deadline passed while waiting for bytes.
-            if self.session is None:
-                self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
-            else:
-                self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")  # [MQTT-3.1.2-22]
 
     async def _receive(self, data: bytes) -> int | None:
         """Handle one read's worth of packets; return how many, or None to close."""
