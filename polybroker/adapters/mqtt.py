@@ -47,7 +47,7 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE
+from .io import RECEIVE_SIZE, plain_socket, receive_socket
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -146,6 +146,7 @@ class MQTTClientConnection:
         self.broker.connection_opened(self)
         scope = self._read_scope
         stream = self.stream
+        sock = plain_socket(stream)  # plain TCP: read the socket directly (io.py)
         deadline = trio.current_time() + self.limits.connect_timeout
         try:
             with scope:
@@ -154,7 +155,10 @@ class MQTTClientConnection:
                     # handling (a login may take its time).
                     scope.deadline = deadline
                     try:
-                        data = await stream.receive_some(RECEIVE_SIZE)
+                        if sock is not None:
+                            data = await receive_socket(sock)
+                        else:
+                            data = await stream.receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         log.info("client %s: connection lost", self.name)
                         break
