@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from polybroker.adapters.io import plain_socket, receive_socket
+from polybroker.adapters.io import plain_socket, receive_socket, send_socket
 from polybroker.broker import Broker
 from polybroker.config import BrokerConfig, Limits, parse_listen_url
-from polybroker.protocols.mqtt import ConnAck, Connect, Publish
+from polybroker.protocols.mqtt import ConnAck, Connect, PingReq, PingResp, Publish
 from polybroker.server import open_broker
 
 from .rawclient import RawClient, connect_client
@@ -104,6 +104,37 @@ async def test_receive_socket_cancelled_while_waiting_loses_nothing():
         assert scope.cancelled_caught
         await theirs.send_all(b"after")
         assert await receive_socket(ours.socket) == b"after"
+
+
+async def test_send_socket_writes_what_fits_without_waiting():
+    ours, theirs = socket_stream_pair()
+    async with ours, theirs:
+        with trio.testing.assert_no_checkpoints():
+            assert send_socket(ours.socket, b"abc") == 3
+        assert await theirs.receive_some(10) == b"abc"
+        # Nobody reads: the socket buffers fill up, and it takes less, then nothing.
+        chunk = b"x" * 65536
+        sent = [send_socket(ours.socket, chunk) for _ in range(200)]
+        assert sent[-1] == 0 and sum(sent) < 200 * len(chunk)
+
+
+async def test_send_socket_on_a_closed_or_reset_socket_raises():
+    ours, theirs = socket_stream_pair()
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        send_socket(ours.socket, b"x")
+    await theirs.aclose()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        client = await trio.testing.open_stream_to_socket_listener(listeners[0])
+        server = await listeners[0].accept()
+        async with server:
+            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            await client.aclose()
+            with pytest.raises(trio.BrokenResourceError):
+                for _ in range(3):  # the first write may still be accepted
+                    send_socket(server.socket, b"x")
+                    await trio.sleep(0.01)
 
 
 # -- the writer task --------------------------------------------------------------------------
@@ -236,3 +267,31 @@ async def test_over_tcp_keep_alive_closes_a_silent_client():
         start = trio.current_time()
         assert await client.receive_until_closed() == []
         assert 1.4 <= trio.current_time() - start < 4  # one and a half keep-alives
+
+
+async def test_over_tcp_a_backlog_beyond_what_the_socket_takes_arrives_whole_and_in_order():
+    async with open_broker(loopback()) as running:
+        port = running.port()
+        sub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await sub.connect("sub")
+        await sub.subscribe("t", 0)
+        pub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await pub.connect("pub")
+        # Far more than the socket buffers hold while the subscriber reads nothing: the
+        # direct sends take part of it, the writer task the rest, in order.
+        count = 3000
+        for first in range(0, count, 100):
+            await pub.send(*(Publish("t", b"%06d" % i + b"x" * 1000)
+                             for i in range(first, first + 100)))
+        await pub.send(PingReq())
+        assert await pub.receive() == PingResp()
+        assert len(writer_tasks()) == 1  # blocked on the subscriber's full socket
+        received = []
+        with trio.fail_after(10):
+            while len(received) < count:
+                received.append(int((await sub.receive()).payload[:6]))
+        assert received == list(range(count))
+        await sub.send(PingReq())
+        assert await sub.receive() == PingResp()
+        await sub.close()
+        await pub.close()

@@ -65,3 +65,20 @@ async def receive_socket(sock: trio.socket.SocketType) -> bytes:
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()  # a read that did not block
         return data
+
+
+def send_socket(sock: trio.socket.SocketType, data: bytes) -> int:
+    """Write what the socket takes of ``data`` now, without waiting; how many bytes.
+    ClosedResourceError / BrokenResourceError as ``SocketStream.send_all`` raises them.
+    For the caller that sends the rest with ``send_all`` (never both at once)."""
+    fd = sock.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("this socket was already closed")
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        if exc.errno in _CLOSED_ERRNOS:
+            raise trio.ClosedResourceError("this socket was already closed") from None
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc

@@ -47,7 +47,7 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE, plain_socket, receive_socket
+from .io import RECEIVE_SIZE, plain_socket, receive_socket, send_socket
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -73,6 +73,9 @@ class Closing(Exception):
         self.reason = reason
 
 
+# The batch of the reader handling its packets right now (see _send_soon); None between.
+_batch: "list[MQTTClientConnection] | None" = None
+
 # The encoder of every 3.1 / 3.1.1 connection: without topic aliases it keeps no state.
 _V3_ENCODER = PublishEncoder(4, UNBOUNDED, 0)
 
@@ -86,8 +89,9 @@ class MQTTClientConnection:
 
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_pending_connect",
-        "_plain_bytes", "_read_scope", "_stopped", "_taken_over", "_write_failed", "_writing",
+        "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_in_batch",
+        "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped", "_taken_over",
+        "_write_failed", "_writing",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
         "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
         "qos0_dropped", "session", "stream", "throttle", "user", "will", "will_delay",
@@ -129,6 +133,8 @@ class MQTTClientConnection:
         self._plain_bytes = 0  # buffered QoS 0/1 deliveries, which need not wait for the disk
         # The writer task runs only while there is something to send (see _send_soon).
         self._writing = False
+        self._in_batch = False  # in the batch of connections a reader sends to (_send_soon)
+        self._socket = plain_socket(stream)  # plain TCP: read and written directly (io.py)
         self._drained: trio.Event | None = None  # set when the writer ends, once closing
         self._write_failed = False
         # Bounds the reads: its deadline is the keep-alive (or CONNECT) deadline while a
@@ -146,7 +152,7 @@ class MQTTClientConnection:
         self.broker.connection_opened(self)
         scope = self._read_scope
         stream = self.stream
-        sock = plain_socket(stream)  # plain TCP: read the socket directly (io.py)
+        sock = self._socket
         deadline = trio.current_time() + self.limits.connect_timeout
         try:
             with scope:
@@ -167,11 +173,15 @@ class MQTTClientConnection:
                         log.info("client %s: closed the connection without DISCONNECT",
                                  self.name)
                         break
+                    batch: list[MQTTClientConnection] = []
                     try:
-                        received = await self._receive(data)
+                        received = await self._receive(data, batch)
                     except Closing as close:
                         self._disconnect(close.reason_code, close.reason)
                         break
+                    finally:
+                        for connection in batch:
+                            connection._send_batched()
                     if received is None:
                         break
                     if received and self.session is not None:
@@ -180,8 +190,6 @@ class MQTTClientConnection:
                         # alive, 0 is none.
                         keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
                         deadline = trio.current_time() + keep_alive
-                    if self.conn.pending_bytes:
-                        self._send_soon()
                     if self.throttle is not None:
                         deadline += await self.throttle.settle()  # max_publish_rate
             if scope.cancelled_caught and not self._stopped:
@@ -219,8 +227,12 @@ class MQTTClientConnection:
 
     # -- I/O ------------------------------------------------------------------------------
 
-    async def _receive(self, data: bytes) -> int | None:
-        """Handle one read's worth of packets; return how many, or None to close."""
+    async def _receive(
+        self, data: bytes, batch: "list[MQTTClientConnection]"
+    ) -> int | None:
+        """Handle one read's worth of packets; return how many, or None to close.
+        Connections given bytes to send meanwhile (this one too) are added to ``batch``."""
+        global _batch
         try:
             packets = self.conn.receive_data(data)
         except MQTTError as exc:
@@ -234,28 +246,77 @@ class MQTTClientConnection:
                 raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
             if type(packet) is Connect and not await self._login(packet):
                 return None
-            if not handler(self, packet):
+            _batch = batch  # only while the handler runs: it does not wait, no other task runs
+            try:
+                handled = handler(self, packet)
+                if self.conn.pending_bytes:
+                    self._send_soon()
+            finally:
+                _batch = None
+            if not handled:
                 if self._auth_failed:
                     await self._refuse_enhanced()
                 return None
         return len(packets)
 
     def _send_soon(self) -> None:
-        """Have what is buffered sent: start the writer task unless it is running.
+        """Have what is buffered sent.
 
-        No task waits while there is nothing to send (an idle connection costs only its
-        reader); all deliveries made to a connection between two writes go out in one
-        system call. The writer is a system task rather than a child of a nursery of the
-        connection's own, which would cost every idle connection a cancel scope and its
-        bookkeeping: ``run`` waits for it before closing the stream instead, and it
-        catches whatever it raises."""
-        if not self._writing and not self._write_failed and self._drained is None:
-            self._writing = True
-            trio.lowlevel.spawn_system_task(self._write_loop, name="mqtt writer")
+        While a reader handles its packets, the connections it gives bytes to join its
+        batch; at the end of the read each sends what it has directly, in one system
+        call, if its socket takes it all (``_send_batched``). Otherwise (the rest of the
+        bytes, other streams, deliveries from elsewhere) the writer task sends them; it
+        runs only while there is something to send, so an idle connection costs only
+        its reader, and all deliveries made to a connection between two writes still go
+        out in one system call."""
+        if self._writing or self._write_failed or self._drained is not None:
+            return  # the writer will see the new bytes (or nothing is sent any more)
+        batch = _batch
+        if batch is None:
+            self._start_writer(b"")
+        elif not self._in_batch:
+            self._in_batch = True
+            batch.append(self)
 
-    async def _write_loop(self) -> None:
+    def _send_batched(self) -> None:
+        """The end of a reader's batch: send what is buffered directly, or have the
+        writer send it (the part the socket does not take, or all of it when it must
+        wait for the disk first or the stream is not a plain socket)."""
+        self._in_batch = False
+        conn = self.conn
+        if (self._writing or self._write_failed or self._drained is not None
+                or not conn.pending_bytes):
+            return
+        sock = self._socket
+        if sock is None or (
+            conn.pending_bytes > self._plain_bytes and self.broker.durability.pending()
+        ):
+            self._start_writer(b"")
+            return
+        data = conn.data_to_send()
+        self._plain_bytes = 0
         try:
-            if await self._write_all():
+            sent = send_socket(sock, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._write_failed = True
+            self._stop_reading()
+            return
+        if sent < len(data):
+            self._start_writer(data[sent:])
+
+    def _start_writer(self, unsent: bytes) -> None:
+        """Start the writer task; ``unsent``: bytes taken from the buffer to send first.
+
+        It is a system task rather than a child of a nursery of the connection's own,
+        which would cost every idle connection a cancel scope and its bookkeeping:
+        ``run`` waits for it before closing the stream instead, and it catches whatever
+        it raises."""
+        self._writing = True
+        trio.lowlevel.spawn_system_task(self._write_loop, unsent, name="mqtt writer")
+
+    async def _write_loop(self, unsent: bytes) -> None:
+        try:
+            if await self._write_all(unsent):
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -269,9 +330,19 @@ class MQTTClientConnection:
         self._write_failed = True
         self._stop_reading()
 
-    async def _write_all(self) -> bool:
-        """Send until the buffer is empty (True), or give up (False, logged)."""
-        while data := self.conn.data_to_send():
+    async def _write_all(self, data: bytes) -> bool:
+        """Send ``data``, then what is buffered, until nothing is (True), or give up
+        (False, logged)."""
+        while True:
+            if data:
+                with trio.move_on_after(self.limits.send_timeout) as timer:
+                    await self.stream.send_all(data)
+                if timer.cancelled_caught:
+                    log.warning("client %s: closing: send timed out", self.name)
+                    return False
+            data = self.conn.data_to_send()
+            if not data:
+                return True  # and _writing is cleared in this same step: no gap
             # Acknowledgements (and QoS 2 deliveries) go out once the records they
             # vouch for are on disk (durability); QoS 0/1 deliveries alone need not.
             plain, self._plain_bytes = self._plain_bytes, 0
@@ -279,12 +350,6 @@ class MQTTClientConnection:
             if len(data) > plain and not await durability.wait_durable(self.limits.send_timeout):
                 log.error("client %s: closing: storage did not confirm in time", self.name)
                 return False
-            with trio.move_on_after(self.limits.send_timeout) as timer:
-                await self.stream.send_all(data)
-            if timer.cancelled_caught:
-                log.warning("client %s: closing: send timed out", self.name)
-                return False
-        return True
 
     def _refuse_connect(self, exc: MQTTError) -> None:
         """A bad CONNECT: answer with a CONNACK where the spec asks for one, then close."""
@@ -700,8 +765,7 @@ class MQTTClientConnection:
         conn.send_bytes(data)
         if delivery.qos < 2:
             self._plain_bytes += len(data)
-        if not self._writing:
-            self._send_soon()
+        self._send_soon()
         if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large
             # messages is disconnected; what it did not acknowledge stays in its session.
