@@ -4,16 +4,17 @@ something to send, and the limits that still bound it (send_timeout, the outgoin
 buffer), over memory streams and real loopback sockets."""
 
 import logging
+import os
 import socket
 
 import pytest
 import trio
 import trio.testing
 
-from polybroker.adapters.io import plain_socket, receive_socket, send_socket
+from polybroker.adapters.io import plain_socket_fd, receive_socket, send_socket
 from polybroker.broker import Broker
 from polybroker.config import BrokerConfig, Limits, parse_listen_url
-from polybroker.protocols.mqtt import ConnAck, Connect, PingReq, PingResp, Publish
+from polybroker.protocols.mqtt import ConnAck, Connect, PingReq, PingResp, Publish, Will
 from polybroker.server import open_broker
 
 from .rawclient import RawClient, connect_client
@@ -26,12 +27,19 @@ def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(a), trio.SocketStream(b)
 
 
-async def test_plain_socket_only_for_socket_streams():
+async def test_plain_socket_fd_only_for_socket_streams():
     ours, theirs = socket_stream_pair()
     async with ours, theirs:
-        assert plain_socket(ours) is ours.socket
+        assert plain_socket_fd(ours) == ours.socket.fileno()
     memory, _ = trio.testing.memory_stream_pair()
-    assert plain_socket(memory) is None
+    assert plain_socket_fd(memory) is None
+
+
+def closed_fd(stream: trio.SocketStream) -> int:
+    """A descriptor number that was just closed (and not yet reused)."""
+    fd = os.dup(stream.socket.fileno())
+    os.close(fd)
+    return fd
 
 
 async def test_receive_socket_returns_what_arrived_and_checkpoints():
@@ -39,7 +47,7 @@ async def test_receive_socket_returns_what_arrived_and_checkpoints():
     async with ours, theirs:
         await theirs.send_all(b"hello")
         with trio.testing.assert_checkpoints():  # even when the read does not block
-            assert await receive_socket(ours.socket) == b"hello"
+            assert await receive_socket(ours.socket.fileno()) == b"hello"
 
 
 async def test_receive_socket_waits_for_data():
@@ -48,7 +56,7 @@ async def test_receive_socket_waits_for_data():
         got = []
 
         async def reader() -> None:
-            got.append(await receive_socket(ours.socket))
+            got.append(await receive_socket(ours.socket.fileno()))
 
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
@@ -61,7 +69,7 @@ async def test_receive_socket_end_of_stream_is_empty_bytes():
     ours, theirs = socket_stream_pair()
     async with ours:
         await theirs.aclose()
-        assert await receive_socket(ours.socket) == b""
+        assert await receive_socket(ours.socket.fileno()) == b""
 
 
 async def test_receive_socket_on_a_stream_closed_while_waiting_raises_closed():
@@ -69,9 +77,11 @@ async def test_receive_socket_on_a_stream_closed_while_waiting_raises_closed():
     async with theirs, trio.open_nursery() as nursery:
         raised = []
 
+        fd = ours.socket.fileno()
+
         async def reader() -> None:
             try:
-                await receive_socket(ours.socket)
+                await receive_socket(fd)
             except trio.ClosedResourceError as exc:
                 raised.append(exc)
 
@@ -79,8 +89,10 @@ async def test_receive_socket_on_a_stream_closed_while_waiting_raises_closed():
         await trio.testing.wait_all_tasks_blocked()
         await ours.aclose()
     assert len(raised) == 1
-    with pytest.raises(trio.ClosedResourceError):
-        await receive_socket(ours.socket)  # and when already closed
+    again, other = socket_stream_pair()
+    async with again, other:
+        with pytest.raises(trio.ClosedResourceError):
+            await receive_socket(closed_fd(again))  # and on a closed descriptor
 
 
 async def test_receive_socket_on_a_reset_connection_raises_broken():
@@ -93,37 +105,36 @@ async def test_receive_socket_on_a_reset_connection_raises_broken():
             client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             await client.aclose()
             with pytest.raises(trio.BrokenResourceError):
-                await receive_socket(server.socket)
+                await receive_socket(server.socket.fileno())
 
 
 async def test_receive_socket_cancelled_while_waiting_loses_nothing():
     ours, theirs = socket_stream_pair()
     async with ours, theirs:
         with trio.move_on_after(0.01) as scope:
-            await receive_socket(ours.socket)
+            await receive_socket(ours.socket.fileno())
         assert scope.cancelled_caught
         await theirs.send_all(b"after")
-        assert await receive_socket(ours.socket) == b"after"
+        assert await receive_socket(ours.socket.fileno()) == b"after"
 
 
 async def test_send_socket_writes_what_fits_without_waiting():
     ours, theirs = socket_stream_pair()
     async with ours, theirs:
         with trio.testing.assert_no_checkpoints():
-            assert send_socket(ours.socket, b"abc") == 3
+            assert send_socket(ours.socket.fileno(), b"abc") == 3
         assert await theirs.receive_some(10) == b"abc"
         # Nobody reads: the socket buffers fill up, and it takes less, then nothing.
         chunk = b"x" * 65536
-        sent = [send_socket(ours.socket, chunk) for _ in range(200)]
+        sent = [send_socket(ours.socket.fileno(), chunk) for _ in range(200)]
         assert sent[-1] == 0 and sum(sent) < 200 * len(chunk)
 
 
 async def test_send_socket_on_a_closed_or_reset_socket_raises():
     ours, theirs = socket_stream_pair()
-    await ours.aclose()
-    with pytest.raises(trio.ClosedResourceError):
-        send_socket(ours.socket, b"x")
-    await theirs.aclose()
+    async with ours, theirs:
+        with pytest.raises(trio.ClosedResourceError):
+            send_socket(closed_fd(ours), b"x")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     async with listeners[0]:
         client = await trio.testing.open_stream_to_socket_listener(listeners[0])
@@ -133,7 +144,7 @@ async def test_send_socket_on_a_closed_or_reset_socket_raises():
             await client.aclose()
             with pytest.raises(trio.BrokenResourceError):
                 for _ in range(3):  # the first write may still be accepted
-                    send_socket(server.socket, b"x")
+                    send_socket(server.socket.fileno(), b"x")
                     await trio.sleep(0.01)
 
 
@@ -295,3 +306,23 @@ async def test_over_tcp_a_backlog_beyond_what_the_socket_takes_arrives_whole_and
         assert await sub.receive() == PingResp()
         await sub.close()
         await pub.close()
+
+
+async def test_over_tcp_a_will_from_a_closing_connection_reaches_the_subscriber():
+    async with open_broker(loopback()) as running:
+        port = running.port()
+        sub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await sub.connect("sub")
+        await sub.subscribe("wills/#", 1)
+        dying = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await dying.connect("dying", will=Will("wills/dying", b"gone", qos=1))
+        await dying.close()  # no DISCONNECT: the will is published as the connection ends
+        will = await sub.receive()
+        assert (will.topic, will.payload) == ("wills/dying", b"gone")
+
+
+async def test_over_tcp_a_refused_connect_gets_its_connack_before_the_close():
+    async with open_broker(loopback()) as running:
+        client = RawClient(await trio.open_tcp_stream("127.0.0.1", running.port()))
+        await client.send_raw(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00")  # level 7
+        assert await client.receive_until_closed() == [ConnAck(return_code=0x01)]

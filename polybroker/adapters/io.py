@@ -30,36 +30,35 @@ async def receive_before(
     return b""
 
 
-def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket under a plain TCP stream, which ``receive_socket`` reads directly;
-    None for any other stream (TLS, WebSocket, in memory)."""
+def plain_socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor of the socket under a plain TCP stream, which
+    ``receive_socket`` and ``send_socket`` use directly; None for any other stream (TLS,
+    WebSocket, in memory). The caller uses it only until it closes the stream: after
+    that the number may name another file."""
     if type(stream) is trio.SocketStream and os.name == "posix":
-        return stream.socket
+        return stream.socket.fileno()
     return None
 
 
-async def receive_socket(sock: trio.socket.SocketType) -> bytes:
-    """``SocketStream.receive_some(RECEIVE_SIZE)`` on the stream's socket, with its
-    semantics (a checkpoint, ClosedResourceError / BrokenResourceError, ``b""`` at end of
-    stream) and a far shorter chain of coroutine frames. A connection waits here for most
-    of its life, and each frame of that chain is kept for as long as it waits: with
-    thousands of idle connections that is a good part of the memory each one takes."""
+async def receive_socket(fd: int) -> bytes:
+    """``SocketStream.receive_some(RECEIVE_SIZE)`` on the stream's socket (``fd`` from
+    ``plain_socket_fd``), with its semantics (a checkpoint, ClosedResourceError /
+    BrokenResourceError, ``b""`` at end of stream) and a far shorter chain of coroutine
+    frames. A connection waits here for most of its life, and each frame of that chain
+    is kept for as long as it waits: with thousands of idle connections that is a good
+    part of the memory each one takes."""
     await trio.lowlevel.checkpoint_if_cancelled()
     waited = False
     while True:
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("this socket was already closed")
         try:
             data = os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
             data = None  # wait outside the handler, which would keep the exception alive
         except OSError as exc:
-            if exc.errno in _CLOSED_ERRNOS:
-                raise trio.ClosedResourceError("this socket was already closed") from None
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            raise _stream_error(exc) from None
         if data is None:
-            await trio.lowlevel.wait_readable(sock)
+            # Closing the stream (trio's notify_closing) wakes this with ClosedResourceError.
+            await trio.lowlevel.wait_readable(fd)
             waited = True
             continue
         if not waited:
@@ -67,18 +66,22 @@ async def receive_socket(sock: trio.socket.SocketType) -> bytes:
         return data
 
 
-def send_socket(sock: trio.socket.SocketType, data: bytes) -> int:
-    """Write what the socket takes of ``data`` now, without waiting; how many bytes.
-    ClosedResourceError / BrokenResourceError as ``SocketStream.send_all`` raises them.
-    For the caller that sends the rest with ``send_all`` (never both at once)."""
-    fd = sock.fileno()
-    if fd < 0:
-        raise trio.ClosedResourceError("this socket was already closed")
+def send_socket(fd: int, data: bytes) -> int:
+    """Write what the socket (``fd`` from ``plain_socket_fd``) takes of ``data`` now,
+    without waiting; how many bytes. ClosedResourceError / BrokenResourceError as
+    ``SocketStream.send_all`` raises them. For a caller that sends the rest with
+    ``send_all`` (never both at once)."""
     try:
         return os.write(fd, data)
     except BlockingIOError:
         return 0
     except OSError as exc:
-        if exc.errno in _CLOSED_ERRNOS:
-            raise trio.ClosedResourceError("this socket was already closed") from None
-        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+        raise _stream_error(exc) from None
+
+
+def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this socket was already closed")
+    error = trio.BrokenResourceError(f"socket connection broken: {exc}")
+    error.__cause__ = exc
+    return error

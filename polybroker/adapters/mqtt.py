@@ -47,7 +47,7 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE, plain_socket, receive_socket, send_socket
+from .io import RECEIVE_SIZE, plain_socket_fd, receive_socket, send_socket
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -73,8 +73,61 @@ class Closing(Exception):
         self.reason = reason
 
 
-# The batch of the reader handling its packets right now (see _send_soon); None between.
-_batch: "list[MQTTClientConnection] | None" = None
+class _Outbox:
+    """Connections with bytes to send over plain sockets (``_send_soon``), sent by one
+    task per run once the tasks running when they were added have run: all a
+    connection is given by the readers of one scheduling round goes out in one write."""
+
+    __slots__ = ("_parked", "_pending", "_task")
+
+    def __init__(self) -> None:
+        self._pending: list[MQTTClientConnection] = []
+        self._task: trio.lowlevel.Task | None = None
+        self._parked = False
+
+    def add(self, connection: "MQTTClientConnection") -> None:
+        self._pending.append(connection)
+        if self._parked:
+            self._parked = False
+            trio.lowlevel.reschedule(self._task)
+
+    async def run(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        while True:
+            if not self._pending:
+                self._parked = True
+                await trio.lowlevel.wait_task_rescheduled(_abort)
+            else:
+                # Once per round even when busy: readers that run after it this round
+                # add to the next batch.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            batch, self._pending = self._pending, []
+            for connection in batch:
+                try:
+                    connection._send_batched()
+                except Exception:
+                    log.exception("client %s: internal error while sending, connection "
+                                  "closed", connection.name)
+                    connection._write_failed = True
+                    connection._stop_reading()
+
+
+def _abort(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.SUCCEEDED
+
+
+_OUTBOX: trio.lowlevel.RunVar[_Outbox] = trio.lowlevel.RunVar("polybroker.mqtt.outbox")
+
+
+def _outbox() -> _Outbox:
+    """This run's outbox, and its task, made on first use."""
+    try:
+        return _OUTBOX.get()
+    except LookupError:
+        outbox = _Outbox()
+        _OUTBOX.set(outbox)
+        trio.lowlevel.spawn_system_task(outbox.run, name="mqtt outbox")
+        return outbox
 
 # The encoder of every 3.1 / 3.1.1 connection: without topic aliases it keeps no state.
 _V3_ENCODER = PublishEncoder(4, UNBOUNDED, 0)
@@ -134,7 +187,8 @@ class MQTTClientConnection:
         # The writer task runs only while there is something to send (see _send_soon).
         self._writing = False
         self._in_batch = False  # in the batch of connections a reader sends to (_send_soon)
-        self._socket = plain_socket(stream)  # plain TCP: read and written directly (io.py)
+        # Plain TCP: the socket is read and written directly (io.py), until run() closes it.
+        self._socket = plain_socket_fd(stream)
         self._drained: trio.Event | None = None  # set when the writer ends, once closing
         self._write_failed = False
         # Bounds the reads: its deadline is the keep-alive (or CONNECT) deadline while a
@@ -158,7 +212,7 @@ class MQTTClientConnection:
             with scope:
                 while True:
                     # Only the wait for bytes is bounded by the deadline, not their
-                    # handling (a login may take its time).
+                    # handling (the waits in it lift it: a login may take its time).
                     scope.deadline = deadline
                     try:
                         if sock is not None:
@@ -168,20 +222,15 @@ class MQTTClientConnection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         log.info("client %s: connection lost", self.name)
                         break
-                    scope.deadline = math.inf
                     if not data:
                         log.info("client %s: closed the connection without DISCONNECT",
                                  self.name)
                         break
-                    batch: list[MQTTClientConnection] = []
                     try:
-                        received = await self._receive(data, batch)
+                        received = await self._receive(data)
                     except Closing as close:
                         self._disconnect(close.reason_code, close.reason)
                         break
-                    finally:
-                        for connection in batch:
-                            connection._send_batched()
                     if received is None:
                         break
                     if received and self.session is not None:
@@ -191,6 +240,7 @@ class MQTTClientConnection:
                         keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
                         deadline = trio.current_time() + keep_alive
                     if self.throttle is not None:
+                        scope.deadline = math.inf
                         deadline += await self.throttle.settle()  # max_publish_rate
             if scope.cancelled_caught and not self._stopped:
                 # The deadline passed while waiting for bytes.
@@ -202,7 +252,8 @@ class MQTTClientConnection:
             try:
                 self._end()
                 self._closing = True
-                self._send_soon()  # what is still buffered (a DISCONNECT, say)
+                if self.conn.pending_bytes and not self._writing and not self._write_failed:
+                    self._start_writer(b"")  # what is still buffered (a DISCONNECT, say)
                 if self._writing:
                     self._drained = trio.Event()
                     await self._drained.wait()  # bounded: the writer gives up in send_timeout
@@ -227,12 +278,8 @@ class MQTTClientConnection:
 
     # -- I/O ------------------------------------------------------------------------------
 
-    async def _receive(
-        self, data: bytes, batch: "list[MQTTClientConnection]"
-    ) -> int | None:
-        """Handle one read's worth of packets; return how many, or None to close.
-        Connections given bytes to send meanwhile (this one too) are added to ``batch``."""
-        global _batch
+    async def _receive(self, data: bytes) -> int | None:
+        """Handle one read's worth of packets; return how many, or None to close."""
         try:
             packets = self.conn.receive_data(data)
         except MQTTError as exc:
@@ -244,59 +291,51 @@ class MQTTClientConnection:
             handler = _HANDLERS.get(type(packet))
             if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
                 raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
-            if type(packet) is Connect and not await self._login(packet):
-                return None
-            _batch = batch  # only while the handler runs: it does not wait, no other task runs
-            try:
-                handled = handler(self, packet)
-                if self.conn.pending_bytes:
-                    self._send_soon()
-            finally:
-                _batch = None
-            if not handled:
+            if type(packet) is Connect:
+                self._read_scope.deadline = math.inf
+                if not await self._login(packet):
+                    return None
+            if not handler(self, packet):
                 if self._auth_failed:
+                    self._read_scope.deadline = math.inf
                     await self._refuse_enhanced()
                 return None
+        if self.conn.pending_bytes:
+            self._send_soon()
         return len(packets)
 
     def _send_soon(self) -> None:
         """Have what is buffered sent.
 
-        While a reader handles its packets, the connections it gives bytes to join its
-        batch; at the end of the read each sends what it has directly, in one system
-        call, if its socket takes it all (``_send_batched``). Otherwise (the rest of the
-        bytes, other streams, deliveries from elsewhere) the writer task sends them; it
-        runs only while there is something to send, so an idle connection costs only
-        its reader, and all deliveries made to a connection between two writes still go
-        out in one system call."""
-        if self._writing or self._write_failed or self._drained is not None:
+        Over a plain socket the connection joins the run's outbox: once the tasks that
+        are running now have run, it sends everything buffered for it meanwhile (by any
+        of them) in one system call, directly if the socket takes it all
+        (``_send_batched``). The writer task sends what the socket does not take, and
+        everything on other streams; it runs only while there is something to send, so
+        an idle connection costs only its reader."""
+        if self._writing or self._write_failed or self._closing:
             return  # the writer will see the new bytes (or nothing is sent any more)
-        batch = _batch
-        if batch is None:
+        if self._socket is None:
             self._start_writer(b"")
         elif not self._in_batch:
             self._in_batch = True
-            batch.append(self)
+            _outbox().add(self)
 
     def _send_batched(self) -> None:
-        """The end of a reader's batch: send what is buffered directly, or have the
-        writer send it (the part the socket does not take, or all of it when it must
-        wait for the disk first or the stream is not a plain socket)."""
+        """The outbox's turn: send what is buffered directly, or have the writer send it
+        (the part the socket does not take, or all of it when it must wait for the disk
+        first)."""
         self._in_batch = False
         conn = self.conn
-        if (self._writing or self._write_failed or self._drained is not None
-                or not conn.pending_bytes):
+        if self._writing or self._write_failed or self._closing or not conn.pending_bytes:
             return
-        sock = self._socket
-        if sock is None or (
-            conn.pending_bytes > self._plain_bytes and self.broker.durability.pending()
-        ):
+        if conn.pending_bytes > self._plain_bytes and self.broker.durability.pending():
             self._start_writer(b"")
             return
         data = conn.data_to_send()
         self._plain_bytes = 0
         try:
-            sent = send_socket(sock, data)
+            sent = send_socket(self._socket, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._write_failed = True
             self._stop_reading()
