@@ -798,13 +798,16 @@ class MQTTClientConnection:
         if delivery.qos == 0 and conn.pending_bytes > self.limits.max_outgoing_bytes:
             self.qos0_dropped += 1
             return True  # dropped for a slow reader; counted, not an error
-        data = self.encoder.encode(delivery, packet_id, dup, self.broker.clock())
+        # Only 5.0 forwards a remaining expiry: 3.1.1 needs no clock reading per message.
+        now = self.broker.clock() if self.level >= MQTT_5 else 0.0
+        data = self.encoder.encode(delivery, packet_id, dup, now)
         if data is None:
             return False
         conn.send_bytes(data)
         if delivery.qos < 2:
             self._plain_bytes += len(data)
-        self._send_soon()
+        if not self._in_batch:
+            self._send_soon()
         if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large
             # messages is disconnected; what it did not acknowledge stays in its session.
