@@ -76,7 +76,16 @@ class Listener:
         try:
             opened = await self._open(tcp, peer)
             if opened is not None:
-                await self._serve(*opened, peer)
+                protocol, stream, identity = opened
+                handler = self._handler(protocol, peer)
+                if handler is None:
+                    await trio.aclose_forcefully(stream)
+                else:
+                    # Awaited here, not in a helper: one coroutine frame less for as long as
+                    # the connection lives.
+                    anonymous = anonymous_allowed(self.config, self.broker.config.auth)
+                    await handler(stream, self.broker, peer, identity=identity,
+                                  allow_anonymous=anonymous)
         except Exception:
             # One connection's fault must never take the listener down with it.
             log.exception("connection from %s: internal error, connection closed", peer)
@@ -121,18 +130,15 @@ class Listener:
                  config.url, peer, timeout)
         return None
 
-    async def _serve(self, protocol: str, stream: trio.abc.Stream, identity: str | None,
-                     peer: str) -> None:
+    def _handler(self, protocol: str, peer: str) -> ProtocolHandler | None:
+        """The adapter for ``protocol``; None (logged) if this broker does not serve it."""
         handler = PROTOCOL_HANDLERS.get(protocol)
         if handler is None:
             log.warning("%s: connection from %s speaks %s, which this broker does not serve "
                         "yet: closed", self.config.url, peer, protocol)
-            await trio.aclose_forcefully(stream)
-            return
-        if self.config.protocol == "auto":
+        elif self.config.protocol == "auto":
             log.debug("%s: connection from %s detected as %s", self.config.url, peer, protocol)
-        anonymous = anonymous_allowed(self.config, self.broker.config.auth)
-        await handler(stream, self.broker, peer, identity=identity, allow_anonymous=anonymous)
+        return handler
 
 
 class RunningBroker:

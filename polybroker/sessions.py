@@ -82,18 +82,18 @@ class Session:
     """One client's session: subscriptions, in-flight window and queued messages."""
 
     __slots__ = (
+        "_inbound_qos2",
         "_next_id",
+        "_queued",
         "client_id",
         "clock",
         "dropped",
         "expiry_interval",
         "expiry_timer",
-        "inbound_qos2",
         "inflight",
         "journal",
         "limits",
         "link",
-        "queued",
         "queued_bytes",
         "receive_maximum",
         "subscriptions",
@@ -115,15 +115,41 @@ class Session:
         self.link: SessionLink | None = None
         self.receive_maximum = limits.max_inflight_messages
         self.inflight: dict[int, Delivery] = {}  # insertion order is send order
-        self.queued: deque[Delivery] = deque()
         self.queued_bytes = 0  # payload bytes in ``queued``
-        self.inbound_qos2: set[int] = set()
+        # Made on first use (``queued``, ``inbound_qos2``): most sessions never need them,
+        # and an empty deque alone takes over 600 bytes.
+        self._queued: deque[Delivery] | None = None
+        self._inbound_qos2: set[int] | None = None
         self.journal: SessionJournal | None = None  # set while the session is persistent
         self.dropped = 0
         self._next_id = 1
 
     def __repr__(self) -> str:
         return f"Session({self.client_id!r})"
+
+    @property
+    def queued(self) -> deque[Delivery]:
+        """Messages waiting behind the in-flight window (or for the client), in order."""
+        queued = self._queued
+        if queued is None:
+            queued = self._queued = deque()
+        return queued
+
+    @queued.setter
+    def queued(self, queued: deque[Delivery]) -> None:
+        self._queued = queued
+
+    @property
+    def inbound_qos2(self) -> set[int]:
+        """Packet ids of QoS 2 messages received and not yet released (PUBREL)."""
+        inbound = self._inbound_qos2
+        if inbound is None:
+            inbound = self._inbound_qos2 = set()
+        return inbound
+
+    @inbound_qos2.setter
+    def inbound_qos2(self, inbound: set[int]) -> None:
+        self._inbound_qos2 = inbound
 
     # -- delivery to the client -------------------------------------------------------
 
@@ -140,7 +166,7 @@ class Session:
         if link is None:
             if qos:  # QoS 0 is not kept for an offline client
                 self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
-        elif self.queued or (qos and len(self.inflight) >= self.receive_maximum):
+        elif self._queued or (qos and len(self.inflight) >= self.receive_maximum):
             self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
         else:
             self._send(link, Delivery(message, qos, retain, subscription_ids, group))
@@ -149,12 +175,13 @@ class Session:
         journal = self.journal
         limits = self.limits
         size = len(delivery.message.payload)
+        queued = self.queued
         if (
-            len(self.queued) < limits.max_queued_messages
+            len(queued) < limits.max_queued_messages
             and self.queued_bytes + size <= limits.max_queued_bytes
             and (journal is None or not delivery.qos or journal.message_added(delivery))
         ):
-            self.queued.append(delivery)
+            queued.append(delivery)
             self.queued_bytes += size
             return
         self._drop_new()
@@ -170,7 +197,7 @@ class Session:
             log.warning(
                 "client %s: queue full (%d messages, %d bytes queued, or the stored-message "
                 "limit), dropped %d message(s) so far",
-                self.client_id, len(self.queued), self.queued_bytes, self.dropped,
+                self.client_id, len(self._queued or ()), self.queued_bytes, self.dropped,
             )
 
     def _send(self, link: SessionLink, delivery: Delivery) -> None:
@@ -206,7 +233,7 @@ class Session:
 
     def _fill_window(self) -> None:
         link = self.link
-        queued = self.queued
+        queued = self._queued
         while link is not None and queued and (
             queued[0].qos == 0 or len(self.inflight) < self.receive_maximum
         ):

@@ -25,6 +25,9 @@ fi
 work=$(mktemp -d)
 cp "$kit"/* "$work"/
 chmod -R u+w "$work"
+# Every start gets an empty data directory: the kit reuses ports, and a directory named
+# after the port would hand one scenario's durable state (100k retained messages, 100k
+# subscriptions) to the next. The inner exec keeps the broker's PID the one the kit watches.
 "$work/run.sh" -r "$repeats" -s "$scenarios" -o "$out" mosquitto \
-  "polybroker=$top/.venv/bin/polybroker serve --config $top/config/bench.toml --listen mqtt://127.0.0.1:{port} --data-dir $out/data-{port}"
+  "polybroker=sh -c 'exec $top/.venv/bin/polybroker serve --config $top/config/bench.toml --listen mqtt://127.0.0.1:{port} --data-dir \$(mktemp -d -p $out data-XXXXXX)'"
 echo "results: $out/results.jsonl, table: $out/report.md"

@@ -46,6 +46,11 @@ _CONNECT_TYPE = 1
 class ServerConnection:
     """Protocol state of one client connection, as seen by the server."""
 
+    __slots__ = (
+        "_auth_method", "_connack_sent", "_disconnected", "_failed", "_outgoing", "_parser",
+        "_session_expiry", "_started", "protocol_level",
+    )
+
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         # At level 5 the limit counts whole packets, at 3.1 / 3.1.1 the remaining
         # length (see PacketParser).
