@@ -28,17 +28,23 @@ class _Node:
         return not (self.children or self.plus or self.hash or self.subscribers)
 
 
+ROUTE_CACHE_SIZE = 4096  # topics whose matches are kept; the cache starts again when full
+
+
 class TopicTrie:
     """Maps (topic filter, subscriber) pairs to arbitrary values.
 
-    ``generation`` is bumped on every change so callers can cache match results and
-    invalidate them cheaply.
+    ``generation`` is bumped on every change. ``match`` keeps the result for recently
+    published topics (a hot topic is walked once, not per message) and drops them all
+    when the generation moves: any subscribe or unsubscribe.
     """
 
     def __init__(self) -> None:
         self._root = _Node()
         self._count = 0
         self.generation = 0
+        self._routes: dict[str, list[dict[Hashable, object]]] = {}
+        self._routes_generation = 0
 
     def __len__(self) -> int:
         return self._count
@@ -117,9 +123,22 @@ class TopicTrie:
     def match(self, topic: str) -> list[dict[Hashable, object]]:
         """Subscriber dicts of every filter matching ``topic`` (a topic name, no wildcards).
 
-        The returned dicts are the trie's own (hot path: no copies); callers must not mutate
-        them. A subscriber with overlapping filters appears in several dicts.
+        The returned list and dicts are the trie's own (hot path: no copies, and the list
+        is cached); callers must not mutate them. A subscriber with overlapping filters
+        appears in several dicts.
         """
+        routes = self._routes
+        if self._routes_generation != self.generation:
+            routes.clear()
+            self._routes_generation = self.generation
+        found = routes.get(topic)
+        if found is None:
+            if len(routes) >= ROUTE_CACHE_SIZE:
+                routes.clear()
+            found = routes[topic] = self._walk(topic)
+        return found
+
+    def _walk(self, topic: str) -> list[dict[Hashable, object]]:
         levels = topic.split("/")
         out: list[dict[Hashable, object]] = []
         root = self._root

@@ -279,6 +279,10 @@ def test_property_match_equals_brute_force(
             model.pop((f, sub), None)
             assert (trie.generation > gen) == existed
         assert len(trie) == len(model)
+        # Matching between changes: a cached route must never outlive a change.
+        topic = topics[n % len(topics)]
+        expected = Counter((s, v) for (f, s), v in model.items() if brute_match(f, topic))
+        assert pairs(trie, topic) == expected, topic
     assert_pruned(trie._root)
     for topic in topics:
         expected = Counter((sub, v) for (f, sub), v in model.items() if brute_match(f, topic))
@@ -287,3 +291,22 @@ def test_property_match_equals_brute_force(
         assert trie.remove(f, sub)
     assert len(trie) == 0
     assert trie._root.is_empty()
+
+
+def test_routes_are_cached_per_topic_until_a_subscription_changes() -> None:
+    trie = one("a/+")
+    first = trie.match("a/b")
+    assert trie.match("a/b") is first  # the walk is done once for a hot topic
+    trie.add("a/#", "s2", 2)
+    second = trie.match("a/b")
+    assert second is not first and len(second) == 2
+    trie.remove("a/+", "s")
+    assert [list(d) for d in trie.match("a/b")] == [["s2"]]
+
+
+def test_route_cache_is_bounded(monkeypatch) -> None:
+    monkeypatch.setattr("polybroker.router.ROUTE_CACHE_SIZE", 10)
+    trie = one("#")
+    for i in range(25):
+        assert len(trie.match(f"t/{i}")) == 1
+        assert len(trie._routes) <= 10
