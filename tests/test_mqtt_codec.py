@@ -40,6 +40,8 @@ from polybroker.protocols.mqtt import (
 )
 from polybroker.protocols.mqtt.codec import _encode_length
 
+from .fuzz_longrun import varint
+
 LEVELS = (MQTT_3_1, MQTT_3_1_1)
 FAST = settings(max_examples=200, deadline=None)
 
@@ -47,13 +49,6 @@ FAST = settings(max_examples=200, deadline=None)
 # --- helpers ------------------------------------------------------------------
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def frame(first: int, body: bytes) -> bytes:
