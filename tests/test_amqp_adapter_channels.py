@@ -5,6 +5,7 @@ from the MQTT topic space. Client: ``AmqpTestClient`` (``test_amqp_adapter``).
 """
 
 import trio
+import trio.testing
 
 from polybroker.adapters import amqp as amqp_adapter
 from polybroker.adapters import amqp_channel
@@ -50,7 +51,7 @@ from polybroker.protocols.amqp import (
 from polybroker.sessions import SubscriptionOptions
 
 from .stompclient import connect_client as connect_stomp
-from .test_amqp_adapter import TIMEOUT, AmqpTestClient, assert_close, make_broker, open_client
+from .test_amqp_adapter import AmqpTestClient, assert_close, make_broker, open_client
 
 
 async def consume(client: AmqpTestClient, channel: int, queue: str, tag: str = "",
@@ -230,9 +231,8 @@ async def test_unacked_messages_return_when_the_connection_drops(nursery, broker
     await deliveries(client, 1, 3)
     await client.stream.aclose()  # no connection.close
     queue = broker.queues.get("q")
-    with trio.fail_after(TIMEOUT):
-        while broker.connections:
-            await trio.sleep(0)
+    await trio.testing.wait_all_tasks_blocked()  # the broker has seen the end of the stream
+    assert not broker.connections
     assert [e.message.payload for e in queue.ready] == [b"1", b"2", b"3"]
     assert all(e.redelivered for e in queue.ready) and queue.consumer_count == 0
 

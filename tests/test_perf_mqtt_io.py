@@ -145,7 +145,7 @@ async def test_send_socket_on_a_closed_or_reset_socket_raises():
             with pytest.raises(trio.BrokenResourceError):
                 for _ in range(3):  # the first write may still be accepted
                     send_socket(server.socket.fileno(), b"x")
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.01)  # ok: retries until the kernel has the reset
 
 
 # -- the writer task --------------------------------------------------------------------------
@@ -198,7 +198,7 @@ async def test_a_client_that_does_not_read_is_closed_after_the_send_timeout(
         start = trio.current_time()
         with trio.fail_after(60):
             while "slow" in broker.sessions:  # clean session: gone with the connection
-                await trio.sleep(0.5)
+                await trio.sleep(0.5)  # ok: mock clock, polling virtual time
     assert 5 <= trio.current_time() - start <= 7
     assert "client slow (memory): closing: send timed out" in caplog.text
     assert writer_tasks() == []
@@ -260,7 +260,7 @@ async def test_over_tcp_deliveries_flow_and_idle_connections_have_no_writer():
         await pub.close()
         with trio.fail_after(5):
             while running.broker.connections or writer_tasks():
-                await trio.sleep(0.01)
+                await trio.sleep(0.01)  # ok: bounded poll while real sockets close
 
 
 async def test_over_tcp_no_connect_in_time_closes_the_connection():
