@@ -233,7 +233,7 @@ async def publish_flood(port: int, flooding: trio.Event, stats: dict) -> None:
 async def sample_memory(pid: int, samples: list[int]) -> None:
     while True:
         samples.append(rss_bytes(pid))
-        await trio.sleep(0.1)  # measurement interval, not synchronization
+        await trio.sleep(0.1)  # ok: measurement interval, not synchronization
 
 
 # -- the well-behaved clients -----------------------------------------------------------

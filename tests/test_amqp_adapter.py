@@ -287,7 +287,7 @@ async def test_heartbeats_sent_at_half_the_interval_and_silent_client_dropped(
 async def test_a_beating_client_stays_connected(nursery, broker, autojump_clock):
     client = await open_client(nursery, broker, heartbeat=2)
     for _ in range(10):  # 10 seconds of heartbeats only
-        await trio.sleep(1)  # mock clock: time passing is the point
+        await trio.sleep(1)  # ok: mock clock, time passing is the point
         await client.send_raw(HEARTBEAT_FRAME)
     await client.declare(1, "alive")
     await client.close_connection()
@@ -295,7 +295,7 @@ async def test_a_beating_client_stays_connected(nursery, broker, autojump_clock)
 
 async def test_heartbeat_zero_means_none(nursery, broker, autojump_clock):
     client = await open_client(nursery, broker, heartbeat=0)
-    await trio.sleep(600)  # mock clock: an idle connection without heartbeats stays
+    await trio.sleep(600)  # ok: mock clock; an idle connection without heartbeats stays
     assert client.heartbeats == []
     await client.declare(1, "still-here")
     await client.close_connection()

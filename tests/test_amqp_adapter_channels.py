@@ -338,7 +338,7 @@ async def test_expiration_drops_the_message_once_it_passed(nursery, broker, auto
     await client.declare(1, "q")
     await client.publish(1, "", "q", b"short", encode_properties(expiration="1000"))
     await client.publish(1, "", "q", b"long", encode_properties(expiration="60000"))
-    await trio.sleep(2)  # mock clock
+    await trio.sleep(2)  # ok: mock clock
     assert (await get(client, 1, "q", no_ack=True)).body == b"long"
     await client.publish(1, "", "q", b"bad", encode_properties(expiration="soon"))
     assert_close(await client.expect(1, ChannelClose), 406, 60, 40)

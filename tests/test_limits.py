@@ -348,7 +348,7 @@ async def test_mqtt_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
     async def trickle() -> None:
         for byte in wire[:-1]:  # never the last byte
             await slow.send_raw(bytes((byte,)))
-            await trio.sleep(0.25)  # load: one byte every 250 ms (virtual time)
+            await trio.sleep(0.25)  # ok: load, one byte every 250 ms (virtual time)
 
     nursery.start_soon(trickle)
     assert await slow.receive_until_closed(timeout=60) == []
@@ -368,7 +368,7 @@ async def test_stomp_connect_trickled_or_never_sent_is_closed_at_connect_timeout
     async def trickle() -> None:
         for byte in wire:
             await slow.send_raw(bytes((byte,)))
-            await trio.sleep(0.1)  # load: one byte every 100 ms (virtual time)
+            await trio.sleep(0.1)  # ok: load, one byte every 100 ms (virtual time)
 
     nursery.start_soon(trickle)
     start = trio.current_time()
