@@ -3,9 +3,11 @@ read (``adapters.io.receive_socket``), the writer task that runs only while ther
 something to send, and the limits that still bound it (send_timeout, the outgoing
 buffer), over memory streams and real loopback sockets."""
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -95,7 +97,9 @@ async def test_receive_socket_on_a_stream_closed_while_waiting_raises_closed():
             await receive_socket(closed_fd(again))  # and on a closed descriptor
 
 
-async def test_receive_socket_on_a_reset_connection_raises_broken():
+@contextlib.asynccontextmanager
+async def reset_by_peer() -> AsyncIterator[int]:
+    """The descriptor of a connected socket whose peer closed with a reset (RST)."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     async with listeners[0]:
         client = await trio.testing.open_stream_to_socket_listener(listeners[0])
@@ -104,8 +108,13 @@ async def test_receive_socket_on_a_reset_connection_raises_broken():
             # SO_LINGER 0: close sends RST instead of FIN.
             client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             await client.aclose()
-            with pytest.raises(trio.BrokenResourceError):
-                await receive_socket(server.socket.fileno())
+            yield server.socket.fileno()
+
+
+async def test_receive_socket_on_a_reset_connection_raises_broken():
+    async with reset_by_peer() as fd:
+        with pytest.raises(trio.BrokenResourceError):
+            await receive_socket(fd)
 
 
 async def test_receive_socket_cancelled_while_waiting_loses_nothing():
@@ -135,17 +144,11 @@ async def test_send_socket_on_a_closed_or_reset_socket_raises():
     async with ours, theirs:
         with pytest.raises(trio.ClosedResourceError):
             send_socket(closed_fd(ours), b"x")
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with listeners[0]:
-        client = await trio.testing.open_stream_to_socket_listener(listeners[0])
-        server = await listeners[0].accept()
-        async with server:
-            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            await client.aclose()
-            with pytest.raises(trio.BrokenResourceError):
-                for _ in range(3):  # the first write may still be accepted
-                    send_socket(server.socket.fileno(), b"x")
-                    await trio.sleep(0.01)  # ok: retries until the kernel has the reset
+    async with reset_by_peer() as fd:
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(3):  # the first write may still be accepted
+                send_socket(fd, b"x")
+                await trio.sleep(0.01)  # ok: retries until the kernel has the reset
 
 
 # -- the writer task --------------------------------------------------------------------------
