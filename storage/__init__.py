@@ -7,11 +7,14 @@ from .errors import (
     StoreFullError,
     StoreLockedError,
 )
+from .record import DELETE, PUT
 from .recovery import RecoveryIssue
 from .store import DEFAULT_SEGMENT_SIZE, LogStore, StoreStats
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
+    "DELETE",
+    "PUT",
     "CorruptRecordError",
     "LogStore",
     "RecoveryIssue",

@@ -34,7 +34,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
-from .record import DELETE, PUT
+from .record import DELETE, PUT, standalone
 from .recovery import SegmentScan
 from .segment import Segment, fsync_directory
 
@@ -94,7 +94,7 @@ class CompactionJob:
             if kind == DELETE and not index.needed(entry):
                 self._dropped.append(key)
                 continue
-            target, new_offset, _ = store._append(data[offset : offset + length], None)
+            target, new_offset, _ = store._append(standalone(data[offset : offset + length]), None)
             index.relocate(key, target.id, new_offset)
             self.copied += 1
             self.bytes_copied += length

@@ -6,7 +6,8 @@ Byte layout of one record (all integers big-endian)::
     0       1     magic         0xB7
     1       1     version       0x01 (FORMAT_VERSION)
     2       1     kind          1 = PUT, 2 = DELETE (tombstone)
-    3       1     flags         0 (reserved; a non-zero value is treated as damage)
+    3       1     flags         0, or CONTINUED (0x01): the next record belongs to the same
+                                atomic group (any other bit is treated as damage)
     4       4     key length    u32, K
     8       4     value length  u32, V (always 0 for DELETE)
     12      8     sequence      u64, the store's sequence number of the write
@@ -17,6 +18,10 @@ Byte layout of one record (all integers big-endian)::
 A record is therefore length-prefixed (the header gives K and V, so the total length is
 ``24 + K + V``) and self-checking: the trailing CRC covers every byte before it, so a torn
 write (the CRC is the last thing written) and any single-bit flip are detected.
+
+An atomic group (``LogStore.begin_group``) is written as one append: every record of it but
+the last carries CONTINUED, so recovery can tell a group that a crash cut short (its last
+record missing) and drop all of it.
 
 ``inspect`` is the primitive used by recovery and compaction: it classifies the bytes at an
 offset as a valid record, an *incomplete* one (the buffer ends before the record does: a torn
@@ -30,6 +35,7 @@ import zlib
 from typing import NamedTuple
 
 __all__ = [
+    "CONTINUED",
     "CORRUPT",
     "DELETE",
     "FORMAT_VERSION",
@@ -42,17 +48,20 @@ __all__ = [
     "PUT",
     "SYNC_MARK",
     "Record",
+    "continues",
     "decode",
     "encode",
     "encode_checked_fields",
     "inspect",
     "record_size",
+    "standalone",
 ]
 
 MAGIC = 0xB7
 FORMAT_VERSION = 1
 PUT = 1
 DELETE = 2
+CONTINUED = 0x01  # flags: another record of the same atomic group follows
 
 _HEADER = struct.Struct(">BBBBIIQ")
 _CRC = struct.Struct(">I")
@@ -96,10 +105,12 @@ def encode(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def encode_checked_fields(kind: int, seq: int, key: bytes, value: bytes = b"") -> bytes:
+def encode_checked_fields(
+    kind: int, seq: int, key: bytes, value: bytes = b"", flags: int = 0
+) -> bytes:
     """``encode`` for a caller that has already checked every field (the store's write path):
     the same bytes, without the checks and with one copy fewer."""
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, 0, len(key), len(value), seq)
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, flags, len(key), len(value), seq)
     crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
     return b"".join((head, key, value, _CRC.pack(crc)))
 
@@ -121,7 +132,7 @@ def inspect(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int, int, in
             return CORRUPT, 0, 0, 0, 0
         return INCOMPLETE, 0, 0, 0, 0
     magic, version, kind, flags, key_len, value_len, seq = _HEADER.unpack_from(buf, offset)
-    if magic != MAGIC or version != FORMAT_VERSION or flags:
+    if magic != MAGIC or version != FORMAT_VERSION or flags & ~CONTINUED:
         return CORRUPT, 0, 0, 0, 0
     if kind != PUT and (kind != DELETE or value_len):
         return CORRUPT, 0, 0, 0, 0
@@ -145,3 +156,17 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> Record | int:
     return Record(
         kind, seq, bytes(buf[key_start:value_start]), bytes(buf[value_start : offset + total - 4])
     )
+
+
+def continues(buf: bytes | memoryview, offset: int = 0) -> bool:
+    """Whether the valid record at ``offset`` is followed by more of its atomic group."""
+    return bool(buf[offset + 3] & CONTINUED)
+
+
+def standalone(data: bytes) -> bytes:
+    """One valid record's bytes with CONTINUED cleared (a compaction copy stands alone: the
+    rest of its group may not be copied with it)."""
+    if not data[3] & CONTINUED:
+        return data
+    body = data[:3] + bytes((data[3] & ~CONTINUED,)) + data[4:-4]
+    return body + _CRC.pack(zlib.crc32(body))

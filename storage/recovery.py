@@ -11,6 +11,12 @@ never raises; it becomes a ``RecoveryIssue``:
   the caller truncates the file there (``truncate_at``) and the issue says ``truncated=True``.
   In an older, sealed segment the tail is only skipped (sealed segments are never modified).
 
+* An atomic group (records flagged CONTINUED up to one that is not) is yielded only whole. A
+  group that the data ends in the middle of (a crash cut its append short) is dropped like a
+  torn tail: cut off in the last segment, skipped in a sealed one. A group broken by damage in
+  the middle of a segment loses the records before the damage (reported); the scan then goes
+  on at the next valid record.
+
 A record whose length field was damaged looks incomplete (it claims to run past the end), so
 "incomplete" only means a torn tail when no valid record follows it.
 
@@ -25,7 +31,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .record import INCOMPLETE, OK, SYNC_MARK, inspect
+from .record import CONTINUED, INCOMPLETE, OK, SYNC_MARK, inspect
 
 __all__ = ["RecoveryIssue", "SegmentScan", "log_issue"]
 
@@ -71,19 +77,33 @@ class SegmentScan:
         size = len(data)
         pos = 0
         header = 20  # record.HEADER_SIZE, inlined in this hot loop
+        group: list[tuple[int, int, int, bytes, int]] = []  # an atomic group not yet ended
         while pos < size:
             status, kind, key_len, total, seq = inspect(view, pos)
             if status == OK:
-                yield pos, total, kind, data[pos + header : pos + header + key_len], seq
+                record = (pos, total, kind, data[pos + header : pos + header + key_len], seq)
                 pos += total
+                if data[record[0] + 3] & CONTINUED:
+                    group.append(record)
+                    continue
+                if group:
+                    yield from group
+                    group.clear()
+                yield record
                 continue
             resume = self._resync(view, pos + 1)
             if resume is None:
-                self._damaged_tail(pos, size, status)
+                self._damaged_tail(group[0][0] if group else pos, size, status)
                 return
             what = "incomplete record" if status == INCOMPLETE else "corrupt record"
+            if group:
+                self._report(group[0][0], f"{what} in an atomic group; {len(group)} record(s) "
+                             "of the group before it dropped")
+                group.clear()
             self._report(pos, f"{what}; skipped {resume - pos} bytes to the next valid record")
             pos = resume
+        if group:  # the data ends inside a group: its append was cut short
+            self._damaged_tail(group[0][0], size, INCOMPLETE, group=True)
 
     def _resync(self, view: memoryview, start: int) -> int | None:
         data = self.data
@@ -94,9 +114,12 @@ class SegmentScan:
             pos = data.find(SYNC_MARK, pos + 1)
         return None
 
-    def _damaged_tail(self, pos: int, size: int, status: int) -> None:
+    def _damaged_tail(self, pos: int, size: int, status: int, group: bool = False) -> None:
         length = size - pos
-        kind = "torn (incomplete) record" if status == INCOMPLETE else "corrupt record"
+        if group:
+            kind = "atomic group cut short"
+        else:
+            kind = "torn (incomplete) record" if status == INCOMPLETE else "corrupt record"
         if self.last:
             self.truncate_at = pos
             self._report(pos, f"{kind} at the tail; {length} bytes cut off", truncated=True)

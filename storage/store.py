@@ -79,6 +79,7 @@ from .errors import (
 )
 from .keydir import KeyDirectory
 from .record import (
+    CONTINUED,
     DELETE,
     HEADER_SIZE,
     MAX_FIELD_SIZE,
@@ -86,6 +87,7 @@ from .record import (
     PUT,
     encode_checked_fields,
     inspect,
+    standalone,
 )
 from .recovery import RecoveryIssue, SegmentScan, log_issue
 from .segment import Segment, fsync_directory, list_segment_ids
@@ -148,6 +150,9 @@ class LogStore:
         self._dir_dirty = False
         self._closed = False
         self._job: CompactionJob | None = None  # the stepwise compaction in progress
+        # The open atomic group's writes, (kind, key, value) in order, and their keys.
+        self._group: list[tuple[int, bytes, bytes]] | None = None
+        self._group_keys: set[bytes] = set()
         # Values of the live keys as replayed by ``open(keep_values=True)``, until the first
         # write: a caller that reads everything back right after opening (a broker
         # restoring its state) is spared a second read of every record.
@@ -334,6 +339,8 @@ class LogStore:
             key = _as_bytes(key, "key")
         if type(value) is not bytes or len(value) > MAX_FIELD_SIZE:
             value = _as_bytes(value, "value")
+        if self._group is not None:
+            return self._add_to_group(PUT, key, value)
         seq = self._seq + 1
         segment, offset, length = self._append(encode_checked_fields(PUT, seq, key, value), seq)
         self._index.put(key, segment.id, offset, length)
@@ -345,12 +352,74 @@ class LogStore:
         self._check_open()
         if type(key) is not bytes or len(key) > MAX_FIELD_SIZE:
             key = _as_bytes(key, "key")
+        if self._group is not None and key in self._group_keys:
+            return self._add_to_group(DELETE, key, b"")
         if key not in self._index.live:
             return self._seq
+        if self._group is not None:
+            return self._add_to_group(DELETE, key, b"")
         seq = self._seq + 1
         segment, offset, length = self._append(encode_checked_fields(DELETE, seq, key), seq)
         self._index.delete(key, segment.id, offset, length)
         return seq
+
+    # ----------------------------------------------------------------- atomic groups
+
+    def begin_group(self) -> None:
+        """Open an atomic group: the puts and deletes until ``commit_group`` are written as
+        one append, and after a crash either all of them are in the store or none (a group
+        cut short at the tail of the log is dropped by recovery). Until the commit, they are
+        neither readable nor counted in ``last_seq``. Writing thread only; no nesting."""
+        self._check_open()
+        if self._group is not None:
+            raise RuntimeError("an atomic group is already open")
+        self._group = []
+
+    @property
+    def group_open(self) -> bool:
+        return self._group is not None
+
+    @property
+    def group_writes(self) -> list[tuple[int, bytes, bytes]]:
+        """The open group's writes so far: (PUT or DELETE, key, value), in order."""
+        return list(self._group or ())
+
+    def _add_to_group(self, kind: int, key: bytes, value: bytes) -> int:
+        assert self._group is not None
+        self._group.append((kind, key, value))
+        self._group_keys.add(key)
+        return self._seq + len(self._group)  # the sequence number it will have
+
+    def commit_group(self) -> int:
+        """Write the open group; return the sequence number of its last write. Raises
+        StoreError (StoreFullError on a full disk) with nothing of the group written."""
+        group, self._group = self._group, None
+        self._group_keys = set()
+        if group is None:
+            raise RuntimeError("no atomic group is open")
+        if not group:
+            return self._seq
+        seq = self._seq
+        last = len(group) - 1
+        encoded = [
+            encode_checked_fields(kind, seq + n + 1, key, value, CONTINUED if n < last else 0)
+            for n, (kind, key, value) in enumerate(group)
+        ]
+        segment, offset, _ = self._append(b"".join(encoded), seq + len(group))
+        segment.records += last  # the segment counted the group's append as one record
+        index = self._index
+        for (kind, key, _), data in zip(group, encoded, strict=True):
+            if kind == PUT:
+                index.put(key, segment.id, offset, len(data))
+            else:
+                index.delete(key, segment.id, offset, len(data))
+            offset += len(data)
+        return seq + len(group)
+
+    def abandon_group(self) -> None:
+        """Drop the open group's writes (none reached the disk)."""
+        self._group = None
+        self._group_keys = set()
 
     def _append(self, data: bytes, seq: int | None) -> tuple[Segment, int, int]:
         """Append one encoded record to the active segment (rolling first if it would not
@@ -541,7 +610,7 @@ class LogStore:
             if kind == DELETE and not index.needed(entry):
                 dropped.append(key)
                 continue
-            target, new_offset, _ = self._append(data[offset : offset + length], None)
+            target, new_offset, _ = self._append(standalone(data[offset : offset + length]), None)
             index.relocate(key, target.id, new_offset)
         return put_counts, dropped
 
