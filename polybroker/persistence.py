@@ -30,6 +30,33 @@ records sort together (``\\0`` cannot occur in MQTT strings [MQTT-1.5.4-2])::
     e/<queue>\\0<seq:8>\\1   that message was handed out awaiting an acknowledgement:
                              after a restart it is ready again, flagged redelivered
 
+QoS 2 exactly once, across crashes. Each packet below leaves only once the record before it
+is durable (``durability`` holds the connection's writes until then), and a crash may fall
+between any two writes (SIGKILL), or cut the log anywhere (a power cut):
+
+    outbound (to a subscriber)    record written first                 then may leave
+    queued                        m/ with packet id 0                  (nothing yet)
+    sent                          m/ with its packet id                PUBLISH
+    PUBREC received               m/ "released" with its packet id     PUBREL
+    PUBCOMP received              m/ deleted                           (the id is free)
+
+    inbound (from a publisher)    record written first                 then may leave
+    PUBLISH received              ONE atomic group: the m/ records     PUBREC
+                                  of every session it was routed to,
+                                  and q2/ with its packet id
+    PUBREL received               q2/ deleted                          PUBCOMP
+
+So after a restart a subscriber gets, for a message it may have seen, either the PUBLISH
+again with the same packet id and DUP (it never answered PUBREC) or only the PUBREL (it did):
+never a second PUBLISH after a PUBREL, and never the same message under a new packet id.
+That serves both ways a receiver may complete QoS 2 (the specification's figure 4.3):
+delivering at PUBLISH and remembering the packet id until PUBREL, or delivering at PUBREL.
+A publisher's resent PUBLISH finds its q2/ id and is acknowledged without being routed
+again; the atomic group (``LogStore.begin_group``) is what stops a crash between the
+subscribers' copies and that id from routing the resend a second time. A publisher whose
+session ends with its connection (clean session) has no q2/ records: a resend after a new
+connection is a new message [MQTT-3.1.2-6], as in every broker.
+
 STOMP declares a queue by using it, so any name a client ever mentions (a typo, a reply
 queue) would otherwise leave a record for good: a queue gets its ``Q/`` record when it
 first holds a persistent message, and keeps it (an empty durable queue comes back empty)
@@ -57,7 +84,8 @@ share of telemetry), so one record per session it is.
 
 Order of writes, so that a log cut anywhere (a torn tail) still replays to a state some
 client could have seen: a session's record before its other records and deleted after
-them; an inbound QoS 2 id after the messages its PUBLISH was routed to; a queue's record
+them; an inbound QoS 2 id in one atomic group with the messages its PUBLISH was routed
+to (above); a queue's record
 before its messages' records and deleted after them; a message's "handed out" mark
 after its message and deleted before it. What may be
 acknowledged and when is ``durability``'s business.
@@ -77,7 +105,7 @@ import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,7 +114,7 @@ from .message import Death, Message
 from .queues import Queue, QueueEntry
 from .refusals import Refused
 from .sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
-from .storage import LogStore, StoreError
+from .storage import DELETE, LogStore, StoreError
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -464,6 +492,10 @@ class Journal:
 
     failures = 0  # writes that failed; an adapter compares it around a call to notice
 
+    def atomic(self) -> AbstractContextManager[None]:
+        """The records written inside survive a crash all together or not at all."""
+        return nullcontext()
+
     def session_opened(self, session: Session) -> None: ...
 
     def session_closed(self, session: Session) -> None: ...
@@ -543,6 +575,27 @@ class StoreJournal(Journal):
             self.delete(old)
             if self._failing:
                 return
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Write the records made inside as one atomic group of the store (nested calls
+        join the outer group). A failed group is logged and counted like a failed write."""
+        store = self.store
+        if store.group_open:
+            yield
+            return
+        store.begin_group()
+        try:
+            yield
+        except BaseException:
+            store.abandon_group()  # nothing of it reached the disk, or the state in memory
+            raise
+        deletes = [key for kind, key, _ in store.group_writes if kind == DELETE]
+        try:
+            store.commit_group()
+        except StoreError as exc:
+            self._failed(exc, b"(atomic group)")
+            self._undeleted.update(dict.fromkeys(deletes))  # retried once writes succeed
 
     def to_wall(self) -> float:
         """Add to a deadline on the broker's clock to get wall-clock time."""

@@ -34,6 +34,7 @@ from polybroker.protocols.mqtt import (
 from polybroker.protocols.mqtt import properties as prop
 from polybroker.protocols.mqtt import reason_codes as rc
 from polybroker.storage import StoreFullError
+from polybroker.storage.segment import Segment
 
 from .durable_state import persistent_state
 from .rawclient import RawClient, connect_client
@@ -238,6 +239,50 @@ async def test_inbound_qos2_resent_after_a_restart_is_not_routed_twice(tmp_path)
         assert broker.sessions["pub"].inbound_qos2 == set()
     async with running(image) as broker:
         assert broker.sessions["pub"].inbound_qos2 == set()
+
+
+async def test_a_crash_at_any_write_of_an_inbound_qos2_publish_routes_it_once(
+    tmp_path, monkeypatch
+):
+    """SIGKILL can fall between any two writes. The copies for the subscribers and the
+    inbound packet id are one atomic group: after a crash at any point, the publisher's
+    resend reaches each subscriber exactly once."""
+    data = tmp_path / "data"
+    images = []
+
+    def image_now() -> None:
+        images.append(crash_image(data, tmp_path / f"image{len(images)}"))
+
+    real_append = Segment.append
+
+    def append_then_image(segment, record: bytes) -> int:
+        offset = real_append(segment, record)
+        image_now()
+        return offset
+
+    async with running(data) as broker:
+        for name in ("sub1", "sub2"):
+            sub = await client(broker, name)
+            await sub.subscribe("t", 2)
+            await sub.close()
+        pub = await client(broker, "pub")
+        image_now()
+        monkeypatch.setattr(Segment, "append", append_then_image)
+        await pub.send(Publish("t", b"once", qos=2, packet_id=7))
+        assert await pub.receive() == PubRec(7)
+        monkeypatch.undo()
+    assert len(images) >= 2  # before the PUBLISH, and after each append it made
+    for image in images:
+        async with running(image) as broker:
+            pub = await client(broker, "pub")
+            await pub.send(Publish("t", b"once", qos=2, packet_id=7, dup=True))
+            assert await pub.receive() == PubRec(7)
+            await pub.send(PubRel(7))
+            assert await pub.receive() == PubComp(7)
+            for name in ("sub1", "sub2"):
+                sub = await client(broker, name)
+                got = await sub.publishes_until_idle()
+                assert [p.payload for p in got] == [b"once"], (image.name, name)
 
 
 async def test_mqtt5_subscription_options_and_message_properties_survive(tmp_path):

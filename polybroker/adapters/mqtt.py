@@ -618,8 +618,12 @@ class MQTTClientConnection:
                 if len(inbound) >= self.limits.receive_maximum and self.level >= MQTT_5:
                     raise Closing(rc.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
                 if reason == rc.SUCCESS:
-                    reason = self._route(packet, topic)
-                    inbound.add(packet.packet_id)
+                    # The copies for the subscribers and the packet id that stops a resent
+                    # PUBLISH from being routed again survive a crash together, or neither
+                    # does (then the resend is routed as the first copy would have been).
+                    with self.broker.journal.atomic():
+                        reason = self._route(packet, topic)
+                        inbound.add(packet.packet_id)
             reason = self._check_stored(packet, reason, failures)
             self._ack(PUBREC, packet.packet_id, reason)
             return True
