@@ -62,3 +62,18 @@ def test_license_file_is_the_one_pyproject_declares():
     assert project["license"] == "Apache-2.0"
     assert project["license-files"] == ["LICENSE"]
     assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+
+
+def test_make_run_installs_only_the_runtime_dependencies(tmp_path):
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    run = subprocess.run([make, "-n", "run"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "pip install --quiet -e .\n" in run and "[test]" not in run
+    assert run.rstrip().endswith(".venv/bin/polybroker serve")
+    test = subprocess.run([make, "-n", "test"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    assert "pip install --quiet -e '.[test]'" in test
