@@ -1,23 +1,33 @@
-# The two quick-start commands: `make run` and `make test`. Each bootstraps what it needs.
+# The two quick-start commands: `make run` and `make test`. Each bootstraps what it needs:
+# `make run` only the broker's own dependencies, `make test` the test extras on top.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: run test lint tools
+.PHONY: run test unit lint tools
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(VENV)/bin/polybroker serve
 
 test: $(STAMP) tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The unit and in-memory tests only: no Debian packages, no npm.
+unit: $(STAMP)
+	$(PY) -m pytest tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -7,7 +7,7 @@ import pika
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from .amqp_support import broker_url, pika_params, pump, start_broker
+from .amqp_support import broker_url, pika_params, pump
 from .brokerproc import BrokerProcess
 from .clients import WAIT
 from .test_paho_mqtt import PahoClient
@@ -15,13 +15,10 @@ from .test_stomp_py import StompPy
 
 
 @pytest.fixture
-def broker(tmp_path):
-    proc = start_broker(tmp_path / "data",
-                        listen=("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def broker(polybroker_process):
+    """The real ``polybroker serve`` with every protocol on free ports: the pytest fixture
+    that ships with the package."""
+    return polybroker_process
 
 
 @pytest.fixture
@@ -36,7 +33,7 @@ def pika_connection(broker):
 
 @pytest.fixture
 def paho(broker):
-    client = PahoClient(broker.port_of("mqtt"), "cross-paho")
+    client = PahoClient(broker.mqtt_port, "cross-paho")
     client.connect()
     try:
         yield client

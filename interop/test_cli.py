@@ -1,5 +1,7 @@
 """The real ``polybroker`` command: start, announce its port, stop on signals."""
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,10 +71,51 @@ def test_address_in_use_is_one_line_and_exit_1(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = serve_until_exit(tmp_path, "--listen", f"mqtt://127.0.0.1:{port}")
+        out = serve_until_exit(tmp_path, "--listen", "stomp://127.0.0.1:0",
+                               "--listen", f"mqtt://127.0.0.1:{port}")
     assert out.returncode == 1
-    assert "cannot start: [Errno 98]" in out.stderr
+    assert out.stderr.strip().endswith(
+        f"cannot start: listener mqtt://127.0.0.1:{port}: Address already in use")
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "data").write_text("")
+    out = serve_until_exit(tmp_path, "--listen", "mqtt://127.0.0.1:0")
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(
+        f"cannot start: data directory {tmp_path / 'data'}: not a directory")
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_second_broker_on_the_same_data_dir_is_one_line(tmp_path):
+    first = BrokerProcess(tmp_path / "data")
+    try:
+        out = serve_until_exit(tmp_path, "--listen", "mqtt://127.0.0.1:0")
+    finally:
+        first.stop()
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(
+        f"cannot start: data directory {tmp_path / 'data'}: in use by another broker "
+        "(its store is locked)")
     assert "Traceback" not in out.stderr
+
+
+def test_unwritable_data_dir_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o555)
+    command = [sys.executable, "-m", "polybroker", "serve", "--data-dir", str(data),
+               "--listen", "mqtt://127.0.0.1:0"]
+    if os.geteuid() == 0:  # root writes anywhere: run the broker as nobody instead
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv")
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stderr
+    # "not writable by this user", or "Permission denied" where its parents are closed too
+    assert f"cannot start: data directory {data}: " in out.stderr
+    assert len(out.stderr.splitlines()) == 1
 
 
 def test_missing_certificate_file_is_named(tmp_path):
@@ -80,3 +123,23 @@ def test_missing_certificate_file_is_named(tmp_path):
                            "--certfile", str(tmp_path / "nope.crt"))
     assert out.returncode == 2
     assert f"certfile / keyfile {tmp_path / 'nope.crt'}: cannot load" in out.stderr
+
+
+def test_bare_command_prints_help():
+    out = subprocess.run([sys.executable, "-m", "polybroker"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: polybroker")
+    for command in ("serve", "certs", "passwd", "scram-password"):
+        assert command in out.stdout
+    assert out.stderr == ""
+
+
+def test_serve_help_gives_the_defaults():
+    out = subprocess.run([sys.executable, "-m", "polybroker", "serve", "--help"],
+                         capture_output=True, text=True, check=True, timeout=30)
+    text = " ".join(out.stdout.split())
+    assert "else mqtt://127.0.0.1:1883)" in text
+    assert "data_dir, else ./data)" in text
+    assert "log_level, else info)" in text
+    assert "--log-file FILE" in text and "--syslog" in text

@@ -467,6 +467,23 @@ def test_shutdown_tells_stomp_clients_and_closes(stomp_client, broker):
 # -- heart-beating -----------------------------------------------------------------------
 
 
+def test_heart_beats_at_the_rate_the_client_asks_below_the_default(tmp_path):
+    # Default settings (heart_beat_send 10 s): a client that wants a beat every 500 ms
+    # to notice a dead link gets one every 500 ms, as from RabbitMQ.
+    broker = BrokerProcess(tmp_path / "data", listen=("stomp://127.0.0.1:0",))
+    client = None
+    try:
+        client = StompPy(broker.stomp_port, "1.2", heartbeats=(0, 500))
+        assert client.listener.connected_frame.headers["heart-beat"] == "500,10000"
+        beats = [_get(client.listener.heart_beats, "heart-beat", 2.0) for _ in range(6)]
+        gaps = [b - a for a, b in itertools.pairwise(beats)]
+        assert max(gaps) < 1.0 and beats[-1] - beats[0] < 5 * 1.0
+    finally:
+        if client is not None:
+            client.stop()
+        assert broker.stop() == 0
+
+
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
 def test_heart_beats_both_ways_keep_an_idle_connection(stomp_client, broker, version):
     interval = int(HEART_BEAT * 1000)

@@ -1,6 +1,7 @@
 """The ``polybroker`` command."""
 
 import argparse
+import errno
 import getpass
 import logging
 import os
@@ -15,7 +16,9 @@ from . import __version__, certs
 from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
+from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
 from .server import RunningBroker, serve_with_storage, start_listeners
+from .storage import StoreLockedError
 
 log = logging.getLogger("polybroker")
 TLS_FLAGS = ("certfile", "keyfile", "cafile", "require_certificate")
@@ -25,29 +28,50 @@ SHUTDOWN_GRACE = 2.0  # seconds connections get to flush their last packets
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="polybroker", description="Multi-protocol message broker."
+        prog="polybroker", description="Multi-protocol message broker: MQTT 3.1.1 and 5.0, "
+        "STOMP 1.0-1.2 and AMQP 0-9-1 on one topic router. Start it with `polybroker serve`.",
     )
     parser.add_argument("--version", action="version", version=f"polybroker {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the broker")
-    run.add_argument("--config", type=Path, help="TOML configuration file")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "serve", help="run the broker",
+        description="Run the broker until SIGINT or SIGTERM; SIGHUP re-reads the TLS "
+                    "certificates, the password and ACL files, and reopens the log file. "
+                    "Options given here override the config file.",
+    )
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="TOML configuration file (default: none, the built-in defaults)")
     run.add_argument(
         "--listen", action="append", metavar="URL",
         help="listen on URL, e.g. mqtt://127.0.0.1:1883, mqtt+tls://0.0.0.0:8883, "
              "mqtt+ws://127.0.0.1:8083/mqtt, auto://127.0.0.1:1883 (repeatable; replaces "
-             "configured listeners; port 0 picks a free port)",
+             "configured listeners; port 0 picks a free port; default: the config's "
+             "listeners, else mqtt://127.0.0.1:1883)",
     )
     tls = run.add_argument_group(
         "TLS for --listen URLs (over the config file's [tls] table)")
-    tls.add_argument("--certfile", type=Path, help="server certificate chain (PEM)")
-    tls.add_argument("--keyfile", type=Path, help="its private key (PEM), if not in --certfile")
-    tls.add_argument("--cafile", type=Path, help="CA certificates for client certificates")
+    tls.add_argument("--certfile", type=Path, metavar="PEM", help="server certificate chain (PEM)")
+    tls.add_argument("--keyfile", type=Path, metavar="PEM",
+                     help="its private key (PEM), if not in --certfile")
+    tls.add_argument("--cafile", type=Path, metavar="PEM",
+                     help="CA certificates for client certificates")
     tls.add_argument("--require-certificate", action="store_true", default=None,
                      help="refuse clients without a certificate signed by --cafile")
-    run.add_argument("--data-dir", type=Path, help="directory for broker data (default ./data)")
-    run.add_argument("--port-file", type=Path,
+    run.add_argument("--data-dir", type=Path, metavar="DIR",
+                     help="directory for broker data (default: the config's data_dir, else "
+                          "./data)")
+    run.add_argument("--port-file", type=Path, metavar="FILE",
                      help="once listening, write each listener's URL (one a line) to this file")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    logs = run.add_argument_group("logging (default: standard error, level info)")
+    logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                      help="debug adds a line for every packet, frame and method sent and "
+                           "received (default: the config's log_level, else info)")
+    logs.add_argument("--log-file", type=Path, metavar="FILE",
+                      help="append log lines to FILE instead of standard error; reopened "
+                           "on SIGHUP (for logrotate)")
+    logs.add_argument("--syslog", action="store_true", default=None,
+                      help="send log lines to the local syslog socket /dev/log (journald "
+                           "reads it too)")
     scram = commands.add_parser(
         "scram-password",
         help="print a SCRAM-SHA-256 credential line for [mqtt] scram_users_file; the "
@@ -94,7 +118,11 @@ def add_certs_command(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "scram-password":
         return _scram_password(args.user)
     if args.command == "certs":
@@ -106,20 +134,67 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"polybroker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        trio.run(_serve_until_signal, config, args.port_file)
-    except ConfigError as exc:  # found at start-up: an unserved protocol, a bad certificate
-        log.error("cannot start: %s", exc)
-        return 2
-    except (OSError, ValueError) as exc:  # ValueError: a bad SCRAM credentials file
-        log.error("cannot start: %s", exc)
+        handlers = configure_logging(config.log_level, config.log)
+    except OSError as exc:
+        where = config.log.file or SYSLOG_SOCKET
+        print(f"polybroker: cannot start: log {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        _prepare_data_dir(config.data_dir)
+        trio.run(_serve_until_signal, config, args.port_file, handlers)
+    except BaseException as exc:
+        failure = _start_failure(exc, config.data_dir)
+        if failure is None:
+            raise
+        message, code = failure
+        log.error("cannot start: %s", message)
+        return code
     return 0
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data directory; an OSError that names it if it cannot be used."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable by this user")
+    except OSError as exc:
+        raise OSError(exc.errno, f"data directory {path}: {exc.strerror}") from None
+
+
+# What start-up can fail with that is the operator's to fix: one log line each, no traceback.
+_EXPECTED = (ConfigError, OSError, ValueError)  # ValueError: a bad SCRAM credentials file
+
+
+def _start_failure(exc: BaseException, data_dir: Path) -> tuple[str, int] | None:
+    """The log message and exit status for a failed start, or None for a real bug.
+
+    Errors raised inside the broker's nurseries arrive wrapped in exception groups."""
+    leaves = _leaves(exc)
+    if not leaves or not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+        return None
+    messages = dict.fromkeys(_describe(leaf, data_dir) for leaf in leaves)
+    code = 2 if all(isinstance(leaf, ConfigError) for leaf in leaves) else 1
+    return "; ".join(messages), code
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _describe(exc: BaseException, data_dir: Path) -> str:
+    if isinstance(exc, StoreLockedError):
+        return f"data directory {data_dir}: in use by another broker (its store is locked)"
+    if isinstance(exc, OSError) and not isinstance(exc, ConfigError):
+        if exc.filename is not None:
+            return f"{exc.filename}: {exc.strerror}"
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def _scram_password(user: str) -> int:
@@ -213,10 +288,15 @@ def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
         config = replace(config, data_dir=args.data_dir)
     if args.log_level:
         config = replace(config, log_level=args.log_level)
+    if args.log_file:
+        config = replace(config, log=replace(config.log, file=args.log_file))
+    if args.syslog:
+        config = replace(config, log=replace(config.log, syslog=True))
     return config
 
 
-async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> None:
+async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
+                              log_handlers: list[logging.Handler]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
         running = await start_listeners(config)
@@ -227,6 +307,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None) -> N
             log.info("polybroker %s ready", __version__)
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    reopen_log_files(log_handlers)
                     log.info("received SIGHUP, reloading certificates, password and ACL files")
                     running.reload_certificates()
                     running.broker.security.reload()

@@ -151,6 +151,18 @@ class StompSettings:
     # (the CONNECTED frame's heart-beat header; 0 turns a direction off).
     heart_beat_send: float = 10.0
     heart_beat_receive: float = 10.0
+    # The shortest interval the broker agrees to: a client asking for beats more often
+    # than the above gets them at its own rate, down to this (as RabbitMQ follows the
+    # client), so a web client can notice a dead link within a second.
+    heart_beat_min: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Where log lines go (``[log]``); with neither, to standard error."""
+
+    file: Path | None = None  # appended to; reopened on SIGHUP (logrotate)
+    syslog: bool = False  # to the local syslog socket (/dev/log; journald reads it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +220,7 @@ class BrokerConfig:
     amqp: AmqpSettings = field(default_factory=AmqpSettings)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogSettings = field(default_factory=LogSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
 
@@ -269,7 +282,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level"},
+         "log_level", "log"},
         "",
     )
     config = BrokerConfig()
@@ -289,6 +302,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, storage=_storage(raw["storage"]))
     if "auth" in raw:
         config = replace(config, auth=_auth(raw["auth"]))
+    if "log" in raw:
+        config = replace(config, log=_log(raw["log"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -510,6 +525,15 @@ def _stomp(raw: Any) -> StompSettings:
             raise ConfigError(f"stomp.{name}: must be between 0 and 2000000 seconds")
         values[name] = float(value)
     return StompSettings(**values)
+
+
+def _log(raw: Any) -> LogSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("log: must be a table")
+    _reject_unknown(raw, {"file", "syslog"}, "log.")
+    file = Path(_nonempty(raw, "file", "log.")) if "file" in raw else None
+    syslog = _typed_bool(raw, "syslog", "log.") if "syslog" in raw else False
+    return LogSettings(file=file, syslog=syslog)
 
 
 def _storage(raw: Any) -> StorageConfig:

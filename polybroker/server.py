@@ -20,6 +20,7 @@ from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
+from .transports.trace import traced
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
 
 log = logging.getLogger("polybroker.server")
@@ -84,6 +85,7 @@ class Listener:
                     # Awaited here, not in a helper: one coroutine frame less for as long as
                     # the connection lives.
                     anonymous = anonymous_allowed(self.config, self.broker.config.auth)
+                    stream = traced(stream, protocol, peer)  # debug: every packet logged
                     await handler(stream, self.broker, peer, identity=identity,
                                   allow_anonymous=anonymous)
         except Exception:
@@ -203,7 +205,11 @@ async def start_listeners(config: BrokerConfig) -> RunningBroker:
     bound: list[Listener] = []
     try:
         for index, listener in enumerate(config.listeners):
-            sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+            try:
+                sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+            except OSError as exc:  # which listener: several may share a host or a port
+                reason = exc.strerror or str(exc)
+                raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
             bound.append(Listener(listener, broker, contexts.get(index), sockets))
     except BaseException:
         for done in bound:

@@ -6,6 +6,8 @@ from polybroker.cli import _config_from_args, build_parser
 from polybroker.config import (
     ConfigError,
     Limits,
+    LogSettings,
+    StompSettings,
     TLSConfig,
     config_from_dict,
     load_config,
@@ -20,6 +22,16 @@ def test_example_config_loads_with_defaults():
     assert [lc.url for lc in config.listeners] == ["mqtt://127.0.0.1:1883"]
     assert config.limits == Limits()
     assert config.data_dir == Path("data")
+    assert config.stomp == StompSettings() and config.log == LogSettings()
+
+
+def test_log_table_is_read_and_checked():
+    config = config_from_dict({"log": {"file": "broker.log", "syslog": True}})
+    assert config.log == LogSettings(file=Path("broker.log"), syslog=True)
+    with pytest.raises(ConfigError, match=r"log\.syslog: expected true or false"):
+        config_from_dict({"log": {"syslog": "yes"}})
+    with pytest.raises(ConfigError, match=r"log\.level: unknown key"):
+        config_from_dict({"log": {"level": "debug"}})
 
 
 def test_limits_and_listeners_are_read():

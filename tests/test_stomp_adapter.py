@@ -147,6 +147,33 @@ async def test_heart_beating_server_sends_at_the_negotiated_interval(nursery, au
         assert trio.current_time() - start == pytest.approx(8 * beat, abs=0.01)
 
 
+@pytest.mark.parametrize(("asked", "interval"), [(500, 500), (20, 100), (60000, 60000)])
+async def test_heart_beating_follows_the_client_down_to_the_floor(
+    nursery, autojump_clock, asked, interval
+):
+    # heart_beat_send (10 s) is no floor: a client asking for a beat every 500 ms gets
+    # one every 500 ms (as from RabbitMQ), one asking for 20 ms gets heart_beat_min.
+    broker = make_broker(StompSettings(heart_beat_min=0.1))
+    client = await connect_client(nursery, broker)
+    frame = await client.connect("1.2", heart_beat=f"0,{asked}")
+    assert frame.get("heart-beat") == f"{min(interval, 10000)},10000"
+    assert client.server.conn.heart_beat == (interval, 0)
+    if interval > 1000:
+        return
+    start = trio.current_time()
+    for beat in range(1, 4):
+        assert await client.receive_event(timeout=60) is HEART_BEAT
+        assert trio.current_time() - start == pytest.approx(interval / 1000 * beat, abs=0.01)
+
+
+async def test_heart_beating_send_0_stays_off_whatever_the_client_asks(nursery, autojump_clock):
+    broker = make_broker(StompSettings(heart_beat_send=0))
+    client = await connect_client(nursery, broker)
+    frame = await client.connect("1.2", heart_beat="0,500")
+    assert frame.get("heart-beat") == "0,10000"
+    assert client.server.conn.heart_beat == (0, 0)
+
+
 async def test_heart_beating_data_counts_as_a_beat(nursery, autojump_clock):
     broker = make_broker(StompSettings(heart_beat_send=5, heart_beat_receive=0))
     client = await connected(nursery, broker, heart_beat="0,5000")

@@ -152,6 +152,7 @@ class StompClientConnection:
         settings = broker.config.stomp
         self.conn = ServerConnection(
             heart_beat=(_ms(settings.heart_beat_send), _ms(settings.heart_beat_receive)),
+            min_send_heart_beat=_ms(settings.heart_beat_min),
             max_frame_size=min(self.limits.max_packet_size, DEFAULT_MAX_FRAME_SIZE),
         )
         self.session_id = secrets.token_hex(8)

@@ -1,6 +1,8 @@
 """The ACL file: which topics and queues each client may read and write.
 
-Grammar, one statement a line (``#`` starts a comment line, blank lines are skipped)::
+Grammar, one statement a line (``#`` starts a comment line, blank lines are skipped;
+a line with more words than its statement takes is refused, naming the line, so a
+comment written after a statement cannot silently become part of a name)::
 
     user NAME                            rules below apply to the user NAME
     anonymous                            rules below apply to clients without a user name
@@ -8,7 +10,8 @@ Grammar, one statement a line (``#`` starts a comment line, blank lines are skip
     pattern [ACCESS] FILTER              a topic filter for every client, with %u and %c
     queue [ACCESS] NAME                  a named queue (STOMP /queue/NAME, AMQP queue NAME)
 
-ACCESS is ``read``, ``write``, ``readwrite`` (the default when left out) or ``deny``.
+ACCESS is ``read``, ``write``, ``readwrite`` (the default when left out) or ``deny``;
+NAME and FILTER are one word each (no whitespace).
 ``topic`` and ``queue`` lines before the first ``user`` or ``anonymous`` line apply to
 every client (unlike Mosquitto, where they are the anonymous clients' rules; here a
 section of its own, ``anonymous``, holds those). ``pattern`` lines apply to every
@@ -151,22 +154,21 @@ def parse_acl(text: str, source: str = "ACL file") -> AccessControlList:
     acl = AccessControlList()
     current: list[Rule] = acl.general
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        words = raw.split()
+        if not words or words[0].startswith("#"):
             continue
-        keyword, _, rest = line.partition(" ")
-        rest = rest.strip()
+        keyword, args = words[0], words[1:]
         try:
             if keyword == "user":
-                if not rest:
+                if not args:
                     raise ACLError("user: a name is needed")
-                current = acl.sections.setdefault(rest, [])
+                _no_extra_words(keyword, args, 1)
+                current = acl.sections.setdefault(args[0], [])
             elif keyword == "anonymous":
-                if rest:
-                    raise ACLError("anonymous: takes no argument")
+                _no_extra_words(keyword, args, 0)
                 current = acl.sections.setdefault(None, [])
             elif keyword in ("topic", "pattern", "queue"):
-                rule = _rule(keyword, rest)
+                rule = _rule(keyword, args)
                 (acl.general if keyword == "pattern" else current).append(rule)
             else:
                 raise ACLError(f"unknown statement {keyword[:30]!r} "
@@ -176,13 +178,22 @@ def parse_acl(text: str, source: str = "ACL file") -> AccessControlList:
     return acl
 
 
-def _rule(keyword: str, rest: str) -> Rule:
-    access, _, target = rest.partition(" ")
-    if access in ACCESS and target.strip():
-        target = target.strip()
+def _no_extra_words(keyword: str, args: list[str], allowed: int) -> None:
+    # A comment after a statement would otherwise become part of a name or a filter.
+    if len(args) > allowed:
+        extra = " ".join(args[allowed:])
+        raise ACLError(f"{keyword}: unexpected {extra[:60]!r} after the statement "
+                       "(comments go on a line of their own)")
+
+
+def _rule(keyword: str, args: list[str]) -> Rule:
+    if len(args) >= 2 and args[0] in ACCESS:
+        access, target = args[0], args[1]
+        _no_extra_words(keyword, args, 2)
+    elif args:
+        access, target = "readwrite", args[0]
+        _no_extra_words(keyword, args, 1)
     else:
-        access, target = "readwrite", rest
-    if not target:
         raise ACLError(f"{keyword}: a {'queue name' if keyword == 'queue' else 'topic filter'} "
                        "is needed")
     templated = keyword in ("pattern", "queue")

@@ -80,7 +80,9 @@ class ServerConnection:
     """Protocol state of one client connection, as seen by the server.
 
     ``versions`` are the versions the server speaks; ``heart_beat`` is the server's
-    (sx, sy) in milliseconds, as it goes into the CONNECTED frame.
+    (sx, sy) in milliseconds, as it goes into the CONNECTED frame. With
+    ``min_send_heart_beat`` (ms) the server follows a client that wants beats more often
+    than every sx ms: it offers the client's cy instead, but not below that floor.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ServerConnection:
         *,
         versions: Iterable[str] = SUPPORTED_VERSIONS,
         heart_beat: tuple[int, int] = (0, 0),
+        min_send_heart_beat: int | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_header_length: int = DEFAULT_MAX_HEADER_LENGTH,
@@ -97,6 +100,8 @@ class ServerConnection:
             raise ValueError(f"versions must be a non-empty subset of {SUPPORTED_VERSIONS}")
         self.versions = tuple(v for v in SUPPORTED_VERSIONS if v in wanted)
         self.server_heart_beat = heart_beat
+        self.min_send_heart_beat = min_send_heart_beat
+        self.offered_heart_beat = heart_beat  # the CONNECTED's, set by the CONNECT
         self._parser = FrameParser(
             max_frame_size, max_headers, max_header_length, versions=self.versions
         )
@@ -175,7 +180,12 @@ class ServerConnection:
             raise ProtocolError(f"{frame.command} frame must not have a body [Body]")
         client = parse_heart_beat(frame.get("heart-beat")) if version != V1_0 else (0, 0)
         self.version = self._parser.version = version
-        self.heart_beat = negotiate_heart_beat(client, self.server_heart_beat)
+        sx, sy = self.server_heart_beat
+        cy = client[1]
+        if self.min_send_heart_beat is not None and sx and cy:
+            sx = min(sx, max(self.min_send_heart_beat, cy))
+        self.offered_heart_beat = (sx, sy)
+        self.heart_beat = negotiate_heart_beat(client, self.offered_heart_beat)
 
     def _check_headers(self, frame: Frame, version: str, receipt: str | None) -> None:
         command = frame.command
@@ -211,7 +221,7 @@ class ServerConnection:
             raise RuntimeError("no CONNECT received yet")
         out: list[tuple[str, str]] = []
         if self.version != V1_0:
-            sx, sy = self.server_heart_beat
+            sx, sy = self.offered_heart_beat
             out += (("version", self.version), ("heart-beat", f"{sx},{sy}"))
         if session is not None:
             out.append(("session", session))
