@@ -20,7 +20,9 @@ import time
 from collections import Counter
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import CallbackAPIVersion, MQTTv311
+from paho.mqtt.client import CallbackAPIVersion, MQTTv5, MQTTv311
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .brokerproc import BrokerProcess
 
@@ -31,51 +33,33 @@ WAIT = 20  # seconds: the bound on every wait here
 TOTAL = 55  # seconds: the whole test (it takes about 4 here)
 
 
-class Driver:
-    """A paho client with its own network loop that follows the broker to its next port."""
+class Follower:
+    """A client with its own thread that follows the broker to the port of its next process;
+    subclasses connect and call ``_connected`` on each CONNACK."""
 
     def __init__(self, client_id: str, port: int) -> None:
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-            protocol=MQTTv311, reconnect_on_failure=False,
-        )
-        self.client.max_queued_messages_set(0)  # unbounded: the test decides the load
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        self.client_id = client_id
         self.port = port
+        self.connected_port: int | None = None  # the port of the last CONNACK's broker
         self.connects = 0
         self.session_present: list[bool] = []
         self.changed = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=client_id, daemon=True)
 
+    def _run(self) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
         self._thread.start()
         self.wait_connected(1)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        assert not reason_code.is_failure, reason_code
+    def _connected(self, port: int | None, session_present: bool) -> None:
         with self.changed:
             self.connects += 1
-            self.session_present.append(flags.session_present)
+            self.connected_port = port
+            self.session_present.append(session_present)
             self.changed.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        pass
-
-    def _run(self) -> None:
-        port = None
-        while not self._stop:
-            if port != self.port:
-                port = self.port
-                try:
-                    self.client.connect("127.0.0.1", port, keepalive=30)
-                except OSError:
-                    self._wait_for_new_port(port)
-                    port = None
-                    continue
-            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                self._wait_for_new_port(port)  # the broker is gone: wait for the next one
 
     def _wait_for_new_port(self, port: int | None) -> None:
         with self.changed:
@@ -89,7 +73,14 @@ class Driver:
     def wait_connected(self, connects: int) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: self.connects >= connects, timeout=WAIT), (
-                f"{self.client._client_id!r} did not reconnect"
+                f"{self.client_id!r} did not reconnect"
+            )
+
+    def wait_connected_to(self, port: int, timeout: float = WAIT) -> None:
+        """Wait until the client has its CONNACK from the broker on ``port``."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.connected_port == port, timeout), (
+                f"{self.client_id!r} did not reconnect"
             )
 
     def stop(self) -> None:
@@ -97,14 +88,59 @@ class Driver:
             self._stop = True
             self.changed.notify_all()
         self._thread.join(WAIT)
+
+
+class Driver(Follower):
+    """A paho client with its own network loop that follows the broker to its next port."""
+
+    def __init__(self, client_id: str, port: int, protocol: int = MQTTv311) -> None:
+        super().__init__(client_id, port)
+        # A persistent session: clean session 0 (3.1.1), or clean start 0 with a session
+        # that outlives the connection (5.0).
+        persistent = {"clean_session": False} if protocol != MQTTv5 else {}
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+            reconnect_on_failure=False, **persistent,
+        )
+        self.protocol = protocol
+        self.client.max_queued_messages_set(0)  # unbounded: the test decides the load
+        self.client.on_connect = self._on_connect
+        self._connecting_port: int | None = None
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        assert not reason_code.is_failure, reason_code
+        self._connected(self._connecting_port, flags.session_present)
+
+    def _run(self) -> None:
+        port = None
+        while not self._stop:
+            if port != self.port:
+                port = self._connecting_port = self.port
+                try:
+                    if self.protocol == MQTTv5:
+                        properties = Properties(PacketTypes.CONNECT)
+                        properties.SessionExpiryInterval = 3600
+                        self.client.connect("127.0.0.1", port, keepalive=30, clean_start=False,
+                                            properties=properties)
+                    else:
+                        self.client.connect("127.0.0.1", port, keepalive=30)
+                except OSError:
+                    self._wait_for_new_port(port)
+                    port = None
+                    continue
+            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                self._wait_for_new_port(port)  # the broker is gone: wait for the next one
+
+    def stop(self) -> None:
+        super().stop()
         self.client.disconnect()
 
 
 class Publisher(Driver):
     """Counts what the broker acknowledged: PUBACK (QoS 1) or PUBCOMP (QoS 2)."""
 
-    def __init__(self, client_id: str, port: int) -> None:
-        super().__init__(client_id, port)
+    def __init__(self, client_id: str, port: int, protocol: int = MQTTv311) -> None:
+        super().__init__(client_id, port, protocol)
         self.payloads: dict[int, str] = {}  # mid -> payload
         self.acknowledged_mids: set[int] = set()
         self.client.on_publish = self._on_publish
@@ -135,7 +171,14 @@ class Subscriber(Driver):
     def __init__(self, client_id: str, port: int) -> None:
         super().__init__(client_id, port)
         self.received: Counter[str] = Counter()
+        self.suback = False
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self.changed:
+            self.suback = True
+            self.changed.notify_all()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         with self.changed:
@@ -148,9 +191,9 @@ class Subscriber(Driver):
                 f"only {len(self.received)} of {count} distinct messages arrived"
             )
 
-    def wait_for_all(self, payloads: set[str]) -> None:
+    def wait_for_all(self, payloads: set[str], timeout: float = WAIT) -> None:
         with self.changed:
-            assert self.changed.wait_for(lambda: payloads <= set(self.received), WAIT), (
+            assert self.changed.wait_for(lambda: payloads <= set(self.received), timeout), (
                 f"missing: {sorted(payloads - set(self.received))[:10]}"
             )
 
