@@ -47,7 +47,7 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE, plain_socket_fd, receive_socket, send_socket
+from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -143,8 +143,8 @@ class MQTTClientConnection:
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
         "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_in_batch",
-        "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped", "_taken_over",
-        "_write_failed", "_writing",
+        "_peer_done", "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped",
+        "_taken_over", "_write_failed", "_writing",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
         "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
         "qos0_dropped", "session", "stream", "throttle", "user", "will", "will_delay",
@@ -195,6 +195,8 @@ class MQTTClientConnection:
         # read waits; _stop_reading cancels it.
         self._read_scope = trio.CancelScope()
         self._stopped = False  # _stop_reading was called (as opposed to the deadline)
+        # The client ended the connection (DISCONNECT, close, reset): no lingering close.
+        self._peer_done = False
 
     @property
     def name(self) -> str:
@@ -221,10 +223,12 @@ class MQTTClientConnection:
                             data = await stream.receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         log.info("client %s: connection lost", self.name)
+                        self._peer_done = True
                         break
                     if not data:
                         log.info("client %s: closed the connection without DISCONNECT",
                                  self.name)
+                        self._peer_done = True
                         break
                     try:
                         received = await self._receive(data)
@@ -257,6 +261,9 @@ class MQTTClientConnection:
                 if self._writing:
                     self._drained = trio.Event()
                     await self._drained.wait()  # bounded: the writer gives up in send_timeout
+                if not self._peer_done and not self._write_failed:
+                    # Our last word (DISCONNECT, a refusing CONNACK) must be read.
+                    await linger(stream, self.broker.linger_deadline)
             finally:
                 self.broker.connection_closed(self)
                 with trio.move_on_after(CLOSE_TIMEOUT):
@@ -777,6 +784,7 @@ class MQTTClientConnection:
 
     def _on_disconnect(self, packet: Disconnect) -> bool:
         if self.session is None:  # gave up during the authentication exchange
+            self._peer_done = True
             return False
         if self.level >= MQTT_5:
             expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
@@ -786,8 +794,10 @@ class MQTTClientConnection:
                 self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
             if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
                 log.info("client %s: disconnected with will", self.name)
+                self._peer_done = True
                 return False
         self.will = None  # [MQTT-3.14.4-3]: a clean disconnect discards the will
+        self._peer_done = True
         log.info("client %s: disconnected", self.name)
         return False
 
