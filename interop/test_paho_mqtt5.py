@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .brokerproc import BrokerProcess
 from .clients import WAIT
 
 # Reason codes (MQTT 5.0 section 2.4).
@@ -30,6 +31,7 @@ SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 SERVER_SHUTTING_DOWN = 0x8B
 SESSION_TAKEN_OVER = 0x8E
+RECEIVE_MAXIMUM_EXCEEDED = 0x93
 TOPIC_ALIAS_INVALID = 0x94
 PAYLOAD_FORMAT_INVALID = 0x99
 
@@ -658,3 +660,28 @@ def test_sigterm_sends_disconnect_0x8b_to_mqtt5_clients(broker, connect):
     assert old.disconnected.wait(WAIT), "3.1.1 client not disconnected"
     assert old.disconnect_from_server is False
     broker.wait_for_log(r"client new \(.*\): closing: server shutting down")
+
+
+# -- the last word ------------------------------------------------------------------------
+
+
+def test_disconnect_0x93_reaches_a_client_still_pipelining_qos2(tmp_path):
+    # Paho's conformance test_flow_control2: QoS 2 publishes beyond the broker's Receive
+    # Maximum while PUBRELs and more publishes are still on their way. The broker closes
+    # with a lingering close, so the client reads DISCONNECT 0x93, not a reset.
+    config = tmp_path / "flow.toml"
+    config.write_text("[limits]\nreceive_maximum = 5\n")
+    proc = BrokerProcess(tmp_path / "data", "--config", str(config))
+    client = PahoClient5(proc.port, "flow")
+    try:
+        client.client.max_inflight_messages_set(0)  # paho would otherwise hold them back
+        client.connect()
+        for number in range(500):  # more than the broker reads at once
+            client.client.publish("flow/t", b"%04d" % number + b"x" * 1000, qos=2)
+        assert client.disconnected.wait(WAIT), "not disconnected"
+        assert (client.disconnect_reason, client.disconnect_from_server) == (
+            RECEIVE_MAXIMUM_EXCEEDED, True)
+        proc.wait_for_log(r"client flow .*closing: receive maximum exceeded")
+    finally:
+        client.stop()
+        proc.stop()
