@@ -281,6 +281,27 @@ def test_connack_properties_and_assigned_client_identifier(broker, connect):
     assert anonymous.next_message()[:4] == ("to/anonymous", b"hi", 1, False)
 
 
+def test_server_keep_alive_caps_a_longer_keep_alive(tmp_path):
+    config = tmp_path / "keepalive.toml"
+    config.write_text("[limits]\nmax_keepalive = 60\n")
+    proc = BrokerProcess(tmp_path / "data", "--config", str(config))
+    clients = []
+    try:
+        for client_id, asked in (("long", 120), ("short", 30)):
+            client = PahoClient5(proc.port, client_id)
+            clients.append(client)
+            client.client.connect("127.0.0.1", proc.port, keepalive=asked)
+            client.client.loop_start()
+            assert client.connected.wait(WAIT), "no CONNACK"
+        assert clients[0].connack_props["ServerKeepAlive"] == 60
+        assert "ServerKeepAlive" not in clients[1].connack_props
+        proc.wait_for_log(r"client long \(.*\): connected \(MQTT level 5, .* keep alive 60s")
+    finally:
+        for client in clients:
+            client.stop()
+        proc.stop()
+
+
 # -- properties -------------------------------------------------------------------------
 
 PUBLISH_PROPS = {

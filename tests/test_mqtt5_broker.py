@@ -1398,14 +1398,63 @@ async def test_subscription_limit_answers_failure_at_3_1_1(nursery):
     assert (await client.receive()).return_codes == (1, 0x80)
 
 
-async def test_MQTT_3_2_2_21_server_keep_alive_replaces_the_clients(nursery, autojump_clock):
-    broker = start_broker(nursery, server_keep_alive=4)
+async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(nursery, autojump_clock):
+    broker = start_broker(nursery, max_keepalive=4)
     client, connack = await connect5(nursery, broker, "dev", keep_alive=600)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 4
     start = trio.current_time()
     packets = await client.receive_until_closed(timeout=60)
     assert packets == [Disconnect(rc.KEEP_ALIVE_TIMEOUT, packets[0].properties)]
     assert 6 <= trio.current_time() - start < 6.5  # 1.5 x the server's keep alive
+
+
+# One configuration for both of Paho's keep-alive tests (max_keepalive as Mosquitto's).
+PAHO_KEEPALIVE = {"max_keepalive": 60}
+
+
+async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_silence(
+    nursery, autojump_clock
+):
+    # Paho's test_keepalive: asks for 5 s, goes silent; its will comes 7.5 s later.
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    watcher = await client5(nursery, broker, "watcher", keep_alive=60)
+    await subscribe5(watcher, "wills/#")
+    _device, connack = await connect5(nursery, broker, "dev", keep_alive=5,
+                                     will=Will("wills/dev", b"silent"))
+    assert prop.SERVER_KEEP_ALIVE not in connack.properties
+    start = trio.current_time()
+    assert await watcher.receive(timeout=60) == Publish("wills/dev", b"silent")
+    assert 7.5 <= trio.current_time() - start < 8
+
+
+async def test_MQTT_3_2_2_21_keep_alive_above_max_keepalive_gets_server_keep_alive(
+    nursery, autojump_clock
+):
+    # Paho's test_server_keep_alive: asks for 120 with a cap of 60, is told 60.
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    _, connack = await connect5(nursery, broker, "long", keep_alive=120)
+    assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
+    # No keep alive at all is longer than any cap.
+    _, connack = await connect5(nursery, broker, "none", keep_alive=0)
+    assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
+
+
+async def test_max_keepalive_default_admits_any_keep_alive_even_none(nursery, broker):
+    for asked in (0, 65535):
+        _, connack = await connect5(nursery, broker, f"ka{asked}", keep_alive=asked)
+        assert connack.return_code == 0 and prop.SERVER_KEEP_ALIVE not in connack.properties
+
+
+@pytest.mark.parametrize("asked", [61, 0])
+async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked):
+    # 3.1.1 has no Server Keep Alive: refused as Mosquitto does (identifier rejected).
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    client = await connect_client(nursery, broker)
+    await client.send(Connect("old", keep_alive=asked))
+    assert await client.receive_until_closed() == [ConnAck(return_code=0x02)]
+    fine = await connect_client(nursery, broker)
+    assert (await fine.connect("fine", keep_alive=60)).return_code == 0
+    assert "old" not in broker.sessions
 
 
 async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery):

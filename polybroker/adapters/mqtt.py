@@ -48,6 +48,7 @@ from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
 from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
+from .mqtt_connack import fit_connack, imposed_keep_alive
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -535,12 +536,27 @@ class MQTTClientConnection:
         self.client_id = client_id
         self.client = Client(self.user, client_id)
         self.keep_alive = packet.keep_alive
+        imposed = imposed_keep_alive(packet.keep_alive, self.limits.max_keepalive)
+        if imposed is not None and not v5:
+            # 3.1.1 cannot be told another keep alive: refused, as Mosquitto does.
+            self.conn.send(ConnAck(return_code=CONNACK_IDENTIFIER_REJECTED))
+            log.warning("client %s: refused: keep alive %ds above max_keepalive %ds",
+                        self.name, packet.keep_alive, imposed)
+            return False
         if v5:
             expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
             connack_props.update(self._server_properties(props))
-            if self.limits.server_keep_alive:
-                self.keep_alive = self.limits.server_keep_alive  # [MQTT-3.2.2-21]
-                connack_props[prop.SERVER_KEEP_ALIVE] = self.keep_alive
+            if imposed is not None:
+                self.keep_alive = imposed  # the client must use it [MQTT-3.2.2-21]
+                connack_props[prop.SERVER_KEEP_ALIVE] = imposed
+            connack = fit_connack(ConnAck(properties=connack_props),
+                                  props.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED))
+            if connack is None:
+                log.warning("client %s: closing: no CONNACK fits the client's Maximum "
+                            "Packet Size %d [MQTT-3.1.2-24]", self.name,
+                            props[prop.MAXIMUM_PACKET_SIZE])
+                return False
+            connack_props = connack.properties
         else:
             expiry = 0 if packet.clean_session else NEVER_EXPIRES
         if packet.will is not None:
@@ -562,7 +578,7 @@ class MQTTClientConnection:
         self.conn.send(ConnAck(session_present=present, properties=connack_props))
         session.attach(self)
         log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
-                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
+                 self.name, packet.protocol_level, packet.clean_session, self.keep_alive,
                  (f", session expiry {expiry}s" if v5 else "")
                  + (f", user {self.user}" if self.user is not None else "")
                  + (f", certificate identity {self.identity}" if self.identity else ""))
