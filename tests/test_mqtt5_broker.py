@@ -503,6 +503,39 @@ async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nurs
 # -- Maximum Packet Size -----------------------------------------------------------------------
 
 
+async def test_MQTT_3_1_2_24_no_connack_when_even_the_smallest_exceeds_maximum_packet_size(
+    nursery, broker
+):
+    # CONNECT 5.0 "p", Maximum Packet Size 2: the smallest CONNACK takes 5 bytes.
+    client = await connect_client(nursery, broker)
+    await client.send_raw(bytes.fromhex(
+        "10 13 00 04 4D 51 54 54 05 02 00 0A 05 27 00 00 00 02 00 01 70"))
+    assert await client.receive_until_closed() == []
+    assert "p" not in broker.sessions
+
+
+async def test_MQTT_3_1_2_24_connack_drops_optional_properties_to_fit(nursery, broker):
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send(Connect("fit", protocol_level=V5,
+                              properties={prop.MAXIMUM_PACKET_SIZE: 10}), level=V5)
+    data = await client.stream.receive_some(100)
+    assert len(data) <= 10
+    connack = client.parser.feed(data)[0]
+    # The four *_AVAILABLE (defaults anyway), then Topic Alias Maximum, went.
+    assert connack == ConnAck(properties={prop.RECEIVE_MAXIMUM: 1024})
+
+
+async def test_MQTT_3_1_2_24_assigned_client_identifier_is_not_dropped(nursery, broker):
+    # An empty client id needs its Assigned Client Identifier [MQTT-3.2.2-16]: 45 bytes
+    # at least, more than the client takes.
+    client = await connect_client(nursery, broker)
+    await client.send(Connect("", protocol_level=V5,
+                              properties={prop.MAXIMUM_PACKET_SIZE: 30}), level=V5)
+    assert await client.receive_until_closed() == []
+    assert broker.sessions == {}
+
+
 async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent(nursery, broker):
     small = await client5(nursery, broker, "small", properties={prop.MAXIMUM_PACKET_SIZE: 100})
     await subscribe5(small, "t", 1)
