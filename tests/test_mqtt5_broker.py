@@ -503,6 +503,29 @@ async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nurs
 # -- Maximum Packet Size -----------------------------------------------------------------------
 
 
+async def test_MQTT_3_1_4_5_pipelined_disconnect_setting_session_expiry_after_connack_0x82(
+    nursery, broker
+):
+    # One read: CONNECT (Session Expiry 0), DISCONNECT setting Session Expiry 1. The
+    # CONNECT is answered before the DISCONNECT is judged (3.14.2.2.2: 0x82).
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send_raw(encode(Connect("pipe", protocol_level=V5), V5)
+                          + bytes.fromhex("e0 07 00 05 11 00 00 00 01"))
+    assert (await client.receive()).return_code == 0
+    await closed_with(client, rc.PROTOCOL_ERROR)
+
+
+async def test_MQTT_3_1_4_5_pipelined_subscribe_with_packet_id_0_after_connack(nursery, broker):
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    # SUBSCRIBE "a" with packet identifier 0 [MQTT-2.2.1-3]
+    await client.send_raw(encode(Connect("pipe", protocol_level=V5), V5)
+                          + bytes.fromhex("82 07 00 00 00 00 01 61 00"))
+    assert (await client.receive()).return_code == 0
+    await closed_with(client, rc.MALFORMED_PACKET)
+
+
 async def test_MQTT_3_1_2_24_no_connack_when_even_the_smallest_exceeds_maximum_packet_size(
     nursery, broker
 ):

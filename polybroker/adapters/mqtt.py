@@ -308,6 +308,13 @@ class MQTTClientConnection:
                     self._read_scope.deadline = math.inf
                     await self._refuse_enhanced()
                 return None
+        if self.conn.error_pending:
+            # A bad packet after these in the same read: judged only now that they are
+            # answered (a CONNECT has its CONNACK, then DISCONNECT says what was wrong).
+            try:
+                self.conn.receive_data(b"")
+            except MQTTError as exc:
+                raise Closing(exc.reason_code, exc.reason) from None
         if self.conn.pending_bytes:
             self._send_soon()
         return len(packets)
