@@ -30,6 +30,7 @@ from .clients import WAIT
 SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 SERVER_SHUTTING_DOWN = 0x8B
+NOT_AUTHORIZED = 0x87
 SESSION_TAKEN_OVER = 0x8E
 RECEIVE_MAXIMUM_EXCEEDED = 0x93
 TOPIC_ALIAS_INVALID = 0x94
@@ -624,6 +625,21 @@ def test_puback_reason_codes_seen_by_on_publish(connect):
     # The refused message was not delivered.
     assert [m.payload for m in subscriber.receive(2)] == [b"heard", "ünïcode".encode()]
     assert publisher.connected.is_set() and not publisher.disconnected.is_set()
+
+
+def test_publishing_to_dollar_topics_is_not_authorized(broker, connect):
+    # [MQTT-4.7.2-1]: $ topics are the server's; a client's publish there is refused.
+    subscriber = connect("sub")
+    for topic in ("$SYS/broker/uptime", "$foo/bar", "marker"):
+        assert subscriber.subscribe(topic, qos=2) == 2
+    publisher = connect("pub")
+    # QoS 1 only: after a PUBREC 0x87, paho still sends PUBREL and reports the PUBCOMP's
+    # 0x92 (the raw-byte tests check the PUBREC).
+    for topic in ("$SYS/broker/uptime", "$foo/bar"):
+        assert publisher.publish(topic, b"spoofed", 1) == NOT_AUTHORIZED
+    broker.wait_for_log(r"client pub .*: publish to \$SYS/broker/uptime denied")
+    assert publisher.publish("marker", b"end", 1) == SUCCESS
+    assert subscriber.receive_until("marker") == []
 
 
 def test_takeover_sends_disconnect_0x8e_to_the_first_connection(broker, connect):

@@ -503,6 +503,23 @@ async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nurs
 # -- Maximum Packet Size -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("topic", ["$SYS/broker/uptime", "$foo/bar"])
+async def test_MQTT_4_7_2_1_clients_cannot_exchange_messages_on_dollar_topics_0x87(
+    nursery, broker, topic
+):
+    # The topic name is valid, the client may not use it: Not authorized (0x87), as for
+    # an ACL denial, not Topic Name invalid (0x90).
+    sub = await client5(nursery, broker, "sub")
+    await subscribe5(sub, topic, 2)
+    pub = await client5(nursery, broker, "pub")
+    await send5(pub, Publish(topic, b"spoofed", qos=1, packet_id=1, retain=True),
+                Publish(topic, b"spoofed", qos=2, packet_id=2))
+    assert await pub.receive() == PubAck(1, rc.NOT_AUTHORIZED)
+    assert await pub.receive() == PubRec(2, rc.NOT_AUTHORIZED)
+    assert await sub.publishes_until_idle() == []
+    assert broker.retained.match(topic) == []
+
+
 async def test_MQTT_3_1_4_5_pipelined_disconnect_setting_session_expiry_after_connack_0x82(
     nursery, broker
 ):
