@@ -566,6 +566,18 @@ async def test_MQTT_3_1_2_24_connack_drops_optional_properties_to_fit(nursery, b
     assert connack == ConnAck(properties={prop.RECEIVE_MAXIMUM: 1024})
 
 
+@pytest.mark.parametrize(("limit", "answer"), [(4, []), (5, [ConnAck(return_code=0x8C)])])
+async def test_MQTT_3_1_2_24_a_refusing_connack_is_not_sent_above_maximum_packet_size(
+    nursery, broker, limit, answer
+):
+    # Refused (unknown Authentication Method): the 5-byte CONNACK only where it fits.
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send(Connect("x", protocol_level=V5, properties={
+        prop.AUTHENTICATION_METHOD: "nope", prop.MAXIMUM_PACKET_SIZE: limit}), level=V5)
+    assert await client.receive_until_closed() == answer
+
+
 async def test_MQTT_3_1_2_24_assigned_client_identifier_is_not_dropped(nursery, broker):
     # An empty client id needs its Assigned Client Identifier [MQTT-3.2.2-16]: 45 bytes
     # at least, more than the client takes.

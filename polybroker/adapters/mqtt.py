@@ -422,7 +422,7 @@ class MQTTClientConnection:
             return
         if self.session is None:
             if rc.is_valid(PacketType.CONNACK, reason_code):
-                self.conn.send(ConnAck(return_code=reason_code))
+                self._refuse_with(reason_code, self._pending_connect)
             return
         packet = Disconnect(reason_code)
         if self.problem_information:
@@ -469,7 +469,7 @@ class MQTTClientConnection:
             self.user = login.user
             return True
         old, new = _REFUSAL_CODES[login.refusal]
-        self.conn.send(ConnAck(return_code=new if packet.protocol_level >= MQTT_5 else old))
+        self._refuse_with(new if packet.protocol_level >= MQTT_5 else old, packet)
         return False
 
     async def _refuse_enhanced(self) -> None:
@@ -478,7 +478,17 @@ class MQTTClientConnection:
             Refusal.NOT_AUTHORIZED, username=None, peer=self.peer,
             client_id=self._pending_connect.client_id, protocol=f"MQTT {method}",
         )
-        self.conn.send(ConnAck(return_code=rc.NOT_AUTHORIZED))
+        self._refuse_with(rc.NOT_AUTHORIZED, self._pending_connect)
+
+    def _refuse_with(self, code: int, packet: Connect | None) -> None:
+        """A refusing CONNACK, unless even it is larger than the 5.0 client's Maximum
+        Packet Size [MQTT-3.1.2-24] (the connection then closes without one)."""
+        connack: ConnAck | None = ConnAck(return_code=code)
+        if packet is not None and packet.protocol_level >= MQTT_5:
+            limit = packet.properties.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED)
+            connack = fit_connack(connack, limit)
+        if connack is not None:
+            self.conn.send(connack)
 
     def _on_connect(self, packet: Connect) -> bool:
         self.level = packet.protocol_level
@@ -490,7 +500,7 @@ class MQTTClientConnection:
             return self._accept(packet)
         authenticator = self.broker.authenticators.get(method)
         if authenticator is None:
-            self.conn.send(ConnAck(return_code=rc.BAD_AUTHENTICATION_METHOD))
+            self._refuse_with(rc.BAD_AUTHENTICATION_METHOD, packet)
             log.warning("client %s: refused: unknown authentication method %r",
                         self.name, method)
             return False
