@@ -430,3 +430,24 @@ def test_unframed_garbage_closes_with_frame_error(broker):
         assert frame is not None and frame[1] == 0
         assert method_id(frame[2]) == (10, 50)
         assert int.from_bytes(frame[2][4:6], "big") == 501
+
+
+def test_connection_close_reaches_a_client_still_publishing(tmp_path):
+    # A body above max_packet_size is a connection error (311); the publishes pipelined
+    # behind it are discarded while the broker waits for close-ok and lingers, so pika
+    # reads the reply code and text instead of losing the connection to a reset.
+    config = tmp_path / "small.toml"
+    config.write_text("[limits]\nmax_packet_size = 100000\n")
+    proc = start_broker(tmp_path / "data", "--config", str(config))
+    try:
+        connection = pika.BlockingConnection(pika_params(proc.amqp_port))
+        channel = connection.channel()
+        channel.basic_publish("amq.topic", "flood", b"x" * 200_000)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+            for _ in range(500):
+                channel.basic_publish("amq.topic", "flood", b"y" * 1000)
+            pump(connection, lambda: False)
+        assert info.value.reply_code == 311, info.value
+        assert "CONTENT_TOO_LARGE" in info.value.reply_text
+    finally:
+        proc.stop()

@@ -23,13 +23,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .brokerproc import BrokerProcess
 from .clients import WAIT
 
 # Reason codes (MQTT 5.0 section 2.4).
 SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 SERVER_SHUTTING_DOWN = 0x8B
+NOT_AUTHORIZED = 0x87
 SESSION_TAKEN_OVER = 0x8E
+RECEIVE_MAXIMUM_EXCEEDED = 0x93
 TOPIC_ALIAS_INVALID = 0x94
 PAYLOAD_FORMAT_INVALID = 0x99
 
@@ -277,6 +280,27 @@ def test_connack_properties_and_assigned_client_identifier(broker, connect):
     assert anonymous.subscribe("to/anonymous") == 1
     assert named.publish("to/anonymous", b"hi") == SUCCESS
     assert anonymous.next_message()[:4] == ("to/anonymous", b"hi", 1, False)
+
+
+def test_server_keep_alive_caps_a_longer_keep_alive(tmp_path):
+    config = tmp_path / "keepalive.toml"
+    config.write_text("[limits]\nmax_keepalive = 60\n")
+    proc = BrokerProcess(tmp_path / "data", "--config", str(config))
+    clients = []
+    try:
+        for client_id, asked in (("long", 120), ("short", 30)):
+            client = PahoClient5(proc.port, client_id)
+            clients.append(client)
+            client.client.connect("127.0.0.1", proc.port, keepalive=asked)
+            client.client.loop_start()
+            assert client.connected.wait(WAIT), "no CONNACK"
+        assert clients[0].connack_props["ServerKeepAlive"] == 60
+        assert "ServerKeepAlive" not in clients[1].connack_props
+        proc.wait_for_log(r"client long \(.*\): connected \(MQTT level 5, .* keep alive 60s")
+    finally:
+        for client in clients:
+            client.stop()
+        proc.stop()
 
 
 # -- properties -------------------------------------------------------------------------
@@ -603,6 +627,21 @@ def test_puback_reason_codes_seen_by_on_publish(connect):
     assert publisher.connected.is_set() and not publisher.disconnected.is_set()
 
 
+def test_publishing_to_dollar_topics_is_not_authorized(broker, connect):
+    # [MQTT-4.7.2-1]: $ topics are the server's; a client's publish there is refused.
+    subscriber = connect("sub")
+    for topic in ("$SYS/broker/uptime", "$foo/bar", "marker"):
+        assert subscriber.subscribe(topic, qos=2) == 2
+    publisher = connect("pub")
+    # QoS 1 only: after a PUBREC 0x87, paho still sends PUBREL and reports the PUBCOMP's
+    # 0x92 (the raw-byte tests check the PUBREC).
+    for topic in ("$SYS/broker/uptime", "$foo/bar"):
+        assert publisher.publish(topic, b"spoofed", 1) == NOT_AUTHORIZED
+    broker.wait_for_log(r"client pub .*: publish to \$SYS/broker/uptime denied")
+    assert publisher.publish("marker", b"end", 1) == SUCCESS
+    assert subscriber.receive_until("marker") == []
+
+
 def test_takeover_sends_disconnect_0x8e_to_the_first_connection(broker, connect):
     first = connect("twin")
     assert first.subscribe("twin/t", qos=1) == 1
@@ -658,3 +697,28 @@ def test_sigterm_sends_disconnect_0x8b_to_mqtt5_clients(broker, connect):
     assert old.disconnected.wait(WAIT), "3.1.1 client not disconnected"
     assert old.disconnect_from_server is False
     broker.wait_for_log(r"client new \(.*\): closing: server shutting down")
+
+
+# -- the last word ------------------------------------------------------------------------
+
+
+def test_disconnect_0x93_reaches_a_client_still_pipelining_qos2(tmp_path):
+    # Paho's conformance test_flow_control2: QoS 2 publishes beyond the broker's Receive
+    # Maximum while PUBRELs and more publishes are still on their way. The broker closes
+    # with a lingering close, so the client reads DISCONNECT 0x93, not a reset.
+    config = tmp_path / "flow.toml"
+    config.write_text("[limits]\nreceive_maximum = 5\n")
+    proc = BrokerProcess(tmp_path / "data", "--config", str(config))
+    client = PahoClient5(proc.port, "flow")
+    try:
+        client.client.max_inflight_messages_set(0)  # paho would otherwise hold them back
+        client.connect()
+        for number in range(500):  # more than the broker reads at once
+            client.client.publish("flow/t", b"%04d" % number + b"x" * 1000, qos=2)
+        assert client.disconnected.wait(WAIT), "not disconnected"
+        assert (client.disconnect_reason, client.disconnect_from_server) == (
+            RECEIVE_MAXIMUM_EXCEEDED, True)
+        proc.wait_for_log(r"client flow .*closing: receive maximum exceeded")
+    finally:
+        client.stop()
+        proc.stop()

@@ -541,3 +541,20 @@ def test_stomp_send_reaches_mqtt_wildcard_subscribers(stomp_client, paho_client,
     stomp_client(version).send("/topic/home/hall/temp", "19.0")
     message = mqtt.next_message()
     assert (message.topic, message.payload, message.qos) == ("home/hall/temp", b"19.0", 1)
+
+
+def test_error_reaches_a_client_still_sending(stomp_client):
+    # A SEND the broker refuses (unknown destination kind) in the middle of a stream of
+    # SENDs larger than one read: the broker half-closes and reads on, so stomp.py gets
+    # the ERROR rather than a reset.
+    client = stomp_client()
+    body = "x" * 1000
+    try:
+        client.conn.send("/bogus/place", "refused")
+        for _ in range(500):
+            client.conn.send("/topic/flood", body)
+    except (stomp.exception.StompException, OSError):
+        pass  # the broker has closed and stomp.py with it: no further sends
+    error = _get(client.listener.errors, "ERROR")
+    assert "/bogus/place" in error.headers["message"], error.headers
+    assert client.listener.disconnected.wait(WAIT), "not disconnected"

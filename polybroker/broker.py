@@ -11,6 +11,7 @@ disk, so that connections acknowledge nothing before (``durability``).
 """
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -70,6 +71,9 @@ class Broker:
         # Open client connections (any protocol), told to close on shutdown.
         self.connections: set[Closable] = set()
         self._all_closed: trio.Event | None = None
+        # When a lingering close (``adapters.io.linger``) must end at the latest: set by
+        # ``shutdown`` to half its grace, leaving the other half for the closes.
+        self.linger_deadline = math.inf
         # In memory only until ``durability.open_durable_state`` attaches the store.
         self.journal = Journal()
         self.durability = Durability()
@@ -88,6 +92,7 @@ class Broker:
         """Ask every connection to close (MQTT 5.0 clients are told why), and wait up to
         ``grace`` seconds for them to finish."""
         self._all_closed = trio.Event()
+        self.linger_deadline = trio.current_time() + grace / 2
         for connection in list(self.connections):
             connection.close_for_shutdown()
         if self.connections:

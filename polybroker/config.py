@@ -1,5 +1,6 @@
 """Broker configuration: frozen dataclasses built from TOML and validated once."""
 
+import logging
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -35,10 +36,13 @@ DEFAULT_PORTS: dict[tuple[str, str], int] = {
 # The HTTP path a WebSocket listener answers on when none is configured.
 DEFAULT_PATHS = {"mqtt": "/mqtt", "stomp": "/stomp", "auto": "/"}
 TLS_VERSIONS = ("1.2", "1.3")
+MAX_KEEPALIVE = 65535  # MQTT's largest keep alive, and max_keepalive's default
 ZERO_ALLOWED = {
-    "topic_alias_maximum", "max_subscriptions_per_client", "server_keep_alive",
+    "topic_alias_maximum", "max_subscriptions_per_client", "max_keepalive",
     "max_publish_rate", "max_publish_burst", "max_retained_messages", "max_retained_bytes",
 }
+
+log = logging.getLogger("polybroker.config")
 
 
 class ConfigError(ValueError):
@@ -114,9 +118,11 @@ class Limits:
     # Subscriptions one client may hold (0: no limit); more are refused in the SUBACK
     # (5.0: 0x97 Quota exceeded, 3.1.1: 0x80).
     max_subscriptions_per_client: int = 0
-    # MQTT 5.0 Server Keep Alive: if set, replaces the client's keep alive and is sent in
-    # CONNACK (0: use the client's).
-    server_keep_alive: int = 0
+    # Longest keep alive a client may ask for, in seconds (Mosquitto's max_keepalive; a
+    # keep alive of 0, none, counts as longer than any cap below 65535). A 5.0 client
+    # asking for more gets this as Server Keep Alive in CONNACK; a 3.1 / 3.1.1 client is
+    # refused (CONNACK 0x02). 65535 admits every value, 0 too; 0 means no cap at all.
+    max_keepalive: int = MAX_KEEPALIVE
     # Messages one named queue holds (ready and unacknowledged); when full, new messages
     # for it are dropped and logged.
     max_queue_length: int = 100_000
@@ -472,6 +478,7 @@ def _origins(table: dict[str, Any], prefix: str) -> tuple[str, ...]:
 def _limits(raw: Any) -> Limits:
     if not isinstance(raw, dict):
         raise ConfigError("limits: must be a table")
+    raw = _renamed_keep_alive(raw)
     known = {f.name: f for f in fields(Limits)}
     _reject_unknown(raw, set(known), "limits.")
     values = {}
@@ -483,7 +490,25 @@ def _limits(raw: Any) -> Limits:
         values[name] = kind(value)
     if values.get("max_packet_size", 1) > 268_435_455:
         raise ConfigError("limits.max_packet_size: at most 268435455 (MQTT's limit)")
+    if values.get("max_keepalive", 0) > MAX_KEEPALIVE:
+        raise ConfigError(f"limits.max_keepalive: at most {MAX_KEEPALIVE} (MQTT's limit)")
     return Limits(**values)
+
+
+def _renamed_keep_alive(raw: dict[str, Any]) -> dict[str, Any]:
+    """``server_keep_alive`` (deprecated) is read as ``max_keepalive``: clients asking
+    for less keep their own keep alive now. Its 0 (the client's) is no cap."""
+    if "server_keep_alive" not in raw:
+        return raw
+    if "max_keepalive" in raw:
+        raise ConfigError("limits.server_keep_alive: deprecated, and max_keepalive is set too: "
+                          "keep max_keepalive only")
+    raw = dict(raw)
+    value = raw.pop("server_keep_alive")
+    raw["max_keepalive"] = value
+    log.warning("limits.server_keep_alive is deprecated: read as max_keepalive = %s "
+                "(a client asking for a shorter keep alive keeps its own)", value)
+    return raw
 
 
 def _mqtt(raw: Any) -> MQTTSettings:

@@ -29,8 +29,10 @@ What cannot cross, so that nothing escapes into a wrong topic:
 
 - A routing key with ``/``, ``+``, ``#`` or NUL in it, an empty key, or one whose MQTT
   topic would be invalid (over 65535 bytes) routes nowhere on ``amq.topic`` (an
-  unroutable publish: basic.return for a mandatory one). Keys starting with ``$`` are
-  published as they come: MQTT's wildcards at the root skip ``$`` topics anyway.
+  unroutable publish: basic.return for a mandatory one). A key starting with ``$``
+  names a ``$`` topic, which is the server's: refused like an ACL denial (403; STOMP
+  SEND to ``/topic/$...``: ERROR) unless the ACL names it, ``$SYS`` always
+  (``Security.may_publish``).
 - A binding key on ``amq.topic`` must map onto an MQTT filter: no ``/``, ``+`` or NUL in
   it, ``*`` and ``#`` only as whole words, ``#`` only as the last word, not empty.
   Anything else is refused with 406 PRECONDITION_FAILED (other topic exchanges accept

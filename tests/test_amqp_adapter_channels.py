@@ -394,6 +394,20 @@ async def test_publish_to_amq_topic_reaches_the_topic_space(nursery, broker):
     assert (second.topic, qos2) == ("cmd/dev2", 0)
 
 
+async def test_publish_to_amq_topic_on_a_dollar_topic_is_refused(nursery, broker):
+    # [MQTT-4.7.2-1]: "$SYS.broker.uptime" maps to $SYS/broker/uptime, the server's own:
+    # refused as an ACL denial (403), though this broker has no ACL.
+    recorder = Recorder()
+    broker.router.add("$SYS/#", recorder, SubscriptionOptions(qos=1))
+    broker.router.add("$foo/#", recorder, SubscriptionOptions(qos=1))
+    client = await open_client(nursery, broker, channels=2)
+    await client.publish(1, "amq.topic", "$SYS.broker.uptime", b"spoofed")
+    assert_close(await client.expect(1, ChannelClose), 403, 60, 40)
+    await client.publish(2, "amq.topic", "$foo.bar", b"spoofed")
+    assert_close(await client.expect(2, ChannelClose), 403, 60, 40)
+    assert recorder.messages == []
+
+
 async def test_message_from_the_topic_space_gets_properties(nursery, broker):
     client = await open_client(nursery, broker)
     await client.declare(1, "readings")

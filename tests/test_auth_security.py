@@ -47,11 +47,28 @@ async def test_certificate_identity_is_the_user_without_a_password(with_file):
     assert login == Login("sensor-1")
 
 
-def test_without_acl_everything_is_allowed():
+def test_without_acl_everything_is_allowed_but_publishing_to_dollar_topics():
     security = Security()
     client = Client(None, "c")
-    assert security.may_publish(client, "$SYS/x") and security.may_subscribe(client, "#")
+    assert security.may_publish(client, "a/$x") and security.may_subscribe(client, "#")
+    assert security.may_subscribe(client, "$SYS/#")
     assert security.may_read_queue(client, "q") and security.may_write_queue(client, "q")
+    # [MQTT-4.7.2-1]: the server's topics are not for clients to exchange messages on.
+    for topic in ("$SYS", "$SYS/broker/uptime", "$foo/bar", "$"):
+        assert not security.may_publish(client, topic), topic
+
+
+def test_a_dollar_topic_needs_an_acl_rule_naming_it_and_sys_is_never_granted(tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("topic write #\ntopic write +/bar\ntopic write $app/#\n"
+                   "topic write $SYS/#\npattern write $dev/%c\n")
+    security = Security.load(AuthConfig(acl_file=acl))
+    client = Client(None, "c")
+    assert security.may_publish(client, "plain/topic")
+    assert not security.may_publish(client, "$foo/bar")  # only wildcards cover it
+    assert security.may_publish(client, "$app/x") and security.may_publish(client, "$dev/c")
+    assert not security.may_publish(client, "$dev/other")
+    assert not security.may_publish(client, "$SYS/broker/uptime")  # even when granted
 
 
 def test_access_checks_follow_the_acl(tmp_path):

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -195,11 +196,27 @@ def test_cli_defaults_to_loopback_1883():
 def test_mqtt_table_and_new_limits_are_read():
     config = config_from_dict({
         "mqtt": {"response_information": "reply/", "scram_users_file": "users"},
-        "limits": {"max_subscriptions_per_client": 0, "server_keep_alive": 30},
+        "limits": {"max_subscriptions_per_client": 0, "max_keepalive": 30},
     })
     assert config.mqtt.response_information == "reply/"
     assert config.mqtt.scram_users_file == Path("users")
-    assert config.limits.server_keep_alive == 30
+    assert config.limits.max_keepalive == 30
+
+
+def test_max_keepalive_defaults_to_65535_and_accepts_0_and_no_more():
+    assert Limits().max_keepalive == 65535
+    assert config_from_dict({"limits": {"max_keepalive": 0}}).limits.max_keepalive == 0
+    with pytest.raises(ConfigError, match=r"limits\.max_keepalive: at most 65535"):
+        config_from_dict({"limits": {"max_keepalive": 65536}})
+
+
+def test_server_keep_alive_is_read_as_max_keepalive_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, "polybroker.config"):
+        config = config_from_dict({"limits": {"server_keep_alive": 45}})
+    assert config.limits.max_keepalive == 45
+    assert "limits.server_keep_alive is deprecated: read as max_keepalive = 45" in caplog.text
+    with pytest.raises(ConfigError, match=r"server_keep_alive: deprecated"):
+        config_from_dict({"limits": {"server_keep_alive": 45, "max_keepalive": 60}})
 
 
 def test_unknown_mqtt_key_is_rejected():

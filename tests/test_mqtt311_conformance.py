@@ -23,6 +23,7 @@ from polybroker.protocols.mqtt import (
     UnsubAck,
     Unsubscribe,
     Will,
+    encode,
 )
 
 from .rawclient import RawClient, connect_client
@@ -263,6 +264,14 @@ async def test_MQTT_3_1_4_1_nonconforming_connect_closed_without_connack(nursery
     client = await connect_client(nursery, broker)
     await assert_closed_without_reply(client, data)
     assert broker.sessions == {}
+
+
+async def test_MQTT_3_1_4_5_pipelined_subscribe_with_packet_id_0_after_connack(nursery, broker):
+    # One read: CONNECT, then SUBSCRIBE "a" with packet identifier 0 [MQTT-2.3.1-1]. The
+    # CONNECT is answered before the SUBSCRIBE is judged; then the connection closes.
+    client = await connect_client(nursery, broker)
+    await client.send_raw(encode(Connect("pipe")) + bytes.fromhex("82 06 00 00 00 01 61 00"))
+    assert await client.receive_until_closed() == [ConnAck()]
 
 
 async def test_MQTT_3_1_4_5_nothing_processed_after_a_rejected_connect(nursery, broker):

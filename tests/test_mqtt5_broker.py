@@ -503,6 +503,91 @@ async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nurs
 # -- Maximum Packet Size -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("topic", ["$SYS/broker/uptime", "$foo/bar"])
+async def test_MQTT_4_7_2_1_clients_cannot_exchange_messages_on_dollar_topics_0x87(
+    nursery, broker, topic
+):
+    # The topic name is valid, the client may not use it: Not authorized (0x87), as for
+    # an ACL denial, not Topic Name invalid (0x90).
+    sub = await client5(nursery, broker, "sub")
+    await subscribe5(sub, topic, 2)
+    pub = await client5(nursery, broker, "pub")
+    await send5(pub, Publish(topic, b"spoofed", qos=1, packet_id=1, retain=True),
+                Publish(topic, b"spoofed", qos=2, packet_id=2))
+    assert await pub.receive() == PubAck(1, rc.NOT_AUTHORIZED)
+    assert await pub.receive() == PubRec(2, rc.NOT_AUTHORIZED)
+    assert await sub.publishes_until_idle() == []
+    assert broker.retained.match(topic) == []
+
+
+async def test_MQTT_3_1_4_5_pipelined_disconnect_setting_session_expiry_after_connack_0x82(
+    nursery, broker
+):
+    # One read: CONNECT (Session Expiry 0), DISCONNECT setting Session Expiry 1. The
+    # CONNECT is answered before the DISCONNECT is judged (3.14.2.2.2: 0x82).
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send_raw(encode(Connect("pipe", protocol_level=V5), V5)
+                          + bytes.fromhex("e0 07 00 05 11 00 00 00 01"))
+    assert (await client.receive()).return_code == 0
+    await closed_with(client, rc.PROTOCOL_ERROR)
+
+
+async def test_MQTT_3_1_4_5_pipelined_subscribe_with_packet_id_0_after_connack(nursery, broker):
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    # SUBSCRIBE "a" with packet identifier 0 [MQTT-2.2.1-3]
+    await client.send_raw(encode(Connect("pipe", protocol_level=V5), V5)
+                          + bytes.fromhex("82 07 00 00 00 00 01 61 00"))
+    assert (await client.receive()).return_code == 0
+    await closed_with(client, rc.MALFORMED_PACKET)
+
+
+async def test_MQTT_3_1_2_24_no_connack_when_even_the_smallest_exceeds_maximum_packet_size(
+    nursery, broker
+):
+    # CONNECT 5.0 "p", Maximum Packet Size 2: the smallest CONNACK takes 5 bytes.
+    client = await connect_client(nursery, broker)
+    await client.send_raw(bytes.fromhex(
+        "10 13 00 04 4D 51 54 54 05 02 00 0A 05 27 00 00 00 02 00 01 70"))
+    assert await client.receive_until_closed() == []
+    assert "p" not in broker.sessions
+
+
+async def test_MQTT_3_1_2_24_connack_drops_optional_properties_to_fit(nursery, broker):
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send(Connect("fit", protocol_level=V5,
+                              properties={prop.MAXIMUM_PACKET_SIZE: 10}), level=V5)
+    data = await client.stream.receive_some(100)
+    assert len(data) <= 10
+    connack = client.parser.feed(data)[0]
+    # The four *_AVAILABLE (defaults anyway), then Topic Alias Maximum, went.
+    assert connack == ConnAck(properties={prop.RECEIVE_MAXIMUM: 1024})
+
+
+@pytest.mark.parametrize(("limit", "answer"), [(4, []), (5, [ConnAck(return_code=0x8C)])])
+async def test_MQTT_3_1_2_24_a_refusing_connack_is_not_sent_above_maximum_packet_size(
+    nursery, broker, limit, answer
+):
+    # Refused (unknown Authentication Method): the 5-byte CONNACK only where it fits.
+    client = await connect_client(nursery, broker)
+    client.parser.protocol_level = V5
+    await client.send(Connect("x", protocol_level=V5, properties={
+        prop.AUTHENTICATION_METHOD: "nope", prop.MAXIMUM_PACKET_SIZE: limit}), level=V5)
+    assert await client.receive_until_closed() == answer
+
+
+async def test_MQTT_3_1_2_24_assigned_client_identifier_is_not_dropped(nursery, broker):
+    # An empty client id needs its Assigned Client Identifier [MQTT-3.2.2-16]: 45 bytes
+    # at least, more than the client takes.
+    client = await connect_client(nursery, broker)
+    await client.send(Connect("", protocol_level=V5,
+                              properties={prop.MAXIMUM_PACKET_SIZE: 30}), level=V5)
+    assert await client.receive_until_closed() == []
+    assert broker.sessions == {}
+
+
 async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent(nursery, broker):
     small = await client5(nursery, broker, "small", properties={prop.MAXIMUM_PACKET_SIZE: 100})
     await subscribe5(small, "t", 1)
@@ -1398,14 +1483,63 @@ async def test_subscription_limit_answers_failure_at_3_1_1(nursery):
     assert (await client.receive()).return_codes == (1, 0x80)
 
 
-async def test_MQTT_3_2_2_21_server_keep_alive_replaces_the_clients(nursery, autojump_clock):
-    broker = start_broker(nursery, server_keep_alive=4)
+async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(nursery, autojump_clock):
+    broker = start_broker(nursery, max_keepalive=4)
     client, connack = await connect5(nursery, broker, "dev", keep_alive=600)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 4
     start = trio.current_time()
     packets = await client.receive_until_closed(timeout=60)
     assert packets == [Disconnect(rc.KEEP_ALIVE_TIMEOUT, packets[0].properties)]
     assert 6 <= trio.current_time() - start < 6.5  # 1.5 x the server's keep alive
+
+
+# One configuration for both of Paho's keep-alive tests (max_keepalive as Mosquitto's).
+PAHO_KEEPALIVE = {"max_keepalive": 60}
+
+
+async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_silence(
+    nursery, autojump_clock
+):
+    # Paho's test_keepalive: asks for 5 s, goes silent; its will comes 7.5 s later.
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    watcher = await client5(nursery, broker, "watcher", keep_alive=60)
+    await subscribe5(watcher, "wills/#")
+    _device, connack = await connect5(nursery, broker, "dev", keep_alive=5,
+                                     will=Will("wills/dev", b"silent"))
+    assert prop.SERVER_KEEP_ALIVE not in connack.properties
+    start = trio.current_time()
+    assert await watcher.receive(timeout=60) == Publish("wills/dev", b"silent")
+    assert 7.5 <= trio.current_time() - start < 8
+
+
+async def test_MQTT_3_2_2_21_keep_alive_above_max_keepalive_gets_server_keep_alive(
+    nursery, autojump_clock
+):
+    # Paho's test_server_keep_alive: asks for 120 with a cap of 60, is told 60.
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    _, connack = await connect5(nursery, broker, "long", keep_alive=120)
+    assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
+    # No keep alive at all is longer than any cap.
+    _, connack = await connect5(nursery, broker, "none", keep_alive=0)
+    assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
+
+
+async def test_max_keepalive_default_admits_any_keep_alive_even_none(nursery, broker):
+    for asked in (0, 65535):
+        _, connack = await connect5(nursery, broker, f"ka{asked}", keep_alive=asked)
+        assert connack.return_code == 0 and prop.SERVER_KEEP_ALIVE not in connack.properties
+
+
+@pytest.mark.parametrize("asked", [61, 0])
+async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked):
+    # 3.1.1 has no Server Keep Alive: refused as Mosquitto does (identifier rejected).
+    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    client = await connect_client(nursery, broker)
+    await client.send(Connect("old", keep_alive=asked))
+    assert await client.receive_until_closed() == [ConnAck(return_code=0x02)]
+    fine = await connect_client(nursery, broker)
+    assert (await fine.connect("fine", keep_alive=60)).return_code == 0
+    assert "old" not in broker.sessions
 
 
 async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery):

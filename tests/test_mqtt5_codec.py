@@ -1114,9 +1114,11 @@ def test_maximum_packet_size_switches_semantics_at_a_level_5_connect():
     assert len(connect) == 15 and connect[1] == 13
     # The CONNECT itself is measured by its remaining length (13 <= 13); the packets
     # after it in the same chunk by their whole size: a 14-byte DISCONNECT is too large.
+    # The CONNECT before it is returned first; the next feed raises.
     parser = PacketParser(max_packet_size=13)
+    assert parser.feed(connect + b"\xe0\x0c") == [Connect("", MQTT_5)]  # 14 bytes in all
     with pytest.raises(PacketTooLarge):
-        parser.feed(connect + b"\xe0\x0c")  # remaining length 12, 14 bytes in all
+        parser.feed(b"")
     parser = PacketParser(max_packet_size=13)
     assert parser.feed(connect + encode(PingReq())) == [Connect("", MQTT_5), PingReq()]
     # At 3.1.1 the same bytes are within the limit (remaining length 12).

@@ -4,9 +4,11 @@ import logging
 
 import pytest
 import trio
+import trio.testing
 
 from polybroker.broker import Broker
 from polybroker.config import BrokerConfig, Limits
+from polybroker.message import Message
 from polybroker.protocols.mqtt import (
     ConnAck,
     Connect,
@@ -110,11 +112,45 @@ async def test_dollar_topics_not_matched_by_leading_wildcard_MQTT_4_7_2_1(nurser
     await sub.subscribe("#", 0, packet_id=1)
     await sub.subscribe("+/info", 0, packet_id=2)
     await sub.subscribe("$SYS/#", 0, packet_id=3)
+    # $SYS is the server's own (clients may not publish there, [MQTT-4.7.2-1]).
+    broker.publish(Message("$SYS/info", b"1"))
     pub = await connect_client(nursery, broker)
     await pub.connect("pub")
-    await pub.send(Publish("$SYS/info", b"1"), Publish("x/info", b"2"))
+    await pub.send(Publish("x/info", b"2"))
     received = await sub.publishes_until_idle()
     assert sorted((p.topic, p.payload) for p in received) == [("$SYS/info", b"1"), ("x/info", b"2")]
+
+
+@pytest.mark.parametrize("topic", ["$SYS/broker/uptime", "$foo/bar"])
+async def test_clients_cannot_exchange_messages_on_dollar_topics_MQTT_4_7_2_1(
+    nursery, broker, caplog, topic
+):
+    # Acknowledged and dropped, as an ACL denial (3.1.1 has no way to say it); retained
+    # ones are not kept either.
+    sub = await connect_client(nursery, broker)
+    await sub.connect("sub")
+    await sub.subscribe(topic, 1)
+    pub = await connect_client(nursery, broker)
+    await pub.connect("pub")
+    with caplog.at_level(logging.INFO, "polybroker.mqtt"):
+        await pub.send(Publish(topic, b"spoofed", qos=1, packet_id=1, retain=True),
+                       Publish(topic, b"spoofed", qos=0))
+        assert await pub.receive() == PubAck(1)
+    assert await sub.publishes_until_idle() == []
+    assert f"client pub (memory): publish to {topic} denied" in caplog.text
+    assert broker.retained.match(topic) == []
+
+
+async def test_a_will_to_a_dollar_topic_is_not_published_MQTT_4_7_2_1(nursery, broker):
+    sub = await connect_client(nursery, broker)
+    await sub.connect("sub")
+    await sub.subscribe("$SYS/#", 1)
+    dying = await connect_client(nursery, broker)
+    await dying.connect("dying", will=Will("$SYS/broker/uptime", b"spoofed", qos=1))
+    await dying.close()
+    await trio.testing.wait_all_tasks_blocked()  # the broker has handled the close
+    assert "dying" not in broker.sessions
+    assert await sub.publishes_until_idle() == []
 
 
 async def test_retained_set_replace_clear_MQTT_3_3_1_5_to_11(nursery, broker):

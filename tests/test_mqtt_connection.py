@@ -86,8 +86,24 @@ def test_second_connect_is_a_protocol_error_MQTT_3_1_0_2():
 
 
 def test_second_connect_in_the_same_chunk_is_a_protocol_error_MQTT_3_1_0_2():
+    # The first CONNECT is returned (to be answered), the error raised next [MQTT-3.1.4-5].
+    conn = ServerConnection()
+    assert conn.receive_data(encode(CONNECT) * 2) == [CONNECT]
+    assert conn.error_pending
+    with pytest.raises(ProtocolError, match=r"MQTT-3\.1\.0-2"):
+        conn.receive_data(b"")
     with pytest.raises(ProtocolError):
-        ServerConnection().receive_data(encode(CONNECT) * 2)
+        conn.receive_data(b"")  # dead from then on
+
+
+def test_a_bad_packet_after_good_ones_waits_until_they_are_handled_MQTT_3_1_4_5():
+    conn = ServerConnection()
+    bad_subscribe = b"\x82\x06\x00\x00\x00\x01a\x00"  # packet identifier 0
+    packets = conn.receive_data(encode(CONNECT) + encode(PUBLISH) + bad_subscribe)
+    assert packets == [CONNECT, PUBLISH] and conn.error_pending
+    with pytest.raises(MalformedPacket, match="packet identifier 0"):
+        conn.receive_data(b"")
+    assert not conn.error_pending
 
 
 def test_unsupported_version_still_lets_the_adapter_send_connack_MQTT_3_1_2_2():

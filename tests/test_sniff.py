@@ -104,3 +104,14 @@ async def test_prefixed_stream_checks_max_bytes():
     assert await stream.receive_some() == b"abc"
     await left.send_all(b"d")
     assert await stream.receive_some() == b"d"
+
+
+async def test_sniffed_stream_half_closes_when_the_stream_under_it_can():
+    # A lingering close on an auto listener half-closes the connection as on the others.
+    left, right = trio.testing.memory_stream_pair()
+    await left.send_all(STOMP_CONNECT)
+    _, stream = await sniff(right)
+    assert isinstance(stream, trio.abc.HalfCloseableStream)
+    await stream.send_eof()
+    assert await left.receive_some() == b""
+    assert await stream.receive_some() == STOMP_CONNECT  # reading goes on

@@ -13,6 +13,7 @@ from polybroker.adapters import stomp as stomp_adapter
 from polybroker.auth.passwords import hash_password
 from polybroker.broker import Broker
 from polybroker.config import AuthConfig, BrokerConfig, Limits, StompSettings
+from polybroker.message import Message
 from polybroker.protocols.mqtt import Publish
 from polybroker.protocols.stomp import HEART_BEAT
 
@@ -298,7 +299,8 @@ async def test_send_wildcards_follow_the_topic_trie(nursery, broker):
     await sub.subscribe("/topic/a/#", "hash")
     await sub.subscribe("/topic/#", "all")
     pub = await connected(nursery, broker)
-    for topic in ("a", "a/b", "a/b/c", "x", "$SYS/x"):
+    broker.publish(Message("$SYS/x", b"$SYS/x"))  # the server's own: clients may not
+    for topic in ("a", "a/b", "a/b/c", "x"):
         await pub.publish(f"/topic/{topic}", topic)
     got = sorted((f.get("subscription"), f.body.decode()) for f in await sub.messages_until_idle())
     assert got == [
@@ -306,6 +308,17 @@ async def test_send_wildcards_follow_the_topic_trie(nursery, broker):
         ("hash", "a"), ("hash", "a/b"), ("hash", "a/b/c"),
         ("plus", "a/b"),
     ]
+
+
+@pytest.mark.parametrize("topic", ["$SYS/broker/uptime", "$foo/bar"])
+async def test_send_to_a_dollar_topic_is_refused(nursery, broker, topic):
+    # [MQTT-4.7.2-1]: $ topics are the server's; refused as an ACL denial would be.
+    sub = await connected(nursery, broker)
+    await sub.subscribe(f"/topic/{topic}")
+    pub = await connected(nursery, broker)
+    await pub.send("SEND", {"destination": f"/topic/{topic}"}, b"spoofed")
+    await assert_error_and_close(pub, "access refused", f"/topic/{topic}")
+    assert await sub.messages_until_idle() == []
 
 
 async def test_send_to_a_topic_without_subscribers_is_dropped(nursery, broker):

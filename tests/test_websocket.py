@@ -258,6 +258,24 @@ async def test_aclose_runs_the_closing_handshake():
         await server.aclose()  # returns once the client answered (well before the timeout)
 
 
+async def test_send_eof_sends_our_close_and_reads_on_until_the_clients():
+    # A lingering close over WebSocket: our close frame first, the client's data still
+    # arrives, its close frame ends the stream, and aclose then sends nothing more.
+    client, server = await open_raw()
+    await server.send_all(b"last word")
+    await server.send_eof()
+    with pytest.raises(trio.BrokenResourceError):
+        await server.send_all(b"after eof")
+    await client.send(BytesMessage(data=b"still coming"))  # sent before it reads ours
+    assert (await client.next_event()).data == b"last word"
+    close = await client.next_event()
+    assert isinstance(close, CloseConnection) and close.code == 1000
+    await client.send(close.response())
+    assert await server.receive_some() == b"still coming"
+    assert await server.receive_some() == b""
+    await server.aclose()
+
+
 async def test_unmasked_client_frame_is_a_protocol_error():
     client, server = await open_raw()
     await client.stream.send_all(b"\x82\x01x")  # binary, final, unmasked: clients must mask

@@ -21,7 +21,8 @@ Connection life cycle (0-9-1 section 2.2.4 and RabbitMQ's behaviour):
   ignores everything but close / close-ok until the client confirms.
 - Connection errors (a frame the codec refuses, a method on a channel that is not open,
   a second channel.open, ...) are answered with connection.close and the spec's code;
-  the broker then waits up to ``CLOSE_TIMEOUT`` for close-ok before it closes the socket.
+  the broker then waits up to ``CLOSE_TIMEOUT`` for close-ok, then closes the socket with
+  a lingering close (``io.linger``), so that a client still publishing reads the close.
   connection.close from the client is answered with close-ok. On shutdown clients get
   connection.close 320 CONNECTION_FORCED.
 - When the connection ends, its channels close (unacknowledged messages go back to
@@ -72,7 +73,7 @@ from .amqp_negotiation import (
     credentials,
     negotiated,
 )
-from .io import receive_before
+from .io import linger, receive_before
 
 log = logging.getLogger("polybroker.amqp")
 
@@ -115,6 +116,7 @@ class AMQPClientConnection:
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # buffered replies vouch for records not yet durable
         self._finished = False  # the reader is done: the writer flushes and ends
+        self._linger = False  # our connection.close (or header) must reach the client
         self._wakeup = trio.Event()
         self._drained = trio.Event()  # set by the writer after each write
         self._read_scope = trio.CancelScope()
@@ -135,6 +137,9 @@ class AMQPClientConnection:
                     self._end()
                     self._finished = True
                     self._wakeup.set()
+            if self._linger:
+                # The client reads our connection.close even while it publishes.
+                await linger(self.stream, self.broker.linger_deadline)
         finally:
             self.broker.connection_closed(self)
             await trio.aclose_forcefully(self.stream)
@@ -233,6 +238,7 @@ class AMQPClientConnection:
         except ProtocolHeaderMismatch as exc:
             log.info("connection from %s closed: %s", self.peer, exc.text)
             self.send(PROTOCOL_HEADER)
+            self._linger = True
             return False
         except AMQPError as exc:
             if self.state != CLOSING:  # one connection.close is enough
@@ -276,11 +282,13 @@ class AMQPClientConnection:
                     ):
                         log.error("client %s: closing: storage did not confirm in time",
                                   self.name)
+                        self._linger = False
                         break
                     with trio.move_on_after(self.limits.send_timeout) as timer:
                         await self.stream.send_all(data)
                     if timer.cancelled_caught:
                         log.warning("client %s: closing: send timed out", self.name)
+                        self._linger = False
                         break
                     last_sent = trio.current_time()
                     self._drained.set()
@@ -298,7 +306,7 @@ class AMQPClientConnection:
                     else:
                         self._wakeup = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            self._linger = False
         self._read_scope.cancel()
 
     def _end(self) -> None:
@@ -471,6 +479,7 @@ class AMQPClientConnection:
         self.send_method(0, ConnectionClose(reply_code=code, reply_text=text[:255],
                                             class_id=class_id, method_id=method_id))
         self.state = CLOSING
+        self._linger = True
 
 
 def _reply_text(code: int, text: str) -> str:

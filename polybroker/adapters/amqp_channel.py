@@ -484,12 +484,11 @@ class Channel:
 
     def _check_write(self, exchange: str, routing_key: str) -> None:
         """A publish to the default exchange or ``amq.topic`` the client may not make:
-        403 (through other exchanges ``_writable`` picks the queues)."""
+        403 (through other exchanges ``_writable`` picks the queues). ``amq.topic`` is
+        checked even without an ACL: its ``$`` topics are the server's."""
         security = self.broker.security
-        if security.acl is None:
-            return
         client = self.connection.client
-        if exchange == DEFAULT:
+        if exchange == DEFAULT and security.acl is not None:
             if not security.may_write_queue(client, routing_key):
                 raise AccessRefused(f"ACCESS_REFUSED - write access to queue "
                                     f"'{routing_key}' refused")

@@ -2,11 +2,15 @@
 
 import errno
 import logging
+import math
 import os
 
 import trio
 
 RECEIVE_SIZE = 65536  # one read takes whatever the peer sent, up to this
+# A lingering close reads and discards at most this long and this much.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 # What reading a socket closed under us raises (as trio's SocketStream maps them).
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
@@ -28,6 +32,30 @@ async def receive_before(
             return None
         return data
     return b""
+
+
+async def linger(stream: trio.abc.Stream, deadline: float = math.inf) -> None:
+    """Let the peer read our last bytes (a DISCONNECT, ERROR or connection.close) before
+    the caller closes ``stream``: closing a socket with unread input makes the kernel
+    send a reset, and a peer that is still writing may then never read them.
+
+    Half-close (``send_eof``: TCP FIN, a WebSocket close frame) where the stream can,
+    then read and discard until the peer closes, for at most ``LINGER_SECONDS`` (and
+    not past ``deadline``: ``Broker.linger_deadline``) and ``LINGER_BYTES``. A TLS
+    stream cannot half-close without closing: it is only read (the peer closes once it
+    has read our last word)."""
+    with trio.move_on_at(min(trio.current_time() + LINGER_SECONDS, deadline)):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            discarded = 0
+            while discarded < LINGER_BYTES:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                discarded += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
 
 
 def plain_socket_fd(stream: trio.abc.Stream) -> int | None:

@@ -47,7 +47,8 @@ from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
 from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE, plain_socket_fd, receive_socket, send_socket
+from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
+from .mqtt_connack import fit_connack, imposed_keep_alive
 from .mqtt_outbound import PublishEncoder
 
 log = logging.getLogger("polybroker.mqtt")
@@ -143,8 +144,8 @@ class MQTTClientConnection:
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
         "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_in_batch",
-        "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped", "_taken_over",
-        "_write_failed", "_writing",
+        "_peer_done", "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped",
+        "_taken_over", "_write_failed", "_writing",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
         "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
         "qos0_dropped", "session", "stream", "throttle", "user", "will", "will_delay",
@@ -195,6 +196,8 @@ class MQTTClientConnection:
         # read waits; _stop_reading cancels it.
         self._read_scope = trio.CancelScope()
         self._stopped = False  # _stop_reading was called (as opposed to the deadline)
+        # The client ended the connection (DISCONNECT, close, reset): no lingering close.
+        self._peer_done = False
 
     @property
     def name(self) -> str:
@@ -221,10 +224,12 @@ class MQTTClientConnection:
                             data = await stream.receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         log.info("client %s: connection lost", self.name)
+                        self._peer_done = True
                         break
                     if not data:
                         log.info("client %s: closed the connection without DISCONNECT",
                                  self.name)
+                        self._peer_done = True
                         break
                     try:
                         received = await self._receive(data)
@@ -257,6 +262,9 @@ class MQTTClientConnection:
                 if self._writing:
                     self._drained = trio.Event()
                     await self._drained.wait()  # bounded: the writer gives up in send_timeout
+                if not self._peer_done and not self._write_failed:
+                    # Our last word (DISCONNECT, a refusing CONNACK) must be read.
+                    await linger(stream, self.broker.linger_deadline)
             finally:
                 self.broker.connection_closed(self)
                 with trio.move_on_after(CLOSE_TIMEOUT):
@@ -300,6 +308,13 @@ class MQTTClientConnection:
                     self._read_scope.deadline = math.inf
                     await self._refuse_enhanced()
                 return None
+        if self.conn.error_pending:
+            # A bad packet after these in the same read: judged only now that they are
+            # answered (a CONNECT has its CONNACK, then DISCONNECT says what was wrong).
+            try:
+                self.conn.receive_data(b"")
+            except MQTTError as exc:
+                raise Closing(exc.reason_code, exc.reason) from None
         if self.conn.pending_bytes:
             self._send_soon()
         return len(packets)
@@ -407,7 +422,7 @@ class MQTTClientConnection:
             return
         if self.session is None:
             if rc.is_valid(PacketType.CONNACK, reason_code):
-                self.conn.send(ConnAck(return_code=reason_code))
+                self._refuse_with(reason_code, self._pending_connect)
             return
         packet = Disconnect(reason_code)
         if self.problem_information:
@@ -454,7 +469,7 @@ class MQTTClientConnection:
             self.user = login.user
             return True
         old, new = _REFUSAL_CODES[login.refusal]
-        self.conn.send(ConnAck(return_code=new if packet.protocol_level >= MQTT_5 else old))
+        self._refuse_with(new if packet.protocol_level >= MQTT_5 else old, packet)
         return False
 
     async def _refuse_enhanced(self) -> None:
@@ -463,7 +478,17 @@ class MQTTClientConnection:
             Refusal.NOT_AUTHORIZED, username=None, peer=self.peer,
             client_id=self._pending_connect.client_id, protocol=f"MQTT {method}",
         )
-        self.conn.send(ConnAck(return_code=rc.NOT_AUTHORIZED))
+        self._refuse_with(rc.NOT_AUTHORIZED, self._pending_connect)
+
+    def _refuse_with(self, code: int, packet: Connect | None) -> None:
+        """A refusing CONNACK, unless even it is larger than the 5.0 client's Maximum
+        Packet Size [MQTT-3.1.2-24] (the connection then closes without one)."""
+        connack: ConnAck | None = ConnAck(return_code=code)
+        if packet is not None and packet.protocol_level >= MQTT_5:
+            limit = packet.properties.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED)
+            connack = fit_connack(connack, limit)
+        if connack is not None:
+            self.conn.send(connack)
 
     def _on_connect(self, packet: Connect) -> bool:
         self.level = packet.protocol_level
@@ -475,7 +500,7 @@ class MQTTClientConnection:
             return self._accept(packet)
         authenticator = self.broker.authenticators.get(method)
         if authenticator is None:
-            self.conn.send(ConnAck(return_code=rc.BAD_AUTHENTICATION_METHOD))
+            self._refuse_with(rc.BAD_AUTHENTICATION_METHOD, packet)
             log.warning("client %s: refused: unknown authentication method %r",
                         self.name, method)
             return False
@@ -528,12 +553,27 @@ class MQTTClientConnection:
         self.client_id = client_id
         self.client = Client(self.user, client_id)
         self.keep_alive = packet.keep_alive
+        imposed = imposed_keep_alive(packet.keep_alive, self.limits.max_keepalive)
+        if imposed is not None and not v5:
+            # 3.1.1 cannot be told another keep alive: refused, as Mosquitto does.
+            self.conn.send(ConnAck(return_code=CONNACK_IDENTIFIER_REJECTED))
+            log.warning("client %s: refused: keep alive %ds above max_keepalive %ds",
+                        self.name, packet.keep_alive, imposed)
+            return False
         if v5:
             expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
             connack_props.update(self._server_properties(props))
-            if self.limits.server_keep_alive:
-                self.keep_alive = self.limits.server_keep_alive  # [MQTT-3.2.2-21]
-                connack_props[prop.SERVER_KEEP_ALIVE] = self.keep_alive
+            if imposed is not None:
+                self.keep_alive = imposed  # the client must use it [MQTT-3.2.2-21]
+                connack_props[prop.SERVER_KEEP_ALIVE] = imposed
+            connack = fit_connack(ConnAck(properties=connack_props),
+                                  props.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED))
+            if connack is None:
+                log.warning("client %s: closing: no CONNACK fits the client's Maximum "
+                            "Packet Size %d [MQTT-3.1.2-24]", self.name,
+                            props[prop.MAXIMUM_PACKET_SIZE])
+                return False
+            connack_props = connack.properties
         else:
             expiry = 0 if packet.clean_session else NEVER_EXPIRES
         if packet.will is not None:
@@ -555,7 +595,7 @@ class MQTTClientConnection:
         self.conn.send(ConnAck(session_present=present, properties=connack_props))
         session.attach(self)
         log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
-                 self.name, packet.protocol_level, packet.clean_session, packet.keep_alive,
+                 self.name, packet.protocol_level, packet.clean_session, self.keep_alive,
                  (f", session expiry {expiry}s" if v5 else "")
                  + (f", user {self.user}" if self.user is not None else "")
                  + (f", certificate identity {self.identity}" if self.identity else ""))
@@ -781,6 +821,7 @@ class MQTTClientConnection:
 
     def _on_disconnect(self, packet: Disconnect) -> bool:
         if self.session is None:  # gave up during the authentication exchange
+            self._peer_done = True
             return False
         if self.level >= MQTT_5:
             expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
@@ -790,8 +831,10 @@ class MQTTClientConnection:
                 self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
             if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
                 log.info("client %s: disconnected with will", self.name)
+                self._peer_done = True
                 return False
         self.will = None  # [MQTT-3.14.4-3]: a clean disconnect discards the will
+        self._peer_done = True
         log.info("client %s: disconnected", self.name)
         return False
 

@@ -34,9 +34,9 @@ How STOMP meets the core (destinations: see ``polybroker.destinations``):
   an ERROR "access refused: ..." and the connection closes, as STOMP has no other way
   to refuse one frame. ACL ``%c`` is the CONNECT ``client-id`` header, else the session id.
 - Any fault is answered with an ERROR frame (``message`` header, and ``receipt-id``
-  when the faulty frame asked for a receipt), then the connection is closed after a
-  short linger so the client can read it. On shutdown connected clients get an ERROR
-  "server shutting down" first, as RabbitMQ does.
+  when the faulty frame asked for a receipt), then the connection ends with a lingering
+  close (``io.linger``) so the client can read it. On shutdown connected clients get an
+  ERROR "server shutting down" first, as RabbitMQ does.
 """
 
 import logging
@@ -63,13 +63,12 @@ from ..protocols.stomp import (
     encode_message,
 )
 from ..queues import Queue, QueueEntry
-from .io import RECEIVE_SIZE, receive_before
+from .io import linger, receive_before
 
 log = logging.getLogger("polybroker.stomp")
 
 SERVER_NAME = f"polybroker/{__version__}"
 HEART_BEAT_TOLERANCE = 2.0  # a client silent for twice its interval is dropped (as RabbitMQ)
-LINGER = 2.0  # seconds to let the client read our last frame before the socket goes
 MAX_SUBSCRIPTIONS = 1000  # per connection
 MAX_TRANSACTIONS = 100  # open at once, per connection
 MAX_TRANSACTION_FRAMES = 10_000  # per transaction
@@ -193,7 +192,8 @@ class StompClientConnection:
                     self._closing = True
                     self._wakeup.set()
             if self._linger:
-                await self._linger_close()
+                # The client reads our ERROR (or DISCONNECT's RECEIPT) even mid-SEND.
+                await linger(self.stream, self.broker.linger_deadline)
         finally:
             self.broker.connection_closed(self)
             await trio.aclose_forcefully(self.stream)
@@ -298,20 +298,6 @@ class StompClientConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._linger = False
         self._read_scope.cancel()
-
-    async def _linger_close(self) -> None:
-        """Half-close and read until the client closes (bounded), so that our last frame
-        is not lost to a reset ("Connection Lingering")."""
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            return
-        with trio.move_on_after(LINGER):
-            try:
-                await stream.send_eof()
-                while await stream.receive_some(RECEIVE_SIZE):
-                    pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     def _fail(self, exc: StompError) -> None:
         """Send the ERROR frame for ``exc``; the connection closes after it."""

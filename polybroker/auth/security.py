@@ -31,7 +31,9 @@ An adapter (MQTT, STOMP, AMQP, ...) uses ``broker.security`` (a ``Security``):
        broker.security.may_read_queue(client, name)       # consume from a named queue
 
    Each is a quick synchronous check against the ACL file (``acl``); without one
-   every answer is yes. An AMQP ``amq.topic`` publish is ``may_publish`` on the
+   every answer is yes, except that no client may publish to a topic starting with
+   ``$`` (the server's, [MQTT-4.7.2-1]) unless an ACL rule names that ``$`` topic, and
+   to ``$SYS`` never. An AMQP ``amq.topic`` publish is ``may_publish`` on the
    MQTT-form topic, a queue declare/consume ``may_read_queue``.
 
 Password rule: with a password file, a user name must be listed and its password
@@ -198,7 +200,19 @@ class Security:
 
     def may_publish(self, client: Client, topic: str) -> bool:
         acl = self.acl
+        if topic[:1] == "$":
+            return self._may_publish_reserved(client, topic)
         return acl is None or acl.may_publish(client.user, client.client_id, topic)
+
+    def _may_publish_reserved(self, client: Client, topic: str) -> bool:
+        """Topics starting with ``$`` are the server's [MQTT-4.7.2-1]: clients must not
+        use them to exchange messages. ``$SYS`` never; any other only where an ACL rule
+        names it (a wildcard first level does not match a ``$`` topic, so only a rule
+        whose filter starts with that very ``$`` level grants it)."""
+        if topic == "$SYS" or topic.startswith("$SYS/"):
+            return False
+        acl = self.acl
+        return acl is not None and acl.may_publish(client.user, client.client_id, topic)
 
     def may_subscribe(self, client: Client, topic_filter: str) -> bool:
         acl = self.acl

@@ -114,6 +114,16 @@ class PrefixedStream(trio.abc.Stream):
         await self.stream.aclose()
 
 
+class HalfCloseablePrefixedStream(PrefixedStream, trio.abc.HalfCloseableStream):
+    """A ``PrefixedStream`` over a stream that can half-close (TCP, WebSocket), so that
+    a lingering close can half-close it too."""
+
+    stream: trio.abc.HalfCloseableStream
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+
 async def sniff(stream: trio.abc.Stream) -> tuple[str, trio.abc.Stream]:
     """Read until the protocol is known; the protocol and a stream that replays the bytes.
 
@@ -127,4 +137,6 @@ async def sniff(stream: trio.abc.Stream) -> tuple[str, trio.abc.Stream]:
         prefix += data
         protocol = detect(prefix)
         if protocol is not None:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                return protocol, HalfCloseablePrefixedStream(stream, prefix)
             return protocol, PrefixedStream(stream, prefix)

@@ -32,13 +32,16 @@ RECEIVE_SIZE = 65536
 CLOSE_TIMEOUT = 2.0
 
 
-class WebSocketStream(trio.abc.Stream):
+class WebSocketStream(trio.abc.HalfCloseableStream):
     """Message payloads in, binary (or, for a peer that sends text, text) messages out.
 
     ``allow_text`` False is for protocols that require binary frames (MQTT,
     [MQTT-6.0.0-1]): a text message from the peer closes the connection (1003).
     Otherwise, once the peer has sent text, replies go as text when they are
     valid UTF-8, as STOMP over WebSocket clients expect.
+
+    ``send_eof`` starts the closing handshake (a close frame, 1000) without waiting:
+    the peer's data still arrives until its own close frame, which ends the stream.
     """
 
     def __init__(
@@ -181,6 +184,23 @@ class WebSocketStream(trio.abc.Stream):
             self._sending = False
 
     # -- closing --------------------------------------------------------------------------
+
+    async def send_eof(self) -> None:
+        """Send our close frame (RFC 6455 5.5.1: no data after it); read on until the
+        peer's."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError("the WebSocket stream is closed")
+            if self._conn.state is not ConnectionState.OPEN or self._broken:
+                await trio.lowlevel.checkpoint()
+                return
+            close = CloseConnection(code=CloseReason.NORMAL_CLOSURE)
+            await self._send_frame(self._conn.send(close))
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         """Send a close frame, wait (bounded) for the peer's, then close the transport."""

@@ -649,14 +649,17 @@ class PacketParser:
 
     Any split of a byte stream yields the same packets. After a DISCONNECT the
     sender is gone, so later bytes are ignored; after an error the stream is
-    dead and every later ``feed`` raises ProtocolError.
+    dead and every later ``feed`` raises ProtocolError. A bad packet after good
+    ones in the same ``feed`` does not take them down with it: they are returned,
+    and the error (``pending_error``) is raised by the next ``feed``, so that the
+    packets before it are answered first [MQTT-3.1.4-5].
 
     ``max_packet_size`` bounds the Remaining Length at protocol levels 3 and 4
     and the whole packet (fixed header included, section 2.1.4) at level 5; the
     default admits every packet the encoding can express at any level.
     """
 
-    __slots__ = ("_buffer", "_closed", "_failed", "_level", "max_packet_size")
+    __slots__ = ("_buffer", "_closed", "_failed", "_level", "max_packet_size", "pending_error")
 
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.max_packet_size = max_packet_size
@@ -664,6 +667,7 @@ class PacketParser:
         self._buffer = bytearray()
         self._closed = False
         self._failed = False
+        self.pending_error: MQTTError | None = None  # raised by the next feed
 
     @property
     def protocol_level(self) -> int:
@@ -678,27 +682,35 @@ class PacketParser:
 
     def feed(self, data: bytes) -> list[Packet]:
         """Add ``data`` to the stream and return the packets it completes."""
+        if self.pending_error is not None:
+            error, self.pending_error = self.pending_error, None
+            raise error
         if self._failed:
             raise ProtocolError("the byte stream already failed to parse")
         if self._closed:
             return []
         buf = self._buffer
         buf += data
+        parsed: list[Packet] = []
         try:
-            packets, consumed = self._parse_all(buf)
-        except MQTTError:
+            packets, consumed = self._parse_all(buf, parsed)
+        except MQTTError as exc:
             self._failed = True
             # A traceback may still hold a view of the old buffer: replace, don't resize.
             self._buffer = bytearray()
-            raise
+            if not parsed:
+                raise
+            self.pending_error = exc.with_traceback(None)
+            return parsed
         if self._closed:
             buf.clear()
         else:
             del buf[:consumed]
         return packets
 
-    def _parse_all(self, buf: bytearray) -> tuple[list[Packet], int]:
-        packets: list[Packet] = []
+    def _parse_all(self, buf: bytearray, packets: list[Packet]) -> tuple[list[Packet], int]:
+        """The whole packets in ``buf`` (appended to ``packets``, which keeps those
+        before a bad one when this raises) and the bytes they took."""
         size = len(buf)
         pos = 0
         level = self._level

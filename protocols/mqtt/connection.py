@@ -48,7 +48,7 @@ class ServerConnection:
 
     __slots__ = (
         "_auth_method", "_connack_sent", "_disconnected", "_failed", "_outgoing", "_parser",
-        "_session_expiry", "_started", "protocol_level",
+        "_pending_error", "_session_expiry", "_started", "protocol_level",
     )
 
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
@@ -65,13 +65,21 @@ class ServerConnection:
         self._auth_method: str | None = None
         self._session_expiry = 0
         self._connack_sent = False
+        self._pending_error: MQTTError | None = None
 
     def receive_data(self, data: bytes) -> list[Packet]:
         """Parse ``data`` and return the complete packets it yields, in order.
 
         Raises an MQTTError subclass when the client breaks the protocol; the
-        connection is dead from then on and later calls raise ProtocolError.
+        connection is dead from then on and later calls raise ProtocolError. When
+        good packets come before the fault in the same ``data``, they are returned
+        and the error waits (``error_pending``) for the next call, which raises it:
+        the caller answers them first (a CONNECT gets its CONNACK [MQTT-3.1.4-5]).
         """
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            self._fail(error)
+            raise error
         if self._failed:
             raise ProtocolError("the connection already failed")
         if self._disconnected:
@@ -82,36 +90,56 @@ class ServerConnection:
                 # Reject a non-CONNECT from its first byte rather than buffer its body.
                 if data[0] >> 4 != _CONNECT_TYPE:
                     raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
-            return self._check(self._parser.feed(data))
+            packets = self._check(self._parser.feed(data))
         except MQTTError as exc:
-            self._failed = True
-            if self.protocol_level is None and exc.protocol_level is not None:
-                # A CONNECT of a supported level that failed to parse: a refusing
-                # CONNACK goes out in the client's version (5.0: with exc.reason_code).
-                self.protocol_level = exc.protocol_level
+            self._fail(exc)
             raise
+        if self._pending_error is None and self._parser.pending_error is not None:
+            self._pending_error, self._parser.pending_error = self._parser.pending_error, None
+        return packets
+
+    @property
+    def error_pending(self) -> bool:
+        """A fault follows the packets the last ``receive_data`` returned."""
+        return self._pending_error is not None
+
+    def _fail(self, exc: MQTTError) -> None:
+        self._failed = True
+        if self.protocol_level is None and exc.protocol_level is not None:
+            # A CONNECT of a supported level that failed to parse: a refusing
+            # CONNACK goes out in the client's version (5.0: with exc.reason_code).
+            self.protocol_level = exc.protocol_level
 
     def _check(self, packets: list[Packet]) -> list[Packet]:
-        for i, packet in enumerate(packets):
-            kind = type(packet)
-            if kind is Connect:
-                if self.protocol_level is not None:
-                    raise ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
-                self.protocol_level = packet.protocol_level
-                self._parser.protocol_level = packet.protocol_level
-                if packet.protocol_level == MQTT_5:
-                    self._auth_method = packet.properties.get(AUTHENTICATION_METHOD)
-                    self._session_expiry = packet.properties.get(SESSION_EXPIRY_INTERVAL, 0)
-            elif self.protocol_level is None:
-                raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
-            elif kind in _SERVER_ONLY:
-                raise ProtocolError(f"{kind.__name__} is sent only by servers")
-            else:
-                if self.protocol_level == MQTT_5:
-                    self._check_5(packet, kind)
-                if kind is Disconnect:
-                    self._disconnected = True
-                    return packets[: i + 1]
+        """The packets that pass the connection-level rules, up to the first that does
+        not: its error is raised, or kept for the next call when packets precede it."""
+        i = 0
+        try:
+            for i, packet in enumerate(packets):
+                kind = type(packet)
+                if kind is Connect:
+                    if self.protocol_level is not None:
+                        raise ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
+                    self.protocol_level = packet.protocol_level
+                    self._parser.protocol_level = packet.protocol_level
+                    if packet.protocol_level == MQTT_5:
+                        self._auth_method = packet.properties.get(AUTHENTICATION_METHOD)
+                        self._session_expiry = packet.properties.get(SESSION_EXPIRY_INTERVAL, 0)
+                elif self.protocol_level is None:
+                    raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
+                elif kind in _SERVER_ONLY:
+                    raise ProtocolError(f"{kind.__name__} is sent only by servers")
+                else:
+                    if self.protocol_level == MQTT_5:
+                        self._check_5(packet, kind)
+                    if kind is Disconnect:
+                        self._disconnected = True
+                        return packets[: i + 1]
+        except MQTTError as exc:
+            if not i:
+                raise
+            self._pending_error = exc
+            return packets[:i]
         return packets
 
     def _check_5(self, packet: Any, kind: type) -> None:
