@@ -12,6 +12,7 @@ disk, so that connections acknowledge nothing before (``durability``).
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from .durability import Durability
 from .exchanges import ExchangeRegistry
 from .limits import RetainedBound
 from .message import Message
+from .overflow import NOTHING_MATCHED, PublishResult
 from .persistence import Journal
 from .queue_registry import QueueRegistry
 from .retained import RetainedStore
@@ -54,6 +56,8 @@ class Broker:
             self.limits.max_retained_messages, self.limits.max_retained_bytes, log
         )
         self.sessions: dict[str, Session] = {}
+        # Messages dropped for full backlogs (and the like), per reason, broker-wide.
+        self.drops: Counter[str] = Counter()
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
         # Named queues (STOMP /queue/x, AMQP queues) and AMQP's exchanges in front of them.
         self.queues = QueueRegistry(
@@ -128,7 +132,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, self.limits, self.clock, expiry_interval)
+            session = Session(client_id, self.limits, self.clock, expiry_interval, self.drops)
             self.sessions[client_id] = session
         session.expiry_interval = expiry_interval
         self.journal.session_opened(session)
@@ -191,6 +195,7 @@ class Broker:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.journal.session_discarded(session)
+        session.end_blocking()  # publishers waiting for its room go on
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -239,10 +244,9 @@ class Broker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained
-        bounds is not stored), then route it to subscribers; return how many subscribers
-        it was delivered to."""
+        bounds is not stored), then route it to subscribers; return what came of it."""
         if message.retain:
             if message.payload:
                 if self.retained_bound.admits(self.retained, message):
@@ -252,26 +256,33 @@ class Broker:
                 self.journal.retained_cleared(message.topic)
         return self.route(message)
 
-    def route(self, message: Message) -> int:
-        """Deliver to every matching subscriber once; return how many got it."""
+    def route(self, message: Message) -> PublishResult:
+        """Deliver to every matching subscriber once; return what came of it (how many
+        matched, how many dropped it, which backlogs are full)."""
         matches = self.router.match(message.topic)
         if not matches:
-            return 0
+            return NOTHING_MATCHED
         qos = message.qos
         origin = message.origin_client if message.origin_protocol == "mqtt" else None
         if len(matches) == 1:
+            result = PublishResult()
             count = 0
             for subscriber, options in matches[0].items():
                 if options.no_local and subscriber.client_id == origin:
                     continue  # [MQTT-3.8.3-3]
                 retain = message.retain and options.retain_as_published
                 ids = (options.subscription_id,) if options.subscription_id else ()
-                subscriber.deliver(message, min(options.qos, qos), retain, ids)
+                outcome = subscriber.deliver(message, min(options.qos, qos), retain, ids)
+                if outcome:  # not TAKEN: rare, so the common case records nothing
+                    result.note(outcome, subscriber.backlog)
                 count += 1
-            return count
+            result.matched = count
+            return result
         return self._route_overlapping(message, matches, origin)
 
-    def _route_overlapping(self, message: Message, matches: list[dict], origin: str | None) -> int:
+    def _route_overlapping(
+        self, message: Message, matches: list[dict], origin: str | None
+    ) -> PublishResult:
         # One subscriber matched by several filters gets one copy, at the highest QoS
         # granted, with every matching subscription identifier [MQTT-3.3.4-2, -3].
         merged: dict[object, list] = {}
@@ -286,9 +297,12 @@ class Broker:
                 entry[1] = entry[1] or (message.retain and options.retain_as_published)
                 if options.subscription_id:
                     entry[2].append(options.subscription_id)
+        result = PublishResult(len(merged))
         for subscriber, (granted, retain, ids) in merged.items():
-            subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
-        return len(merged)
+            outcome = subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
+            if outcome:
+                result.note(outcome, subscriber.backlog)
+        return result
 
 
 def _payload_size(message: Message) -> int:
