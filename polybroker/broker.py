@@ -27,6 +27,7 @@ from .message import Message
 from .overflow import NOTHING_MATCHED, PublishResult
 from .persistence import Journal
 from .queue_registry import QueueRegistry
+from .queues import QUEUE_OVERFLOW
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -49,6 +50,8 @@ class Broker:
         self.config = config or BrokerConfig()
         self.limits = self.config.limits
         self.clock = clock
+        # Messages dropped for full backlogs (and the like), per reason, broker-wide.
+        self.drops: Counter[str] = Counter()
         self.timers = Timers(clock)
         self.router = TopicTrie()
         self.retained = RetainedStore(size_of=_payload_size)
@@ -56,13 +59,13 @@ class Broker:
             self.limits.max_retained_messages, self.limits.max_retained_bytes, log
         )
         self.sessions: dict[str, Session] = {}
-        # Messages dropped for full backlogs (and the like), per reason, broker-wide.
-        self.drops: Counter[str] = Counter()
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
         # Named queues (STOMP /queue/x, AMQP queues) and AMQP's exchanges in front of them.
+        # Their broker-wide bound (max_queue_length, _bytes) follows queue_overflow too.
         self.queues = QueueRegistry(
             clock, max_length=self.limits.max_queue_length,
             max_bytes=self.limits.max_queue_bytes, timers=self.timers,
+            overflow=QUEUE_OVERFLOW[self.limits.queue_overflow], drop_totals=self.drops,
         )
         self.exchanges = ExchangeRegistry(self)
         self.queues.on_deleted.append(self.exchanges.queue_deleted)
