@@ -24,7 +24,7 @@ from .durability import Durability
 from .exchanges import ExchangeRegistry
 from .limits import RetainedBound
 from .message import Message
-from .overflow import NOTHING_MATCHED, PublishResult
+from .overflow import NOTHING_MATCHED, PublishResult, all_taken
 from .persistence import Journal
 from .queue_registry import QueueRegistry
 from .queues import QUEUE_OVERFLOW
@@ -268,7 +268,7 @@ class Broker:
         qos = message.qos
         origin = message.origin_client if message.origin_protocol == "mqtt" else None
         if len(matches) == 1:
-            result = PublishResult()
+            result = None
             count = 0
             for subscriber, options in matches[0].items():
                 if options.no_local and subscriber.client_id == origin:
@@ -276,9 +276,13 @@ class Broker:
                 retain = message.retain and options.retain_as_published
                 ids = (options.subscription_id,) if options.subscription_id else ()
                 outcome = subscriber.deliver(message, min(options.qos, qos), retain, ids)
-                if outcome:  # not TAKEN: rare, so the common case records nothing
+                if outcome:  # not TAKEN: rare, so the common case allocates nothing
+                    if result is None:
+                        result = PublishResult()
                     result.note(outcome, subscriber.backlog)
                 count += 1
+            if result is None:
+                return all_taken(count)
             result.matched = count
             return result
         return self._route_overlapping(message, matches, origin)
@@ -300,12 +304,14 @@ class Broker:
                 entry[1] = entry[1] or (message.retain and options.retain_as_published)
                 if options.subscription_id:
                     entry[2].append(options.subscription_id)
-        result = PublishResult(len(merged))
+        result = None
         for subscriber, (granted, retain, ids) in merged.items():
             outcome = subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
             if outcome:
+                if result is None:
+                    result = PublishResult(len(merged))
                 result.note(outcome, subscriber.backlog)
-        return result
+        return all_taken(len(merged)) if result is None else result
 
 
 def _payload_size(message: Message) -> int:

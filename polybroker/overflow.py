@@ -98,6 +98,14 @@ class PublishResult:
 
 # Publishes that matched nothing share this one (never changed).
 NOTHING_MATCHED = PublishResult()
+# Publishes every subscriber took share one per count (never changed): none is made for
+# the common case.
+_ALL_TAKEN = tuple(PublishResult(count) for count in range(256))
+
+
+def all_taken(matched: int) -> PublishResult:
+    """The result of a publish that ``matched`` subscribers all took (do not change it)."""
+    return _ALL_TAKEN[matched] if matched < 256 else PublishResult(matched)
 
 
 class DropCounter:

@@ -403,7 +403,8 @@ class Queue:
     def restore(self, entries: Iterable[QueueEntry]) -> int:
         """Put back entries the store kept (ascending ``seq``) without recording them
         again; new messages follow them. Entries beyond ``max_length`` are dropped (and
-        their records deleted); returns how many were put back."""
+        their records deleted), unless the policy is ``BLOCK``: each was taken with a
+        promise, over the bound or not. Returns how many were put back."""
         count = 0
         last = -1
         now = self.clock()
@@ -414,7 +415,7 @@ class Queue:
                 deadline = now + self.message_ttl
                 entry.expires_at = min(entry.expires_at or deadline, deadline)
             size = len(entry.message.payload)
-            if self._full(size):
+            if self._full(size) and self.overflow != BLOCK:
                 self._overflowed()
                 self.bytes += size  # entered, and leaves at once through _discard
                 self._discard(entry)

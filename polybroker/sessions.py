@@ -361,7 +361,8 @@ class Session:
             delivery = queued.popleft()
             self.queued_bytes -= len(delivery.message.payload)
             self._send(link, delivery)
-        self._signal_room()
+        if self._room is not None or self._blocking:
+            self._signal_room()
 
     # -- acknowledgements from the client ---------------------------------------------
 

@@ -310,3 +310,15 @@ async def test_the_stored_bound_follows_the_policy(tmp_path):
         assert session.journal.count == 4 and session.drops == {"drop-oldest": 6}
         back = await client(nursery, broker, "sub", clean_session=False)
         assert await ack_everything(back, 4) == [b"7", b"8", b"9", b"10"]
+
+
+def test_a_blocking_queue_restored_over_its_bound_keeps_every_message():
+    from polybroker.queues import BLOCK, DROP_NEW, Queue, QueueEntry
+
+    def entries() -> list[QueueEntry]:
+        return [QueueEntry(Message("q", b"%d" % i, 1), i, persistent=True) for i in range(3)]
+
+    blocking = Queue("q", clock=lambda: 0.0, max_length=2, overflow=BLOCK)
+    assert blocking.restore(entries()) == 3  # taken over the bound, acknowledged
+    dropping = Queue("q", clock=lambda: 0.0, max_length=2, overflow=DROP_NEW)
+    assert dropping.restore(entries()) == 2 and dropping.drops.counts == {"queue-full": 1}

@@ -122,8 +122,10 @@ async def test_restore_respects_the_queue_length_bound(tmp_path):
         queue = broker.queues.declare("q")
         for i in range(5):
             queue.put(persistence.Message("q", str(i).encode()), persistent=True)
-    # Restarted with a lower bound (max_queue_length = 3): the oldest three come back.
-    broker = Broker(BrokerConfig(data_dir=tmp_path, limits=Limits(max_queue_length=3)))
+    # Restarted with a lower bound (max_queue_length = 3) and a dropping policy: the oldest
+    # three come back. (Under "block" all five would: each was taken with a promise.)
+    limits = Limits(max_queue_length=3, queue_overflow="drop-new")
+    broker = Broker(BrokerConfig(data_dir=tmp_path, limits=limits))
     async with open_durable_state(broker):
         queue = broker.queues.get("q")
         assert [e.message.payload for e in queue.ready] == [b"0", b"1", b"2"]
