@@ -394,6 +394,7 @@ class Queue:
                 self._dead_letter(entry, MAXLEN)
             return False
         while ready and over():
+            self.drops.add("x-max-length")  # drop-head: the oldest ready one goes
             self._discard(ready.popleft(), MAXLEN)
         if over():  # room for no message at all: the new one is the head that goes
             self._dead_letter(entry, MAXLEN)
@@ -747,6 +748,8 @@ class Queue:
         """``entry`` leaves the queue unconsumed: dead-lettered for ``reason`` when the
         queue has a dead-letter exchange, else dropped."""
         self._settled(entry)
+        if reason == EXPIRED:
+            self.drops.add(EXPIRED)  # counted like a session's expired message
         if reason is not None:
             self._dead_letter(entry, reason)
 

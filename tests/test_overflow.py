@@ -322,3 +322,25 @@ def test_a_blocking_queue_restored_over_its_bound_keeps_every_message():
     assert blocking.restore(entries()) == 3  # taken over the bound, acknowledged
     dropping = Queue("q", clock=lambda: 0.0, max_length=2, overflow=DROP_NEW)
     assert dropping.restore(entries()) == 2 and dropping.drops.counts == {"queue-full": 1}
+
+
+def test_queue_drops_are_counted_per_reason_and_broker_wide():
+    from collections import Counter
+
+    from polybroker.queues import DROP_HEAD, DROP_NEW, Queue
+
+    now = [0.0]
+    totals: Counter[str] = Counter()
+    dropping = Queue("a", clock=lambda: now[0], max_length=1, overflow=DROP_NEW,
+                     drop_totals=totals)
+    assert dropping.put(Message("a", b"1", 1)) and not dropping.put(Message("a", b"2", 1))
+    oldest = Queue("b", clock=lambda: now[0], max_length=1, overflow=DROP_HEAD,
+                   drop_totals=totals)
+    assert oldest.put(Message("b", b"1", 1)) and oldest.put(Message("b", b"2", 1))
+    oldest.message_ttl = 1.0
+    oldest.put(Message("b", b"3", 1))
+    now[0] = 5.0
+    assert oldest.get() is None  # "3" expired at the head
+    assert dropping.drops.counts == {"queue-full": 1}
+    assert oldest.drops.counts == {"drop-oldest": 2, "expired": 1}
+    assert totals == {"queue-full": 1, "drop-oldest": 2, "expired": 1}
