@@ -200,7 +200,12 @@ class Session:
         if link is None:
             if qos:  # QoS 0 is not kept for an offline client
                 return self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
-        elif self._queued or (qos and len(self.inflight) >= self.receive_maximum):
+        elif self._queued or (qos and (
+            len(self.inflight) >= self.receive_maximum
+            # The stored bounds, when the in-flight window alone fills them (they are
+            # smaller than it): the policy applies, as for a full queue.
+            or (self.journal is not None and not self.journal.has_room(len(message.payload)))
+        )):
             return self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
         else:
             self._send(link, Delivery(message, qos, retain, subscription_ids, group))

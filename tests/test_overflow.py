@@ -344,3 +344,18 @@ def test_queue_drops_are_counted_per_reason_and_broker_wide():
     assert dropping.drops.counts == {"queue-full": 1}
     assert oldest.drops.counts == {"drop-oldest": 2, "expired": 1}
     assert totals == {"queue-full": 1, "drop-oldest": 2, "expired": 1}
+
+
+async def test_stored_bounds_smaller_than_the_window_follow_the_policy_too(tmp_path):
+    async with running(tmp_path) as (broker, nursery):
+        broker.journal.max_messages = 2  # below max_inflight_messages (20)
+        sub = await client(nursery, broker, "sub", clean_session=False)
+        await sub.subscribe("t", 1)
+        pub = await client(nursery, broker, "pub")
+        await pub.send(*publishes(1, 4))
+        # 1 and 2 go out at once and fill the stored bound: 3 is taken over it.
+        assert [await pub.receive() for _ in range(2)] == [PubAck(1), PubAck(2)]
+        assert await nothing_arrives(pub, within=0.5)  # ok: real time, the store runs
+        assert await ack_everything(sub, 4) == [b"1", b"2", b"3", b"4"]
+        assert [await pub.receive() for _ in range(2)] == [PubAck(3), PubAck(4)]
+        assert broker.drops == {}
