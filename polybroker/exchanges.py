@@ -558,7 +558,9 @@ class ExchangeRegistry:
             targets = [queue for queue in targets if admit(queue)]
         persistent = message.persistent
         for queue in targets:
-            outcome = queue.offer(message, message.qos, persistent=persistent)
+            # Into a named queue every message waits for an acknowledgement, persistent
+            # or not: a full one under "block" holds its publisher back either way.
+            outcome = queue.offer(message, 1, persistent=persistent)
             if outcome == DROPPED and refused is not None:
                 refused.append(queue)
             if outcome and result is not None:

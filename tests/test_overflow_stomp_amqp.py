@@ -1,6 +1,7 @@
 """limits.queue_overflow over STOMP and AMQP: what a publisher is told when the backlog
 its message goes to (an MQTT session, a STOMP topic subscription, a named queue) is full."""
 
+import pytest
 import trio
 import trio.testing
 
@@ -155,14 +156,15 @@ async def test_amqp_confirm_is_a_nack_when_every_session_was_full_under_drop_new
     assert broker.drops == {"queue-full": 1}
 
 
+@pytest.mark.parametrize("properties", [PERSISTENT, b"\x00\x00"], ids=["persistent", "transient"])
 async def test_amqp_confirm_is_withheld_under_block_until_the_consumer_drains(
-    nursery, autojump_clock
+    nursery, autojump_clock, properties
 ):
     broker = start_broker(nursery, max_queue_length=2)
     pub = await confirming(nursery, broker)
     await pub.declare(1, "jobs")
     for i in range(1, 5):
-        await pub.publish(1, "", "jobs", b"%d" % i, PERSISTENT)
+        await pub.publish(1, "", "jobs", b"%d" % i, properties)
     assert (await pub.expect(1, BasicAck)).delivery_tag == 1
     with trio.move_on_after(5):
         event = await pub.event(timeout=10)
