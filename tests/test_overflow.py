@@ -16,6 +16,7 @@ from polybroker.message import Message
 from polybroker.overflow import DROPPED, HELD, TAKEN
 from polybroker.protocols.mqtt import Disconnect, PingReq, PubAck, Publish, PubRec
 from polybroker.protocols.mqtt import reason_codes as rc
+from polybroker.sessions import SubscriptionOptions
 
 from .rawclient import RawClient, connect_client
 
@@ -111,8 +112,7 @@ class FakeLink:
         return True
 
 
-def broker_options(qos: int):
-    from polybroker.sessions import SubscriptionOptions
+def broker_options(qos: int) -> SubscriptionOptions:
     return SubscriptionOptions(qos)
 
 
