@@ -13,6 +13,7 @@ disk, so that connections acknowledge nothing before (``durability``).
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,8 +25,10 @@ from .durability import Durability
 from .exchanges import ExchangeRegistry
 from .limits import RetainedBound
 from .message import Message
+from .overflow import NOTHING_MATCHED, PublishResult, all_taken
 from .persistence import Journal
 from .queue_registry import QueueRegistry
+from .queues import QUEUE_OVERFLOW
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -48,6 +51,8 @@ class Broker:
         self.config = config or BrokerConfig()
         self.limits = self.config.limits
         self.clock = clock
+        # Messages dropped for full backlogs (and the like), per reason, broker-wide.
+        self.drops: Counter[str] = Counter()
         self.timers = Timers(clock)
         self.router = TopicTrie()
         self.retained = RetainedStore(size_of=_payload_size)
@@ -57,9 +62,11 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.shared_groups: dict[tuple[str, str], SharedGroup] = {}
         # Named queues (STOMP /queue/x, AMQP queues) and AMQP's exchanges in front of them.
+        # Their broker-wide bound (max_queue_length, _bytes) follows queue_overflow too.
         self.queues = QueueRegistry(
             clock, max_length=self.limits.max_queue_length,
             max_bytes=self.limits.max_queue_bytes, timers=self.timers,
+            overflow=QUEUE_OVERFLOW[self.limits.queue_overflow], drop_totals=self.drops,
         )
         self.exchanges = ExchangeRegistry(self)
         self.queues.on_deleted.append(self.exchanges.queue_deleted)
@@ -133,7 +140,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, self.limits, self.clock, expiry_interval)
+            session = Session(client_id, self.limits, self.clock, expiry_interval, self.drops)
             self.sessions[client_id] = session
         session.expiry_interval = expiry_interval
         self.journal.session_opened(session)
@@ -196,6 +203,7 @@ class Broker:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.journal.session_discarded(session)
+        session.end_blocking()  # publishers waiting for its room go on
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -244,10 +252,9 @@ class Broker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained
-        bounds is not stored), then route it to subscribers; return how many subscribers
-        it was delivered to."""
+        bounds is not stored), then route it to subscribers; return what came of it."""
         if message.retain:
             if message.payload:
                 if self.retained_bound.admits(self.retained, message):
@@ -257,26 +264,37 @@ class Broker:
                 self.journal.retained_cleared(message.topic)
         return self.route(message)
 
-    def route(self, message: Message) -> int:
-        """Deliver to every matching subscriber once; return how many got it."""
+    def route(self, message: Message) -> PublishResult:
+        """Deliver to every matching subscriber once; return what came of it (how many
+        matched, how many dropped it, which backlogs are full)."""
         matches = self.router.match(message.topic)
         if not matches:
-            return 0
+            return NOTHING_MATCHED
         qos = message.qos
         origin = message.origin_client if message.origin_protocol == "mqtt" else None
         if len(matches) == 1:
+            result = None
             count = 0
             for subscriber, options in matches[0].items():
                 if options.no_local and subscriber.client_id == origin:
                     continue  # [MQTT-3.8.3-3]
                 retain = message.retain and options.retain_as_published
                 ids = (options.subscription_id,) if options.subscription_id else ()
-                subscriber.deliver(message, min(options.qos, qos), retain, ids)
+                outcome = subscriber.deliver(message, min(options.qos, qos), retain, ids)
+                if outcome:  # not TAKEN: rare, so the common case allocates nothing
+                    if result is None:
+                        result = PublishResult()
+                    result.note(outcome, subscriber.backlog)
                 count += 1
-            return count
+            if result is None:
+                return all_taken(count)
+            result.matched = count
+            return result
         return self._route_overlapping(message, matches, origin)
 
-    def _route_overlapping(self, message: Message, matches: list[dict], origin: str | None) -> int:
+    def _route_overlapping(
+        self, message: Message, matches: list[dict], origin: str | None
+    ) -> PublishResult:
         # One subscriber matched by several filters gets one copy, at the highest QoS
         # granted, with every matching subscription identifier [MQTT-3.3.4-2, -3].
         merged: dict[object, list] = {}
@@ -291,9 +309,14 @@ class Broker:
                 entry[1] = entry[1] or (message.retain and options.retain_as_published)
                 if options.subscription_id:
                     entry[2].append(options.subscription_id)
+        result = None
         for subscriber, (granted, retain, ids) in merged.items():
-            subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
-        return len(merged)
+            outcome = subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
+            if outcome:
+                if result is None:
+                    result = PublishResult(len(merged))
+                result.note(outcome, subscriber.backlog)
+        return all_taken(len(merged)) if result is None else result
 
 
 def _payload_size(message: Message) -> int:

@@ -41,6 +41,8 @@ ZERO_ALLOWED = {
     "topic_alias_maximum", "max_subscriptions_per_client", "max_keepalive",
     "max_publish_rate", "max_publish_burst", "max_retained_messages", "max_retained_bytes",
 }
+# limits.queue_overflow: what a full backlog does with a new message (``overflow``).
+QUEUE_OVERFLOW_POLICIES = ("block", "drop-new", "drop-oldest")
 
 log = logging.getLogger("polybroker.config")
 
@@ -96,11 +98,20 @@ class Limits:
     # QoS 1/2 messages sent and not yet acknowledged, per session; the rest wait queued.
     max_inflight_messages: int = 20
     # QoS 1/2 messages queued per session beyond the in-flight window (also while
-    # offline). When full, new messages for that session are dropped and logged.
+    # offline), and per STOMP topic subscription. A persistent session is bounded by
+    # storage.max_stored_*_per_session instead. When full, ``queue_overflow`` applies.
     max_queued_messages: int = 1000
     # Payload bytes of those queued messages per session (and per STOMP topic
-    # subscription); past it, new messages are dropped the same way.
+    # subscription); past it, ``queue_overflow`` applies the same way.
     max_queued_bytes: int = 64 * 1024 * 1024
+    # A full backlog: "block" takes the message and holds its publisher back (no
+    # acknowledgement, no reading) until there is room again, at most ``max_block_time``
+    # seconds; "drop-new" drops the new message (and says so where the protocol can);
+    # "drop-oldest" drops the oldest queued message to make room.
+    queue_overflow: str = "block"
+    # Seconds a publisher is held back; then messages for a backlog still full are
+    # dropped as with "drop-new" until it has room again.
+    max_block_time: float = 30.0
     # Bytes waiting to be written to one connection; past this, QoS 0 deliveries to
     # it are dropped (a slow reader must not grow the broker's memory); past twice
     # this, the client is disconnected (5.0: 0x97 Quota exceeded) and its QoS 1/2
@@ -481,8 +492,14 @@ def _limits(raw: Any) -> Limits:
     raw = _renamed_keep_alive(raw)
     known = {f.name: f for f in fields(Limits)}
     _reject_unknown(raw, set(known), "limits.")
-    values = {}
+    values: dict[str, Any] = {}
     for name, value in raw.items():
+        if name == "queue_overflow":
+            values[name] = _typed(raw, name, str, "limits.")
+            if values[name] not in QUEUE_OVERFLOW_POLICIES:
+                raise ConfigError("limits.queue_overflow: must be one of "
+                                  + ", ".join(QUEUE_OVERFLOW_POLICIES))
+            continue
         kind = float if known[name].type in (float, "float") else int
         value = _typed(raw, name, (int, float) if kind is float else int, "limits.")
         if value < 0 or (value == 0 and name not in ZERO_ALLOWED):

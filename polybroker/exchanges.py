@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
 from .message import Death, Message
+from .overflow import DROPPED, PublishResult
 from .queues import Queue, QueueEntry
 from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
 from .sessions import SubscriptionOptions
@@ -510,6 +511,7 @@ class ExchangeRegistry:
         *,
         refused: list[Queue] | None = None,
         admit: Callable[[Queue], bool] | None = None,
+        result: PublishResult | None = None,
     ) -> int:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
@@ -520,19 +522,21 @@ class ExchangeRegistry:
         durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
         negative publisher confirm). ``admit``, when given, picks the queues the publisher
-        may write to (the ACL); the others are passed over as if not bound. Raises NotFound
-        (no such exchange) and AccessRefused (an internal exchange)."""
+        may write to (the ACL); the others are passed over as if not bound. ``result``, when
+        given, collects what the topic space's subscribers and the queues did with it
+        (drops, full backlogs: ``overflow``). Raises NotFound (no such exchange) and
+        AccessRefused (an internal exchange)."""
         ex = self._existing(exchange)
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
         message.exchange = exchange
         message.routing_key = routing_key
-        return self._route(ex, routing_key, message, refused, admit)
+        return self._route(ex, routing_key, message, refused, admit, result)
 
     def _route(
         self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None,
-        admit: Callable[[Queue], bool] | None = None,
+        admit: Callable[[Queue], bool] | None = None, result: PublishResult | None = None,
     ) -> int:
         if ex.name == DEFAULT:
             queue = self.broker.queues.get(routing_key)
@@ -544,15 +548,25 @@ class ExchangeRegistry:
             if topic is None:
                 return 0
             message.topic = topic
-            return self.broker.publish(message)
+            published = self.broker.publish(message)
+            if result is not None:
+                result.merge(published)
+            return published.matched
         else:
             targets = ex.match(routing_key, message)
         if admit is not None:
             targets = [queue for queue in targets if admit(queue)]
         persistent = message.persistent
         for queue in targets:
-            if not queue.put(message, persistent=persistent) and refused is not None:
+            # Into a named queue every message waits for an acknowledgement, persistent
+            # or not: a full one under "block" holds its publisher back either way.
+            outcome = queue.offer(message, 1, persistent=persistent)
+            if outcome == DROPPED and refused is not None:
                 refused.append(queue)
+            if outcome and result is not None:
+                result.note(outcome, queue)
+        if result is not None:
+            result.matched += len(targets)
         return len(targets)
 
     # -- dead-lettering ---------------------------------------------------------------------

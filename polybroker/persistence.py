@@ -741,14 +741,17 @@ class SessionJournal:
     def inbound_key(self, packet_id: int) -> bytes:
         return INBOUND_QOS2 + self.client + SEP + packet_id.to_bytes(2, "big")
 
-    def _fits(self, size: int) -> bool:
+    def has_room(self, size: int) -> bool:
+        """Whether one more message of ``size`` payload bytes is within the session's
+        stored bounds (the session applies ``limits.queue_overflow`` when it is not)."""
         owner = self.owner
         return self.count < owner.max_messages and self.nbytes + size <= owner.max_bytes
 
-    def _store(self, delivery: Delivery, packet_id: int) -> bool:
-        """Record a delivery not recorded yet; False if over the session's bounds."""
+    def _store(self, delivery: Delivery, packet_id: int, bounded: bool = True) -> bool:
+        """Record a delivery not recorded yet; False if over the session's bounds
+        (unless not ``bounded``: the session has decided to keep it)."""
         size = len(delivery.message.payload)
-        if not self._fits(size):
+        if bounded and not self.has_room(size):
             return False
         owner = self.owner
         store_id = owner.next_id
@@ -760,9 +763,10 @@ class SessionJournal:
             self.nbytes += size
         return True  # a failed write keeps it in memory: the adapter refuses the publisher
 
-    def message_added(self, delivery: Delivery) -> bool:
-        """A QoS 1/2 message was queued for the session; False: over its bounds, drop it."""
-        return self._store(delivery, 0)
+    def message_added(self, delivery: Delivery) -> None:
+        """A QoS 1/2 message was queued for the session (which checked ``has_room``, and
+        may keep one over the bounds: ``limits.queue_overflow`` "block")."""
+        self._store(delivery, 0, bounded=False)
 
     def message_sent(self, delivery: Delivery, packet_id: int) -> bool:
         """A QoS 1/2 message goes out with ``packet_id``. A QoS 2 message's packet id is
@@ -932,7 +936,7 @@ class _Replay:
             except (ValueError, struct.error, IndexError) as exc:
                 self._unusable(key, str(exc))
                 continue
-            session = Session(client_id, broker.limits, broker.clock, interval)
+            session = Session(client_id, broker.limits, broker.clock, interval, broker.drops)
             SessionJournal.attach(self.journal, session)
             broker.sessions[client_id] = session
             self.sessions[client] = session

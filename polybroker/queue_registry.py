@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 
 from .queues import (
@@ -145,8 +146,10 @@ class QueueRegistry:
         overflow: str = DROP_NEW,
         store: QueueStore | None = None,
         timers: Timers | None = None,
+        drop_totals: Counter[str] | None = None,
     ) -> None:
         self.clock = clock
+        self.drop_totals = drop_totals  # the broker's drop counts, for every queue
         self.max_length = max_length
         self.max_bytes = max_bytes
         self.overflow = overflow
@@ -183,6 +186,7 @@ class QueueRegistry:
         queue = Queue(
             name, clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
             overflow=self.overflow, durable=durable, store=self.store, timers=self.timers,
+            drop_totals=self.drop_totals,
         )
         queue.registry = self
         queue.dead_letterer = self.dead_letterer

@@ -6,9 +6,11 @@ expiry of idle queues). The rules:
 
 - Messages wait in ``ready`` in arrival order. The queue holds at most
   ``max_length`` messages, ready and unacknowledged together; when full, the
-  overflow policy applies: ``DROP_NEW`` (the default, as sessions do: the new
-  message is dropped, counted and logged) or ``DROP_HEAD`` (the oldest ready
-  message makes room). That bound protects the broker; AMQP's own bounds
+  overflow policy applies: ``DROP_NEW`` (the default: the new message is dropped,
+  counted and logged), ``DROP_HEAD`` (the oldest ready message makes room) or
+  ``BLOCK`` (``limits.queue_overflow`` "block", for STOMP topic subscriptions: a QoS
+  1/2 message is taken over the bound, ``deliver`` says HELD and the publisher waits
+  for ``room``; see ``overflow``). That bound protects the broker; AMQP's own bounds
   (``x-max-length``, ``x-max-length-bytes``: ``limit_length``, ``limit_bytes``)
   count ready messages only, as RabbitMQ does, with ``x-overflow`` ``drop-head``
   (the default: the oldest ready message is dead-lettered or dropped),
@@ -47,12 +49,15 @@ expiry of idle queues). The rules:
 import heapq
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import trio
+
 from .message import Message
+from .overflow import DROPPED, DROPPED_OLDEST, HELD, QUEUE_FULL, TAKEN, DropCounter
 from .refusals import AccessRefused, ResourceLocked
 from .timers import TimerHandle, Timers
 
@@ -60,7 +65,10 @@ log = logging.getLogger("polybroker.queues")
 
 DROP_NEW = "drop-new"
 DROP_HEAD = "drop-head"
-OVERFLOW_POLICIES = (DROP_NEW, DROP_HEAD)
+BLOCK = "block"
+OVERFLOW_POLICIES = (DROP_NEW, DROP_HEAD, BLOCK)
+# limits.queue_overflow -> a queue's overflow policy
+QUEUE_OVERFLOW = {"drop-new": DROP_NEW, "drop-oldest": DROP_HEAD, "block": BLOCK}
 # x-overflow values (AMQP's own length bounds)
 REJECT_PUBLISH, REJECT_PUBLISH_DLX = "reject-publish", "reject-publish-dlx"
 LIMIT_OVERFLOWS = (DROP_HEAD, REJECT_PUBLISH, REJECT_PUBLISH_DLX)
@@ -188,6 +196,7 @@ class Queue:
         durable: bool = False,
         store: QueueStore | None = None,
         timers: Timers | None = None,
+        drop_totals: Counter[str] | None = None,
     ) -> None:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}")
@@ -220,7 +229,10 @@ class Queue:
         self.last_used = clock()  # consumer gone, get, (re)declare: for x-expires
         self.deleted = False
         self.ready: deque[QueueEntry] = deque()
-        self.dropped = 0  # messages refused or pushed out by the length bound
+        # Messages refused or pushed out by a length bound, per reason; and the broker's.
+        self.drops = DropCounter(drop_totals)
+        self._room: trio.Event | None = None  # made when a publisher waits (BLOCK)
+        self._gave_up = False  # BLOCK: publishers waited too long; drop new until room
         self._consumers: dict[Hashable, _ConsumerState] = {}
         self._order: list[Hashable] = []  # consumers in turn order
         self._turn = 0
@@ -275,13 +287,60 @@ class Queue:
 
     def deliver(
         self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
-    ) -> None:
+    ) -> int:
         """The router's subscriber interface: a topic binding routes ``message`` here.
+        Returns TAKEN, HELD or DROPPED (``overflow``).
 
         Persistent: an AMQP persistent message, or a QoS 1/2 one from the topic space
         (MQTT, STOMP ``/topic/``), as RabbitMQ's MQTT plugin makes them."""
         persistent = message.persistent or (message.routing_key is None and qos > 0)
-        self.put(message, persistent=persistent)
+        return self.offer(message, qos, persistent=persistent)
+
+    def offer(self, message: Message, qos: int, *, persistent: bool = False) -> int:
+        """``put`` with the outcome a publisher needs: TAKEN, HELD (taken, and the queue is
+        full now: a blocking publisher waits for ``room``) or DROPPED. Under ``BLOCK`` a
+        QoS 0 message over the bound is dropped (nothing was promised for it)."""
+        if self.overflow == BLOCK and not qos and self._full(len(message.payload)):
+            self._overflowed()
+            return DROPPED
+        if not self.put(message, persistent=persistent):
+            return DROPPED
+        if self.overflow == BLOCK and not self.has_room():
+            return HELD
+        return TAKEN
+
+    @property
+    def backlog(self) -> "Queue":
+        return self
+
+    @property
+    def dropped(self) -> int:
+        return self.drops.counts.total()
+
+    def has_room(self) -> bool:
+        """Whether one more message fits (or the queue is gone)."""
+        return self.deleted or not self._full(1)
+
+    def room(self) -> trio.Event:
+        """Set once the queue has room again (``has_room``)."""
+        room = self._room
+        if room is None:
+            room = self._room = trio.Event()
+            if self.has_room():
+                room.set()
+        return room
+
+    def give_up_blocking(self) -> None:
+        """Publishers waited ``max_block_time`` (the caller logs it): drop new messages
+        until there is room."""
+        self._gave_up = True
+
+    def _signal_room(self) -> None:
+        if (self._room is not None or self._gave_up) and self.has_room():
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+            self._gave_up = False
 
     def put(self, message: Message, *, persistent: bool = False) -> bool:
         """Append ``message`` and hand it out if a consumer can take it; False if a
@@ -293,9 +352,9 @@ class Queue:
             if verdict is not None:
                 return verdict
         while self._full(size) and self.overflow == DROP_HEAD and self.ready:
-            self._overflowed()
+            self._overflowed(DROPPED_OLDEST)
             self._discard(self.ready.popleft(), MAXLEN)
-        if self._full(size):
+        if self._full(size) and (self.overflow != BLOCK or self._gave_up):
             self._overflowed()
             return False
         self.bytes += size
@@ -330,11 +389,12 @@ class Queue:
         if not over():
             return None
         if self.limit_overflow != DROP_HEAD:
-            self.dropped += 1
+            self.drops.add(self.limit_overflow)
             if self.limit_overflow == REJECT_PUBLISH_DLX:
                 self._dead_letter(entry, MAXLEN)
             return False
         while ready and over():
+            self.drops.add("x-max-length")  # drop-head: the oldest ready one goes
             self._discard(ready.popleft(), MAXLEN)
         if over():  # room for no message at all: the new one is the head that goes
             self._dead_letter(entry, MAXLEN)
@@ -344,7 +404,8 @@ class Queue:
     def restore(self, entries: Iterable[QueueEntry]) -> int:
         """Put back entries the store kept (ascending ``seq``) without recording them
         again; new messages follow them. Entries beyond ``max_length`` are dropped (and
-        their records deleted); returns how many were put back."""
+        their records deleted), unless the policy is ``BLOCK``: each was taken with a
+        promise, over the bound or not. Returns how many were put back."""
         count = 0
         last = -1
         now = self.clock()
@@ -355,7 +416,7 @@ class Queue:
                 deadline = now + self.message_ttl
                 entry.expires_at = min(entry.expires_at or deadline, deadline)
             size = len(entry.message.payload)
-            if self._full(size):
+            if self._full(size) and self.overflow != BLOCK:
                 self._overflowed()
                 self.bytes += size  # entered, and leaves at once through _discard
                 self._discard(entry)
@@ -379,12 +440,12 @@ class Queue:
             return True
         return bool(self.max_bytes) and self.bytes + size > self.max_bytes
 
-    def _overflowed(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
+    def _overflowed(self, reason: str = QUEUE_FULL) -> None:
+        if self.drops.add(reason):
             log.warning(
-                "queue %s: full (%d messages or %d bytes), dropped %d message(s) so far (%s)",
-                self.name, self.max_length, self.max_bytes, self.dropped, self.overflow,
+                "queue %s: full (%d messages or %d bytes), message dropped (%s); dropped "
+                "so far: %s", self.name, self.max_length, self.max_bytes, reason,
+                self.drops.summary(),
             )
 
     # -- consumers ------------------------------------------------------------------------
@@ -680,11 +741,15 @@ class Queue:
         self.bytes -= len(entry.message.payload)
         if entry.persistent and self.store is not None:
             self.store.removed(self, entry)
+        if self._room is not None or self._gave_up:
+            self._signal_room()
 
     def _discard(self, entry: QueueEntry, reason: str | None = None) -> None:
         """``entry`` leaves the queue unconsumed: dead-lettered for ``reason`` when the
         queue has a dead-letter exchange, else dropped."""
         self._settled(entry)
+        if reason == EXPIRED:
+            self.drops.add(EXPIRED)  # counted like a session's expired message
         if reason is not None:
             self._dead_letter(entry, reason)
 
@@ -702,6 +767,9 @@ class Queue:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         self.ready.clear()
+        if self._room is not None:
+            self._room.set()  # nobody waits for a deleted queue
+            self._room = None
         freed = {held[2] for held in self._unacked.values() if held[2] is not None}
         for tag in list(self._unacked):
             self._untrack(tag)

@@ -8,8 +8,14 @@ Outbound rules (one session, any protocol adapter on the other side):
   then it waits behind them, so the client sees messages in the order they came.
   While offline, QoS 0 is not kept.
 - ``queued`` is bounded by ``max_queued_messages`` and its payload bytes by
-  ``max_queued_bytes``; when full the *new* message is dropped for this session and
-  counted (policy "drop new", as Mosquitto does).
+  ``max_queued_bytes``; a persistent session (with a ``journal``) lives on disk and is
+  bounded by its stored bounds instead (``storage.max_stored_*_per_session``, counting
+  in-flight messages too). When full, ``limits.queue_overflow`` applies (``overflow``):
+  ``block`` takes a QoS 1/2 message over the bound and ``deliver`` says HELD, so that
+  its publisher waits for ``room()``; ``drop-new`` drops the new message (DROPPED);
+  ``drop-oldest`` drops the oldest queued one. QoS 0 over the bound is dropped under
+  every policy (no promise was made for it). Every drop is counted per reason
+  (``drops``) and in the broker's totals.
 - A message whose expiry deadline has passed is dropped instead of sent.
 - QoS 1: PUBLISH -> PUBACK frees the slot. QoS 2: PUBLISH -> PUBREC, we send PUBREL
   -> PUBCOMP frees the slot.
@@ -19,18 +25,33 @@ Inbound QoS 2 ids live in ``inbound_qos2`` from PUBLISH until PUBREL, so a resen
 PUBLISH (DUP) is acknowledged but not routed again.
 
 A persistent session has a ``journal`` (``persistence``) that it tells about every QoS 1/2
-message it keeps, sends, releases and forgets; the journal may refuse to keep one more
-(the session's stored-message bounds), which drops it like a full queue does.
+message it keeps, sends, releases and forgets; the session asks it whether one more fits
+(the session's stored-message bounds) before queueing.
 """
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import trio
+
 from .config import Limits
 from .message import Message
+from .overflow import (
+    BLOCK,
+    DROP_OLDEST,
+    DROPPED,
+    DROPPED_OLDEST,
+    EXPIRED,
+    HELD,
+    QUEUE_FULL,
+    STORED_BOUND,
+    TAKEN,
+    TOO_LARGE,
+    DropCounter,
+)
 
 if TYPE_CHECKING:
     from .persistence import SessionJournal
@@ -41,6 +62,9 @@ log = logging.getLogger("polybroker.sessions")
 
 MAX_PACKET_ID = 65535
 NEVER_EXPIRES = 0xFFFFFFFF
+# Session._blocking: publishers may wait for room; they waited too long (drop new
+# messages until there is room); the session is gone (nobody waits for it any more).
+_MAY_BLOCK, _GAVE_UP, _GONE = 0, 1, 2
 
 
 class SessionLink(Protocol):
@@ -82,12 +106,15 @@ class Session:
     """One client's session: subscriptions, in-flight window and queued messages."""
 
     __slots__ = (
+        "_blocking",
+        "_drops",
         "_inbound_qos2",
         "_next_id",
         "_queued",
+        "_room",
         "client_id",
         "clock",
-        "dropped",
+        "drop_totals",
         "expiry_interval",
         "expiry_timer",
         "inflight",
@@ -101,7 +128,8 @@ class Session:
     )
 
     def __init__(
-        self, client_id: str, limits: Limits, clock: Callable[[], float], expiry_interval: int
+        self, client_id: str, limits: Limits, clock: Callable[[], float], expiry_interval: int,
+        drop_totals: Counter[str] | None = None,
     ) -> None:
         self.client_id = client_id
         self.limits = limits
@@ -121,7 +149,11 @@ class Session:
         self._queued: deque[Delivery] | None = None
         self._inbound_qos2: set[int] | None = None
         self.journal: SessionJournal | None = None  # set while the session is persistent
-        self.dropped = 0
+        # Drops per reason, made at the first; ``drop_totals`` is the broker's count.
+        self._drops: DropCounter | None = None
+        self.drop_totals = drop_totals
+        self._room: trio.Event | None = None  # made when a publisher waits for room
+        self._blocking = _MAY_BLOCK
         self._next_id = 1
 
     def __repr__(self) -> str:
@@ -160,50 +192,143 @@ class Session:
         retain: bool,
         subscription_ids: tuple[int, ...] = (),
         group: "SharedGroup | None" = None,
-    ) -> None:
-        """Deliver at ``qos`` (already downgraded to the granted QoS)."""
+    ) -> int:
+        """Deliver at ``qos`` (already downgraded to the granted QoS). Returns TAKEN,
+        HELD (taken; the session is full now: a blocking publisher waits for ``room``)
+        or DROPPED (the session was full: not taken)."""
         link = self.link
         if link is None:
             if qos:  # QoS 0 is not kept for an offline client
-                self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
-        elif self._queued or (qos and len(self.inflight) >= self.receive_maximum):
-            self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
+                return self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
+        elif self._queued or (qos and (
+            len(self.inflight) >= self.receive_maximum
+            # The stored bounds, when the in-flight window alone fills them (they are
+            # smaller than it): the policy applies, as for a full queue.
+            or (self.journal is not None and not self.journal.has_room(len(message.payload)))
+        )):
+            return self._enqueue(Delivery(message, qos, retain, subscription_ids, group))
         else:
             self._send(link, Delivery(message, qos, retain, subscription_ids, group))
+        return TAKEN
 
-    def _enqueue(self, delivery: Delivery) -> None:
-        journal = self.journal
-        limits = self.limits
+    def _enqueue(self, delivery: Delivery) -> int:
         size = len(delivery.message.payload)
-        queued = self.queued
-        if (
-            len(queued) < limits.max_queued_messages
-            and self.queued_bytes + size <= limits.max_queued_bytes
-            and (journal is None or not delivery.qos or journal.message_added(delivery))
-        ):
-            queued.append(delivery)
-            self.queued_bytes += size
-            return
-        self._drop_new()
+        outcome = TAKEN
+        if not self._fits(size):
+            policy = self.limits.queue_overflow
+            if policy == BLOCK and delivery.qos and self._blocking == _MAY_BLOCK:
+                outcome = HELD  # taken over the bound: its publisher waits
+            elif policy != DROP_OLDEST or not self._drop_oldest(size):
+                self.count_drop(QUEUE_FULL if self.journal is None else STORED_BOUND)
+                return DROPPED
+        journal = self.journal
+        if journal is not None and delivery.qos:
+            journal.message_added(delivery)
+        self.queued.append(delivery)
+        self.queued_bytes += size
+        if outcome == TAKEN and self.limits.queue_overflow == BLOCK and not self.has_room():
+            outcome = HELD  # it took the last place: the next one would go over
+        return outcome
+
+    def _fits(self, size: int) -> bool:
+        """Whether one more queued message of ``size`` payload bytes is within bounds."""
+        journal = self.journal
+        if journal is None:
+            limits = self.limits
+            return (len(self._queued or ()) < limits.max_queued_messages
+                    and self.queued_bytes + size <= limits.max_queued_bytes)
+        # On disk: the stored bounds, which count in-flight messages too. They bound the
+        # QoS 0 messages waiting behind the others as well.
+        return (journal.has_room(size)
+                and len(self._queued or ()) < journal.owner.max_messages)
+
+    def has_room(self) -> bool:
+        """Whether a message can be queued without going over a bound (or the session
+        is gone)."""
+        return self._blocking == _GONE or self._fits(1)
+
+    def room(self) -> trio.Event:
+        """Set once the session has room again (``has_room``)."""
+        room = self._room
+        if room is None:
+            room = self._room = trio.Event()
+            if self.has_room():
+                room.set()
+        return room
+
+    @property
+    def backlog(self) -> "Session":
+        """What a blocked publisher waits for (``overflow.Backlog``): the session itself."""
+        return self
+
+    def give_up_blocking(self) -> None:
+        """Publishers waited ``max_block_time`` (the caller logs it): drop new messages
+        until there is room."""
+        if self._blocking == _MAY_BLOCK:
+            self._blocking = _GAVE_UP
+
+    def end_blocking(self) -> None:
+        """The session is gone: wake whoever waits for it."""
+        self._blocking = _GONE
+        self._signal_room()
+
+    def _signal_room(self) -> None:
+        """Called as the backlog shrinks: wake waiting publishers once there is room."""
+        if (self._room is not None or self._blocking == _GAVE_UP) and self.has_room():
+            if self._room is not None:
+                self._room.set()
+                self._room = None
+            if self._blocking == _GAVE_UP:
+                self._blocking = _MAY_BLOCK
+
+    def _drop_oldest(self, size: int) -> bool:
+        """Drop the oldest queued messages until ``size`` more bytes fit; False if even
+        an empty queue would not (the in-flight ones fill the stored bounds)."""
+        queued = self._queued
+        while queued and not self._fits(size):
+            oldest = queued.popleft()
+            self.queued_bytes -= len(oldest.message.payload)
+            self._forget(oldest)
+            self.count_drop(DROPPED_OLDEST)
+        return self._fits(size)
 
     def restore_queued(self, delivery: Delivery) -> None:
         """Put back a message queued before a restart (no bounds: it was admitted then)."""
         self.queued.append(delivery)
         self.queued_bytes += len(delivery.message.payload)
 
-    def _drop_new(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning(
-                "client %s: queue full (%d messages, %d bytes queued, or the stored-message "
-                "limit), dropped %d message(s) so far",
-                self.client_id, len(self._queued or ()), self.queued_bytes, self.dropped,
-            )
+    @property
+    def drops(self) -> Counter[str]:
+        """Messages dropped for this session, per reason."""
+        return Counter() if self._drops is None else self._drops.counts
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped for this session, all reasons."""
+        return 0 if self._drops is None else self._drops.counts.total()
+
+    def count_drop(self, reason: str) -> None:
+        """A message for this session was dropped: count it (and log the first and every
+        1000th)."""
+        drops = self._drops
+        if drops is None:
+            drops = self._drops = DropCounter(self.drop_totals)
+        if drops.add(reason):
+            log.warning("client %s: message dropped (%s; %s); dropped so far: %s",
+                        self.client_id, reason, self._bounds(), drops.summary())
+
+    def _bounds(self) -> str:
+        queued = f"{len(self._queued or ())} messages, {self.queued_bytes} bytes queued"
+        journal = self.journal
+        if journal is None:
+            return queued
+        return f"{queued}, {journal.count} messages, {journal.nbytes} bytes stored"
 
     def _send(self, link: SessionLink, delivery: Delivery) -> None:
         expiry = delivery.message.expiry
         if expiry is not None and expiry <= self.clock():
             self._forget(delivery)
+            self.count_drop(EXPIRED)
             return  # expired while waiting: not delivered (MQTT 5.0 [MQTT-3.3.2-5])
         if not delivery.qos:
             link.send_publish(delivery, None, False)
@@ -211,12 +336,13 @@ class Session:
         packet_id = self._allocate_packet_id()
         journal = self.journal
         if journal is not None and not journal.message_sent(delivery, packet_id):
-            self._drop_new()
+            self.count_drop(STORED_BOUND)
             return
         if link.send_publish(delivery, packet_id, False):
             self.inflight[packet_id] = delivery
         else:
             self._forget(delivery)
+            self.count_drop(TOO_LARGE)
 
     def _forget(self, delivery: Delivery) -> None:
         """The message is done with (acknowledged, expired or refused): unrecord it."""
@@ -240,6 +366,8 @@ class Session:
             delivery = queued.popleft()
             self.queued_bytes -= len(delivery.message.payload)
             self._send(link, delivery)
+        if self._room is not None or self._blocking:
+            self._signal_room()
 
     # -- acknowledgements from the client ---------------------------------------------
 
@@ -289,6 +417,7 @@ class Session:
             elif not link.send_publish(delivery, packet_id, True):
                 del self.inflight[packet_id]
                 self._forget(delivery)
+                self.count_drop(TOO_LARGE)
         self._fill_window()
 
     def detach(self) -> None:
@@ -308,4 +437,5 @@ class Session:
         self.queued_bytes = sum(len(d.message.payload) for d in self.queued)
         for delivery in taken:
             self._forget(delivery)
+        self._signal_room()
         return taken

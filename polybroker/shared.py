@@ -35,7 +35,7 @@ def is_valid_shared_filter(topic_filter: str) -> bool:
 class SharedGroup:
     """One shared subscription: the members of a group on one filter."""
 
-    __slots__ = ("_turn", "members", "name", "topic_filter")
+    __slots__ = ("_turn", "backlog", "members", "name", "topic_filter")
 
     client_id = None  # never the publisher: No Local does not apply to shared subscriptions
 
@@ -44,22 +44,26 @@ class SharedGroup:
         self.topic_filter = topic_filter
         self.members: dict[Session, SubscriptionOptions] = {}
         self._turn = 0
+        self.backlog: Session | None = None  # the member the last message went to
 
     def __repr__(self) -> str:
         return f"SharedGroup({self.name!r}, {self.topic_filter!r})"
 
     def deliver(
         self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
-    ) -> None:
+    ) -> int:
+        """The router's subscriber interface: what the chosen member did with it."""
         member = self.choose()
-        if member is not None:
-            self.deliver_to(member, message)
+        if member is None:
+            return 0  # TAKEN: nobody to hold it for
+        return self.deliver_to(member, message)
 
-    def deliver_to(self, member: "Session", message: Message) -> None:
+    def deliver_to(self, member: "Session", message: Message) -> int:
         options = self.members[member]
         ids = (options.subscription_id,) if options.subscription_id else ()
         retain = message.retain and options.retain_as_published
-        member.deliver(message, min(options.qos, message.qos), retain, ids, group=self)
+        self.backlog = member
+        return member.deliver(message, min(options.qos, message.qos), retain, ids, group=self)
 
     def choose(self, exclude: "Session | None" = None) -> "Session | None":
         """The next member in turn, preferring members that are connected."""

@@ -380,7 +380,8 @@ async def test_stomp_connect_trickled_or_never_sent_is_closed_at_connect_timeout
 
 async def test_mqtt_qos1_subscriber_that_never_reads_holds_a_bounded_backlog(nursery, caplog):
     caplog.set_level(logging.WARNING)
-    broker = make_broker(max_queued_messages=50, max_inflight_messages=10)
+    broker = make_broker(max_queued_messages=50, max_inflight_messages=10,
+                         queue_overflow="drop-new")
     slow = await connect_mqtt(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect("slow")
     await slow.subscribe("t", 1)
@@ -393,11 +394,11 @@ async def test_mqtt_qos1_subscriber_that_never_reads_holds_a_bounded_backlog(nur
     assert len(session.inflight) == 10
     assert len(session.queued) == 50  # the rest dropped, not buffered
     assert session.dropped == 440
-    assert "client slow: queue full" in caplog.text
+    assert "client slow: message dropped (queue-full" in caplog.text
 
 
 async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(nursery):
-    broker = make_broker(max_queued_messages=50, max_outgoing_bytes=2000)
+    broker = make_broker(max_queued_messages=50, max_outgoing_bytes=2000, queue_overflow="drop-new")
     slow = await connect_stomp(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect()
     await slow.subscribe("/topic/t", ack="client")  # then never reads or ACKs again
@@ -417,7 +418,7 @@ async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(n
 async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog):
     caplog.set_level(logging.WARNING)
     broker = make_broker(max_queued_messages=1000, max_queued_bytes=5000,
-                         max_inflight_messages=10)
+                         max_inflight_messages=10, queue_overflow="drop-new")
     slow = await connect_mqtt(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect("slow")
     await slow.subscribe("t", 1)
@@ -438,7 +439,7 @@ async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog):
 
 
 async def test_stomp_topic_backlog_is_bounded_in_bytes_too(nursery):
-    broker = make_broker(max_queued_bytes=1000, max_outgoing_bytes=200)
+    broker = make_broker(max_queued_bytes=1000, max_outgoing_bytes=200, queue_overflow="drop-new")
     slow = await connect_stomp(nursery, broker, lockstep=True)
     await slow.connect()
     await slow.subscribe("/topic/t", ack="client")

@@ -352,7 +352,7 @@ async def test_inflight_window_bounds_unacknowledged_deliveries(nursery):
 
 
 async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
-    broker = make_broker(max_queued_messages=3)
+    broker = make_broker(max_queued_messages=3, queue_overflow="drop-new")
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
     await sub.subscribe("t", 1)
@@ -364,7 +364,7 @@ async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
         for i in range(5):
             await pub.send(Publish("t", b"%d" % i, qos=1, packet_id=i + 1))
         await pub.publishes_until_idle()
-    assert "client sub: queue full" in caplog.text
+    assert "client sub: message dropped (queue-full" in caplog.text
     back = await connect_client(nursery, broker)
     await back.connect("sub", clean_session=False)
     assert [p.payload for p in await back.publishes_until_idle()] == [b"0", b"1", b"2"]

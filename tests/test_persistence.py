@@ -41,10 +41,11 @@ from .rawclient import RawClient, connect_client
 
 
 @asynccontextmanager
-async def running(data_dir: Path, **storage: object):
+async def running(data_dir: Path, limits: Limits | None = None, **storage: object):
     """A broker on ``data_dir`` with its storage tasks; stopped cleanly on exit."""
     config = BrokerConfig(
-        data_dir=data_dir, limits=Limits(connect_timeout=10), storage=StorageConfig(**storage)
+        data_dir=data_dir, limits=limits or Limits(connect_timeout=10),
+        storage=StorageConfig(**storage),
     )
     broker = Broker(config)
     async with open_durable_state(broker) as tasks, trio.open_nursery() as nursery:
@@ -491,7 +492,8 @@ async def test_full_disk_qos2_on_311_keeps_the_packet_id_so_the_resend_is_not_ro
 
 
 async def test_stored_messages_per_session_are_bounded_new_ones_dropped(tmp_path, caplog):
-    async with running(tmp_path, max_stored_messages_per_session=3) as broker:
+    drop_new = Limits(connect_timeout=10, queue_overflow="drop-new")
+    async with running(tmp_path, drop_new, max_stored_messages_per_session=3) as broker:
         sub = await client(broker, "sub")
         await sub.subscribe("t", 1)
         await sub.close()

@@ -86,10 +86,13 @@ async def test_a_crash_keeps_unacked_ones_redelivered_and_drops_acked_ones(tmp_p
 
 async def test_nack_without_requeue_and_overflow_delete_records(tmp_path):
     async with running(tmp_path) as broker:
-        broker.queues.declare("small").max_length = 2
+        small = broker.queues.declare("small")
+        small.max_length, small.overflow = 2, "drop-new"
         pub = await stomp(broker)
-        for body in ("a", "b", "c"):  # "c": dropped, the queue is full
+        for body in ("a", "b"):
             await pub.publish("/queue/small", body, persistent="true")
+        # "c": dropped, the queue is full (without a receipt to ask for: no ERROR)
+        await pub.send("SEND", {"destination": "/queue/small", "persistent": "true"}, b"c")
         sub = await stomp(broker)
         await sub.subscribe("/queue/small", ack="client-individual")
         frames = await sub.messages_until_idle()
@@ -119,8 +122,10 @@ async def test_restore_respects_the_queue_length_bound(tmp_path):
         queue = broker.queues.declare("q")
         for i in range(5):
             queue.put(persistence.Message("q", str(i).encode()), persistent=True)
-    # Restarted with a lower bound (max_queue_length = 3): the oldest three come back.
-    broker = Broker(BrokerConfig(data_dir=tmp_path, limits=Limits(max_queue_length=3)))
+    # Restarted with a lower bound (max_queue_length = 3) and a dropping policy: the oldest
+    # three come back. (Under "block" all five would: each was taken with a promise.)
+    limits = Limits(max_queue_length=3, queue_overflow="drop-new")
+    broker = Broker(BrokerConfig(data_dir=tmp_path, limits=limits))
     async with open_durable_state(broker):
         queue = broker.queues.get("q")
         assert [e.message.payload for e in queue.ready] == [b"0", b"1", b"2"]

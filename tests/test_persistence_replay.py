@@ -54,6 +54,10 @@ class FakeLink:
 
 
 class BrokerMachine(RuleBasedStateMachine):
+    # Nothing holds a publisher back here (no adapter), so the stored bound is kept by
+    # dropping: the new message, or (below) the oldest queued one.
+    POLICY = "drop-new"
+
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="polybroker-replay-"))
@@ -63,7 +67,8 @@ class BrokerMachine(RuleBasedStateMachine):
         self._open()
 
     def _open(self) -> None:
-        config = BrokerConfig(limits=Limits(max_inflight_messages=2, max_queued_messages=5))
+        config = BrokerConfig(limits=Limits(max_inflight_messages=2, max_queued_messages=5,
+                                            queue_overflow=self.POLICY))
         self.broker = Broker(config, clock=lambda: self.now)
         self.store = LogStore.open(self.directory, **STORE_OPTIONS)
         restore(self.store, self.broker, SETTINGS)
@@ -211,3 +216,16 @@ BrokerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestReplay = BrokerMachine.TestCase
+
+
+class DropOldestMachine(BrokerMachine):
+    POLICY = "drop-oldest"  # the dropped messages' records go too
+
+
+DropOldestMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestReplayDropOldest = DropOldestMachine.TestCase

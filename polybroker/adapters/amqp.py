@@ -36,6 +36,7 @@ import trio
 
 from ..auth import Client, Refusal
 from ..broker import Broker
+from ..overflow import Backlog, Holdback
 from ..protocols.amqp import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -115,6 +116,9 @@ class AMQPClientConnection:
         self._to_dispatch: list[Queue] = []
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # buffered replies vouch for records not yet durable
+        # queue_overflow "block": the full backlogs this read's publishes went to, and
+        # the confirms withheld until they have room (None: not held back).
+        self._holdback: Holdback | None = None
         self._finished = False  # the reader is done: the writer flushes and ends
         self._linger = False  # our connection.close (or header) must reach the client
         self._wakeup = trio.Event()
@@ -174,6 +178,42 @@ class AMQPClientConnection:
         self._starved = True
         return False
 
+    def confirm(self, channel: int, method: Method) -> None:
+        """Send a publisher confirm, or withhold it while the client is held back."""
+        if self._holdback is not None:
+            self._holdback.acks.append((channel, method))
+        else:
+            self.send_method(channel, method)
+
+    def hold_back(self, full: list[Backlog]) -> None:
+        """Withhold this client's confirms and stop reading from it until the backlogs
+        its publish filled have room. The queues it consumes from itself are not waited
+        for (it could not acknowledge meanwhile): they drop new messages until they have
+        room."""
+        own = {c.queue for channel in self.channels.values() for c in channel.consumers.values()}
+        waiting = []
+        for backlog in full:
+            if backlog in own:
+                backlog.give_up_blocking()
+                log.warning("client %s: a queue it consumes from is full: messages for it are "
+                            "dropped until it has room", self.name)
+            else:
+                waiting.append(backlog)
+        if waiting:
+            if self._holdback is None:
+                self._holdback = Holdback()
+            self._holdback.add(waiting)
+
+    async def _wait_for_room(self) -> None:
+        """Wait (not reading) until the backlogs this client filled have room, at most
+        ``max_block_time``; then send the withheld confirms, once durable."""
+        held = await self._holdback.wait(self.limits.max_block_time, self.name, log)
+        self._holdback = None
+        for channel, method in held:
+            if channel in self.channels:
+                self.send_method(channel, method)
+        self._hold = True  # the confirms vouch for records written while holding them
+
     def dispatch_later(self, queue: Queue) -> None:
         """Dispatch ``queue`` once the current frame's reply is buffered (consume-ok
         before the first delivery)."""
@@ -218,6 +258,8 @@ class AMQPClientConnection:
                 self._to_dispatch.clear()
             if not carry_on:
                 return
+            if self._holdback is not None:
+                await self._wait_for_room()  # queue_overflow "block"
             # Replies (returns, confirms, -oks) are not bounded by the deliveries' credit:
             # while more than max_outgoing_bytes wait, read no more from this client.
             while self.pending_bytes > self.limits.max_outgoing_bytes:

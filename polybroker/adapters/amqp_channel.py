@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from ..destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
 from ..exchanges import AMQ_TOPIC, DEFAULT
+from ..overflow import PublishResult
 from ..protocols.amqp import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
@@ -453,8 +454,12 @@ class Channel:
 
     def _route(self, m: BasicPublish, message) -> None:
         refused: list[Queue] = []
+        result = PublishResult()
         reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
-                                                refused=refused, admit=self._writable())
+                                                refused=refused, admit=self._writable(),
+                                                result=result)
+        if result.full is not None:
+            self.connection.hold_back(result.full)  # queue_overflow "block"
         if not reached and m.mandatory:
             self.connection.send(encode_content(
                 self.number,
@@ -464,10 +469,13 @@ class Channel:
             ))
         if self.confirm:
             self._published += 1
-            if refused:
-                self._reply(BasicNack(delivery_tag=self._published, requeue=False))
+            # Refused by a queue (x-overflow reject-publish), or taken by nobody because
+            # every backlog it reached was full (queue_overflow "drop-new"): a nack.
+            if refused or result.refused:
+                self.connection.confirm(self.number, BasicNack(delivery_tag=self._published,
+                                                               requeue=False))
             else:
-                self._reply(BasicAck(delivery_tag=self._published))
+                self.connection.confirm(self.number, BasicAck(delivery_tag=self._published))
 
     # -- authorization (the ACL) ----------------------------------------------------------
 

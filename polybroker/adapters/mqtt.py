@@ -18,6 +18,7 @@ from ..auth import AuthExchange, Client, Refusal
 from ..broker import Broker
 from ..limits import PublishThrottle
 from ..message import Message
+from ..overflow import SLOW_READER_QOS0, Backlog, Holdback
 from ..protocols.mqtt import (
     CONNACK_IDENTIFIER_REJECTED,
     MQTT_3_1,
@@ -143,12 +144,13 @@ class MQTTClientConnection:
 
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_in_batch",
-        "_peer_done", "_pending_connect", "_plain_bytes", "_read_scope", "_socket", "_stopped",
+        "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_holdback",
+        "_in_batch", "_peer_done", "_pending_connect", "_plain_bytes", "_read_scope", "_socket",
+        "_stopped",
         "_taken_over", "_write_failed", "_writing",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
         "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
-        "qos0_dropped", "session", "stream", "throttle", "user", "will", "will_delay",
+        "session", "stream", "throttle", "user", "will", "will_delay",
     )
 
     def __init__(
@@ -174,7 +176,9 @@ class MQTTClientConnection:
         self.encoder = _V3_ENCODER
         self.inbound_aliases: dict[int, str] = {}
         self.problem_information = True  # MQTT 5.0 Request Problem Information
-        self.qos0_dropped = 0
+        # queue_overflow "block": the full backlogs this read's messages went to, and the
+        # acknowledgements withheld until they have room (None: not held back).
+        self._holdback: Holdback | None = None
         # max_publish_rate; None when there is none (no bucket to keep per connection).
         self.throttle = (PublishThrottle(limits.max_publish_rate, limits.max_publish_burst)
                          if limits.max_publish_rate > 0 else None)
@@ -244,6 +248,9 @@ class MQTTClientConnection:
                         # alive, 0 is none.
                         keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
                         deadline = trio.current_time() + keep_alive
+                    if self._holdback is not None:
+                        scope.deadline = math.inf
+                        deadline += await self._wait_for_room()  # queue_overflow "block"
                     if self.throttle is not None:
                         scope.deadline = math.inf
                         deadline += await self.throttle.settle()  # max_publish_rate
@@ -448,9 +455,6 @@ class MQTTClientConnection:
         elif will is not None and self.will_delay == 0:
             # Taken over: the session goes on, but this connection ended without DISCONNECT.
             self.broker.publish(will)
-        if self.qos0_dropped:
-            log.warning("client %s: %d QoS 0 message(s) dropped (slow reader)",
-                        self.name, self.qos0_dropped)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -663,7 +667,8 @@ class MQTTClientConnection:
                     # does (then the resend is routed as the first copy would have been).
                     with self.broker.journal.atomic():
                         reason = self._route(packet, topic)
-                        inbound.add(packet.packet_id)
+                        if reason < 0x80:  # a refusal (0x97) ends the exchange
+                            inbound.add(packet.packet_id)
             reason = self._check_stored(packet, reason, failures)
             self._ack(PUBREC, packet.packet_id, reason)
             return True
@@ -677,7 +682,11 @@ class MQTTClientConnection:
         return True
 
     def _ack(self, first_byte: int, packet_id: int, reason: int) -> None:
-        """Send PUBACK/PUBREC/PUBREL/PUBCOMP; 3.1.1 has no reason codes."""
+        """Send PUBACK/PUBREC/PUBREL/PUBCOMP; 3.1.1 has no reason codes. While the
+        publisher is held back (``_holdback``) its PUBACKs and PUBRECs wait, in order."""
+        if self._holdback is not None and first_byte in (PUBACK, PUBREC):
+            self._holdback.acks.append((first_byte, packet_id, reason))
+            return
         if reason == rc.SUCCESS or self.level < MQTT_5:
             self.conn.send_bytes(encode_ack(first_byte, packet_id))
         else:
@@ -738,8 +747,48 @@ class MQTTClientConnection:
             headers=props.get(prop.USER_PROPERTY, ()) if props else (),
             origin_protocol="mqtt", origin_client=self.client_id,
         )
-        delivered = self.broker.publish(message)
-        return rc.SUCCESS if delivered else rc.NO_MATCHING_SUBSCRIBERS
+        result = self.broker.publish(message)
+        if not result.matched:
+            return rc.NO_MATCHING_SUBSCRIBERS
+        if result.full is not None:
+            self._hold_back(result.full)
+        if result.refused and packet.qos:
+            # Every matching session was full (drop-new): 5.0 says so; 3.1.1 cannot, and
+            # the sessions have counted and logged the drop.
+            return rc.QUOTA_EXCEEDED
+        return rc.SUCCESS
+
+    # -- queue_overflow "block" ------------------------------------------------------------
+
+    def _hold_back(self, full: list[Backlog]) -> None:
+        """Backlogs this client's message filled: withhold its acknowledgements and stop
+        reading from it (after this read) until they have room. Its own session is not
+        waited for (it could not read its acknowledgements meanwhile): new messages for it
+        are dropped until it has room."""
+        own = self.session
+        if own in full:
+            own.give_up_blocking()
+            log.warning("client %s: its own session is full: messages for it are dropped "
+                        "until it has room", self.name)
+            full = [backlog for backlog in full if backlog is not own]
+            if not full:
+                return
+        if self._holdback is None:
+            self._holdback = Holdback()
+        self._holdback.add(full)
+
+    async def _wait_for_room(self) -> float:
+        """Wait (not reading) until every backlog this client filled has room, at most
+        ``max_block_time``; then send the withheld acknowledgements. Returns the seconds
+        waited, which do not count against the keep alive."""
+        start = trio.current_time()
+        held = await self._holdback.wait(self.limits.max_block_time, self.name, log)
+        self._holdback = None
+        for first_byte, packet_id, reason in held:
+            self._ack(first_byte, packet_id, reason)
+        if self.conn.pending_bytes:
+            self._send_soon()
+        return trio.current_time() - start
 
     def _on_puback(self, packet: PubAck) -> bool:
         self.session.puback(packet.packet_id)
@@ -843,7 +892,7 @@ class MQTTClientConnection:
     def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> bool:
         conn = self.conn
         if delivery.qos == 0 and conn.pending_bytes > self.limits.max_outgoing_bytes:
-            self.qos0_dropped += 1
+            self.session.count_drop(SLOW_READER_QOS0)
             return True  # dropped for a slow reader; counted, not an error
         # Only 5.0 forwards a remaining expiry: 3.1.1 needs no clock reading per message.
         now = self.broker.clock() if self.level >= MQTT_5 else 0.0

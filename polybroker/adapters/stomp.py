@@ -52,6 +52,7 @@ from ..broker import ANY_QOS, Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
 from ..limits import PublishThrottle
 from ..message import Message
+from ..overflow import Holdback, PublishResult
 from ..protocols.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
     V1_2,
@@ -62,7 +63,7 @@ from ..protocols.stomp import (
     encode_frame,
     encode_message,
 )
-from ..queues import Queue, QueueEntry
+from ..queues import QUEUE_OVERFLOW, Queue, QueueEntry
 from .io import linger, receive_before
 
 log = logging.getLogger("polybroker.stomp")
@@ -170,6 +171,9 @@ class StompClientConnection:
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
         self._hold = False  # a buffered RECEIPT vouches for records not yet durable
+        # queue_overflow "block": the full backlogs this read's SENDs went to, and the
+        # RECEIPTs withheld until they have room (None: not held back).
+        self._holdback: Holdback | None = None
         self._closing = False
         self._linger = False
         self._wakeup = trio.Event()
@@ -230,6 +234,8 @@ class StompClientConnection:
             finally:
                 if self.conn.pending_bytes:
                     self._wakeup.set()
+            if self._holdback is not None:
+                await self._wait_for_room()  # before the heart-beat deadline: not idle time
             receive_ms = self.conn.heart_beat[1]
             if self.connected and receive_ms:
                 deadline = trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
@@ -324,13 +330,30 @@ class StompClientConnection:
         mark = durability.mark()
         carry_on = _HANDLERS[frame.command](self, frame)
         if receipt is not None and frame.command not in _CONNECT_COMMANDS:
-            self.conn.send(Frame("RECEIPT", (("receipt-id", receipt),)))
-            if durability.mark() != mark:
-                self._hold = True  # the frame wrote records (a persistent SEND, its ACK)
+            durable = durability.mark() != mark  # it wrote records (a persistent SEND, its ACK)
+            if self._holdback is not None:
+                self._holdback.acks.append((receipt, durable))  # after the room comes
+            else:
+                self._receipt(receipt, durable)
         for queue in self._to_dispatch:
             queue.dispatch()
         self._to_dispatch.clear()
         return carry_on
+
+    def _receipt(self, receipt: str, durable: bool) -> None:
+        self.conn.send(Frame("RECEIPT", (("receipt-id", receipt),)))
+        if durable:
+            self._hold = True  # it goes out once those records are on disk
+
+    async def _wait_for_room(self) -> None:
+        """Queue_overflow "block": wait (not reading) until the backlogs this client's
+        SENDs filled have room, at most ``max_block_time``; then send the RECEIPTs."""
+        for receipt, durable in await self._holdback.wait(
+            self.limits.max_block_time, self.name, log
+        ):
+            self._receipt(receipt, durable)
+        self._holdback = None
+        self._wakeup.set()
 
     def _on_connect(self, frame: Frame) -> bool:
         login = frame.get("login")
@@ -365,11 +388,38 @@ class StompClientConnection:
             # persistent:true: recorded in the store (``persistence``), kept across a restart.
             journal = self.broker.journal
             failures = journal.failures
-            queue.put(message, persistent=frame.get("persistent") == "true")
+            outcome = queue.offer(message, 1, persistent=frame.get("persistent") == "true")
             if journal.failures != failures:
                 raise ProtocolError("message not stored: storage failure")
+            result = PublishResult(1)
+            if outcome:
+                result.note(outcome, queue)
         else:
-            self.broker.publish(message)
+            result = self.broker.publish(message)
+        if result.full is not None:
+            self._hold_back(result.full)
+        if result.refused and frame.get("receipt") is not None:
+            # queue_overflow "drop-new": no RECEIPT for a message nobody took; STOMP's
+            # only other answer is an ERROR (and the close that follows it).
+            raise _error(frame, f"message to {destination.wire} dropped: queue full")
+
+    def _hold_back(self, full: list) -> None:
+        """Withhold this client's RECEIPTs and stop reading from it until the backlogs
+        its message filled have room. Its own subscriptions are not waited for (it could
+        not send their ACKs meanwhile): they drop new messages until they have room."""
+        own = {sub.queue for sub in self.subscriptions.values()}
+        waiting = []
+        for backlog in full:
+            if backlog in own:
+                backlog.give_up_blocking()
+                log.warning("client %s: its own subscription's queue is full: messages for "
+                            "it are dropped until it has room", self.name)
+            else:
+                waiting.append(backlog)
+        if waiting:
+            if self._holdback is None:
+                self._holdback = Holdback()
+            self._holdback.add(waiting)
 
     def _on_subscribe(self, frame: Frame) -> bool:
         version = self.conn.version
@@ -397,6 +447,8 @@ class StompClientConnection:
                 f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
                 max_length=self.limits.max_queued_messages,
                 max_bytes=self.limits.max_queued_bytes,
+                overflow=QUEUE_OVERFLOW[self.limits.queue_overflow],
+                drop_totals=self.broker.drops,
             )
             self.broker.router.add(destination.name, queue, ANY_QOS)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
