@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from .brokerproc import BrokerProcess
+from .clients import OutputProcess
 from .mosquittoproc import Mosquitto
 from .test_paho_mqtt import PahoClient
+from .test_readme import Session, blocks, commands, named_file, sections
 
 COUNT = 100  # messages published while the remote is down
 
@@ -239,3 +241,28 @@ def test_two_polybrokers_bridged_both_ways_pass_each_message_once(tmp_path):
                 got_b = sorted(m.topic for m in watch_b.receive(2))
                 assert got_a == got_b == ["from/a", "from/b"]
                 assert no_more_messages(watch_a) and no_more_messages(watch_b, 0.1)
+
+
+class BothBrokers(Session):
+    """The README's commands, with the cloud and the edge running side by side (the
+    README starts them in two terminals)."""
+
+    def serve(self, command: str, words: list[str]) -> None:
+        broker = OutputProcess(["bash", "-c", f"exec {command}"], cwd=self.dir, env=self.env)
+        self.background.append(broker)
+        broker.wait_for_line(r"polybroker \S+ ready", timeout=20)
+
+
+def test_readme_bridging_example_runs(tmp_path):
+    session = BothBrokers(tmp_path)
+    try:
+        for block in blocks(sections()["Bridging"]):
+            name = named_file(block)
+            if name is not None:
+                session.write(name, block)
+            for command in commands(block) if name is None else ():
+                session.run(command)
+        assert session.subscribers, "the example has a subscriber"
+        session.subscribers[0].wait_for_line(r"^site1/sensors/t1 21\.5$")
+    finally:
+        session.close()

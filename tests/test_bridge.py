@@ -25,6 +25,7 @@ from polybroker.protocols.mqtt import (
 from polybroker.server import RunningBroker, open_broker, serve
 
 from .rawclient import RawClient
+from .stompclient import connect_client as stomp_client
 
 TIMEOUT = 10
 
@@ -223,6 +224,23 @@ async def test_backlog_survives_a_restart_of_the_edge(tmp_path):
         assert got == [b"%d" % i for i in range(10)]
         await drained(edge)
         assert edge.bridges.status()[0].forwarded == 10
+
+
+async def test_stomp_messages_are_bridged_like_mqtt_ones(tmp_path):
+    async with broker(tmp_path / "cloud") as cloud:
+        port = cloud.port()
+        await backend_session(cloud, "sensors/#")
+    async with broker(tmp_path / "edge", bridge_table(port)) as edge, \
+            trio.open_nursery() as nursery:
+        stomp = await stomp_client(nursery, edge.broker)
+        await stomp.connect()
+        await stomp.publish("/topic/sensors/t", b"via stomp", content_type="text/plain")
+        assert edge.bridges.status()[0].backlog_messages == 1  # kept while the remote is down
+        async with broker(tmp_path / "cloud", port=port) as cloud:
+            backend = await client(cloud, "backend", clean=False)
+            got = await receive_publish(backend)
+            assert (got.topic, got.payload) == ("sensors/t", b"via stomp")
+        await stomp.close()
 
 
 async def test_backlog_is_bounded_and_drops_are_counted(tmp_path):
