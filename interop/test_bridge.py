@@ -213,6 +213,12 @@ def test_sighup_changes_a_rule(tmp_path):
             edge.wait_for_log("bridge up: connected to")
             device.publish("b", b"2", qos=1)
             assert backend.next_message()[:2] == ("v2/b", b"2")
+            # A broken file is logged, and the bridge goes on as it was.
+            write_config(config, "up", url, ['{topic = "#", direction = "sideways"}'])
+            edge.proc.send_signal(signal.SIGHUP)
+            edge.wait_for_log("bridges not reloaded: .*direction")
+            device.publish("c", b"3", qos=1)
+            assert backend.next_message()[:2] == ("v2/c", b"3")
 
 
 def test_two_polybrokers_bridged_both_ways_pass_each_message_once(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from polybroker.bridge import MARKER, BridgeConfig
-from polybroker.bridge.bridge import topic_matches
+from polybroker.bridge.bridge import Bridge, topic_matches
 from polybroker.config import BrokerConfig, ConfigError, config_from_dict, parse_listen_url
 from polybroker.protocols.mqtt import (
     PubAck,
@@ -40,20 +40,22 @@ def bridge_table(port: int, **fields) -> dict:
     return table
 
 
-def broker_config(data_dir: Path, *bridges: dict, port: int = 0,
-                  persistence: bool = True) -> BrokerConfig:
+def broker_config(data_dir: Path, *bridges: dict, port: int = 0, persistence: bool = True,
+                  websocket: bool = False) -> BrokerConfig:
     config = config_from_dict({"bridge": list(bridges)}) if bridges else BrokerConfig()
+    urls = [f"mqtt://127.0.0.1:{port}", *(["mqtt+ws://127.0.0.1:0"] if websocket else [])]
     return replace(
-        config, listeners=(parse_listen_url(f"mqtt://127.0.0.1:{port}"),), data_dir=data_dir,
+        config, listeners=tuple(parse_listen_url(url) for url in urls), data_dir=data_dir,
         storage=replace(config.storage, persistence=persistence, fsync="never"),
     )
 
 
 @asynccontextmanager
-async def broker(data_dir: Path, *bridges: dict, port: int = 0, persistence: bool = True):
+async def broker(data_dir: Path, *bridges: dict, port: int = 0, persistence: bool = True,
+                 websocket: bool = False):
     data_dir.mkdir(parents=True, exist_ok=True)
-    async with open_broker(broker_config(data_dir, *bridges, port=port,
-                                         persistence=persistence)) as running:
+    async with open_broker(broker_config(data_dir, *bridges, port=port, persistence=persistence,
+                                         websocket=websocket)) as running:
         yield running
 
 
@@ -180,6 +182,48 @@ async def test_in_rule_brings_commands_to_the_edge(tmp_path):
             got = await receive_publish(device)
             assert (got.topic, got.payload) == ("cmd/lamp/set", b"on")
             assert edge.bridges.status()[0].received == 1
+
+
+async def test_over_websocket(tmp_path):
+    async with broker(tmp_path / "cloud", websocket=True) as cloud:
+        url = f"mqtt+ws://127.0.0.1:{cloud.port('mqtt', 'ws')}/mqtt"
+        async with broker(tmp_path / "edge", bridge_table(0, url=url)) as edge:
+            backend = await client(cloud, "backend")
+            await backend.subscribe("t", qos=1)
+            await connected(edge)
+            device = await client(edge, "device")
+            await publish_acked(device, "t", b"over ws", 1)
+            assert (await receive_publish(backend)).payload == b"over ws"
+
+
+async def test_fail_over_and_back_to_the_first_remote(tmp_path):
+    async with trio.open_nursery() as nursery:
+        primary = await start(nursery, tmp_path / "primary")
+        primary_port = primary.running.port()
+        await primary.stop()
+        async with broker(tmp_path / "secondary") as secondary:
+            urls = [f"mqtt://127.0.0.1:{primary_port}", f"mqtt://127.0.0.1:{secondary.port()}"]
+            table = bridge_table(0, urls=urls, primary_retry=0.1)
+            del table["url"]
+            async with broker(tmp_path / "edge", table) as edge:
+                bridge = edge.bridges.bridges["up"]
+                with trio.fail_after(TIMEOUT):
+                    await bridge.wait_for_state("connected", urls[1])
+                primary = await start(nursery, tmp_path / "primary", port=primary_port)
+                with trio.fail_after(TIMEOUT):
+                    await bridge.wait_for_state("connected", urls[0])
+                assert bridge.status.reconnects == 1
+        await primary.stop()
+
+
+def test_reconnect_delays_double_with_jitter_up_to_the_bound(tmp_path):
+    config = config_from_dict({"bridge": [bridge_table(1, reconnect_min=1, reconnect_max=8)]})
+    bridge = Bridge.__new__(Bridge)  # the back-off alone: no broker needed
+    bridge.config = config.bridges[0]
+    for attempt, high in ((0, 1), (1, 2), (2, 4), (3, 8), (4, 8), (40, 8)):
+        delays = [bridge._backoff(attempt) for _ in range(50)]
+        assert all(high / 2 <= d <= high for d in delays)
+        assert len(set(delays)) > 1  # jittered
 
 
 # -- store and forward -----------------------------------------------------------------------

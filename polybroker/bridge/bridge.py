@@ -147,9 +147,9 @@ class Bridge:
                 wanted[rule.remote_filter] = max(rule.qos, wanted.get(rule.remote_filter, 0))
         return wanted
 
-    async def wait_for_state(self, state: str) -> None:
-        """Return once the bridge is in ``state`` (for tests and embedders)."""
-        while self.status.state != state:
+    async def wait_for_state(self, state: str, url: str | None = None) -> None:
+        """Return once the bridge is in ``state`` (with the remote ``url``, if given)."""
+        while self.status.state != state or url not in (None, self.status.remote):
             await self._changed.wait()
 
     def refresh_status(self) -> BridgeStatus:

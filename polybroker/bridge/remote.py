@@ -12,6 +12,7 @@ PUBREL before the "released" state).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from dataclasses import replace
@@ -131,7 +132,8 @@ class RemoteConnection:
         self.session_present = False
         self.max_qos = 2
         self._next_id = 1
-        self._closed = False
+        self._broken = False
+        self._writing = False
         self._connacked = False
         self._taken_over = False
         self._cancel: trio.CancelScope | None = None
@@ -216,8 +218,12 @@ class RemoteConnection:
                     while True:
                         for packet in await self._read():
                             self._handle(packet)
+            except BaseException as exc:
+                # Cancelled (reload, shutdown, return to the first remote): the stream still
+                # works, unless a write was cut short; anything else broke it.
+                self._broken = not _only_cancelled(exc) or self._writing
+                raise
             finally:
-                self._closed = True
                 if session.link is self:
                     session.detach()
         if self._taken_over:
@@ -243,7 +249,9 @@ class RemoteConnection:
                 await durability.wait_durable(DURABLE_WAIT)
             if self.out:
                 data, self.out = bytes(self.out), bytearray()
+                self._writing = True
                 await self.stream.send_all(data)
+                self._writing = False
 
     async def _keep_alive(self) -> None:
         interval = self.keep_alive
@@ -258,9 +266,11 @@ class RemoteConnection:
         self._wake.set()
 
     async def close(self) -> None:
-        """Say goodbye (DISCONNECT) and close the stream."""
-        if not self._closed:
-            with trio.move_on_after(1):
+        """Say goodbye (DISCONNECT) if the stream still works, and close it."""
+        if not self._broken:
+            # A stream that fails now was going away anyway.
+            with trio.move_on_after(1), contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.send_all(bytes(self.out) + encode(Disconnect(), self.level))
         await trio.aclose_forcefully(self.stream)
 
@@ -380,6 +390,12 @@ class RemoteConnection:
         self._taken_over = True
         if self._cancel is not None:
             self._cancel.cancel()
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _marked(headers: tuple[tuple[str, str], ...], name: str) -> tuple[tuple[str, str], ...]:
