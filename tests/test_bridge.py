@@ -2,6 +2,7 @@
 prefixes, store and forward while the remote is down and across a restart, no loops
 between two brokers bridged both ways, reload, and the ``[[bridge]]`` tables."""
 
+import contextlib
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,11 @@ from polybroker.bridge import MARKER, BridgeConfig
 from polybroker.bridge.bridge import Bridge, topic_matches
 from polybroker.config import BrokerConfig, ConfigError, config_from_dict, parse_listen_url
 from polybroker.protocols.mqtt import (
+    ConnAck,
+    Connect,
     PubAck,
     Publish,
+    PubRec,
     SubAck,
     Subscribe,
     Subscription,
@@ -224,6 +228,40 @@ def test_reconnect_delays_double_with_jitter_up_to_the_bound(tmp_path):
         delays = [bridge._backoff(attempt) for _ in range(50)]
         assert all(high / 2 <= d <= high for d in delays)
         assert len(set(delays)) > 1  # jittered
+
+
+async def test_a_remote_with_maximum_qos_1_and_no_retain(tmp_path):
+    """A QoS 2 message goes as QoS 1 and is done at its PUBACK; no retain flag is sent to
+    a remote without Retain Available (MQTT 5.0 CONNACK)."""
+    got: list[Publish] = []
+    arrived = trio.Event()
+
+    async def remote(stream: trio.SocketStream) -> None:
+        peer = RawClient(stream)
+        assert isinstance(await peer.receive(), Connect)  # sets the parser to 5.0
+        await peer.send(ConnAck(properties={prop.MAXIMUM_QOS: 1, prop.RETAIN_AVAILABLE: 0}),
+                        level=5)
+        with contextlib.suppress(EOFError):  # the edge stops at the end of the test
+            while True:
+                packet = await peer.receive(TIMEOUT * 2)
+                if isinstance(packet, Publish):
+                    got.append(packet)
+                    await peer.send(PubAck(packet.packet_id), level=5)
+                    arrived.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, remote, 0)
+        port = listeners[0].socket.getsockname()[1]
+        table = bridge_table(port, topic=[{"topic": "#", "qos": 2}])
+        async with broker(tmp_path / "edge", table) as edge:
+            device = await client(edge, "device")
+            await device.send(Publish("t", b"x", qos=2, packet_id=1, retain=True))
+            assert isinstance(await device.receive(), PubRec)
+            with trio.fail_after(TIMEOUT):
+                await arrived.wait()
+            assert (got[0].qos, got[0].retain) == (1, False)
+            await drained(edge)
+        nursery.cancel_scope.cancel()
 
 
 # -- store and forward -----------------------------------------------------------------------

@@ -130,7 +130,8 @@ class RemoteConnection:
         self.last_received = trio.current_time()
         self.keep_alive = bridge.config.keep_alive
         self.session_present = False
-        self.max_qos = 2
+        self.max_qos = 2  # the remote's Maximum QoS (5.0); a QoS 2 message goes as QoS 1
+        self.retain_available = True
         self._next_id = 1
         self._broken = False
         self._writing = False
@@ -176,7 +177,8 @@ class RemoteConnection:
         window = self.bridge.config.max_inflight_messages
         session.receive_maximum = min(window, props.get(prop.RECEIVE_MAXIMUM, 65535))
         self.encoder.max_packet_size = props.get(prop.MAXIMUM_PACKET_SIZE, 268_435_460)
-        self.max_qos = props.get(prop.MAXIMUM_QOS, 2)
+        self.max_qos = max(1, props.get(prop.MAXIMUM_QOS, 2))
+        self.retain_available = props.get(prop.RETAIN_AVAILABLE, 1) == 1
         if prop.SERVER_KEEP_ALIVE in props:
             self.keep_alive = props[prop.SERVER_KEEP_ALIVE]
         if not packet.session_present:
@@ -284,7 +286,7 @@ class RemoteConnection:
         elif isinstance(packet, PubAck):
             if packet.reason_code >= 0x80:
                 self._refused(packet.packet_id, packet.reason_code)
-            elif session.puback(packet.packet_id):
+            elif session.puback(packet.packet_id) or self._downgraded(packet.packet_id):
                 status.forwarded += 1
         elif isinstance(packet, PubRec):
             if packet.reason_code >= 0x80:
@@ -306,6 +308,11 @@ class RemoteConnection:
             raise RemoteError(f"disconnected by the remote (reason 0x{packet.reason_code:02x})")
         elif isinstance(packet, ConnAck):
             raise RemoteError("a second CONNACK")
+
+    def _downgraded(self, packet_id: int) -> bool:
+        """PUBACK for a QoS 2 message sent as QoS 1 (the remote's Maximum QoS): done."""
+        session = self.bridge.session
+        return session.pubrec(packet_id) and session.pubcomp(packet_id)
 
     def _refused(self, packet_id: int, reason: int) -> None:
         delivery = self.bridge.session.inflight.get(packet_id)
@@ -370,7 +377,9 @@ class RemoteConnection:
             return True
         remote = replace(message, topic=topic, headers=_marked(message.headers, bridge.name),
                          wire_cache={})
-        data = self.encoder.encode(Delivery(remote, delivery.qos, delivery.retain),
+        qos = min(delivery.qos, self.max_qos)
+        retain = delivery.retain and self.retain_available
+        data = self.encoder.encode(Delivery(remote, qos, retain),
                                    packet_id, dup, bridge.broker.clock())
         if data is None:
             bridge.status.dropped += 1
