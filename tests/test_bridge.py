@@ -388,6 +388,17 @@ async def test_reload_changes_a_rule_and_keeps_the_backlog(tmp_path):
         assert "$bridge/up" not in edge.broker.sessions
 
 
+async def test_unloadable_tls_files_stop_the_start_naming_the_bridge(tmp_path):
+    table = bridge_table(1, url="mqtts://127.0.0.1:1", tls={"cafile": str(tmp_path / "no.crt")})
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with broker(tmp_path / "edge", table):
+            pass
+    errors = info.value.split(ConfigError)[0].exceptions
+    while isinstance(errors[0], BaseExceptionGroup):
+        errors = errors[0].exceptions
+    assert str(errors[0]).startswith("bridge up: tls: cannot load certificates")
+
+
 def test_topic_matching():
     assert topic_matches("#", "a/b") and topic_matches("a/+", "a/b")
     assert not topic_matches("a/+", "a/b/c") and not topic_matches("#", "$SYS/x")

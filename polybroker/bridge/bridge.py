@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from ..broker import Broker
+from ..config import ConfigError
 from ..message import Message
 from ..protocols.mqtt import MQTTError
 from ..sessions import NEVER_EXPIRES, Session, SubscriptionOptions
@@ -89,9 +90,12 @@ class Bridge:
 
     @staticmethod
     def _context(config: BridgeConfig) -> ssl.SSLContext | None:
-        if any(remote.tls for remote in config.remotes):
+        if not any(remote.tls for remote in config.remotes):
+            return None
+        try:
             return client_context(config.tls)
-        return None
+        except ConfigError as exc:
+            raise ConfigError(f"bridge {config.name}: {exc}") from None
 
     # -- the local side ---------------------------------------------------------------------
 
