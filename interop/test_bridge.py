@@ -1,7 +1,8 @@
 """Bridges of a real ``polybroker serve`` process to a real Mosquitto (the Debian package)
 and to another polybroker: the backlog kept while the remote is down (and across a SIGKILL
 of the edge) arrives in order, commands come back in, TLS with client certificates, two
-brokers bridged both ways pass each message once, and SIGHUP changes a rule.
+brokers bridged both ways pass each message once, SIGHUP changes a rule, and what
+stomp.py and pika publish leaves like MQTT messages.
 
 Every wait is for a log line or a message, with a timeout; every process is stopped in
 ``finally``.
@@ -16,13 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pika
 import pytest
 
+from .amqp_support import pika_params
 from .brokerproc import BrokerProcess
 from .clients import OutputProcess
 from .mosquittoproc import Mosquitto
 from .test_paho_mqtt import PahoClient
 from .test_readme import Session, blocks, commands, named_file, sections
+from .test_stomp_py import StompPy
 
 COUNT = 100  # messages published while the remote is down
 
@@ -272,3 +276,35 @@ def test_readme_bridging_example_runs(tmp_path):
         session.subscribers[0].wait_for_line(r"^site1/sensors/t1 21\.5$")
     finally:
         session.close()
+
+
+def test_stomp_and_amqp_messages_wait_and_leave_like_mqtt_ones(tmp_path):
+    remote = Mosquitto(tmp_path / "mosquitto").start()
+    with running(remote):
+        persistent_subscriber(remote.port, "backend", "sensors/#")
+        config = write_config(tmp_path / "edge.toml", "up", f"mqtt://127.0.0.1:{remote.port}",
+                              ['{topic = "sensors/#", direction = "out", qos = 1}'])
+        edge = BrokerProcess(tmp_path / "edge", "--config", str(config), listen=(
+            "mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "amqp://127.0.0.1:0"))
+        with running(edge):
+            edge.wait_for_log("bridge up: connected to")
+            remote.stop()
+            edge.wait_for_log("bridge up: disconnected")
+            stomp = StompPy(edge.stomp_port)
+            try:
+                stomp.send("/topic/sensors/s", "via stomp")  # waits for its RECEIPT
+            finally:
+                stomp.conn.disconnect()
+            connection = pika.BlockingConnection(pika_params(edge.amqp_port))
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()  # basic_publish returns once it is confirmed
+                channel.basic_publish("amq.topic", "sensors.a", b"via amqp",
+                                      pika.BasicProperties(delivery_mode=2))
+            finally:
+                connection.close()
+            remote.start()
+            edge.wait_for_log(r"bridge up: connected to .*\(2 message\(s\) waiting\)")
+            with client(remote.port, "backend", clean=False) as backend:
+                got = [m[:2] for m in backend.receive(2)]
+    assert got == [("sensors/s", b"via stomp"), ("sensors/a", b"via amqp")]
