@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         _prepare_data_dir(config.data_dir)
-        trio.run(_serve_until_signal, config, args.port_file, handlers)
+        trio.run(_serve_until_signal, config, args.port_file, handlers,
+                 lambda: _config_from_args(args))
     except BaseException as exc:
         failure = _start_failure(exc, config.data_dir)
         if failure is None:
@@ -296,7 +298,8 @@ def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 
 async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
-                              log_handlers: list[logging.Handler]) -> None:
+                              log_handlers: list[logging.Handler],
+                              reread: Callable[[], BrokerConfig] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
         running = await start_listeners(config)
@@ -311,12 +314,24 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                     log.info("received SIGHUP, reloading certificates, password and ACL files")
                     running.reload_certificates()
                     running.broker.security.reload()
+                    if reread is not None:
+                        _reload_bridges(running, reread)
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await running.broker.shutdown(grace=SHUTDOWN_GRACE)
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
+
+
+def _reload_bridges(running: RunningBroker, reread: Callable[[], BrokerConfig]) -> None:
+    """Bridges are added, changed and removed as the configuration file now says."""
+    try:
+        running.bridges.reload(reread().bridges)
+    except ConfigError as exc:
+        log.error("bridges not reloaded: %s", exc)
+        return
+    log.info("bridges reloaded: %s", ", ".join(running.bridges.bridges) or "none")
 
 
 def _write_port_file(path: Path, running: RunningBroker) -> None:

@@ -240,6 +240,8 @@ class BrokerConfig:
     log: LogSettings = field(default_factory=LogSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
+    # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
+    bridges: tuple = ()
 
 
 def default_listeners() -> tuple[ListenerConfig, ...]:
@@ -299,7 +301,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level", "log"},
+         "log_level", "log", "bridge"},
         "",
     )
     config = BrokerConfig()
@@ -321,6 +323,10 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, auth=_auth(raw["auth"]))
     if "log" in raw:
         config = replace(config, log=_log(raw["log"]))
+    if "bridge" in raw:
+        from .bridge.config import parse_bridges  # the bridge package builds on this module
+
+        config = replace(config, bridges=parse_bridges(raw["bridge"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:

@@ -14,6 +14,7 @@ from .adapters.amqp import serve_amqp
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
+from .bridge import BridgeManager
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
@@ -149,6 +150,7 @@ class RunningBroker:
     def __init__(self, broker: Broker, bound: tuple[Listener, ...]) -> None:
         self.broker = broker
         self.bound = bound
+        self.bridges = BridgeManager(broker)
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -254,6 +256,8 @@ async def serve_with_storage(
     async with open_durable_state(running.broker) as storage_tasks, \
             trio.open_nursery() as nursery:
         storage_tasks.start(nursery)
+        # After the restore: a bridge takes up its stored session and what waits in it.
+        await nursery.start(running.bridges.run, running.broker.config.bridges)
         await serve_listeners(running, task_status=task_status)
 
 
