@@ -717,7 +717,7 @@ class StoreJournal(Journal):
 class SessionJournal:
     """The records of one persistent session's messages (``Session.journal``)."""
 
-    __slots__ = ("client", "count", "nbytes", "owner", "prefix")
+    __slots__ = ("client", "count", "max_bytes", "max_messages", "nbytes", "owner", "prefix")
 
     def __init__(self, owner: StoreJournal, client: bytes) -> None:
         self.owner = owner
@@ -725,6 +725,10 @@ class SessionJournal:
         self.prefix = MESSAGE + client + SEP
         self.count = 0  # messages stored
         self.nbytes = 0  # their payload bytes
+        # The session's stored bounds: the store's settings, unless the session has
+        # tighter ones of its own (a bridge's backlog).
+        self.max_messages = owner.max_messages
+        self.max_bytes = owner.max_bytes
 
     @classmethod
     def attach(cls, owner: StoreJournal, session: Session) -> SessionJournal:
@@ -744,8 +748,7 @@ class SessionJournal:
     def has_room(self, size: int) -> bool:
         """Whether one more message of ``size`` payload bytes is within the session's
         stored bounds (the session applies ``limits.queue_overflow`` when it is not)."""
-        owner = self.owner
-        return self.count < owner.max_messages and self.nbytes + size <= owner.max_bytes
+        return self.count < self.max_messages and self.nbytes + size <= self.max_bytes
 
     def _store(self, delivery: Delivery, packet_id: int, bounded: bool = True) -> bool:
         """Record a delivery not recorded yet; False if over the session's bounds

@@ -240,7 +240,7 @@ class Session:
         # On disk: the stored bounds, which count in-flight messages too. They bound the
         # QoS 0 messages waiting behind the others as well.
         return (journal.has_room(size)
-                and len(self._queued or ()) < journal.owner.max_messages)
+                and len(self._queued or ()) < journal.max_messages)
 
     def has_room(self) -> bool:
         """Whether a message can be queued without going over a bound (or the session

@@ -23,6 +23,7 @@ from ..broker import Broker
 from ..config import ConfigError
 from ..message import Message
 from ..protocols.mqtt import MQTTError
+from ..queues import DROP_NEW
 from ..sessions import NEVER_EXPIRES, Session, SubscriptionOptions
 from .config import BridgeConfig, RemoteAddress
 from .remote import RemoteConnection, RemoteError, client_context, open_stream, session_id
@@ -114,7 +115,11 @@ class Bridge:
         session.limits = replace(
             self.broker.limits, max_queued_messages=config.max_queued_messages,
             max_queued_bytes=config.max_queued_bytes,
-            max_inflight_messages=config.max_inflight_messages)
+            max_inflight_messages=config.max_inflight_messages, queue_overflow=DROP_NEW)
+        journal = session.journal
+        if journal is not None:  # on disk: the bridge's bounds within the store's
+            journal.max_messages = min(journal.owner.max_messages, config.max_queued_messages)
+            journal.max_bytes = min(journal.owner.max_bytes, config.max_queued_bytes)
         wanted: dict[str, int] = {}
         for rule in config.rules:
             if rule.outbound:
