@@ -1,6 +1,8 @@
 """Where the real broker logs and how much: a line per packet at debug level (as
 Mosquitto's -v), a log file that logrotate can move away (reopened on SIGHUP)."""
 
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -35,38 +37,62 @@ def test_debug_level_logs_each_packet_both_ways(tmp_path):
         assert broker.stop() == 0
 
 
-def wait_for_text(path: Path, text: str, timeout: float = WAIT) -> str:
-    """The file's contents once they hold ``text`` (the broker writes it asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{text!r} not in {path}:\n{content}")
-        time.sleep(0.02)  # polling a file the broker appends to; the deadline bounds it
+class LogPipe:
+    """A named pipe standing where the broker's log file is, so that a test can wait for
+    what the broker writes (``select``) instead of polling a file. A writer end of our own
+    keeps it from ever reading as closed."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self._keep_open = os.open(path, os.O_WRONLY)
+        self.text = ""
+
+    def wait_for(self, text: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise TimeoutError(f"{text!r} not logged; so far:\n{self.text}")
+            self.text += os.read(self.fd, 65536).decode()
+
+    def rest(self) -> str:
+        """Everything written so far (the writer is done)."""
+        while select.select([self.fd], [], [], 0)[0]:
+            self.text += os.read(self.fd, 65536).decode()
+        return self.text
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._keep_open)
 
 
 def test_log_file_is_reopened_on_sighup(tmp_path):
     log_file = tmp_path / "broker.log"
+    first = LogPipe(log_file)
     proc = subprocess.Popen(
         [sys.executable, "-m", "polybroker", "serve", "--listen", "mqtt://127.0.0.1:0",
          "--data-dir", str(tmp_path / "data"), "--log-file", str(log_file)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    second = None
     try:
-        wait_for_text(log_file, "ready")
+        first.wait_for("ready")
         log_file.rename(tmp_path / "broker.log.1")  # as logrotate does
+        second = LogPipe(log_file)  # what the broker opens when it reopens its log
         proc.send_signal(signal.SIGHUP)
-        wait_for_text(log_file, "received SIGHUP")
+        second.wait_for("received SIGHUP")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT) == 0
+        assert "received SIGHUP" not in first.rest()
+        assert second.rest().rstrip().endswith("stopped")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert "received SIGHUP" not in (tmp_path / "broker.log.1").read_text()
-    assert log_file.read_text().rstrip().endswith("stopped")
+        first.close()
+        if second is not None:
+            second.close()
     assert proc.stderr.read() == ""  # nothing on standard error with a log file
 
 

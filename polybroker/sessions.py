@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polybroker.sessions")
 
+# Client ids of sessions the broker holds for itself (a bridge's backlog: ``$bridge/NAME``);
+# a client asking for one is refused.
+RESERVED_CLIENT_ID_PREFIX = "$bridge/"
 MAX_PACKET_ID = 65535
 NEVER_EXPIRES = 0xFFFFFFFF
 # Session._blocking: publishers may wait for room; they waited too long (drop new

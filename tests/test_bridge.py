@@ -117,8 +117,7 @@ async def drained(running: RunningBroker, name: str = "up") -> None:
     """Until the bridge has nothing waiting for the remote (its last PUBACK came)."""
     bridge = running.bridges.bridges[name]
     with trio.fail_after(TIMEOUT):
-        while bridge.refresh_status().backlog_messages:
-            await trio.sleep(0.01)  # polling a counter: the core has no event for it
+        await bridge.wait_until(lambda: not bridge.refresh_status().backlog_messages)
 
 
 async def connected(running: RunningBroker, name: str = "up") -> None:
@@ -178,10 +177,10 @@ async def test_in_rule_brings_commands_to_the_edge(tmp_path):
             await device.subscribe("cmd/#", qos=1)
             await connected(edge)
             backend = await client(cloud, "backend")
-            # The bridge's SUBACK may still be on its way: publish until one arrives.
+            # The bridge's subscription is in place at the remote once its SUBACK came.
+            bridge = edge.bridges.bridges["up"]
             with trio.fail_after(TIMEOUT):
-                while not cloud.broker.router.match("devices/edge-1/lamp/set"):
-                    await trio.sleep(0.01)  # polling the router: no event to wait for
+                await bridge.wait_until(lambda: bridge.status.subacks > 0)
             await publish_acked(backend, "devices/edge-1/lamp/set", b"on", 1)
             got = await receive_publish(device)
             assert (got.topic, got.payload) == ("cmd/lamp/set", b"on")
@@ -306,6 +305,20 @@ async def test_backlog_survives_a_restart_of_the_edge(tmp_path):
         assert got == [b"%d" % i for i in range(10)]
         await drained(edge)
         assert edge.bridges.status()[0].forwarded == 10
+
+
+@pytest.mark.parametrize(("level", "code"), [(4, 0x02), (5, 0x85)])
+async def test_a_client_cannot_take_the_bridges_session(tmp_path, level, code):
+    async with broker(tmp_path / "cloud") as cloud:
+        port = cloud.port()
+    async with broker(tmp_path / "edge", bridge_table(port)) as edge:
+        device = await client(edge, "device")
+        await publish_acked(device, "t", b"kept", 1)
+        thief = RawClient(await trio.open_tcp_stream("127.0.0.1", edge.port()))
+        thief.parser.protocol_level = level
+        connack = await thief.connect("$bridge/up", protocol_level=level, clean_session=True)
+        assert connack.return_code == code
+        assert edge.bridges.status()[0].backlog_messages == 1  # still waiting for the remote
 
 
 async def test_stomp_messages_are_bridged_like_mqtt_ones(tmp_path):

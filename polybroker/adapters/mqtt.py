@@ -46,7 +46,13 @@ from ..protocols.mqtt import (
 )
 from ..protocols.mqtt import properties as prop
 from ..protocols.mqtt import reason_codes as rc
-from ..sessions import NEVER_EXPIRES, Delivery, Session, SubscriptionOptions
+from ..sessions import (
+    NEVER_EXPIRES,
+    RESERVED_CLIENT_ID_PREFIX,
+    Delivery,
+    Session,
+    SubscriptionOptions,
+)
 from ..shared import is_valid_shared_filter, split_shared_filter
 from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
 from .mqtt_connack import fit_connack, imposed_keep_alive
@@ -554,6 +560,13 @@ class MQTTClientConnection:
             client_id = self.broker.generate_client_id()  # [MQTT-3.1.3-6]
             if v5:
                 connack_props[prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
+        if client_id.startswith(RESERVED_CLIENT_ID_PREFIX):
+            # The broker's own sessions (a bridge's backlog) are not for a client to take.
+            self._refuse_with(
+                rc.CLIENT_IDENTIFIER_NOT_VALID if v5 else CONNACK_IDENTIFIER_REJECTED, packet)
+            log.warning("client (%s): refused: client id %r is reserved for the broker",
+                        self.peer, client_id)
+            return False
         self.client_id = client_id
         self.client = Client(self.user, client_id)
         self.keep_alive = packet.keep_alive

@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import trio
@@ -50,6 +51,7 @@ class BridgeStatus:
     backlog_messages: int = 0  # waiting for the remote (queued and in flight)
     backlog_bytes: int = 0
     queue_full_drops: int = 0  # dropped because the backlog was full
+    subacks: int = 0  # SUBACKs the remote sent for the bridge's subscriptions
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -160,6 +162,17 @@ class Bridge:
         """Return once the bridge is in ``state`` (with the remote ``url``, if given)."""
         while self.status.state != state or url not in (None, self.status.remote):
             await self._changed.wait()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds; it is looked at again after every change of
+        state and every acknowledgement from the remote."""
+        while not condition():
+            await self._changed.wait()
+
+    def notify(self) -> None:
+        """Something an operator sees changed: wake those waiting (``wait_until``)."""
+        self._changed.set()
+        self._changed = trio.Event()
 
     def refresh_status(self) -> BridgeStatus:
         session, status = self.session, self.status
@@ -288,8 +301,7 @@ class Bridge:
         else:
             log.info("bridge %s: connecting to %s", self.name, url)
         self._publish_state()
-        self._changed.set()
-        self._changed = trio.Event()
+        self.notify()
 
     def _sys_topic(self) -> str:
         return f"$SYS/broker/connection/{self.name}/state"

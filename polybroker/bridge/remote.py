@@ -43,7 +43,7 @@ from ..protocols.mqtt import (
     encode,
 )
 from ..protocols.mqtt import properties as prop
-from ..sessions import Delivery
+from ..sessions import RESERVED_CLIENT_ID_PREFIX, Delivery
 from ..transports.upgrade import UpgradeRefused, connect_websocket
 from .config import BridgeTLS, RemoteAddress
 
@@ -301,6 +301,7 @@ class RemoteConnection:
             session.inbound_qos2.discard(packet.packet_id)
             self._send(PubComp(packet.packet_id))
         elif isinstance(packet, SubAck):
+            status.subacks += 1
             if any(code >= 0x80 for code in packet.return_codes):
                 log.warning("bridge %s: the remote refused a subscription (codes %s)",
                             self.bridge.name, list(packet.return_codes))
@@ -308,6 +309,7 @@ class RemoteConnection:
             raise RemoteError(f"disconnected by the remote (reason 0x{packet.reason_code:02x})")
         elif isinstance(packet, ConnAck):
             raise RemoteError("a second CONNACK")
+        self.bridge.notify()
 
     def _downgraded(self, packet_id: int) -> bool:
         """PUBACK for a QoS 2 message sent as QoS 1 (the remote's Maximum QoS): done."""
@@ -414,7 +416,7 @@ def _marked(headers: tuple[tuple[str, str], ...], name: str) -> tuple[tuple[str,
 
 
 def session_id(bridge: Bridge) -> str:
-    return "$bridge/" + bridge.name
+    return RESERVED_CLIENT_ID_PREFIX + bridge.name
 
 
 __all__ = ["MARKER", "RemoteConnection", "RemoteError", "client_context", "open_stream"]
