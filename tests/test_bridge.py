@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from polybroker.bridge import MARKER, BridgeConfig
-from polybroker.bridge.bridge import Bridge, topic_matches
+from polybroker.bridge.bridge import Bridge
 from polybroker.config import BrokerConfig, ConfigError, config_from_dict, parse_listen_url
 from polybroker.protocols.mqtt import (
     ConnAck,
@@ -410,12 +410,6 @@ async def test_unloadable_tls_files_stop_the_start_naming_the_bridge(tmp_path):
     while isinstance(errors[0], BaseExceptionGroup):
         errors = errors[0].exceptions
     assert str(errors[0]).startswith("bridge up: tls: cannot load certificates")
-
-
-def test_topic_matching():
-    assert topic_matches("#", "a/b") and topic_matches("a/+", "a/b")
-    assert not topic_matches("a/+", "a/b/c") and not topic_matches("#", "$SYS/x")
-    assert topic_matches("a/#", "a")
 
 
 def test_bridge_tables():

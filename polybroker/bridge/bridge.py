@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from ..auth.filters import filter_matches
 from ..broker import Broker
 from ..config import ConfigError
 from ..message import Message
@@ -52,18 +53,6 @@ class BridgeStatus:
     backlog_bytes: int = 0
     queue_full_drops: int = 0  # dropped because the backlog was full
     subacks: int = 0  # SUBACKs the remote sent for the bridge's subscriptions
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False  # [MQTT-4.7.2-1]
-    filters, levels = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(filters):
-        if level == "#":
-            return True
-        if i >= len(levels) or (level != "+" and level != levels[i]):
-            return False
-    return len(filters) == len(levels)
 
 
 class Bridge:
@@ -140,14 +129,14 @@ class Bridge:
     def remote_topic(self, topic: str) -> str | None:
         """Where a local message goes at the remote (the first outbound rule it matches)."""
         for rule in self.config.rules:
-            if rule.outbound and topic_matches(rule.local_filter, topic):
+            if rule.outbound and filter_matches(rule.local_filter, topic):
                 return rule.remote_prefix + topic[len(rule.local_prefix):]
         return None
 
     def local_topic(self, topic: str) -> str | None:
         """Where a message from the remote goes here (the first inbound rule it matches)."""
         for rule in self.config.rules:
-            if rule.inbound and topic_matches(rule.remote_filter, topic):
+            if rule.inbound and filter_matches(rule.remote_filter, topic):
                 return rule.local_prefix + topic[len(rule.remote_prefix):]
         return None
 
