@@ -16,7 +16,7 @@ import trio.testing
 
 from polybroker.auth import ScramSha256, ScramUserStore
 from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits, MQTTSettings
+from polybroker.config import Limits, MQTTSettings
 from polybroker.protocols.mqtt import (
     Auth,
     ConnAck,
@@ -56,12 +56,6 @@ CAPABILITIES = {
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def start_broker(nursery: trio.Nursery, **limits: object) -> Broker:
-    broker = Broker(BrokerConfig(limits=Limits(**limits)))
-    nursery.start_soon(broker.timers.run)
-    return broker
 
 
 async def connect5(
@@ -152,9 +146,10 @@ async def test_MQTT_3_2_2_9_connack_advertises_capabilities_and_no_maximum_qos(n
     assert await client.publishes_until_idle() == []  # no AUTH either
 
 
-async def test_connack_advertises_maximum_packet_size_when_limited_section_3_2_2_3_6(nursery):
-    broker = start_broker(nursery, max_packet_size=1000, receive_maximum=10,
-                          topic_alias_maximum=5)
+async def test_connack_advertises_maximum_packet_size_when_limited_section_3_2_2_3_6(
+    nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=1000, receive_maximum=10,
+                                       topic_alias_maximum=5))
     _, connack = await connect5(nursery, broker, "dev")
     assert connack == ConnAck(properties=CAPABILITIES | {
         prop.MAXIMUM_PACKET_SIZE: 1000,
@@ -195,9 +190,9 @@ async def test_MQTT_3_2_2_16_assigned_client_identifier_for_empty_id(nursery, br
     ],
 )
 async def test_MQTT_3_1_2_28_response_information_only_when_requested(
-    nursery, configured, request_value, sent
+    nursery, configured, request_value, sent, make_broker
 ):
-    broker = Broker(BrokerConfig(mqtt=MQTTSettings(response_information=configured)))
+    broker = make_broker(mqtt=MQTTSettings(response_information=configured))
     props = {} if request_value is None else {prop.REQUEST_RESPONSE_INFORMATION: request_value}
     _, connack = await connect5(nursery, broker, "dev", properties=props)
     expected = CAPABILITIES | ({prop.RESPONSE_INFORMATION: configured} if sent else {})
@@ -487,8 +482,8 @@ async def test_MQTT_3_3_4_9_client_receive_maximum_limits_unacknowledged_deliver
     assert await sub.publishes_until_idle() == [Publish("t", b"4", qos=1, packet_id=5)]
 
 
-async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nursery):
-    broker = start_broker(nursery, receive_maximum=2)
+async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nursery, make_broker):
+    broker = make_broker(limits=Limits(receive_maximum=2))
     pub, connack = await connect5(nursery, broker, "pub")
     assert connack.properties[prop.RECEIVE_MAXIMUM] == 2
     # QoS 1 is acknowledged at once, so it never counts.
@@ -609,8 +604,9 @@ async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent
     assert broker.sessions["small"].inflight == {}
 
 
-async def test_MQTT_3_2_2_15_packet_larger_than_server_maximum_disconnect_0x95(nursery):
-    broker = start_broker(nursery, max_packet_size=200)
+async def test_MQTT_3_2_2_15_packet_larger_than_server_maximum_disconnect_0x95(
+    nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=200))
     pub, connack = await connect5(nursery, broker, "pub")
     assert connack.properties[prop.MAXIMUM_PACKET_SIZE] == 200
     await send5(pub, Publish("t", b"x" * 300))
@@ -1464,8 +1460,8 @@ async def test_v311_publisher_reaches_a_v5_subscriber(nursery, broker):
 # -- Limits and server overrides ----------------------------------------------------------------
 
 
-async def test_subscription_limit_answers_quota_exceeded_0x97(nursery):
-    broker = start_broker(nursery, max_subscriptions_per_client=2)
+async def test_subscription_limit_answers_quota_exceeded_0x97(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_subscriptions_per_client=2))
     client = await client5(nursery, broker, "sub")
     await send5(client, Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
     assert (await client.receive()).return_codes == (1, 1)
@@ -1475,16 +1471,17 @@ async def test_subscription_limit_answers_quota_exceeded_0x97(nursery):
     assert set(broker.sessions["sub"].subscriptions) == {"a", "b"}
 
 
-async def test_subscription_limit_answers_failure_at_3_1_1(nursery):
-    broker = start_broker(nursery, max_subscriptions_per_client=1)
+async def test_subscription_limit_answers_failure_at_3_1_1(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_subscriptions_per_client=1))
     client = await connect_client(nursery, broker)
     await client.connect("old")
     await client.send(Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
     assert (await client.receive()).return_codes == (1, 0x80)
 
 
-async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(nursery, autojump_clock):
-    broker = start_broker(nursery, max_keepalive=4)
+async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(max_keepalive=4))
     client, connack = await connect5(nursery, broker, "dev", keep_alive=600)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 4
     start = trio.current_time()
@@ -1498,10 +1495,10 @@ PAHO_KEEPALIVE = {"max_keepalive": 60}
 
 
 async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_silence(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
     # Paho's test_keepalive: asks for 5 s, goes silent; its will comes 7.5 s later.
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     watcher = await client5(nursery, broker, "watcher", keep_alive=60)
     await subscribe5(watcher, "wills/#")
     _device, connack = await connect5(nursery, broker, "dev", keep_alive=5,
@@ -1513,10 +1510,10 @@ async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_si
 
 
 async def test_MQTT_3_2_2_21_keep_alive_above_max_keepalive_gets_server_keep_alive(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
     # Paho's test_server_keep_alive: asks for 120 with a cap of 60, is told 60.
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     _, connack = await connect5(nursery, broker, "long", keep_alive=120)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
     # No keep alive at all is longer than any cap.
@@ -1531,9 +1528,9 @@ async def test_max_keepalive_default_admits_any_keep_alive_even_none(nursery, br
 
 
 @pytest.mark.parametrize("asked", [61, 0])
-async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked):
+async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked, make_broker):
     # 3.1.1 has no Server Keep Alive: refused as Mosquitto does (identifier rejected).
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     client = await connect_client(nursery, broker)
     await client.send(Connect("old", keep_alive=asked))
     assert await client.receive_until_closed() == [ConnAck(return_code=0x02)]
@@ -1542,8 +1539,8 @@ async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, 
     assert "old" not in broker.sessions
 
 
-async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery):
-    broker = start_broker(nursery, max_outgoing_bytes=10_000)
+async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=10_000))
     slow = await connect_client(nursery, broker, lockstep=True)
     slow.parser.protocol_level = V5
     await slow.send(Connect("slow", protocol_level=V5, clean_session=False,

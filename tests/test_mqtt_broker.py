@@ -6,8 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits
+from polybroker.config import Limits
 from polybroker.message import Message
 from polybroker.protocols.mqtt import (
     ConnAck,
@@ -27,10 +26,6 @@ from polybroker.protocols.mqtt import (
 )
 
 from .rawclient import connect_client
-
-
-def make_broker(**limits: object) -> Broker:
-    return Broker(BrokerConfig(limits=Limits(**limits)))
 
 
 async def test_connack_accepts_new_clean_session(nursery, broker):
@@ -238,8 +233,9 @@ async def test_ping_keeps_connection_alive(nursery, broker, autojump_clock):
         assert await device.publishes_until_idle() == []
 
 
-async def test_connection_without_connect_is_closed_after_timeout(nursery, autojump_clock):
-    broker = make_broker(connect_timeout=3)
+async def test_connection_without_connect_is_closed_after_timeout(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(connect_timeout=3))
     silent = await connect_client(nursery, broker)
     await silent.send_raw(b"\x10\x0c\x00\x04MQ")  # half a CONNECT, then nothing
     start = trio.current_time()
@@ -333,8 +329,8 @@ async def test_unacknowledged_resent_with_dup_on_reconnect_MQTT_4_4_0_1(nursery,
     assert broker.sessions["sub"].inflight == {}
 
 
-async def test_inflight_window_bounds_unacknowledged_deliveries(nursery):
-    broker = make_broker(max_inflight_messages=2)
+async def test_inflight_window_bounds_unacknowledged_deliveries(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_inflight_messages=2))
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 1)
@@ -351,8 +347,8 @@ async def test_inflight_window_bounds_unacknowledged_deliveries(nursery):
     assert [p.payload for p in await sub.publishes_until_idle()] == [b"3"]
 
 
-async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
-    broker = make_broker(max_queued_messages=3)
+async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog, make_broker):
+    broker = make_broker(limits=Limits(max_queued_messages=3))
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
     await sub.subscribe("t", 1)
@@ -370,8 +366,8 @@ async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
     assert [p.payload for p in await back.publishes_until_idle()] == [b"0", b"1", b"2"]
 
 
-async def test_slow_reader_qos0_backlog_is_bounded(nursery):
-    broker = make_broker(max_outgoing_bytes=10_000)
+async def test_slow_reader_qos0_backlog_is_bounded(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=10_000))
     slow = await connect_client(nursery, broker, lockstep=True)
     await slow.connect("slow")
     await slow.subscribe("t", 0)
