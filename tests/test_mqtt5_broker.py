@@ -146,7 +146,7 @@ async def test_MQTT_3_2_2_9_connack_advertises_capabilities_and_no_maximum_qos(n
     assert await client.publishes_until_idle() == []  # no AUTH either
 
 
-async def test_connack_advertises_maximum_packet_size_when_limited_section_3_2_2_3_6(
+async def test_section_3_2_2_3_6_connack_advertises_maximum_packet_size_when_limited(
     nursery, make_broker):
     broker = make_broker(limits=Limits(max_packet_size=1000, receive_maximum=10,
                                        topic_alias_maximum=5))
@@ -252,7 +252,7 @@ async def test_MQTT_3_1_2_23_session_expiry_0xFFFFFFFF_never_expires(
     ("at_connect", "at_disconnect", "offline_for", "present"),
     [(10, 100, 50, True), (100, 0, 1, False), (100, 5, 6, False)],
 )
-async def test_session_expiry_changed_at_disconnect_section_3_14_2_2_2(
+async def test_section_3_14_2_2_2_session_expiry_changed_at_disconnect(
     nursery, broker, autojump_clock, at_connect, at_disconnect, offline_for, present
 ):
     client = await client5(nursery, broker, "dev", properties=expiry(at_connect))
@@ -262,7 +262,7 @@ async def test_session_expiry_changed_at_disconnect_section_3_14_2_2_2(
     assert connack.session_present is present
 
 
-async def test_session_expiry_set_at_disconnect_after_0_is_a_protocol_error_3_14_2_2_2(
+async def test_section_3_14_2_2_2_session_expiry_set_at_disconnect_after_0_is_a_protocol_error(
     nursery, broker
 ):
     watcher = await client5(nursery, broker, "watcher")
@@ -583,7 +583,8 @@ async def test_MQTT_3_1_2_24_assigned_client_identifier_is_not_dropped(nursery, 
     assert broker.sessions == {}
 
 
-async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent(nursery, broker):
+async def test_MQTT_3_1_2_24_and_MQTT_3_1_2_25_message_too_large_for_the_client_is_not_sent(
+    nursery, broker):
     small = await client5(nursery, broker, "small", properties={prop.MAXIMUM_PACKET_SIZE: 100})
     await subscribe5(small, "t", 1)
     large = await client5(nursery, broker, "large")
@@ -644,7 +645,7 @@ async def test_MQTT_3_3_2_12_inbound_topic_alias_set_then_used(nursery, broker):
         65,
     ],
 )
-async def test_MQTT_3_2_2_17_and_3_3_2_8_topic_alias_out_of_range_disconnect_0x94(
+async def test_MQTT_3_2_2_17_and_MQTT_3_3_2_8_topic_alias_out_of_range_disconnect_0x94(
     nursery, broker, alias
 ):
     pub = await client5(nursery, broker, "pub")
@@ -653,7 +654,7 @@ async def test_MQTT_3_2_2_17_and_3_3_2_8_topic_alias_out_of_range_disconnect_0x9
     await closed_with(pub, rc.TOPIC_ALIAS_INVALID)
 
 
-async def test_unknown_topic_alias_with_empty_topic_is_a_protocol_error_3_3_2_3_4(
+async def test_section_3_3_2_3_4_unknown_topic_alias_with_empty_topic_is_a_protocol_error(
     nursery, broker
 ):
     pub = await client5(nursery, broker, "pub")
@@ -728,7 +729,7 @@ async def test_MQTT_3_8_3_3_no_local(nursery, broker):
     assert await local.publishes_until_idle() == [Publish("t", b"from other")]
 
 
-async def test_MQTT_3_3_1_12_and_13_retain_as_published(nursery, broker):
+async def test_MQTT_3_3_1_12_and_MQTT_3_3_1_13_retain_as_published(nursery, broker):
     as_published = await client5(nursery, broker, "rap")
     await subscribe5(as_published, "t", retain_as_published=True)
     cleared = await client5(nursery, broker, "plain")
@@ -750,7 +751,8 @@ async def test_MQTT_3_3_1_12_and_13_retain_as_published(nursery, broker):
         (2, False, False),  # [MQTT-3.3.1-11]: never
     ],
 )
-async def test_MQTT_3_3_1_9_to_11_retain_handling(nursery, broker, retain_handling, first, second):
+async def test_MQTT_3_3_1_9_to_MQTT_3_3_1_11_retain_handling(
+    nursery, broker, retain_handling, first, second):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("r", b"kept", retain=True))
     await pub.publishes_until_idle()
@@ -816,7 +818,7 @@ async def test_MQTT_3_8_3_4_no_local_on_a_shared_subscription_disconnect_0x82(nu
 # -- Shared subscriptions ---------------------------------------------------------------------
 
 
-async def test_shared_subscription_balances_messages_across_members_section_4_8_2(
+async def test_section_4_8_2_shared_subscription_balances_messages_across_members(
     nursery, broker
 ):
     members = {}
@@ -834,7 +836,7 @@ async def test_shared_subscription_balances_messages_across_members_section_4_8_
     assert all(p.topic == "t/x" for packets in received.values() for p in packets)
 
 
-async def test_shared_subscription_gets_no_retained_messages_section_4_8_2(nursery, broker):
+async def test_section_4_8_2_shared_subscription_gets_no_retained_messages(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("t", b"retained", retain=True))
     await pub.publishes_until_idle()
@@ -864,7 +866,7 @@ async def shared_pair(nursery, broker, qos: int, session_expiry: int = 0):
     return members, pub
 
 
-async def test_shared_member_gone_with_unacknowledged_qos1_goes_to_another_member_4_8_2(
+async def test_section_4_8_2_shared_member_gone_with_unacknowledged_qos1_goes_to_another_member(
     nursery, broker
 ):
     (a, b), pub = await shared_pair(nursery, broker, 1)
@@ -936,7 +938,8 @@ async def test_MQTT_4_8_2_4_qos2_shared_message_completed_to_the_same_client_on_
 # -- Request / response and other PUBLISH properties ----------------------------------------------
 
 
-async def test_MQTT_3_3_2_15_to_20_request_response_properties_pass_through(nursery, broker):
+async def test_MQTT_3_3_2_15_to_MQTT_3_3_2_20_request_response_properties_pass_through(
+    nursery, broker):
     request_props = {
         prop.PAYLOAD_FORMAT_INDICATOR: 1,  # [MQTT-3.3.2-4]
         prop.MESSAGE_EXPIRY_INTERVAL: 60,  # [MQTT-3.3.2-6]: nothing waited, all 60 left
@@ -989,7 +992,7 @@ async def test_MQTT_3_3_2_4_invalid_utf8_with_payload_format_1_qos1_puback_0x99(
     ]
 
 
-async def test_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99_section_3_3_2_3_2(
+async def test_section_3_3_2_3_2_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99(
     nursery, broker
 ):
     sub = await client5(nursery, broker, "sub")
@@ -1000,7 +1003,7 @@ async def test_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99_section_3
     assert await sub.publishes_until_idle() == []
 
 
-async def test_puback_and_pubrec_0x10_when_no_subscriber_matches_section_3_4_2_1(nursery, broker):
+async def test_section_3_4_2_1_puback_and_pubrec_0x10_when_no_subscriber_matches(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("nobody/listens", b"x", qos=1, packet_id=1),
                 Publish("nobody/listens", b"x", qos=2, packet_id=2))
@@ -1023,7 +1026,7 @@ async def test_MQTT_3_11_3_1_unsuback_0x11_for_no_subscription_in_filter_order(n
                                                rc.NO_SUBSCRIPTION_EXISTED))
 
 
-async def test_pubrel_for_an_unknown_packet_id_pubcomp_0x92_section_3_7_2_1(nursery, broker):
+async def test_section_3_7_2_1_pubrel_for_an_unknown_packet_id_pubcomp_0x92(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, PubRel(42))
     assert await pub.receive() == PubComp(42, rc.PACKET_IDENTIFIER_NOT_FOUND)
@@ -1080,7 +1083,7 @@ async def test_MQTT_3_1_0_2_second_connect_disconnect_0x82(nursery, broker):
     await closed_with(client, rc.PROTOCOL_ERROR)
 
 
-async def test_server_shutdown_disconnect_0x8b_section_4_13(nursery, broker):
+async def test_section_4_13_server_shutdown_disconnect_0x8b(nursery, broker):
     v5 = await client5(nursery, broker, "v5")
     v311 = await connect_client(nursery, broker)
     await v311.connect("v311")
@@ -1260,7 +1263,7 @@ async def test_MQTT_4_7_3_4_no_normalization_of_topics(nursery, broker):
 
 
 @pytest.mark.parametrize("topic_filter", ["$share//t", "$share/g", "$share/g/"])
-async def test_MQTT_4_8_2_1_and_2_ill_formed_shared_subscription_filter_refused(
+async def test_MQTT_4_8_2_1_and_MQTT_4_8_2_2_ill_formed_shared_subscription_filter_refused(
     nursery, broker, topic_filter
 ):
     sub = await client5(nursery, broker, "sub")
