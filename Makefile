@@ -21,16 +21,20 @@ $(STAMP): $(RUNTIME)
 run: $(RUNTIME)
 	$(VENV)/bin/polybroker serve
 
-test: $(STAMP) tools
-	$(PY) -m ruff check .
+test: lint tools
 	$(PY) -m pytest
 
 # The unit and in-memory tests only: no Debian packages, no npm.
 unit: $(STAMP)
 	$(PY) -m pytest tests
 
+# mypy covers only the folders that pass it: protocols/ and storage/. polybroker/ is
+# left out until it passes too (`$(PY) -m mypy polybroker` shows what remains).
+TYPED := protocols storage
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy $(TYPED)
 
 tools:
 	@sh interop/install-tools.sh

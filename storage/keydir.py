@@ -41,7 +41,7 @@ class KeyDirectory:
 
     def __init__(self) -> None:
         # A plain dict while replaying (much faster to fill); ``finish_load`` sorts it once.
-        self.live: SortedDict | dict[bytes, Entry] = {}
+        self.live: SortedDict[bytes, Entry] | dict[bytes, Entry] = {}
         self.tombstones: dict[bytes, Entry] = {}
         self.live_bytes: defaultdict[int, int] = defaultdict(int)
 

@@ -69,6 +69,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from sortedcontainers import SortedDict
+
 from .compaction import CompactionJob
 from .errors import (
     CorruptRecordError,
@@ -297,6 +299,7 @@ class LogStore:
         start, inclusive = prefix, True
         while True:
             live = self._index.live
+            assert isinstance(live, SortedDict)  # sorted once the replay finished
             batch = list(islice(live.irange(start, None, (inclusive, True)), _SCAN_BATCH))
             for key in batch:
                 if not key.startswith(prefix):

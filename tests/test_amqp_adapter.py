@@ -15,7 +15,7 @@ import trio.testing
 from polybroker import __version__
 from polybroker.adapters import amqp as amqp_adapter
 from polybroker.broker import Broker
-from polybroker.config import AmqpSettings, BrokerConfig, ConfigError, Limits, config_from_dict
+from polybroker.config import AmqpSettings, ConfigError, Limits, config_from_dict
 from polybroker.protocols.amqp import (
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
@@ -150,11 +150,6 @@ async def open_client(nursery, broker: Broker, channels: int = 1, **handshake) -
     return client
 
 
-def make_broker(amqp: AmqpSettings | None = None, **limits) -> Broker:
-    limits.setdefault("connect_timeout", 10)
-    return Broker(BrokerConfig(limits=Limits(**limits), amqp=amqp or AmqpSettings()))
-
-
 def assert_close(method: Method, code: int, class_id: int = 0, method_id: int = 0) -> None:
     assert isinstance(method, ConnectionClose | ChannelClose), method
     assert (method.reply_code, method.class_id, method.method_id) == (
@@ -193,8 +188,8 @@ async def test_start_offers_capabilities_mechanisms_and_tune_proposes_limits(nur
     assert (tune.channel_max, tune.frame_max, tune.heartbeat) == (2047, 131072, 60)
 
 
-async def test_tune_values_come_from_the_amqp_settings(nursery):
-    broker = make_broker(AmqpSettings(heartbeat=5, frame_max=8192, channel_max=3))
+async def test_tune_values_come_from_the_amqp_settings(nursery, make_broker):
+    broker = make_broker(amqp=AmqpSettings(heartbeat=5, frame_max=8192, channel_max=3))
     client = await start_client(nursery, broker)
     await client.send_raw(PROTOCOL_HEADER)
     await client.expect(0, ConnectionStart)
@@ -257,8 +252,8 @@ async def test_method_before_open_is_command_invalid(nursery, broker):
     assert_close(await client.expect(0, ConnectionClose), 503, 10, 40)
 
 
-async def test_handshake_must_end_within_the_connect_timeout(nursery, autojump_clock):
-    broker = make_broker(connect_timeout=3)
+async def test_handshake_must_end_within_the_connect_timeout(nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(connect_timeout=3))
     client = await start_client(nursery, broker)
     await client.send_raw(PROTOCOL_HEADER)
     await client.expect(0, ConnectionStart)
@@ -336,22 +331,22 @@ async def test_second_channel_open_is_channel_error(nursery, broker):
     assert_close(await client.expect(0, ConnectionClose), 504, 20, 10)
 
 
-async def test_channel_above_channel_max_is_refused(nursery):
-    broker = make_broker(AmqpSettings(channel_max=2))
+async def test_channel_above_channel_max_is_refused(nursery, make_broker):
+    broker = make_broker(amqp=AmqpSettings(channel_max=2))
     client = await open_client(nursery, broker, channels=2)
     await client.send(3, ChannelOpen())
     assert_close(await client.expect(0, ConnectionClose), 504, 20, 10)
 
 
-async def test_frame_above_frame_max_is_frame_error(nursery):
-    broker = make_broker(AmqpSettings(frame_max=4096))
+async def test_frame_above_frame_max_is_frame_error(nursery, make_broker):
+    broker = make_broker(amqp=AmqpSettings(frame_max=4096))
     client = await open_client(nursery, broker)
     await client.publish(1, "", "q", b"x" * 5000, frame_max=0)  # one oversize body frame
     assert (await client.expect(0, ConnectionClose)).reply_code == 501
 
 
-async def test_body_above_max_packet_size_is_content_too_large(nursery):
-    broker = make_broker(max_packet_size=1000)
+async def test_body_above_max_packet_size_is_content_too_large(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=1000))
     client = await open_client(nursery, broker)
     await client.publish(1, "", "q", b"x" * 1001)
     assert_close(await client.expect(0, ConnectionClose), 311, 60, 40)
@@ -478,8 +473,8 @@ async def test_properties_of_a_publish_that_do_not_decode_are_syntax_error(nurse
 
 
 
-async def test_a_client_that_does_not_read_is_not_read_either(nursery, autojump_clock):
-    broker = make_broker(max_outgoing_bytes=50_000, send_timeout=100)
+async def test_a_client_that_does_not_read_is_not_read_either(nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=50_000, send_timeout=100))
     client_stream, server_stream = trio.testing.lockstep_stream_pair()
     connection = amqp_adapter.AMQPClientConnection(server_stream, broker, "lazy-peer")
     nursery.start_soon(connection.run)

@@ -9,6 +9,7 @@ import trio.testing
 
 from polybroker.adapters import amqp as amqp_adapter
 from polybroker.adapters import amqp_channel
+from polybroker.config import Limits
 from polybroker.message import Message
 from polybroker.protocols.amqp import (
     BasicAck,
@@ -51,7 +52,7 @@ from polybroker.protocols.amqp import (
 from polybroker.sessions import SubscriptionOptions
 
 from .stompclient import connect_client as connect_stomp
-from .test_amqp_adapter import AmqpTestClient, assert_close, make_broker, open_client
+from .test_amqp_adapter import AmqpTestClient, assert_close, open_client
 
 
 async def consume(client: AmqpTestClient, channel: int, queue: str, tag: str = "",
@@ -426,8 +427,8 @@ async def test_message_from_the_topic_space_gets_properties(nursery, broker):
     assert decode_properties(second.properties).delivery_mode == 1
 
 
-async def test_a_connection_that_does_not_read_leaves_messages_to_others(nursery):
-    broker = make_broker(max_outgoing_bytes=4000)
+async def test_a_connection_that_does_not_read_leaves_messages_to_others(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=4000))
     # lockstep: the broker's writes to ``slow`` block until the test reads them.
     slow_stream, server_stream = trio.testing.lockstep_stream_pair()
     nursery.start_soon(amqp_adapter.serve_amqp, server_stream, broker, "slow-peer")

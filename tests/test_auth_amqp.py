@@ -2,15 +2,12 @@
 the password file, anonymous access per listener, the refusal delay, and the ACL applied
 to queues, publishes and bindings on ``amq.topic``."""
 
-from pathlib import Path
-
 import pytest
 import trio
 import trio.testing
 
 from polybroker.adapters import amqp as amqp_adapter
 from polybroker.broker import Broker
-from polybroker.config import BrokerConfig
 from polybroker.message import Message
 from polybroker.protocols.amqp import (
     PROTOCOL_HEADER,
@@ -39,7 +36,7 @@ from polybroker.protocols.amqp import (
 )
 
 from .test_amqp_adapter import AmqpTestClient, assert_close
-from .test_auth_stomp import make_broker as make_secured_broker
+from .test_auth_stomp import USERS
 
 ACL = """
 queue read public.*
@@ -49,10 +46,6 @@ queue read audit
 topic readwrite sensors/#
 topic deny sensors/secret/#
 """
-
-
-def make_broker(nursery, tmp_path: Path, **auth: object) -> Broker:
-    return make_secured_broker(nursery, tmp_path, ACL, **auth)
 
 
 def start_client(nursery, broker: Broker, *, allow_anonymous: bool = True,
@@ -86,8 +79,9 @@ async def alice(nursery, broker) -> AmqpTestClient:
 
 
 @pytest.mark.parametrize("login", [plain, amqplain])
-async def test_password_file_users_log_in_with_plain_and_amqplain(nursery, tmp_path, login):
-    broker = make_broker(nursery, tmp_path)
+async def test_password_file_users_log_in_with_plain_and_amqplain(
+    nursery, login, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = start_client(nursery, broker, allow_anonymous=False)
     await start_ok(client, *login("alice", "wonderland"))
     await client.expect(0, ConnectionTune)
@@ -100,9 +94,9 @@ async def test_password_file_users_log_in_with_plain_and_amqplain(nursery, tmp_p
     (plain("guest", "guest"), False),  # no such user and no anonymous access
     (("EXTERNAL", b""), True),
 ])
-async def test_refused_login_is_403_whatever_was_wrong(nursery, tmp_path, caplog, credentials,
-                                                       allow_anonymous):
-    broker = make_broker(nursery, tmp_path)
+async def test_refused_login_is_403_whatever_was_wrong(
+    nursery, caplog, credentials, allow_anonymous, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = start_client(nursery, broker, allow_anonymous=allow_anonymous)
     await start_ok(client, *credentials)
     close = await client.expect(0, ConnectionClose)
@@ -114,8 +108,8 @@ async def test_refused_login_is_403_whatever_was_wrong(nursery, tmp_path, caplog
     assert "wrong" not in caplog.text  # never the password
 
 
-async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
-    broker = make_broker(nursery, tmp_path, failure_delay=2.5)
+async def test_refusal_waits_failure_delay(nursery, autojump_clock, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL, failure_delay=2.5))
     client = start_client(nursery, broker, allow_anonymous=False)
     await start_ok(client, *plain("", ""))  # no password to hash: the delay alone
     started = trio.current_time()
@@ -123,8 +117,7 @@ async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
     assert trio.current_time() - started >= 2.5
 
 
-async def test_anonymous_client_without_password_file_gets_in_when_allowed(nursery):
-    broker = Broker(BrokerConfig())
+async def test_anonymous_client_without_password_file_gets_in_when_allowed(nursery, broker):
     client = start_client(nursery, broker, allow_anonymous=True)
     await client.handshake()  # guest/guest, no password file: anonymous
     refused = start_client(nursery, broker, allow_anonymous=False)
@@ -132,8 +125,9 @@ async def test_anonymous_client_without_password_file_gets_in_when_allowed(nurse
     assert (await refused.expect(0, ConnectionClose)).reply_code == 403
 
 
-async def test_frames_pipelined_after_start_ok_wait_for_the_login(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_frames_pipelined_after_start_ok_wait_for_the_login(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = start_client(nursery, broker, allow_anonymous=False)
     await client.send_raw(PROTOCOL_HEADER)
     await client.expect(0, ConnectionStart)
@@ -148,8 +142,8 @@ async def test_frames_pipelined_after_start_ok_wait_for_the_login(nursery, tmp_p
     await client.expect(0, ConnectionOpenOk)
 
 
-async def test_certificate_identity_logs_in_without_password(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_certificate_identity_logs_in_without_password(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = start_client(nursery, broker, allow_anonymous=False, identity="alice")
     await client.handshake(response=b"\0ignored\0ignored")
     await client.open_channel(1)
@@ -166,8 +160,8 @@ async def test_certificate_identity_logs_in_without_password(nursery, tmp_path):
     BasicConsume(queue="private", consumer_tag="c"),
     BasicGet(queue="private"),
 ])
-async def test_queue_without_read_right_is_refused_403(nursery, tmp_path, method):
-    broker = make_broker(nursery, tmp_path)
+async def test_queue_without_read_right_is_refused_403(nursery, method, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     broker.queues.declare_queue("private", owner=None, passive=False, durable=False,
                                 exclusive=False, auto_delete=False, arguments={})
     client = await alice(nursery, broker)
@@ -179,16 +173,17 @@ async def test_queue_without_read_right_is_refused_403(nursery, tmp_path, method
     assert (await client.declare(2, "jobs")).queue == "jobs"
 
 
-async def test_server_named_queues_are_the_clients_own(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_server_named_queues_are_the_clients_own(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     declared = await client.declare(1, "", exclusive=True)
     await client.send(1, BasicConsume(queue=declared.queue, consumer_tag="mine"))
     await client.expect(1, BasicConsumeOk)
 
 
-async def test_publish_to_a_queue_without_write_right_closes_the_channel(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_publish_to_a_queue_without_write_right_closes_the_channel(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.declare(1, "jobs")
     await client.declare(1, "audit")
@@ -199,8 +194,8 @@ async def test_publish_to_a_queue_without_write_right_closes_the_channel(nursery
     assert broker.queues.get("audit").message_count == 0
 
 
-async def test_other_exchanges_deliver_only_into_writable_queues(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_other_exchanges_deliver_only_into_writable_queues(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.send(1, ExchangeDeclare(exchange="fan", type="fanout"))
     await client.expect(1, ExchangeDeclareOk)
@@ -214,8 +209,8 @@ async def test_other_exchanges_deliver_only_into_writable_queues(nursery, tmp_pa
     assert [e.message.payload for e in broker.queues.get("jobs").ready] == [b"hello"]
 
 
-async def test_amq_topic_binding_needs_the_subscribe_right(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_amq_topic_binding_needs_the_subscribe_right(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.declare(1, "jobs")
     await client.send(1, QueueBind(queue="jobs", exchange="amq.topic",
@@ -226,10 +221,10 @@ async def test_amq_topic_binding_needs_the_subscribe_right(nursery, tmp_path):
     assert_close(close, 403, 50, 20)
 
 
-async def test_denied_topic_subscriber_receives_nothing(nursery, tmp_path):
+async def test_denied_topic_subscriber_receives_nothing(nursery, make_broker, auth_config):
     """A queue bound on amq.topic gets what MQTT publishes to allowed topics only: the
     binding that would read secrets is refused, so a later allowed marker arrives alone."""
-    broker = make_broker(nursery, tmp_path)
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.declare(1, "jobs")
     await client.send(1, QueueBind(queue="jobs", exchange="amq.topic",
@@ -246,16 +241,16 @@ async def test_denied_topic_subscriber_receives_nothing(nursery, tmp_path):
     assert delivery.body == b"marker"
 
 
-async def test_amq_topic_publish_needs_the_publish_right(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_amq_topic_publish_needs_the_publish_right(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.publish(1, "amq.topic", "sensors.t1", b"ok")
     await client.publish(1, "amq.topic", "sensors.secret.key", b"no")
     assert_close(await client.expect(1, ChannelClose), 403, 60, 40)
 
 
-async def test_general_rules_apply_to_anonymous_clients(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_general_rules_apply_to_anonymous_clients(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     broker.queues.declare_queue("public.news", owner=None, passive=False, durable=False,
                                 exclusive=False, auto_delete=False, arguments={})
     client = start_client(nursery, broker, allow_anonymous=True)

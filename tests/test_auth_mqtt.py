@@ -2,16 +2,13 @@
 
 import logging
 from functools import partial
-from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from polybroker.adapters.mqtt import serve_mqtt
-from polybroker.auth.passwords import hash_password
 from polybroker.broker import Broker
-from polybroker.config import AuthConfig, BrokerConfig
 from polybroker.protocols.mqtt import (
     ConnAck,
     Connect,
@@ -43,24 +40,6 @@ topic deny secret/#
 user sensor-1
 topic write telemetry/#
 """
-
-
-def make_broker(nursery, tmp_path: Path, *, acl: str | None = ACL, passwords: bool = True,
-                **auth: object) -> Broker:
-    """A broker with USERS in a password file (cheap hashes) and ``acl`` as its ACL."""
-    password_file = acl_file = None
-    if passwords:
-        password_file = tmp_path / "passwords"
-        password_file.write_text("".join(f"{u}:{hash_password(p, n=16, r=1)}\n"
-                                         for u, p in USERS.items()))
-    if acl is not None:
-        acl_file = tmp_path / "acl"
-        acl_file.write_text(acl)
-    config = AuthConfig(password_file=password_file, acl_file=acl_file,
-                        **{"failure_delay": 0.0, **auth})
-    broker = Broker(BrokerConfig(auth=config))
-    nursery.start_soon(broker.timers.run)
-    return broker
 
 
 def open_client(nursery, broker: Broker, level: int = V311, *, allow_anonymous: bool = True,
@@ -102,8 +81,9 @@ async def refused(client: RawClient) -> None:
 
 @pytest.mark.parametrize(("level", "bad_password", "not_authorized"),
                          [(3, 0x04, 0x05), (V311, 0x04, 0x05), (V5, 0x86, 0x87)])
-async def test_refusal_codes(nursery, tmp_path, level, bad_password, not_authorized):
-    broker = make_broker(nursery, tmp_path)
+async def test_refusal_codes(
+    nursery, level, bad_password, not_authorized, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     cases = [
         ({"username": "alice", "password": b"wrong"}, bad_password),
         ({"username": "mallory", "password": b"wonderland"}, bad_password),  # unknown user
@@ -119,8 +99,9 @@ async def test_refusal_codes(nursery, tmp_path, level, bad_password, not_authori
     assert connack.return_code == 0
 
 
-async def test_anonymous_clients_connect_where_the_listener_allows_them(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_anonymous_clients_connect_where_the_listener_allows_them(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     _, connack = await login(nursery, broker, allow_anonymous=True)
     assert connack.return_code == 0
     # A user name is checked even there: a wrong password is never anonymous.
@@ -129,8 +110,9 @@ async def test_anonymous_clients_connect_where_the_listener_allows_them(nursery,
     assert connack.return_code == 0x04
 
 
-async def test_without_password_file_a_user_name_counts_as_anonymous(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path, passwords=False)
+async def test_without_password_file_a_user_name_counts_as_anonymous(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(None, ACL))
     client, connack = await login(nursery, broker, allow_anonymous=False, username="alice",
                                   password=b"x")
     assert connack.return_code == 0x05
@@ -143,8 +125,8 @@ async def test_without_password_file_a_user_name_counts_as_anonymous(nursery, tm
     assert await client.subscribe("public/#", packet_id=2) == SubAck(2, (0,))
 
 
-async def test_certificate_identity_is_the_user(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_certificate_identity_is_the_user(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client, connack = await login(nursery, broker, allow_anonymous=False, identity="sensor-1")
     assert connack.return_code == 0
     # sensor-1's ACL section: may write telemetry, may not read it.
@@ -153,8 +135,8 @@ async def test_certificate_identity_is_the_user(nursery, tmp_path):
     assert await client.subscribe("telemetry/#") == SubAck(1, (0x80,))
 
 
-async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
-    broker = make_broker(nursery, tmp_path, failure_delay=3.0)
+async def test_refusal_waits_failure_delay(nursery, autojump_clock, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL, failure_delay=3.0))
     start = trio.current_time()
     _, connack = await login(nursery, broker, allow_anonymous=False)
     assert connack.return_code == 0x05
@@ -166,17 +148,17 @@ async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
     assert trio.current_time() - start < 0.1
 
 
-async def test_bad_password_refusal_waits_failure_delay(nursery, tmp_path):
+async def test_bad_password_refusal_waits_failure_delay(nursery, make_broker, auth_config):
     # Password checks run in a worker thread, so this one is timed on the real clock.
-    broker = make_broker(nursery, tmp_path, failure_delay=0.2)
+    broker = make_broker(auth=auth_config(USERS, ACL, failure_delay=0.2))
     start = trio.current_time()
     _, connack = await login(nursery, broker, username="bob", password=b"x")
     assert connack.return_code == 0x04
     assert trio.current_time() - start >= 0.2
 
 
-async def test_refusal_is_logged_without_the_password(nursery, tmp_path, caplog):
-    broker = make_broker(nursery, tmp_path)
+async def test_refusal_is_logged_without_the_password(nursery, caplog, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     with caplog.at_level(logging.WARNING, "polybroker.auth"):
         client, _ = await login(nursery, broker, client_id="dev-7", username="alice",
                                 password=b"hunter2")
@@ -196,16 +178,17 @@ async def scram_login(nursery, broker, password: str) -> RawClient:
     return client
 
 
-async def test_failed_scram_exchange_waits_failure_delay(nursery, tmp_path, autojump_clock):
-    broker = make_broker(nursery, tmp_path, failure_delay=2.0)
+async def test_failed_scram_exchange_waits_failure_delay(
+    nursery, autojump_clock, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL, failure_delay=2.0))
     start = trio.current_time()
     client = await scram_login(nursery, broker, "wrong")
     assert await client.receive_until_closed() == [ConnAck(return_code=rc.NOT_AUTHORIZED)]
     assert trio.current_time() - start == pytest.approx(2.0)
 
 
-async def test_scram_user_gets_its_acl_rights(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_scram_user_gets_its_acl_rights(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await scram_login(nursery, broker, "correct horse")
     assert (await client.receive()).return_code == 0
     await send5(client, Subscribe(1, (Subscription("a/#"), Subscription("secret/#"))))
@@ -225,8 +208,8 @@ async def marker_round_trip(publisher: RawClient, subscriber: RawClient, level: 
     return got
 
 
-async def test_denied_publish_3_1_1_is_acknowledged_and_dropped(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_denied_publish_3_1_1_is_acknowledged_and_dropped(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     watcher = await user(nursery, broker, "alice", client_id="w")
     assert await watcher.subscribe("#") == SubAck(1, (0x80,))  # overlaps secret/#
     assert await watcher.subscribe("public/#", packet_id=2) == SubAck(2, (0,))
@@ -244,8 +227,8 @@ async def test_denied_publish_3_1_1_is_acknowledged_and_dropped(nursery, tmp_pat
 
 
 @pytest.mark.parametrize(("qos", "ack"), [(1, PubAck), (2, PubRec)])
-async def test_denied_publish_5_0_is_answered_0x87(nursery, tmp_path, qos, ack):
-    broker = make_broker(nursery, tmp_path)
+async def test_denied_publish_5_0_is_answered_0x87(nursery, qos, ack, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     bob = await user(nursery, broker, "bob", V5)
     await bob.send(Publish("public/x", b"denied", qos=qos, packet_id=1), level=V5)
     assert await bob.receive() == ack(1, rc.NOT_AUTHORIZED)
@@ -255,8 +238,8 @@ async def test_denied_publish_5_0_is_answered_0x87(nursery, tmp_path, qos, ack):
     assert await bob.receive() == PubAck(2, rc.NO_MATCHING_SUBSCRIBERS)
 
 
-async def test_pattern_grants_each_user_its_own_subtree(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_pattern_grants_each_user_its_own_subtree(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     bob = await user(nursery, broker, "bob", V5)
     await bob.send(Subscribe(1, (Subscription("devices/bob/#"),
                                  Subscription("devices/alice/#"))), level=V5)
@@ -268,8 +251,8 @@ async def test_pattern_grants_each_user_its_own_subtree(nursery, tmp_path):
 # -- subscribe and retained -----------------------------------------------------------------
 
 
-async def test_denied_subscriptions_get_0x80_or_0x87(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_denied_subscriptions_get_0x80_or_0x87(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     old = await user(nursery, broker, "bob", client_id="old")
     await old.send(Subscribe(1, (Subscription("public/#", 1), Subscription("private/#", 1))))
     assert await old.receive() == SubAck(1, (1, 0x80))
@@ -279,16 +262,16 @@ async def test_denied_subscriptions_get_0x80_or_0x87(nursery, tmp_path):
     assert await new.receive() == SubAck(1, (rc.NOT_AUTHORIZED, 1))
 
 
-async def test_shared_subscriptions_are_checked_on_their_filter(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_shared_subscriptions_are_checked_on_their_filter(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     bob = await user(nursery, broker, "bob", V5)
     await bob.send(Subscribe(1, (Subscription("$share/g/public/#"),
                                  Subscription("$share/g/secret/#"))), level=V5)
     assert await bob.receive() == SubAck(1, (0, rc.NOT_AUTHORIZED))
 
 
-async def test_retained_messages_obey_read_rights(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_retained_messages_obey_read_rights(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     alice = await user(nursery, broker, "alice", client_id="a")
     for topic in ("public/news", "secret/plans", "other/x"):
         await alice.send(Publish(topic, topic.encode(), qos=1, retain=True, packet_id=1))
@@ -309,8 +292,9 @@ async def test_retained_messages_obey_read_rights(nursery, tmp_path):
 
 @pytest.mark.parametrize(("topic", "published"), [("devices/bob/status", True),
                                                   ("public/status", False)])
-async def test_a_will_to_a_denied_topic_is_not_published(nursery, tmp_path, topic, published):
-    broker = make_broker(nursery, tmp_path)
+async def test_a_will_to_a_denied_topic_is_not_published(
+    nursery, topic, published, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     watcher = await user(nursery, broker, "alice", client_id="w")
     assert await watcher.subscribe(topic, 1) == SubAck(1, (1,))
     assert await watcher.subscribe("public/marker", 1, packet_id=2) == SubAck(2, (1,))
@@ -321,8 +305,8 @@ async def test_a_will_to_a_denied_topic_is_not_published(nursery, tmp_path, topi
     assert got == ([b"gone", b"end"] if published else [b"end"])
 
 
-async def test_without_acl_file_everything_is_allowed(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path, acl=None)
+async def test_without_acl_file_everything_is_allowed(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, None))
     bob = await user(nursery, broker, "bob", V5)
     await bob.send(Subscribe(1, (Subscription("#"), Subscription("$SYS/#"))), level=V5)
     assert await bob.receive() == SubAck(1, (0, 0))
@@ -330,9 +314,10 @@ async def test_without_acl_file_everything_is_allowed(nursery, tmp_path):
     assert await bob.receive_until_closed() == []
 
 
-async def test_connect_while_logging_in_keeps_the_packets_that_follow(nursery, tmp_path):
+async def test_connect_while_logging_in_keeps_the_packets_that_follow(
+    nursery, make_broker, auth_config):
     # A client may send packets right after CONNECT; they wait for the password check.
-    broker = make_broker(nursery, tmp_path)
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = open_client(nursery, broker)
     await client.send(Connect("c", username="bob", password=b"builder"),
                       Subscribe(1, (Subscription("devices/bob/#"),)),
@@ -341,8 +326,9 @@ async def test_connect_while_logging_in_keeps_the_packets_that_follow(nursery, t
     assert [type(p) for p in packets] == [ConnAck, SubAck, Publish, PubAck]
 
 
-async def test_packets_pipelined_after_a_refused_connect_are_ignored(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path, acl=None)
+async def test_packets_pipelined_after_a_refused_connect_are_ignored(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, None))
     watcher = await user(nursery, broker, "alice", client_id="w")
     assert await watcher.subscribe("#", 1) == SubAck(1, (1,))
     intruder = open_client(nursery, broker)

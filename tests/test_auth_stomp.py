@@ -21,6 +21,8 @@ from polybroker.config import (
 
 from .stompclient import StompClient
 
+USERS = {"alice": "wonderland"}
+
 ACL = """
 topic read public/#
 user alice
@@ -29,19 +31,6 @@ topic deny secret/#
 queue readwrite jobs
 queue write reports.*
 """
-
-
-def make_broker(nursery, tmp_path: Path, acl_text: str = ACL, **auth: object) -> Broker:
-    """A broker whose password file holds alice (password wonderland), with ``acl_text``
-    as its ACL and no refusal delay unless ``auth`` sets one."""
-    passwords = tmp_path / "passwords"
-    passwords.write_text(f"alice:{hash_password('wonderland', n=16, r=1)}\n")
-    acl = tmp_path / "acl"
-    acl.write_text(acl_text)
-    config = AuthConfig(password_file=passwords, acl_file=acl, **{"failure_delay": 0.0, **auth})
-    broker = Broker(BrokerConfig(auth=config))
-    nursery.start_soon(broker.timers.run)
-    return broker
 
 
 def open_client(nursery, broker, *, allow_anonymous: bool = True,
@@ -71,16 +60,16 @@ async def error_then_close(client: StompClient) -> str:
     ({}, False),
 ])
 async def test_refused_login_is_one_error_saying_access_refused(
-    nursery, tmp_path, headers, allow_anonymous
+    nursery, headers, allow_anonymous, make_broker, auth_config
 ):
-    broker = make_broker(nursery, tmp_path)
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = open_client(nursery, broker, allow_anonymous=allow_anonymous)
     await client.send("CONNECT", {"accept-version": "1.2", "host": "h", **headers})
     assert await error_then_close(client) == "access refused"  # the same, whatever was wrong
 
 
-async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
-    broker = make_broker(nursery, tmp_path, failure_delay=2.5)
+async def test_refusal_waits_failure_delay(nursery, autojump_clock, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL, failure_delay=2.5))
     client = open_client(nursery, broker, allow_anonymous=False)
     start = trio.current_time()
     await client.send("CONNECT", {"accept-version": "1.2", "host": "h"})
@@ -88,8 +77,8 @@ async def test_refusal_waits_failure_delay(nursery, tmp_path, autojump_clock):
     assert trio.current_time() - start >= 2.5
 
 
-async def test_good_login_and_certificate_identity_connect(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_good_login_and_certificate_identity_connect(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = open_client(nursery, broker, allow_anonymous=False)
     assert (await client.connect(login="alice", passcode="wonderland")).command == "CONNECTED"
     certified = open_client(nursery, broker, allow_anonymous=False, identity="alice")
@@ -104,8 +93,9 @@ async def test_good_login_and_certificate_identity_connect(nursery, tmp_path):
     ("SEND", "/queue/other"),
     ("SUBSCRIBE", "/queue/reports.daily"),  # write only
 ])
-async def test_denied_frame_is_an_error_then_close(nursery, tmp_path, command, destination):
-    broker = make_broker(nursery, tmp_path)
+async def test_denied_frame_is_an_error_then_close(
+    nursery, command, destination, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     body = b"x" if command == "SEND" else b""
     await client.send(command, {"destination": destination, "id": "1"}, body)
@@ -113,16 +103,16 @@ async def test_denied_frame_is_an_error_then_close(nursery, tmp_path, command, d
     assert message == f"access refused: {command} to {destination}"
 
 
-async def test_denied_send_in_a_transaction_is_refused_at_once(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_denied_send_in_a_transaction_is_refused_at_once(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.send("BEGIN", {"transaction": "t"})
     await client.send("SEND", {"destination": "/topic/secret/x", "transaction": "t"}, b"x")
     assert "access refused" in await error_then_close(client)
 
 
-async def test_allowed_frames_go_through(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_allowed_frames_go_through(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = await alice(nursery, broker)
     await client.subscribe("/queue/jobs", "q")
     await client.subscribe("/topic/public/#", "t")
@@ -133,8 +123,8 @@ async def test_allowed_frames_go_through(nursery, tmp_path):
     assert bodies == [b"job", b"news"]
 
 
-async def test_anonymous_rights_are_the_general_ones(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_anonymous_rights_are_the_general_ones(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     client = open_client(nursery, broker)
     await client.connect()
     await client.subscribe("/topic/public/#")
@@ -209,8 +199,9 @@ def test_example_config_has_the_auth_defaults():
     assert config.auth == AuthConfig()
 
 
-async def test_frames_pipelined_after_a_refused_connect_are_ignored(nursery, tmp_path):
-    broker = make_broker(nursery, tmp_path)
+async def test_frames_pipelined_after_a_refused_connect_are_ignored(
+    nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config(USERS, ACL))
     watcher = await alice(nursery, broker)
     await watcher.subscribe("/topic/public/#", "public")
     intruder = open_client(nursery, broker)

@@ -12,7 +12,6 @@ import trio.testing
 
 from polybroker.broker import Broker
 from polybroker.config import (
-    BrokerConfig,
     ConfigError,
     Limits,
     config_from_dict,
@@ -33,10 +32,6 @@ from polybroker.server import open_broker
 from .rawclient import RawClient
 from .rawclient import connect_client as connect_mqtt
 from .stompclient import connect_client as connect_stomp
-
-
-def make_broker(**limits: object) -> Broker:
-    return Broker(BrokerConfig(limits=Limits(**limits)))
 
 
 class FakeClock:
@@ -141,12 +136,13 @@ def test_negative_publish_rate_is_refused():
 # -- max_connection_rate ------------------------------------------------------------------
 
 
-async def test_connections_beyond_the_rate_are_closed_after_accept_and_logged_once(caplog):
+async def test_connections_beyond_the_rate_are_closed_after_accept_and_logged_once(
+    caplog, serve_config):
     caplog.set_level(logging.INFO)
     # A rate so low that no token comes back during the test: the burst is all there is.
     listener = replace(parse_listen_url("mqtt://127.0.0.1:0"), max_connection_rate=0.001,
                        max_connection_burst=2)
-    async with open_broker(BrokerConfig(listeners=(listener,))) as running:
+    async with open_broker(serve_config(listener)) as running:
         port = running.port("mqtt")
         admitted = [RawClient(await trio.open_tcp_stream("127.0.0.1", port)) for _ in range(2)]
         for i, client in enumerate(admitted):
@@ -166,10 +162,11 @@ async def test_connections_beyond_the_rate_are_closed_after_accept_and_logged_on
     assert "refused: max_connection_rate (0.001/s) exceeded (1 refused so far)" in caplog.text
 
 
-async def test_connections_beyond_max_connections_are_logged_once_per_interval(caplog):
+async def test_connections_beyond_max_connections_are_logged_once_per_interval(
+    caplog, serve_config):
     caplog.set_level(logging.INFO)
     listener = replace(parse_listen_url("mqtt://127.0.0.1:0"), max_connections=1)
-    async with open_broker(BrokerConfig(listeners=(listener,))) as running:
+    async with open_broker(serve_config(listener)) as running:
         port = running.port("mqtt")
         admitted = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         await admitted.connect("ok")
@@ -194,9 +191,10 @@ async def retained_on_subscribe(nursery, broker: Broker, topic_filter: str) -> d
     return got
 
 
-async def test_retained_beyond_max_retained_messages_is_delivered_not_stored(nursery, caplog):
+async def test_retained_beyond_max_retained_messages_is_delivered_not_stored(
+    nursery, caplog, make_broker):
     caplog.set_level(logging.WARNING)
-    broker = make_broker(max_retained_messages=2)
+    broker = make_broker(limits=Limits(max_retained_messages=2))
     watcher = await connect_mqtt(nursery, broker)
     await watcher.connect("watcher")
     await watcher.subscribe("r/#", 0)
@@ -222,8 +220,8 @@ async def test_retained_beyond_max_retained_messages_is_delivered_not_stored(nur
     assert await retained_on_subscribe(nursery, broker, "r/#") == {"r/1": b"v2", "r/3": b"v2"}
 
 
-async def test_retained_beyond_max_retained_bytes_is_not_stored(nursery):
-    broker = make_broker(max_retained_bytes=10)
+async def test_retained_beyond_max_retained_bytes_is_not_stored(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_retained_bytes=10))
     pub = await connect_mqtt(nursery, broker)
     await pub.connect("pub")
     await pub.send(Publish("a", b"123456", retain=True), Publish("b", b"123456", retain=True))
@@ -250,8 +248,9 @@ async def publish_closed_loop(client: RawClient, topic: str, count: int) -> floa
     return trio.current_time() - start
 
 
-async def test_mqtt_publish_flood_is_throttled_while_other_clients_flow(nursery, autojump_clock):
-    broker = make_broker(max_publish_rate=10, max_publish_burst=10)
+async def test_mqtt_publish_flood_is_throttled_while_other_clients_flow(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(max_publish_rate=10, max_publish_burst=10))
     sub = await connect_mqtt(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("#", 1)
@@ -280,9 +279,9 @@ async def test_mqtt_publish_flood_is_throttled_while_other_clients_flow(nursery,
         b"%d" % i for i in range(1, 101))  # nothing lost
 
 
-async def test_throttled_client_is_not_taken_for_a_silent_one(nursery, autojump_clock):
+async def test_throttled_client_is_not_taken_for_a_silent_one(nursery, autojump_clock, make_broker):
     """The time the broker spends not reading does not count against the keep alive."""
-    broker = make_broker(max_publish_rate=10, max_publish_burst=10)
+    broker = make_broker(limits=Limits(max_publish_rate=10, max_publish_burst=10))
     flooder = await connect_mqtt(nursery, broker)
     await flooder.connect("flooder", keep_alive=2)
     start = trio.current_time()
@@ -294,8 +293,9 @@ async def test_throttled_client_is_not_taken_for_a_silent_one(nursery, autojump_
     assert trio.current_time() - start >= 3.9
 
 
-async def test_stomp_send_flood_is_throttled_while_other_clients_flow(nursery, autojump_clock):
-    broker = make_broker(max_publish_rate=10, max_publish_burst=10)
+async def test_stomp_send_flood_is_throttled_while_other_clients_flow(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(max_publish_rate=10, max_publish_burst=10))
     sub = await connect_stomp(nursery, broker)
     await sub.connect()
     await sub.subscribe("/topic/#")
@@ -325,7 +325,7 @@ async def test_stomp_send_flood_is_throttled_while_other_clients_flow(nursery, a
         range(40))
 
 
-async def test_without_a_publish_rate_nothing_waits(nursery, autojump_clock):
+async def test_without_a_publish_rate_nothing_waits(nursery, autojump_clock, make_broker):
     broker = make_broker()
     client = await connect_mqtt(nursery, broker)
     await client.connect("c")
@@ -338,9 +338,9 @@ async def test_without_a_publish_rate_nothing_waits(nursery, autojump_clock):
 @pytest.mark.parametrize("opening", [b"", encode(Connect("slowloris", keep_alive=60))],
                          ids=["nothing", "trickled"])
 async def test_mqtt_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
-    nursery, autojump_clock, opening
+    nursery, autojump_clock, opening, make_broker
 ):
-    broker = make_broker(connect_timeout=3)
+    broker = make_broker(limits=Limits(connect_timeout=3))
     slow = await connect_mqtt(nursery, broker)
     wire = opening
     start = trio.current_time()
@@ -359,9 +359,9 @@ async def test_mqtt_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
 @pytest.mark.parametrize("opening", [b"", b"CONNECT\naccept-version:1.2\nhost:h\nx:" + b"p" * 40],
                          ids=["nothing", "trickled"])
 async def test_stomp_connect_trickled_or_never_sent_is_closed_at_connect_timeout(
-    nursery, autojump_clock, opening
+    nursery, autojump_clock, opening, make_broker
 ):
-    broker = make_broker(connect_timeout=3)
+    broker = make_broker(limits=Limits(connect_timeout=3))
     slow = await connect_stomp(nursery, broker)
     wire = opening
 
@@ -378,10 +378,11 @@ async def test_stomp_connect_trickled_or_never_sent_is_closed_at_connect_timeout
     assert 3 <= trio.current_time() - start < 3 + 2.5  # the timeout, then at most the linger
 
 
-async def test_mqtt_qos1_subscriber_that_never_reads_holds_a_bounded_backlog(nursery, caplog):
+async def test_mqtt_qos1_subscriber_that_never_reads_holds_a_bounded_backlog(
+    nursery, caplog, make_broker):
     caplog.set_level(logging.WARNING)
-    broker = make_broker(max_queued_messages=50, max_inflight_messages=10,
-                         queue_overflow="drop-new")
+    broker = make_broker(limits=Limits(max_queued_messages=50, max_inflight_messages=10,
+                                       queue_overflow="drop-new"))
     slow = await connect_mqtt(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect("slow")
     await slow.subscribe("t", 1)
@@ -397,8 +398,10 @@ async def test_mqtt_qos1_subscriber_that_never_reads_holds_a_bounded_backlog(nur
     assert "client slow: message dropped (queue-full" in caplog.text
 
 
-async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(nursery):
-    broker = make_broker(max_queued_messages=50, max_outgoing_bytes=2000, queue_overflow="drop-new")
+async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(
+    nursery, make_broker):
+    broker = make_broker(limits=Limits(max_queued_messages=50, max_outgoing_bytes=2000,
+                                       queue_overflow="drop-new"))
     slow = await connect_stomp(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect()
     await slow.subscribe("/topic/t", ack="client")  # then never reads or ACKs again
@@ -415,10 +418,10 @@ async def test_stomp_topic_subscriber_that_never_reads_holds_a_bounded_backlog(n
     assert queue.dropped == 500 - queue.message_count - queue.unacked_count
 
 
-async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog):
+async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog, make_broker):
     caplog.set_level(logging.WARNING)
-    broker = make_broker(max_queued_messages=1000, max_queued_bytes=5000,
-                         max_inflight_messages=10, queue_overflow="drop-new")
+    broker = make_broker(limits=Limits(max_queued_messages=1000, max_queued_bytes=5000,
+                                       max_inflight_messages=10, queue_overflow="drop-new"))
     slow = await connect_mqtt(nursery, broker, lockstep=True)  # reads nothing unless asked
     await slow.connect("slow")
     await slow.subscribe("t", 1)
@@ -438,8 +441,9 @@ async def test_mqtt_backlog_is_bounded_in_bytes_too(nursery, caplog):
     assert session.queued_bytes == 100 * len(session.queued) == 4000
 
 
-async def test_stomp_topic_backlog_is_bounded_in_bytes_too(nursery):
-    broker = make_broker(max_queued_bytes=1000, max_outgoing_bytes=200, queue_overflow="drop-new")
+async def test_stomp_topic_backlog_is_bounded_in_bytes_too(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_queued_bytes=1000, max_outgoing_bytes=200,
+                                       queue_overflow="drop-new"))
     slow = await connect_stomp(nursery, broker, lockstep=True)
     await slow.connect()
     await slow.subscribe("/topic/t", ack="client")

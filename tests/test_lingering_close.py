@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from polybroker.adapters.io import LINGER_BYTES, linger
-from polybroker.config import BrokerConfig, Limits, parse_listen_url
+from polybroker.config import BrokerConfig, Limits
 from polybroker.protocols.amqp import (
     PROTOCOL_HEADER,
     ConnectionClose,
@@ -42,10 +42,9 @@ FLOOD = 100_000  # bytes the client goes on writing after the broker's last word
 
 
 @pytest.fixture
-def loopback(tmp_path) -> Callable[..., BrokerConfig]:
+def loopback(serve_config) -> Callable[..., BrokerConfig]:
     def config(*urls: str, **limits: object) -> BrokerConfig:
-        return BrokerConfig(listeners=tuple(parse_listen_url(u) for u in urls),
-                            limits=Limits(**limits), data_dir=tmp_path)
+        return serve_config(*urls, limits=Limits(**limits))
     return config
 
 

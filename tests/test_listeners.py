@@ -4,6 +4,7 @@ certificates, WebSocket, WSS, protocol sniffing, connection limits, start-up che
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -19,9 +20,13 @@ from polybroker.transports.upgrade import connect_websocket
 from .rawclient import RawClient
 
 
-def config_for(*urls: str, tls: TLSConfig | None = None, **listener_fields) -> BrokerConfig:
-    listeners = tuple(replace(parse_listen_url(url, tls=tls), **listener_fields) for url in urls)
-    return BrokerConfig(listeners=listeners)
+@pytest.fixture
+def config_for(serve_config) -> Callable[..., BrokerConfig]:
+    """Configurations for listeners on ``urls``, with ``tls`` and ``listener_fields``."""
+    def config(*urls: str, tls: TLSConfig | None = None, **listener_fields) -> BrokerConfig:
+        return serve_config(*(replace(parse_listen_url(url, tls=tls), **listener_fields)
+                              for url in urls))
+    return config
 
 
 def server_tls(certs_dir, **fields) -> TLSConfig:
@@ -39,7 +44,7 @@ async def tls_client(port: int, ctx: ssl.SSLContext) -> RawClient:
     return RawClient(await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx))
 
 
-async def test_mqtt_over_tls(certs_dir):
+async def test_mqtt_over_tls(certs_dir, config_for):
     async with open_broker(config_for("mqtts://127.0.0.1:0", tls=server_tls(certs_dir))) as running:
         client = await tls_client(running.port("mqtt"), client_context(certs_dir))
         assert await client.connect("tls") == ConnAck()
@@ -50,7 +55,7 @@ async def test_mqtt_over_tls(certs_dir):
         assert await client.receive_until_closed() == []
 
 
-async def test_required_client_certificate_and_identity(certs_dir, caplog):
+async def test_required_client_certificate_and_identity(certs_dir, caplog, config_for):
     caplog.set_level(logging.INFO)
     tls = server_tls(certs_dir, cafile=certs_dir / "ca.crt", require_certificate=True,
                      use_identity_as_username=True)
@@ -71,7 +76,7 @@ async def test_required_client_certificate_and_identity(certs_dir, caplog):
         await client.close()
 
 
-async def test_optional_client_certificate_and_identity_only_when_asked(certs_dir):
+async def test_optional_client_certificate_and_identity_only_when_asked(certs_dir, config_for):
     tls = server_tls(certs_dir, cafile=certs_dir / "ca.crt")
     async with open_broker(config_for("mqtts://127.0.0.1:0", tls=tls)) as running:
         port = running.port("mqtt")
@@ -89,7 +94,7 @@ async def ws_client(stream: trio.abc.Stream, path: str = "/mqtt",
     return RawClient(await connect_websocket(stream, "localhost", path, subprotocols))
 
 
-async def test_mqtt_over_websocket_and_wss_meet_tcp_clients(certs_dir):
+async def test_mqtt_over_websocket_and_wss_meet_tcp_clients(certs_dir, config_for):
     config = config_for("mqtt://127.0.0.1:0", "mqtt+ws://127.0.0.1:0/mqtt",
                         "mqtt+wss://127.0.0.1:0/mqtt", tls=server_tls(certs_dir))
     async with open_broker(config) as running:
@@ -109,7 +114,7 @@ async def test_mqtt_over_websocket_and_wss_meet_tcp_clients(certs_dir):
             await client.close()
 
 
-async def test_websocket_listener_answers_plain_http_with_an_error():
+async def test_websocket_listener_answers_plain_http_with_an_error(config_for):
     async with open_broker(config_for("mqtt+ws://127.0.0.1:0/mqtt")) as running:
         stream = await trio.open_tcp_stream("127.0.0.1", running.port("mqtt"))
         await stream.send_all(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -136,7 +141,8 @@ class Echo:
 STOMP_CONNECT = b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00"
 
 
-async def test_auto_serves_mqtt_and_hands_other_protocols_to_their_adapter(monkeypatch, caplog):
+async def test_auto_serves_mqtt_and_hands_other_protocols_to_their_adapter(
+    monkeypatch, caplog, config_for):
     caplog.set_level(logging.INFO)
     async with open_broker(config_for("auto://127.0.0.1:0")) as running:
         port = running.port("auto")
@@ -167,7 +173,7 @@ async def test_auto_serves_mqtt_and_hands_other_protocols_to_their_adapter(monke
         await mqtt.close()
 
 
-async def test_auto_over_websocket_takes_the_protocol_from_the_subprotocol(monkeypatch):
+async def test_auto_over_websocket_takes_the_protocol_from_the_subprotocol(monkeypatch, config_for):
     echo = Echo()
     monkeypatch.setitem(server.PROTOCOL_HANDLERS, "stomp", echo)
     async with open_broker(config_for("auto+ws://127.0.0.1:0/")) as running:
@@ -183,7 +189,7 @@ async def test_auto_over_websocket_takes_the_protocol_from_the_subprotocol(monke
         await mqtt.close()
 
 
-async def test_max_connections_refuses_the_one_too_many(caplog):
+async def test_max_connections_refuses_the_one_too_many(caplog, config_for):
     caplog.set_level(logging.INFO)
     config = config_for("mqtt://127.0.0.1:0", max_connections=1)
     async with open_broker(config) as running:
@@ -201,20 +207,21 @@ async def test_max_connections_refuses_the_one_too_many(caplog):
         await third.close()
 
 
-async def test_listener_for_a_protocol_without_adapter_is_refused_at_start_up(monkeypatch):
+async def test_listener_for_a_protocol_without_adapter_is_refused_at_start_up(
+    monkeypatch, config_for):
     monkeypatch.delitem(server.PROTOCOL_HANDLERS, "amqp")  # every protocol has one today
     with pytest.raises(ConfigError, match=r"listener amqp://127.0.0.1:0: this broker does not "
                                           r"serve amqp yet \(it serves mqtt, stomp, auto\)"):
         await start_listeners(config_for("amqp://127.0.0.1:0"))
 
 
-async def test_unusable_certificate_is_refused_at_start_up(certs_dir):
+async def test_unusable_certificate_is_refused_at_start_up(certs_dir, config_for):
     tls = TLSConfig(certfile=certs_dir / "missing.crt")
     with pytest.raises(ConfigError, match=r"listener mqtt\+tls://127.0.0.1:0: certfile"):
         await start_listeners(config_for("mqtts://127.0.0.1:0", tls=tls))
 
 
-async def test_failed_bind_leaves_nothing_bound():
+async def test_failed_bind_leaves_nothing_bound(config_for):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -229,7 +236,7 @@ async def test_failed_bind_leaves_nothing_bound():
         again.bind(("127.0.0.1", free))
 
 
-async def test_an_opening_that_never_completes_is_closed_after_connect_timeout(caplog):
+async def test_an_opening_that_never_completes_is_closed_after_connect_timeout(caplog, config_for):
     caplog.set_level(logging.INFO)
     config = replace(config_for("auto://127.0.0.1:0", "mqtt+ws://127.0.0.1:0/mqtt"),
                      limits=Limits(connect_timeout=0.2))

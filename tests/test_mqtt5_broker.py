@@ -16,7 +16,7 @@ import trio.testing
 
 from polybroker.auth import ScramSha256, ScramUserStore
 from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits, MQTTSettings
+from polybroker.config import Limits, MQTTSettings
 from polybroker.protocols.mqtt import (
     Auth,
     ConnAck,
@@ -56,12 +56,6 @@ CAPABILITIES = {
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def start_broker(nursery: trio.Nursery, **limits: object) -> Broker:
-    broker = Broker(BrokerConfig(limits=Limits(**limits)))
-    nursery.start_soon(broker.timers.run)
-    return broker
 
 
 async def connect5(
@@ -152,9 +146,10 @@ async def test_MQTT_3_2_2_9_connack_advertises_capabilities_and_no_maximum_qos(n
     assert await client.publishes_until_idle() == []  # no AUTH either
 
 
-async def test_connack_advertises_maximum_packet_size_when_limited_section_3_2_2_3_6(nursery):
-    broker = start_broker(nursery, max_packet_size=1000, receive_maximum=10,
-                          topic_alias_maximum=5)
+async def test_section_3_2_2_3_6_connack_advertises_maximum_packet_size_when_limited(
+    nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=1000, receive_maximum=10,
+                                       topic_alias_maximum=5))
     _, connack = await connect5(nursery, broker, "dev")
     assert connack == ConnAck(properties=CAPABILITIES | {
         prop.MAXIMUM_PACKET_SIZE: 1000,
@@ -195,9 +190,9 @@ async def test_MQTT_3_2_2_16_assigned_client_identifier_for_empty_id(nursery, br
     ],
 )
 async def test_MQTT_3_1_2_28_response_information_only_when_requested(
-    nursery, configured, request_value, sent
+    nursery, configured, request_value, sent, make_broker
 ):
-    broker = Broker(BrokerConfig(mqtt=MQTTSettings(response_information=configured)))
+    broker = make_broker(mqtt=MQTTSettings(response_information=configured))
     props = {} if request_value is None else {prop.REQUEST_RESPONSE_INFORMATION: request_value}
     _, connack = await connect5(nursery, broker, "dev", properties=props)
     expected = CAPABILITIES | ({prop.RESPONSE_INFORMATION: configured} if sent else {})
@@ -257,7 +252,7 @@ async def test_MQTT_3_1_2_23_session_expiry_0xFFFFFFFF_never_expires(
     ("at_connect", "at_disconnect", "offline_for", "present"),
     [(10, 100, 50, True), (100, 0, 1, False), (100, 5, 6, False)],
 )
-async def test_session_expiry_changed_at_disconnect_section_3_14_2_2_2(
+async def test_section_3_14_2_2_2_session_expiry_changed_at_disconnect(
     nursery, broker, autojump_clock, at_connect, at_disconnect, offline_for, present
 ):
     client = await client5(nursery, broker, "dev", properties=expiry(at_connect))
@@ -267,7 +262,7 @@ async def test_session_expiry_changed_at_disconnect_section_3_14_2_2_2(
     assert connack.session_present is present
 
 
-async def test_session_expiry_set_at_disconnect_after_0_is_a_protocol_error_3_14_2_2_2(
+async def test_section_3_14_2_2_2_session_expiry_set_at_disconnect_after_0_is_a_protocol_error(
     nursery, broker
 ):
     watcher = await client5(nursery, broker, "watcher")
@@ -487,8 +482,8 @@ async def test_MQTT_3_3_4_9_client_receive_maximum_limits_unacknowledged_deliver
     assert await sub.publishes_until_idle() == [Publish("t", b"4", qos=1, packet_id=5)]
 
 
-async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nursery):
-    broker = start_broker(nursery, receive_maximum=2)
+async def test_MQTT_3_3_4_7_server_receive_maximum_exceeded_disconnect_0x93(nursery, make_broker):
+    broker = make_broker(limits=Limits(receive_maximum=2))
     pub, connack = await connect5(nursery, broker, "pub")
     assert connack.properties[prop.RECEIVE_MAXIMUM] == 2
     # QoS 1 is acknowledged at once, so it never counts.
@@ -588,7 +583,8 @@ async def test_MQTT_3_1_2_24_assigned_client_identifier_is_not_dropped(nursery, 
     assert broker.sessions == {}
 
 
-async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent(nursery, broker):
+async def test_MQTT_3_1_2_24_and_MQTT_3_1_2_25_message_too_large_for_the_client_is_not_sent(
+    nursery, broker):
     small = await client5(nursery, broker, "small", properties={prop.MAXIMUM_PACKET_SIZE: 100})
     await subscribe5(small, "t", 1)
     large = await client5(nursery, broker, "large")
@@ -609,8 +605,9 @@ async def test_MQTT_3_1_2_24_and_25_message_too_large_for_the_client_is_not_sent
     assert broker.sessions["small"].inflight == {}
 
 
-async def test_MQTT_3_2_2_15_packet_larger_than_server_maximum_disconnect_0x95(nursery):
-    broker = start_broker(nursery, max_packet_size=200)
+async def test_MQTT_3_2_2_15_packet_larger_than_server_maximum_disconnect_0x95(
+    nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=200))
     pub, connack = await connect5(nursery, broker, "pub")
     assert connack.properties[prop.MAXIMUM_PACKET_SIZE] == 200
     await send5(pub, Publish("t", b"x" * 300))
@@ -648,7 +645,7 @@ async def test_MQTT_3_3_2_12_inbound_topic_alias_set_then_used(nursery, broker):
         65,
     ],
 )
-async def test_MQTT_3_2_2_17_and_3_3_2_8_topic_alias_out_of_range_disconnect_0x94(
+async def test_MQTT_3_2_2_17_and_MQTT_3_3_2_8_topic_alias_out_of_range_disconnect_0x94(
     nursery, broker, alias
 ):
     pub = await client5(nursery, broker, "pub")
@@ -657,7 +654,7 @@ async def test_MQTT_3_2_2_17_and_3_3_2_8_topic_alias_out_of_range_disconnect_0x9
     await closed_with(pub, rc.TOPIC_ALIAS_INVALID)
 
 
-async def test_unknown_topic_alias_with_empty_topic_is_a_protocol_error_3_3_2_3_4(
+async def test_section_3_3_2_3_4_unknown_topic_alias_with_empty_topic_is_a_protocol_error(
     nursery, broker
 ):
     pub = await client5(nursery, broker, "pub")
@@ -732,7 +729,7 @@ async def test_MQTT_3_8_3_3_no_local(nursery, broker):
     assert await local.publishes_until_idle() == [Publish("t", b"from other")]
 
 
-async def test_MQTT_3_3_1_12_and_13_retain_as_published(nursery, broker):
+async def test_MQTT_3_3_1_12_and_MQTT_3_3_1_13_retain_as_published(nursery, broker):
     as_published = await client5(nursery, broker, "rap")
     await subscribe5(as_published, "t", retain_as_published=True)
     cleared = await client5(nursery, broker, "plain")
@@ -754,7 +751,8 @@ async def test_MQTT_3_3_1_12_and_13_retain_as_published(nursery, broker):
         (2, False, False),  # [MQTT-3.3.1-11]: never
     ],
 )
-async def test_MQTT_3_3_1_9_to_11_retain_handling(nursery, broker, retain_handling, first, second):
+async def test_MQTT_3_3_1_9_to_MQTT_3_3_1_11_retain_handling(
+    nursery, broker, retain_handling, first, second):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("r", b"kept", retain=True))
     await pub.publishes_until_idle()
@@ -820,7 +818,7 @@ async def test_MQTT_3_8_3_4_no_local_on_a_shared_subscription_disconnect_0x82(nu
 # -- Shared subscriptions ---------------------------------------------------------------------
 
 
-async def test_shared_subscription_balances_messages_across_members_section_4_8_2(
+async def test_section_4_8_2_shared_subscription_balances_messages_across_members(
     nursery, broker
 ):
     members = {}
@@ -838,7 +836,7 @@ async def test_shared_subscription_balances_messages_across_members_section_4_8_
     assert all(p.topic == "t/x" for packets in received.values() for p in packets)
 
 
-async def test_shared_subscription_gets_no_retained_messages_section_4_8_2(nursery, broker):
+async def test_section_4_8_2_shared_subscription_gets_no_retained_messages(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("t", b"retained", retain=True))
     await pub.publishes_until_idle()
@@ -868,7 +866,7 @@ async def shared_pair(nursery, broker, qos: int, session_expiry: int = 0):
     return members, pub
 
 
-async def test_shared_member_gone_with_unacknowledged_qos1_goes_to_another_member_4_8_2(
+async def test_section_4_8_2_shared_member_gone_with_unacknowledged_qos1_goes_to_another_member(
     nursery, broker
 ):
     (a, b), pub = await shared_pair(nursery, broker, 1)
@@ -940,7 +938,8 @@ async def test_MQTT_4_8_2_4_qos2_shared_message_completed_to_the_same_client_on_
 # -- Request / response and other PUBLISH properties ----------------------------------------------
 
 
-async def test_MQTT_3_3_2_15_to_20_request_response_properties_pass_through(nursery, broker):
+async def test_MQTT_3_3_2_15_to_MQTT_3_3_2_20_request_response_properties_pass_through(
+    nursery, broker):
     request_props = {
         prop.PAYLOAD_FORMAT_INDICATOR: 1,  # [MQTT-3.3.2-4]
         prop.MESSAGE_EXPIRY_INTERVAL: 60,  # [MQTT-3.3.2-6]: nothing waited, all 60 left
@@ -993,7 +992,7 @@ async def test_MQTT_3_3_2_4_invalid_utf8_with_payload_format_1_qos1_puback_0x99(
     ]
 
 
-async def test_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99_section_3_3_2_3_2(
+async def test_section_3_3_2_3_2_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99(
     nursery, broker
 ):
     sub = await client5(nursery, broker, "sub")
@@ -1004,7 +1003,7 @@ async def test_invalid_utf8_with_payload_format_1_qos0_disconnect_0x99_section_3
     assert await sub.publishes_until_idle() == []
 
 
-async def test_puback_and_pubrec_0x10_when_no_subscriber_matches_section_3_4_2_1(nursery, broker):
+async def test_section_3_4_2_1_puback_and_pubrec_0x10_when_no_subscriber_matches(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, Publish("nobody/listens", b"x", qos=1, packet_id=1),
                 Publish("nobody/listens", b"x", qos=2, packet_id=2))
@@ -1027,7 +1026,7 @@ async def test_MQTT_3_11_3_1_unsuback_0x11_for_no_subscription_in_filter_order(n
                                                rc.NO_SUBSCRIPTION_EXISTED))
 
 
-async def test_pubrel_for_an_unknown_packet_id_pubcomp_0x92_section_3_7_2_1(nursery, broker):
+async def test_section_3_7_2_1_pubrel_for_an_unknown_packet_id_pubcomp_0x92(nursery, broker):
     pub = await client5(nursery, broker, "pub")
     await send5(pub, PubRel(42))
     assert await pub.receive() == PubComp(42, rc.PACKET_IDENTIFIER_NOT_FOUND)
@@ -1084,7 +1083,7 @@ async def test_MQTT_3_1_0_2_second_connect_disconnect_0x82(nursery, broker):
     await closed_with(client, rc.PROTOCOL_ERROR)
 
 
-async def test_server_shutdown_disconnect_0x8b_section_4_13(nursery, broker):
+async def test_section_4_13_server_shutdown_disconnect_0x8b(nursery, broker):
     v5 = await client5(nursery, broker, "v5")
     v311 = await connect_client(nursery, broker)
     await v311.connect("v311")
@@ -1264,7 +1263,7 @@ async def test_MQTT_4_7_3_4_no_normalization_of_topics(nursery, broker):
 
 
 @pytest.mark.parametrize("topic_filter", ["$share//t", "$share/g", "$share/g/"])
-async def test_MQTT_4_8_2_1_and_2_ill_formed_shared_subscription_filter_refused(
+async def test_MQTT_4_8_2_1_and_MQTT_4_8_2_2_ill_formed_shared_subscription_filter_refused(
     nursery, broker, topic_filter
 ):
     sub = await client5(nursery, broker, "sub")
@@ -1464,8 +1463,8 @@ async def test_v311_publisher_reaches_a_v5_subscriber(nursery, broker):
 # -- Limits and server overrides ----------------------------------------------------------------
 
 
-async def test_subscription_limit_answers_quota_exceeded_0x97(nursery):
-    broker = start_broker(nursery, max_subscriptions_per_client=2)
+async def test_subscription_limit_answers_quota_exceeded_0x97(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_subscriptions_per_client=2))
     client = await client5(nursery, broker, "sub")
     await send5(client, Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
     assert (await client.receive()).return_codes == (1, 1)
@@ -1475,16 +1474,17 @@ async def test_subscription_limit_answers_quota_exceeded_0x97(nursery):
     assert set(broker.sessions["sub"].subscriptions) == {"a", "b"}
 
 
-async def test_subscription_limit_answers_failure_at_3_1_1(nursery):
-    broker = start_broker(nursery, max_subscriptions_per_client=1)
+async def test_subscription_limit_answers_failure_at_3_1_1(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_subscriptions_per_client=1))
     client = await connect_client(nursery, broker)
     await client.connect("old")
     await client.send(Subscribe(1, (Subscription("a", 1), Subscription("b", 1))))
     assert (await client.receive()).return_codes == (1, 0x80)
 
 
-async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(nursery, autojump_clock):
-    broker = start_broker(nursery, max_keepalive=4)
+async def test_MQTT_3_2_2_21_max_keepalive_replaces_a_longer_keep_alive(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(max_keepalive=4))
     client, connack = await connect5(nursery, broker, "dev", keep_alive=600)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 4
     start = trio.current_time()
@@ -1498,10 +1498,10 @@ PAHO_KEEPALIVE = {"max_keepalive": 60}
 
 
 async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_silence(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
     # Paho's test_keepalive: asks for 5 s, goes silent; its will comes 7.5 s later.
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     watcher = await client5(nursery, broker, "watcher", keep_alive=60)
     await subscribe5(watcher, "wills/#")
     _device, connack = await connect5(nursery, broker, "dev", keep_alive=5,
@@ -1513,10 +1513,10 @@ async def test_MQTT_3_2_2_22_a_shorter_keep_alive_stands_and_its_will_follows_si
 
 
 async def test_MQTT_3_2_2_21_keep_alive_above_max_keepalive_gets_server_keep_alive(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
     # Paho's test_server_keep_alive: asks for 120 with a cap of 60, is told 60.
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     _, connack = await connect5(nursery, broker, "long", keep_alive=120)
     assert connack.properties[prop.SERVER_KEEP_ALIVE] == 60
     # No keep alive at all is longer than any cap.
@@ -1531,9 +1531,9 @@ async def test_max_keepalive_default_admits_any_keep_alive_even_none(nursery, br
 
 
 @pytest.mark.parametrize("asked", [61, 0])
-async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked):
+async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, asked, make_broker):
     # 3.1.1 has no Server Keep Alive: refused as Mosquitto does (identifier rejected).
-    broker = start_broker(nursery, **PAHO_KEEPALIVE)
+    broker = make_broker(limits=Limits(**PAHO_KEEPALIVE))
     client = await connect_client(nursery, broker)
     await client.send(Connect("old", keep_alive=asked))
     assert await client.receive_until_closed() == [ConnAck(return_code=0x02)]
@@ -1542,8 +1542,8 @@ async def test_max_keepalive_refuses_a_longer_311_keep_alive_with_0x02(nursery, 
     assert "old" not in broker.sessions
 
 
-async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery):
-    broker = start_broker(nursery, max_outgoing_bytes=10_000)
+async def test_client_not_reading_large_messages_is_disconnected_0x97(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=10_000))
     slow = await connect_client(nursery, broker, lockstep=True)
     slow.parser.protocol_level = V5
     await slow.send(Connect("slow", protocol_level=V5, clean_session=False,

@@ -494,7 +494,7 @@ def test_properties_round_trip(kind_and_props):
     assert parse_properties(encode_properties(props, kind), kind) == props
 
 
-def test_user_properties_keep_wire_order_and_duplicates_MQTT_3_3_2_18():
+def test_MQTT_3_3_2_18_user_properties_keep_wire_order_and_duplicates():
     wire = b"".join(b"\x26" + s(k) + s(v) for k, v in [("b", "1"), ("a", "2"), ("b", "0")])
     props = parse_properties(wire + b"\x01\x00" + b"\x26" + s("z") + s(""), T.PUBLISH)
     assert props[P.USER_PROPERTY] == (("b", "1"), ("a", "2"), ("b", "0"), ("z", ""))
@@ -504,7 +504,7 @@ def test_user_properties_keep_wire_order_and_duplicates_MQTT_3_3_2_18():
     ) + b"\x01\x00"
 
 
-def test_multiple_subscription_identifiers_in_publish_MQTT_3_3_4_4():
+def test_MQTT_3_3_4_4_multiple_subscription_identifiers_in_publish():
     wire = frame(0x30, s("t") + pb(b"\x0b\x01", b"\x0b\xff\xff\xff\x7f", b"\x0b\x01") + b"x")
     packet = parse_one5(wire)
     assert packet.properties == {P.SUBSCRIPTION_IDENTIFIER: (1, P.MAX_VARIABLE_BYTE_INTEGER, 1)}
@@ -606,7 +606,7 @@ ACK_IDS = ["PUBACK", "PUBREC", "PUBREL", "PUBCOMP"]
 
 
 @pytest.mark.parametrize(("cls", "first", "code"), ACK_TYPES, ids=ACK_IDS)
-def test_ack_two_three_and_four_byte_forms_MQTT_3_4_2_1(cls, first, code):
+def test_MQTT_3_4_2_1_ack_two_three_and_four_byte_forms(cls, first, code):
     # Remaining length 2: Success, no properties.
     assert parse_one5(bytes((first, 2, 0, 9))) == cls(9)
     assert encode(cls(9), MQTT_5) == bytes((first, 2, 0, 9))
@@ -655,7 +655,7 @@ NOT_ALLOWED = [
 @pytest.mark.parametrize(
     ("kind", "ident"), NOT_ALLOWED, ids=[f"{P.kind_name(k)}-{i:#04x}" for k, i in NOT_ALLOWED]
 )
-def test_property_not_valid_for_the_packet_is_malformed_section_2_2_2_2(kind, ident):
+def test_section_2_2_2_2_property_not_valid_for_the_packet_is_malformed(kind, ident):
     with pytest.raises(MalformedPacket, match=r"not valid"):
         parse5(wire_with_props(kind, PROP_WIRE[ident]))
     source = [k for k in ALL_KINDS if ident in P.ALLOWED[k]][-1]  # AUTH for 0x16, not CONNECT
@@ -671,7 +671,7 @@ def test_every_allowed_property_parses_in_a_real_packet(kind):
 
 
 @pytest.mark.parametrize("ident", [0x00, 0x04, 0x0A, 0x14, 0x2B, 0x7F])
-def test_unknown_property_identifier_is_malformed_section_2_2_2_2(ident):
+def test_section_2_2_2_2_unknown_property_identifier_is_malformed(ident):
     with pytest.raises(MalformedPacket):
         parse5(wire_with_props(T.PUBLISH, bytes((ident, 0))))
 
@@ -757,7 +757,8 @@ def test_truncated_or_bad_property_values_are_malformed(prop):
 
 @pytest.mark.parametrize("raw", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"a\x00"])
 @pytest.mark.parametrize("prop", [0x03, 0x26], ids=["string", "string-pair"])
-def test_ill_formed_utf8_or_u0000_in_properties_is_malformed_MQTT_1_5_4_1_and_1_5_7_1(raw, prop):
+def test_MQTT_1_5_4_1_and_MQTT_1_5_7_1_ill_formed_utf8_or_u0000_in_properties_is_malformed(
+    raw, prop):
     value = s(raw) if prop == 0x03 else s("k") + s(raw)
     with pytest.raises(MalformedPacket):
         parse5(wire_with_props(T.PUBLISH, bytes((prop,)) + value))
@@ -774,14 +775,14 @@ def test_property_length_beyond_the_packet_is_malformed():
 
 
 @pytest.mark.parametrize("length", [b"\x80\x80\x80\x80\x01", b"\x80\x00", b"\x80"])
-def test_bad_property_length_varint_is_malformed_MQTT_1_5_5_1(length):
+def test_MQTT_1_5_5_1_bad_property_length_varint_is_malformed(length):
     with pytest.raises(MalformedPacket):
         parse5(frame(0x30, s("t") + length))
     with pytest.raises(MalformedPacket):
         parse5(frame(0x82, b"\x00\x01" + length + s("a") + b"\x00"))
 
 
-def test_missing_property_length_is_malformed_MQTT_2_2_2_1():
+def test_MQTT_2_2_2_1_missing_property_length_is_malformed():
     for wire in [
         frame(0x10, connect5_body(props=b"")[:-3]),  # ends after keep alive
         frame(0x20, b"\x00\x00"),
@@ -816,12 +817,12 @@ def test_connect_level_5_properties_and_will_properties():
     )
 
 
-def test_connect_password_without_user_name_is_allowed_at_5_section_3_1_2_9():
+def test_section_3_1_2_9_connect_password_without_user_name_is_allowed_at_5():
     wire = frame(0x10, connect5_body(0x42) + s(b"token"))
     assert parse_one5(wire) == Connect("c", MQTT_5, True, 60, None, b"token")
 
 
-def test_connect_reserved_flag_is_malformed_MQTT_3_1_2_3():
+def test_MQTT_3_1_2_3_connect_reserved_flag_is_malformed():
     with pytest.raises(MalformedPacket, match=r"MQTT-3.1.2-3"):
         parse5(frame(0x10, connect5_body(0x03)))
 
@@ -833,7 +834,7 @@ def test_will_qos_or_retain_without_will_flag_is_malformed(flags, statement):
         parse5(frame(0x10, connect5_body(flags)))
 
 
-def test_will_qos_3_is_malformed_MQTT_3_1_2_12():
+def test_MQTT_3_1_2_12_will_qos_3_is_malformed():
     with pytest.raises(MalformedPacket, match=r"MQTT-3.1.2-12"):
         parse5(frame(0x10, connect5_body(0x1E) + b"\x00" + s("w") + s("m")))
 
@@ -846,7 +847,7 @@ def test_will_qos_3_is_malformed_MQTT_3_1_2_12():
         b"",  # nothing at all
     ],
 )
-def test_will_fields_must_all_be_present_MQTT_3_1_2_9(payload):
+def test_MQTT_3_1_2_9_will_fields_must_all_be_present(payload):
     with pytest.raises(MalformedPacket):
         parse5(frame(0x10, connect5_body(0x06) + payload))
 
@@ -861,7 +862,7 @@ def test_user_name_and_password_follow_their_flags(flags, fields):
         parse5(frame(0x10, connect5_body(flags) + fields))
 
 
-def test_connect_errors_carry_the_protocol_level_for_the_connack_section_4_13_1():
+def test_section_4_13_1_connect_errors_carry_the_protocol_level_for_the_connack():
     with pytest.raises(ProtocolError) as info:
         parse5(frame(0x10, connect5_body(props=pb(b"\x21\x00\x00"))))
     assert info.value.protocol_level == MQTT_5 and info.value.reason_code == 0x82
@@ -882,18 +883,18 @@ def test_unsupported_level_is_still_refused():
 # --- CONNACK -------------------------------------------------------------------------------
 
 
-def test_connack_reserved_flags_are_malformed_MQTT_3_2_2_1():
+def test_MQTT_3_2_2_1_connack_reserved_flags_are_malformed():
     with pytest.raises(MalformedPacket, match=r"MQTT-3.2.2-1"):
         parse5(frame(0x20, b"\x02\x00\x00"))
 
 
-def test_connack_session_present_with_error_code_is_a_protocol_error_MQTT_3_2_2_6():
+def test_MQTT_3_2_2_6_connack_session_present_with_error_code_is_a_protocol_error():
     with pytest.raises(ProtocolError, match=r"MQTT-3.2.2-6"):
         parse5(frame(0x20, b"\x01\x80\x00"))
 
 
 @pytest.mark.parametrize("code", [0x01, 0x05, 0x04, 0x8B, 0x8E, 0xA2, 0xFF])
-def test_connack_code_outside_table_3_1_is_a_protocol_error_MQTT_3_2_2_8(code):
+def test_MQTT_3_2_2_8_connack_code_outside_table_3_1_is_a_protocol_error(code):
     with pytest.raises(ProtocolError, match=r"MQTT-3.2.2-8"):
         parse5(frame(0x20, bytes((0, code, 0))))
 
@@ -901,30 +902,30 @@ def test_connack_code_outside_table_3_1_is_a_protocol_error_MQTT_3_2_2_8(code):
 # --- PUBLISH -------------------------------------------------------------------------------
 
 
-def test_publish_qos_3_is_malformed_MQTT_3_3_1_4():
+def test_MQTT_3_3_1_4_publish_qos_3_is_malformed():
     with pytest.raises(MalformedPacket, match=r"MQTT-3.3.1-4"):
         parse5(frame(0x36, s("a") + b"\x00\x01\x00"))
 
 
-def test_publish_dup_on_qos_0_is_malformed_MQTT_3_3_1_2():
+def test_MQTT_3_3_1_2_publish_dup_on_qos_0_is_malformed():
     with pytest.raises(MalformedPacket, match=r"MQTT-3.3.1-2"):
         parse5(frame(0x38, s("a") + b"\x00"))
 
 
 @pytest.mark.parametrize("topic", ["a/+", "#", "a/#"])
-def test_publish_wildcard_topic_is_malformed_MQTT_3_3_2_2(topic):
+def test_MQTT_3_3_2_2_publish_wildcard_topic_is_malformed(topic):
     with pytest.raises(MalformedPacket, match=r"MQTT-3.3.2-2"):
         parse5(frame(0x30, s(topic) + b"\x00"))
 
 
-def test_publish_empty_topic_needs_a_topic_alias_section_3_3_2_1():
+def test_section_3_3_2_1_publish_empty_topic_needs_a_topic_alias():
     with pytest.raises(ProtocolError):
         parse5(frame(0x30, s("") + b"\x00payload"))
     aliased = parse_one5(frame(0x30, s("") + pb(b"\x23\x00\x07") + b"payload"))
     assert aliased == Publish("", b"payload", properties={P.TOPIC_ALIAS: 7})
 
 
-def test_publish_packet_id_0_is_malformed_MQTT_2_2_1_3():
+def test_MQTT_2_2_1_3_publish_packet_id_0_is_malformed():
     with pytest.raises(MalformedPacket):
         parse5(frame(0x32, s("a") + b"\x00\x00\x00"))
 
@@ -948,22 +949,22 @@ def test_publish_with_long_property_block():
 
 
 @pytest.mark.parametrize("options", [0x40, 0x80, 0xC0, 0x41])
-def test_subscribe_reserved_option_bits_malformed_MQTT_3_8_3_5(options):
+def test_MQTT_3_8_3_5_subscribe_reserved_option_bits_malformed(options):
     with pytest.raises(MalformedPacket, match=r"MQTT-3.8.3-5"):
         parse5(frame(0x82, b"\x00\x01\x00" + s("a") + bytes((options,))))
 
 
-def test_subscribe_maximum_qos_3_is_a_protocol_error_section_3_8_3_1():
+def test_section_3_8_3_1_subscribe_maximum_qos_3_is_a_protocol_error():
     with pytest.raises(ProtocolError):
         parse5(frame(0x82, b"\x00\x01\x00" + s("a") + b"\x03"))
 
 
-def test_subscribe_retain_handling_3_is_a_protocol_error_section_3_8_3_1():
+def test_section_3_8_3_1_subscribe_retain_handling_3_is_a_protocol_error():
     with pytest.raises(ProtocolError):
         parse5(frame(0x82, b"\x00\x01\x00" + s("a") + b"\x30"))
 
 
-def test_subscribe_no_local_on_shared_subscription_is_a_protocol_error_MQTT_3_8_3_4():
+def test_MQTT_3_8_3_4_subscribe_no_local_on_shared_subscription_is_a_protocol_error():
     with pytest.raises(ProtocolError, match=r"MQTT-3.8.3-4"):
         parse5(frame(0x82, b"\x00\x01\x00" + s("$share/g/a") + b"\x04"))
     # Not shared: fine.
@@ -972,47 +973,47 @@ def test_subscribe_no_local_on_shared_subscription_is_a_protocol_error_MQTT_3_8_
     ].no_local
 
 
-def test_subscribe_without_filters_is_a_protocol_error_MQTT_3_8_3_2():
+def test_MQTT_3_8_3_2_subscribe_without_filters_is_a_protocol_error():
     with pytest.raises(ProtocolError, match=r"MQTT-3.8.3-2"):
         parse5(frame(0x82, b"\x00\x01\x00"))
 
 
 @pytest.mark.parametrize("first", [0x80, 0x83, 0x8A])
-def test_subscribe_fixed_header_flags_are_malformed_MQTT_3_8_1_1(first):
+def test_MQTT_3_8_1_1_subscribe_fixed_header_flags_are_malformed(first):
     with pytest.raises(MalformedPacket, match=r"MQTT-2.1.3-1"):
         parse5(frame(first, b"\x00\x01\x00" + s("a") + b"\x00"))
 
 
 @pytest.mark.parametrize("topic_filter", ["a/#/b", "a+", ""])
-def test_subscribe_invalid_filter_is_malformed_MQTT_4_7_1_1_and_4_7_1_2(topic_filter):
+def test_MQTT_4_7_1_1_and_MQTT_4_7_1_2_subscribe_invalid_filter_is_malformed(topic_filter):
     with pytest.raises(MalformedPacket):
         parse5(frame(0x82, b"\x00\x01\x00" + s(topic_filter) + b"\x00"))
 
 
 @pytest.mark.parametrize("code", [0x03, 0x10, 0x11, 0x81, 0x92, 0xFF])
-def test_suback_code_outside_table_3_8_is_a_protocol_error_MQTT_3_9_3_2(code):
+def test_MQTT_3_9_3_2_suback_code_outside_table_3_8_is_a_protocol_error(code):
     with pytest.raises(ProtocolError, match=r"MQTT-3.9.3-2"):
         parse5(frame(0x90, b"\x00\x01\x00\x00" + bytes((code,))))
 
 
 @pytest.mark.parametrize("code", [0x01, 0x10, 0x97, 0x9E])
-def test_unsuback_code_outside_table_3_9_is_a_protocol_error_MQTT_3_11_3_2(code):
+def test_MQTT_3_11_3_2_unsuback_code_outside_table_3_9_is_a_protocol_error(code):
     with pytest.raises(ProtocolError, match=r"MQTT-3.11.3-2"):
         parse5(frame(0xB0, b"\x00\x01\x00" + bytes((code,))))
 
 
 @pytest.mark.parametrize("first", [0x90, 0xB0])
-def test_suback_and_unsuback_without_codes_are_protocol_errors_section_2_4(first):
+def test_section_2_4_suback_and_unsuback_without_codes_are_protocol_errors(first):
     with pytest.raises(ProtocolError):
         parse5(frame(first, b"\x00\x01\x00"))
 
 
-def test_unsubscribe_without_filters_is_a_protocol_error_MQTT_3_10_3_2():
+def test_MQTT_3_10_3_2_unsubscribe_without_filters_is_a_protocol_error():
     with pytest.raises(ProtocolError, match=r"MQTT-3.10.3-2"):
         parse5(frame(0xA2, b"\x00\x01\x00"))
 
 
-def test_unsubscribe_fixed_header_flags_are_malformed_MQTT_3_10_1_1():
+def test_MQTT_3_10_1_1_unsubscribe_fixed_header_flags_are_malformed():
     with pytest.raises(MalformedPacket):
         parse5(frame(0xA0, b"\x00\x01\x00" + s("a")))
 
@@ -1020,7 +1021,7 @@ def test_unsubscribe_fixed_header_flags_are_malformed_MQTT_3_10_1_1():
 # --- DISCONNECT / AUTH / fixed header ----------------------------------------------------------
 
 
-def test_disconnect_forms_section_3_14_2():
+def test_section_3_14_2_disconnect_forms():
     assert parse_one5(b"\xe0\x00") == Disconnect()
     assert parse_one5(b"\xe0\x01\x04") == Disconnect(0x04)
     assert parse_one5(b"\xe0\x02\x8e\x00") == Disconnect(0x8E)
@@ -1029,18 +1030,18 @@ def test_disconnect_forms_section_3_14_2():
 
 
 @pytest.mark.parametrize("code", [0x01, 0x10, 0x18, 0x84, 0x92, 0xFF])
-def test_disconnect_code_outside_table_3_10_is_a_protocol_error_MQTT_3_14_2_1(code):
+def test_MQTT_3_14_2_1_disconnect_code_outside_table_3_10_is_a_protocol_error(code):
     with pytest.raises(ProtocolError, match=r"MQTT-3.14.2-1"):
         parse5(bytes((0xE0, 1, code)))
 
 
 @pytest.mark.parametrize("code", [0x01, 0x80, 0x87, 0xFF])
-def test_auth_code_outside_table_3_11_is_a_protocol_error_MQTT_3_15_2_1(code):
+def test_MQTT_3_15_2_1_auth_code_outside_table_3_11_is_a_protocol_error(code):
     with pytest.raises(ProtocolError, match=r"MQTT-3.15.2-1"):
         parse5(bytes((0xF0, 2, code, 0)))
 
 
-def test_auth_forms_section_3_15_2_1():
+def test_section_3_15_2_1_auth_forms():
     assert parse_one5(b"\xf0\x00") == Auth()
     assert parse_one5(b"\xf0\x02\x19\x00") == Auth(0x19)
     with pytest.raises(MalformedPacket):
@@ -1072,12 +1073,12 @@ def test_auth_before_5_is_still_malformed():
     ],
     ids=lambda w: f"{w[0]:#04x}",
 )
-def test_reserved_fixed_header_flags_are_malformed_MQTT_2_1_3_1(wire):
+def test_MQTT_2_1_3_1_reserved_fixed_header_flags_are_malformed(wire):
     with pytest.raises(MalformedPacket, match=r"MQTT-2.1.3-1"):
         parse5(wire)
 
 
-def test_remaining_length_must_be_minimal_at_5_MQTT_1_5_5_1():
+def test_MQTT_1_5_5_1_remaining_length_must_be_minimal_at_5():
     # PINGREQ with its remaining length 0 spelled in two bytes.
     with pytest.raises(MalformedPacket, match=r"MQTT-1.5.5-1"):
         parse5(b"\xc0\x80\x00")
@@ -1204,7 +1205,7 @@ def test_connection_accepts_5_and_sends_at_5():
     assert conn.data_to_send() == b"\x20\x06\x00\x00\x03\x22\x00\x0a" + b"\x90\x04\x00\x03\x00\x01"
 
 
-def test_enhanced_authentication_flow_section_4_12():
+def test_section_4_12_enhanced_authentication_flow():
     conn = connected5({P.AUTHENTICATION_METHOD: "SCRAM", P.AUTHENTICATION_DATA: b"c1"})
     conn.send(Auth(0x18, {P.AUTHENTICATION_METHOD: "SCRAM", P.AUTHENTICATION_DATA: b"s1"}))
     reply = Auth(0x18, {P.AUTHENTICATION_METHOD: "SCRAM", P.AUTHENTICATION_DATA: b"c2"})
@@ -1215,7 +1216,7 @@ def test_enhanced_authentication_flow_section_4_12():
     assert conn.receive_data(encode(PingReq()) + encode(reauth, MQTT_5)) == [PingReq(), reauth]
 
 
-def test_only_auth_or_disconnect_before_connack_with_an_auth_method_MQTT_3_1_2_30():
+def test_MQTT_3_1_2_30_only_auth_or_disconnect_before_connack_with_an_auth_method():
     conn = connected5({P.AUTHENTICATION_METHOD: "m"})
     with pytest.raises(ProtocolError, match=r"MQTT-3.1.2-30"):
         conn.receive_data(encode(PingReq()))
@@ -1223,27 +1224,27 @@ def test_only_auth_or_disconnect_before_connack_with_an_auth_method_MQTT_3_1_2_3
     assert conn.receive_data(encode(Disconnect(), MQTT_5)) == [Disconnect()]
 
 
-def test_auth_without_an_auth_method_in_connect_MQTT_4_12_0_7():
+def test_MQTT_4_12_0_7_auth_without_an_auth_method_in_connect():
     conn = connected5()
     with pytest.raises(ProtocolError, match=r"MQTT-4.12.0-7"):
         conn.receive_data(encode(Auth(0x19, {P.AUTHENTICATION_METHOD: "m"}), MQTT_5))
 
 
 @pytest.mark.parametrize("auth", [Auth(0x18, {P.AUTHENTICATION_METHOD: "other"}), Auth()])
-def test_auth_with_another_method_MQTT_4_12_0_5(auth):
+def test_MQTT_4_12_0_5_auth_with_another_method(auth):
     conn = connected5({P.AUTHENTICATION_METHOD: "m"})
     with pytest.raises(ProtocolError, match=r"MQTT-4.12.0-5"):
         conn.receive_data(encode(auth, MQTT_5))
 
 
-def test_publish_from_a_client_with_a_subscription_identifier_MQTT_3_3_4_6():
+def test_MQTT_3_3_4_6_publish_from_a_client_with_a_subscription_identifier():
     conn = connected5()
     with pytest.raises(ProtocolError, match=r"MQTT-3.3.4-6"):
         conn.receive_data(encode(Publish("a", properties={P.SUBSCRIPTION_IDENTIFIER: (1,)}),
                                  MQTT_5))
 
 
-def test_disconnect_cannot_turn_on_session_expiry_section_3_14_2_2_2():
+def test_section_3_14_2_2_2_disconnect_cannot_turn_on_session_expiry():
     conn = connected5()
     with pytest.raises(ProtocolError):
         conn.receive_data(encode(Disconnect(0, {P.SESSION_EXPIRY_INTERVAL: 5}), MQTT_5))
@@ -1252,7 +1253,7 @@ def test_disconnect_cannot_turn_on_session_expiry_section_3_14_2_2_2():
     assert conn.receive_data(encode(disconnect, MQTT_5)) == [disconnect]
 
 
-def test_a_bad_level_5_connect_is_answered_at_level_5_section_4_13_1():
+def test_section_4_13_1_a_bad_level_5_connect_is_answered_at_level_5():
     conn = ServerConnection()
     with pytest.raises(MalformedPacket) as info:
         conn.receive_data(frame(0x10, connect5_body(0x03)))  # reserved flag [MQTT-3.1.2-3]

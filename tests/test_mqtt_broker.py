@@ -6,8 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits
+from polybroker.config import Limits
 from polybroker.message import Message
 from polybroker.protocols.mqtt import (
     ConnAck,
@@ -27,10 +26,6 @@ from polybroker.protocols.mqtt import (
 )
 
 from .rawclient import connect_client
-
-
-def make_broker(**limits: object) -> Broker:
-    return Broker(BrokerConfig(limits=Limits(**limits)))
 
 
 async def test_connack_accepts_new_clean_session(nursery, broker):
@@ -65,7 +60,7 @@ async def test_publish_subscribe_each_qos(nursery, broker, qos):
     assert broker.sessions["sub"].inflight == {}
 
 
-async def test_delivery_downgraded_to_granted_qos_MQTT_3_8_4_6(nursery, broker):
+async def test_MQTT_3_8_4_6_delivery_downgraded_to_granted_qos(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 1)
@@ -75,7 +70,7 @@ async def test_delivery_downgraded_to_granted_qos_MQTT_3_8_4_6(nursery, broker):
     assert (await sub.receive()).qos == 1
 
 
-async def test_qos2_resent_publish_is_routed_once_MQTT_4_3_3(nursery, broker):
+async def test_section_4_3_3_qos2_resent_publish_is_routed_once(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 0)
@@ -106,7 +101,7 @@ async def test_overlapping_subscriptions_deliver_once_at_highest_qos(nursery, br
     assert [(p.topic, p.qos) for p in received] == [("a/b", 1)]
 
 
-async def test_dollar_topics_not_matched_by_leading_wildcard_MQTT_4_7_2_1(nursery, broker):
+async def test_MQTT_4_7_2_1_dollar_topics_not_matched_by_leading_wildcard(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("#", 0, packet_id=1)
@@ -122,7 +117,7 @@ async def test_dollar_topics_not_matched_by_leading_wildcard_MQTT_4_7_2_1(nurser
 
 
 @pytest.mark.parametrize("topic", ["$SYS/broker/uptime", "$foo/bar"])
-async def test_clients_cannot_exchange_messages_on_dollar_topics_MQTT_4_7_2_1(
+async def test_MQTT_4_7_2_1_clients_cannot_exchange_messages_on_dollar_topics(
     nursery, broker, caplog, topic
 ):
     # Acknowledged and dropped, as an ACL denial (3.1.1 has no way to say it); retained
@@ -141,7 +136,7 @@ async def test_clients_cannot_exchange_messages_on_dollar_topics_MQTT_4_7_2_1(
     assert broker.retained.match(topic) == []
 
 
-async def test_a_will_to_a_dollar_topic_is_not_published_MQTT_4_7_2_1(nursery, broker):
+async def test_MQTT_4_7_2_1_a_will_to_a_dollar_topic_is_not_published(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("$SYS/#", 1)
@@ -153,7 +148,7 @@ async def test_a_will_to_a_dollar_topic_is_not_published_MQTT_4_7_2_1(nursery, b
     assert await sub.publishes_until_idle() == []
 
 
-async def test_retained_set_replace_clear_MQTT_3_3_1_5_to_11(nursery, broker):
+async def test_MQTT_3_3_1_5_to_MQTT_3_3_1_11_retained_set_replace_clear(nursery, broker):
     pub = await connect_client(nursery, broker)
     await pub.connect("pub")
     await pub.send(Publish("r/1", b"first", retain=True), Publish("r/1", b"second", retain=True))
@@ -169,7 +164,7 @@ async def test_retained_set_replace_clear_MQTT_3_3_1_5_to_11(nursery, broker):
     assert len(broker.retained) == 1
 
 
-async def test_live_forwarding_clears_retain_flag_MQTT_3_3_1_9(nursery, broker):
+async def test_MQTT_3_3_1_9_live_forwarding_clears_retain_flag(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("r", 0)
@@ -193,7 +188,7 @@ async def test_retained_delivered_at_min_of_granted_and_stored_qos(nursery, brok
     assert (retained.qos, retained.retain, retained.payload) == (1, True, b"v")
 
 
-async def test_will_published_on_abnormal_close_MQTT_3_1_2_8(nursery, broker):
+async def test_MQTT_3_1_2_8_will_published_on_abnormal_close(nursery, broker):
     watcher = await connect_client(nursery, broker)
     await watcher.connect("watcher")
     await watcher.subscribe("wills/#", 1)
@@ -205,7 +200,7 @@ async def test_will_published_on_abnormal_close_MQTT_3_1_2_8(nursery, broker):
     assert broker.retained.get("wills/dev").payload == b"offline"
 
 
-async def test_no_will_after_disconnect_MQTT_3_14_4_3(nursery, broker):
+async def test_MQTT_3_14_4_3_no_will_after_disconnect(nursery, broker):
     watcher = await connect_client(nursery, broker)
     await watcher.connect("watcher")
     await watcher.subscribe("wills/#", 0)
@@ -216,7 +211,7 @@ async def test_no_will_after_disconnect_MQTT_3_14_4_3(nursery, broker):
     assert await watcher.publishes_until_idle() == []
 
 
-async def test_keep_alive_enforced_at_one_and_a_half_times_MQTT_3_1_2_24(
+async def test_MQTT_3_1_2_24_keep_alive_enforced_at_one_and_a_half_times(
     nursery, broker, autojump_clock
 ):
     watcher = await connect_client(nursery, broker)
@@ -238,8 +233,9 @@ async def test_ping_keeps_connection_alive(nursery, broker, autojump_clock):
         assert await device.publishes_until_idle() == []
 
 
-async def test_connection_without_connect_is_closed_after_timeout(nursery, autojump_clock):
-    broker = make_broker(connect_timeout=3)
+async def test_connection_without_connect_is_closed_after_timeout(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(connect_timeout=3))
     silent = await connect_client(nursery, broker)
     await silent.send_raw(b"\x10\x0c\x00\x04MQ")  # half a CONNECT, then nothing
     start = trio.current_time()
@@ -247,7 +243,7 @@ async def test_connection_without_connect_is_closed_after_timeout(nursery, autoj
     assert 3 <= trio.current_time() - start < 3.5
 
 
-async def test_takeover_closes_previous_connection_MQTT_3_1_4_2(nursery, broker):
+async def test_MQTT_3_1_4_2_takeover_closes_previous_connection(nursery, broker):
     first = await connect_client(nursery, broker)
     await first.connect("same", clean_session=False)
     await first.subscribe("t", 1)
@@ -291,7 +287,7 @@ async def test_persistent_session_receives_messages_sent_while_offline(nursery, 
     assert [(p.payload, p.qos) for p in received] == [(b"0", 1), (b"2", 2), (b"3", 1)]
 
 
-async def test_clean_session_discards_state_MQTT_3_1_2_6(nursery, broker):
+async def test_MQTT_3_1_2_6_clean_session_discards_state(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
     await sub.subscribe("t", 1)
@@ -309,7 +305,7 @@ async def test_clean_session_discards_state_MQTT_3_1_2_6(nursery, broker):
     assert "sub" not in broker.sessions  # a clean session ends with its connection
 
 
-async def test_unacknowledged_resent_with_dup_on_reconnect_MQTT_4_4_0_1(nursery, broker):
+async def test_MQTT_4_4_0_1_unacknowledged_resent_with_dup_on_reconnect(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
     await sub.subscribe("q1", 1, packet_id=1)
@@ -333,8 +329,8 @@ async def test_unacknowledged_resent_with_dup_on_reconnect_MQTT_4_4_0_1(nursery,
     assert broker.sessions["sub"].inflight == {}
 
 
-async def test_inflight_window_bounds_unacknowledged_deliveries(nursery):
-    broker = make_broker(max_inflight_messages=2)
+async def test_inflight_window_bounds_unacknowledged_deliveries(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_inflight_messages=2))
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 1)
@@ -351,8 +347,8 @@ async def test_inflight_window_bounds_unacknowledged_deliveries(nursery):
     assert [p.payload for p in await sub.publishes_until_idle()] == [b"3"]
 
 
-async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
-    broker = make_broker(max_queued_messages=3, queue_overflow="drop-new")
+async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog, make_broker):
+    broker = make_broker(limits=Limits(max_queued_messages=3, queue_overflow="drop-new"))
     sub = await connect_client(nursery, broker)
     await sub.connect("sub", clean_session=False)
     await sub.subscribe("t", 1)
@@ -370,8 +366,8 @@ async def test_offline_queue_bound_drops_new_messages_and_logs(nursery, caplog):
     assert [p.payload for p in await back.publishes_until_idle()] == [b"0", b"1", b"2"]
 
 
-async def test_slow_reader_qos0_backlog_is_bounded(nursery):
-    broker = make_broker(max_outgoing_bytes=10_000)
+async def test_slow_reader_qos0_backlog_is_bounded(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=10_000))
     slow = await connect_client(nursery, broker, lockstep=True)
     await slow.connect("slow")
     await slow.subscribe("t", 0)
@@ -384,20 +380,20 @@ async def test_slow_reader_qos0_backlog_is_bounded(nursery):
     assert 10 <= len(received) < 30
 
 
-async def test_empty_client_id_gets_generated_id_MQTT_3_1_3_6(nursery, broker):
+async def test_MQTT_3_1_3_6_empty_client_id_gets_generated_id(nursery, broker):
     client = await connect_client(nursery, broker)
     assert await client.connect("", clean_session=True) == ConnAck()
     (client_id,) = broker.sessions
     assert client_id.startswith("auto-")
 
 
-async def test_empty_client_id_without_clean_session_refused_MQTT_3_1_3_8(nursery, broker):
+async def test_MQTT_3_1_3_8_empty_client_id_without_clean_session_refused(nursery, broker):
     client = await connect_client(nursery, broker)
     await client.send(Connect("", clean_session=False))
     assert await client.receive_until_closed() == [ConnAck(return_code=0x02)]
 
 
-async def test_unsupported_protocol_level_gets_connack_1_MQTT_3_1_2_2(nursery, broker):
+async def test_MQTT_3_1_2_2_unsupported_protocol_level_gets_connack_1(nursery, broker):
     client = await connect_client(nursery, broker)
     await client.send_raw(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00")
     assert await client.receive_until_closed() == [ConnAck(return_code=0x01)]
@@ -439,14 +435,14 @@ async def test_protocol_violation_after_connect_closes_and_publishes_will(nurser
     assert "dev" not in broker.sessions
 
 
-async def test_second_connect_is_a_protocol_violation_MQTT_3_1_0_2(nursery, broker):
+async def test_MQTT_3_1_0_2_second_connect_is_a_protocol_violation(nursery, broker):
     client = await connect_client(nursery, broker)
     await client.connect("dev")
     await client.send(Connect("dev"))
     assert await client.receive_until_closed() == []
 
 
-async def test_unsubscribe_stops_delivery_and_always_acks_MQTT_3_10_4_5(nursery, broker):
+async def test_MQTT_3_10_4_5_unsubscribe_stops_delivery_and_always_acks(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 0)
@@ -459,7 +455,7 @@ async def test_unsubscribe_stops_delivery_and_always_acks_MQTT_3_10_4_5(nursery,
     assert len(broker.router) == 0
 
 
-async def test_resubscribe_replaces_qos_MQTT_3_8_4_3(nursery, broker):
+async def test_MQTT_3_8_4_3_resubscribe_replaces_qos(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 2, packet_id=1)
@@ -471,7 +467,7 @@ async def test_resubscribe_replaces_qos_MQTT_3_8_4_3(nursery, broker):
     assert len(broker.router) == 1
 
 
-async def test_in_order_delivery_per_topic_MQTT_4_6_0_5(nursery, broker):
+async def test_MQTT_4_6_0_5_in_order_delivery_per_topic(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
     await sub.subscribe("t", 1)

@@ -187,7 +187,7 @@ def test_valid_topic_names(topic):
 
 
 @pytest.mark.parametrize("topic", ["", "a/+", "#", "a/#", "a+b", "x#"])
-def test_invalid_topic_names_MQTT_4_7_1_1_and_4_7_3_1(topic):
+def test_MQTT_4_7_1_1_and_MQTT_4_7_3_1_invalid_topic_names(topic):
     assert not is_valid_topic_name(topic)
 
 
@@ -197,11 +197,11 @@ def test_valid_topic_filters(topic_filter):
 
 
 @pytest.mark.parametrize("topic_filter", ["", "a#", "a/#/b", "#/", "a+", "+a/b", "a/b+", "##"])
-def test_invalid_topic_filters_MQTT_4_7_1_2_and_4_7_1_3(topic_filter):
+def test_MQTT_4_7_1_2_and_MQTT_4_7_1_3_invalid_topic_filters(topic_filter):
     assert not is_valid_topic_filter(topic_filter)
 
 
-def test_topic_length_bound_is_65535_utf8_bytes_MQTT_4_7_3_3():
+def test_MQTT_4_7_3_3_topic_length_bound_is_65535_utf8_bytes():
     assert is_valid_topic_name("a" * 65535)
     assert not is_valid_topic_name("a" * 65536)
     assert is_valid_topic_filter("é" * 32767)  # 65534 bytes
@@ -397,7 +397,7 @@ def test_remaining_length_above_maximum_cannot_be_encoded():
     ],
     ids=lambda w: f"{w[0]:#04x}",
 )
-def test_reserved_flag_bits_are_malformed_MQTT_2_2_2_1_and_2_2_2_2(wire):
+def test_MQTT_2_2_2_1_and_MQTT_2_2_2_2_reserved_flag_bits_are_malformed(wire):
     with pytest.raises(MalformedPacket):
         parse(wire)
 
@@ -435,7 +435,7 @@ def test_two_byte_packets_with_wrong_length_are_malformed(first, body):
 
 
 @pytest.mark.parametrize("first", [0x40, 0x50, 0x62, 0x70, 0xB0])
-def test_acks_with_packet_id_0_are_malformed_MQTT_2_3_1_1(first):
+def test_MQTT_2_3_1_1_acks_with_packet_id_0_are_malformed(first):
     with pytest.raises(MalformedPacket):
         parse(frame(first, b"\x00\x00"))
 
@@ -467,26 +467,26 @@ def test_truncated_string_in_subscribe_is_malformed():
 
 
 @pytest.mark.parametrize("raw", [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\x80"])
-def test_ill_formed_utf8_is_malformed_MQTT_1_5_3_1(raw):
+def test_MQTT_1_5_3_1_ill_formed_utf8_is_malformed(raw):
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(client_id=b"a" + raw)))
 
 
-def test_u0000_in_a_string_is_malformed_MQTT_1_5_3_2():
+def test_MQTT_1_5_3_2_u0000_in_a_string_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x30, s("a\x00b")))
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(client_id="x\x00")))
 
 
-def test_bom_is_not_stripped_MQTT_1_5_3_3():
+def test_MQTT_1_5_3_3_bom_is_not_stripped():
     assert parse_one(frame(0x30, s("\ufeffa/b") + b"p")) == Publish("\ufeffa/b", b"p")
 
 
 # --- CONNECT ----------------------------------------------------------------------------
 
 
-def test_unknown_protocol_name_is_a_protocol_error_without_connack_MQTT_3_1_2_1():
+def test_MQTT_3_1_2_1_unknown_protocol_name_is_a_protocol_error_without_connack():
     with pytest.raises(ProtocolError) as info:
         parse(frame(0x10, connect_body(name="MQTX")))
     assert info.value.connack_code is None
@@ -495,7 +495,7 @@ def test_unknown_protocol_name_is_a_protocol_error_without_connack_MQTT_3_1_2_1(
 @pytest.mark.parametrize(
     ("name", "level"), [("MQTT", 7), ("MQTT", 3), ("MQIsdp", 4), ("MQIsdp", 5), ("MQTT", 6)]
 )
-def test_unsupported_level_gets_connack_1_MQTT_3_1_2_2(name, level):
+def test_MQTT_3_1_2_2_unsupported_level_gets_connack_1(name, level):
     with pytest.raises(UnsupportedProtocolVersion) as info:
         parse(frame(0x10, connect_body(name=name, level=level)))
     assert info.value.connack_code == 0x01
@@ -507,7 +507,7 @@ def test_mqtt_5_connect_with_properties_is_accepted():
     assert parse_one(frame(0x10, body)) == Connect("c", 5, True, 60)
 
 
-def test_reserved_connect_flag_is_malformed_MQTT_3_1_2_3():
+def test_MQTT_3_1_2_3_reserved_connect_flag_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(0x03)))
 
@@ -527,12 +527,12 @@ def test_will_qos_or_retain_without_will_flag_is_malformed(flags, statement):
         parse(frame(0x10, connect_body(flags) + s("w") + s("m")))
 
 
-def test_will_qos_3_is_malformed_MQTT_3_1_2_14():
+def test_MQTT_3_1_2_14_will_qos_3_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(0x1E) + s("w") + s("m")))
 
 
-def test_password_without_user_name_is_malformed_MQTT_3_1_2_22():
+def test_MQTT_3_1_2_22_password_without_user_name_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(0x42) + s("pw")))
 
@@ -548,13 +548,13 @@ def test_password_without_user_name_is_malformed_MQTT_3_1_2_22():
         (0x82, s("u") + s("p")),  # password without its flag [MQTT-3.1.2-20]
     ],
 )
-def test_payload_fields_must_match_flags_MQTT_3_1_3_1(flags, fields):
+def test_MQTT_3_1_3_1_payload_fields_must_match_flags(flags, fields):
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(flags) + fields))
 
 
 @pytest.mark.parametrize("topic", ["a/+", "#", ""])
-def test_will_topic_with_wildcards_is_malformed_MQTT_4_7_1_1(topic):
+def test_MQTT_4_7_1_1_will_topic_with_wildcards_is_malformed(topic):
     with pytest.raises(MalformedPacket):
         parse(frame(0x10, connect_body(0x06) + s(topic) + s("m")))
 
@@ -578,29 +578,29 @@ def test_mqtt_3_1_client_id_of_23_characters_is_accepted():
 # --- PUBLISH ----------------------------------------------------------------------------
 
 
-def test_publish_qos3_is_malformed_MQTT_3_3_1_4():
+def test_MQTT_3_3_1_4_publish_qos3_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x36, s("a") + b"\x00\x01"))
 
 
-def test_publish_qos0_with_dup_is_malformed_MQTT_3_3_1_2():
+def test_MQTT_3_3_1_2_publish_qos0_with_dup_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x38, s("a")))
 
 
 @pytest.mark.parametrize("topic", ["a/+", "a/#", "+", "#", "a+"])
-def test_publish_topic_with_wildcards_is_malformed_MQTT_3_3_2_2(topic):
+def test_MQTT_3_3_2_2_publish_topic_with_wildcards_is_malformed(topic):
     with pytest.raises(MalformedPacket):
         parse(frame(0x30, s(topic)))
 
 
-def test_publish_empty_topic_is_malformed_MQTT_4_7_3_1():
+def test_MQTT_4_7_3_1_publish_empty_topic_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x30, s("") + b"payload"))
 
 
 @pytest.mark.parametrize("first", [0x32, 0x34])
-def test_publish_packet_id_0_is_malformed_MQTT_2_3_1_1(first):
+def test_MQTT_2_3_1_1_publish_packet_id_0_is_malformed(first):
     with pytest.raises(MalformedPacket):
         parse(frame(first, s("a") + b"\x00\x00"))
 
@@ -619,24 +619,24 @@ def test_publish_qos0_topic_longer_than_body_is_malformed():
 # --- SUBSCRIBE / SUBACK / UNSUBSCRIBE ----------------------------------------------------------
 
 
-def test_subscribe_packet_id_0_is_malformed_MQTT_2_3_1_1():
+def test_MQTT_2_3_1_1_subscribe_packet_id_0_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x82, b"\x00\x00" + s("a") + b"\x00"))
 
 
-def test_subscribe_without_filters_is_malformed_MQTT_3_8_3_3():
+def test_MQTT_3_8_3_3_subscribe_without_filters_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x82, b"\x00\x01"))
 
 
 @pytest.mark.parametrize("topic_filter", ["a/#/b", "a+", "#a", ""])
-def test_subscribe_invalid_filter_is_malformed_MQTT_4_7_1_2_and_4_7_1_3(topic_filter):
+def test_MQTT_4_7_1_2_and_MQTT_4_7_1_3_subscribe_invalid_filter_is_malformed(topic_filter):
     with pytest.raises(MalformedPacket):
         parse(frame(0x82, b"\x00\x01" + s(topic_filter) + b"\x00"))
 
 
 @pytest.mark.parametrize("options", [0x03, 0x04, 0x80, 0xFC, 0x41])
-def test_subscribe_bad_requested_qos_is_malformed_MQTT_3_8_3_4(options):
+def test_MQTT_3_8_3_4_subscribe_bad_requested_qos_is_malformed(options):
     with pytest.raises(MalformedPacket):
         parse(frame(0x82, b"\x00\x01" + s("a") + bytes((options,))))
 
@@ -647,27 +647,27 @@ def test_subscribe_filter_without_qos_byte_is_malformed():
 
 
 @pytest.mark.parametrize("code", [3, 0x7F, 0x81, 0xFF])
-def test_suback_reserved_return_code_is_malformed_MQTT_3_9_3_2(code):
+def test_MQTT_3_9_3_2_suback_reserved_return_code_is_malformed(code):
     with pytest.raises(MalformedPacket):
         parse(frame(0x90, b"\x00\x01\x00" + bytes((code,))))
 
 
-def test_suback_without_return_codes_is_malformed_MQTT_3_9_3_1():
+def test_MQTT_3_9_3_1_suback_without_return_codes_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0x90, b"\x00\x01"))
 
 
-def test_unsubscribe_without_filters_is_malformed_MQTT_3_10_3_2():
+def test_MQTT_3_10_3_2_unsubscribe_without_filters_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0xA2, b"\x00\x01"))
 
 
-def test_unsubscribe_invalid_filter_is_malformed_MQTT_4_7_1_2():
+def test_MQTT_4_7_1_2_unsubscribe_invalid_filter_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0xA2, b"\x00\x01" + s("a") + s("a/#/b")))
 
 
-def test_unsubscribe_packet_id_0_is_malformed_MQTT_2_3_1_1():
+def test_MQTT_2_3_1_1_unsubscribe_packet_id_0_is_malformed():
     with pytest.raises(MalformedPacket):
         parse(frame(0xA2, b"\x00\x00" + s("a")))
 

@@ -68,24 +68,24 @@ def test_connect_split_across_reads():
     assert conn.receive_data(data[3:]) == [CONNECT]
 
 
-def test_first_packet_not_connect_is_a_protocol_error_MQTT_3_1_0_1():
+def test_MQTT_3_1_0_1_first_packet_not_connect_is_a_protocol_error():
     with pytest.raises(ProtocolError, match=r"MQTT-3\.1\.0-1"):
         ServerConnection().receive_data(encode(PingReq()))
 
 
-def test_first_packet_not_connect_is_rejected_from_its_first_byte_MQTT_3_1_0_1():
+def test_MQTT_3_1_0_1_first_packet_not_connect_is_rejected_from_its_first_byte():
     conn = ServerConnection()
     with pytest.raises(ProtocolError):
         conn.receive_data(b"\x30")  # a PUBLISH header, body not sent yet
 
 
-def test_second_connect_is_a_protocol_error_MQTT_3_1_0_2():
+def test_MQTT_3_1_0_2_second_connect_is_a_protocol_error():
     conn = connected()
     with pytest.raises(ProtocolError, match=r"MQTT-3\.1\.0-2"):
         conn.receive_data(encode(CONNECT))
 
 
-def test_second_connect_in_the_same_chunk_is_a_protocol_error_MQTT_3_1_0_2():
+def test_MQTT_3_1_0_2_second_connect_in_the_same_chunk_is_a_protocol_error():
     # The first CONNECT is returned (to be answered), the error raised next [MQTT-3.1.4-5].
     conn = ServerConnection()
     assert conn.receive_data(encode(CONNECT) * 2) == [CONNECT]
@@ -96,7 +96,7 @@ def test_second_connect_in_the_same_chunk_is_a_protocol_error_MQTT_3_1_0_2():
         conn.receive_data(b"")  # dead from then on
 
 
-def test_a_bad_packet_after_good_ones_waits_until_they_are_handled_MQTT_3_1_4_5():
+def test_MQTT_3_1_4_5_a_bad_packet_after_good_ones_waits_until_they_are_handled():
     conn = ServerConnection()
     bad_subscribe = b"\x82\x06\x00\x00\x00\x01a\x00"  # packet identifier 0
     packets = conn.receive_data(encode(CONNECT) + encode(PUBLISH) + bad_subscribe)
@@ -106,7 +106,7 @@ def test_a_bad_packet_after_good_ones_waits_until_they_are_handled_MQTT_3_1_4_5(
     assert not conn.error_pending
 
 
-def test_unsupported_version_still_lets_the_adapter_send_connack_MQTT_3_1_2_2():
+def test_MQTT_3_1_2_2_unsupported_version_still_lets_the_adapter_send_connack():
     conn = ServerConnection()
     level_6 = b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x00\x00"
     with pytest.raises(UnsupportedProtocolVersion) as info:

@@ -14,8 +14,7 @@ import trio
 import trio.testing
 
 from polybroker.adapters.io import plain_socket_fd, receive_socket, send_socket
-from polybroker.broker import Broker
-from polybroker.config import BrokerConfig, Limits, parse_listen_url
+from polybroker.config import Limits
 from polybroker.protocols.mqtt import ConnAck, Connect, PingReq, PingResp, Publish, Will
 from polybroker.server import open_broker
 
@@ -166,10 +165,6 @@ def writer_tasks() -> list[trio.lowlevel.Task]:
     return found
 
 
-def make_broker(**limits: object) -> Broker:
-    return Broker(BrokerConfig(limits=Limits(**limits)))
-
-
 async def test_idle_connections_have_no_writer_and_writes_still_flow(nursery, broker):
     sub = await connect_client(nursery, broker)
     await sub.connect("sub")
@@ -186,9 +181,9 @@ async def test_idle_connections_have_no_writer_and_writes_still_flow(nursery, br
 
 
 async def test_a_client_that_does_not_read_is_closed_after_the_send_timeout(
-    nursery, autojump_clock, caplog
+    nursery, autojump_clock, caplog, make_broker
 ):
-    broker = make_broker(send_timeout=5)
+    broker = make_broker(limits=Limits(send_timeout=5))
     slow = await connect_client(nursery, broker, lockstep=True)  # reads nothing from now on
     await slow.connect("slow")
     await slow.subscribe("t", 0)
@@ -240,13 +235,8 @@ async def test_connection_closing_waits_for_the_writer_to_drain(nursery, broker)
 # -- over real sockets -----------------------------------------------------------------------
 
 
-def loopback(**limits: object) -> BrokerConfig:
-    return BrokerConfig(listeners=(parse_listen_url("mqtt://127.0.0.1:0"),),
-                        limits=Limits(**limits))
-
-
-async def test_over_tcp_deliveries_flow_and_idle_connections_have_no_writer():
-    async with open_broker(loopback()) as running:
+async def test_over_tcp_deliveries_flow_and_idle_connections_have_no_writer(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         port = running.port()
         sub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         await sub.connect("sub")
@@ -266,15 +256,16 @@ async def test_over_tcp_deliveries_flow_and_idle_connections_have_no_writer():
                 await trio.sleep(0.01)  # ok: bounded poll while real sockets close
 
 
-async def test_over_tcp_no_connect_in_time_closes_the_connection():
-    async with open_broker(loopback(connect_timeout=0.2)) as running:
+async def test_over_tcp_no_connect_in_time_closes_the_connection(serve_config):
+    config = serve_config("mqtt://127.0.0.1:0", limits=Limits(connect_timeout=0.2))
+    async with open_broker(config) as running:
         silent = RawClient(await trio.open_tcp_stream("127.0.0.1", running.port()))
         with trio.fail_after(5):
             assert await silent.receive_until_closed() == []
 
 
-async def test_over_tcp_keep_alive_closes_a_silent_client():
-    async with open_broker(loopback()) as running:
+async def test_over_tcp_keep_alive_closes_a_silent_client(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         client = RawClient(await trio.open_tcp_stream("127.0.0.1", running.port()))
         await client.send(Connect("ka", keep_alive=1))
         assert await client.receive() == ConnAck()
@@ -283,8 +274,9 @@ async def test_over_tcp_keep_alive_closes_a_silent_client():
         assert 1.4 <= trio.current_time() - start < 4  # one and a half keep-alives
 
 
-async def test_over_tcp_a_backlog_beyond_what_the_socket_takes_arrives_whole_and_in_order():
-    async with open_broker(loopback()) as running:
+async def test_over_tcp_a_backlog_beyond_what_the_socket_takes_arrives_whole_and_in_order(
+    serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         port = running.port()
         sub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         await sub.connect("sub")
@@ -311,8 +303,8 @@ async def test_over_tcp_a_backlog_beyond_what_the_socket_takes_arrives_whole_and
         await pub.close()
 
 
-async def test_over_tcp_a_will_from_a_closing_connection_reaches_the_subscriber():
-    async with open_broker(loopback()) as running:
+async def test_over_tcp_a_will_from_a_closing_connection_reaches_the_subscriber(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         port = running.port()
         sub = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
         await sub.connect("sub")
@@ -324,8 +316,8 @@ async def test_over_tcp_a_will_from_a_closing_connection_reaches_the_subscriber(
         assert (will.topic, will.payload) == ("wills/dying", b"gone")
 
 
-async def test_over_tcp_a_refused_connect_gets_its_connack_before_the_close():
-    async with open_broker(loopback()) as running:
+async def test_over_tcp_a_refused_connect_gets_its_connack_before_the_close(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         client = RawClient(await trio.open_tcp_stream("127.0.0.1", running.port()))
         await client.send_raw(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00")  # level 7
         assert await client.receive_until_closed() == [ConnAck(return_code=0x01)]

@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from polybroker.auth import ScramCredential, ScramUserStore
-from polybroker.config import BrokerConfig, MQTTSettings, parse_listen_url
+from polybroker.config import MQTTSettings
 from polybroker.protocols.mqtt import Auth, ConnAck, Connect
 from polybroker.protocols.mqtt import properties as prop
 from polybroker.protocols.mqtt import reason_codes as rc
@@ -70,13 +70,11 @@ async def scram_connect(port: int, user: str, password: str) -> tuple[ConnAck, S
     return connack, scram
 
 
-async def test_users_file_written_by_the_cli_enables_scram_on_a_served_broker(tmp_path):
+async def test_users_file_written_by_the_cli_enables_scram_on_a_served_broker(
+    tmp_path, serve_config):
     users = tmp_path / "scram-users"
     users.write_text(cli_credential_line("alice", "correct horse") + "\n")
-    config = BrokerConfig(
-        listeners=(parse_listen_url("mqtt://127.0.0.1:0"),),
-        mqtt=MQTTSettings(scram_users_file=users),
-    )
+    config = serve_config("mqtt://127.0.0.1:0", mqtt=MQTTSettings(scram_users_file=users))
     async with open_broker(config) as running:
         port = running.port("mqtt")
         connack, scram = await scram_connect(port, "alice", "correct horse")

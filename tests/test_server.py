@@ -2,7 +2,6 @@
 
 import trio
 
-from polybroker.config import BrokerConfig, parse_listen_url
 from polybroker.protocols.mqtt import ConnAck, Publish
 from polybroker.protocols.stomp import Frame, FrameParser, encode_frame
 from polybroker.server import open_broker
@@ -10,12 +9,8 @@ from polybroker.server import open_broker
 from .rawclient import RawClient
 
 
-def loopback_config(*urls: str) -> BrokerConfig:
-    return BrokerConfig(listeners=tuple(parse_listen_url(u) for u in urls))
-
-
-async def test_open_broker_serves_every_listener_on_its_bound_port():
-    config = loopback_config("mqtt://127.0.0.1:0", "mqtt://[::1]:0")
+async def test_open_broker_serves_every_listener_on_its_bound_port(serve_config):
+    config = serve_config("mqtt://127.0.0.1:0", "mqtt://[::1]:0")
     async with open_broker(config) as running:
         ports = [lc.port for lc in running.listeners]
         assert all(port > 0 for port in ports)
@@ -30,8 +25,8 @@ async def test_open_broker_serves_every_listener_on_its_bound_port():
         await pub.close()
 
 
-async def test_connection_error_does_not_stop_the_listener():
-    async with open_broker(loopback_config("mqtt://127.0.0.1:0")) as running:
+async def test_connection_error_does_not_stop_the_listener(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0")) as running:
         port = running.port("mqtt")
         for _ in range(3):
             bad = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
@@ -42,8 +37,8 @@ async def test_connection_error_does_not_stop_the_listener():
         await good.close()
 
 
-async def test_stomp_listener_is_served_by_the_stomp_adapter():
-    async with open_broker(loopback_config("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0")) as running:
+async def test_stomp_listener_is_served_by_the_stomp_adapter(serve_config):
+    async with open_broker(serve_config("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0")) as running:
         stream = await trio.open_tcp_stream("127.0.0.1", running.port("stomp"))
         await stream.send_all(encode_frame(Frame("CONNECT", (("accept-version", "1.2"),))))
         parser, frames = FrameParser(), []

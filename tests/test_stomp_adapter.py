@@ -10,19 +10,13 @@ import trio
 
 from polybroker import __version__
 from polybroker.adapters import stomp as stomp_adapter
-from polybroker.auth.passwords import hash_password
-from polybroker.broker import Broker
-from polybroker.config import AuthConfig, BrokerConfig, Limits, StompSettings
+from polybroker.config import Limits, StompSettings
 from polybroker.message import Message
 from polybroker.protocols.mqtt import Publish
 from polybroker.protocols.stomp import HEART_BEAT
 
 from .rawclient import connect_client as connect_mqtt
 from .stompclient import connect_client
-
-
-def make_broker(stomp: StompSettings | None = None, **limits: object) -> Broker:
-    return Broker(BrokerConfig(limits=Limits(**limits), stomp=stomp or StompSettings()))
 
 
 async def connected(nursery, broker, version: str | None = "1.2", **headers: str):
@@ -92,10 +86,8 @@ async def test_connecting_login_passcode_and_host_are_accepted_and_kept(nursery,
     assert (client.server.login, client.server.host) == ("alice", "localhost")
 
 
-async def test_connecting_refused_login_is_an_error(nursery, tmp_path):
-    passwords = tmp_path / "passwords"
-    passwords.write_text(f"good:{hash_password('x', n=16)}\n")
-    broker = Broker(BrokerConfig(auth=AuthConfig(password_file=passwords, failure_delay=0)))
+async def test_connecting_refused_login_is_an_error(nursery, make_broker, auth_config):
+    broker = make_broker(auth=auth_config({"good": "x"}, None))
     client = await connect_client(nursery, broker)
     await client.send("CONNECT", {"accept-version": "1.2", "host": "h", "login": "bad",
                                   "passcode": "x"})
@@ -116,8 +108,8 @@ async def test_connecting_second_connect_is_an_error(nursery, broker):
     await assert_error_and_close(client, "second CONNECT")
 
 
-async def test_connecting_without_connect_in_time_is_closed(nursery, autojump_clock):
-    broker = make_broker(connect_timeout=3)
+async def test_connecting_without_connect_in_time_is_closed(nursery, autojump_clock, make_broker):
+    broker = make_broker(limits=Limits(connect_timeout=3))
     client = await connect_client(nursery, broker)
     start = trio.current_time()
     await assert_error_and_close(client, "no CONNECT")
@@ -138,8 +130,9 @@ async def test_connecting_connection_is_registered_with_the_broker(nursery, brok
 # -- Heart-beating -------------------------------------------------------------------------
 
 
-async def test_heart_beating_server_sends_at_the_negotiated_interval(nursery, autojump_clock):
-    broker = make_broker(StompSettings(heart_beat_send=5, heart_beat_receive=0))
+async def test_heart_beating_server_sends_at_the_negotiated_interval(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(stomp=StompSettings(heart_beat_send=5, heart_beat_receive=0))
     client = await connected(nursery, broker, heart_beat="0,8000")  # MAX(5000, 8000)
     assert client.server.conn.heart_beat == (8000, 0)
     start = trio.current_time()
@@ -150,11 +143,11 @@ async def test_heart_beating_server_sends_at_the_negotiated_interval(nursery, au
 
 @pytest.mark.parametrize(("asked", "interval"), [(500, 500), (20, 100), (60000, 60000)])
 async def test_heart_beating_follows_the_client_down_to_the_floor(
-    nursery, autojump_clock, asked, interval
+    nursery, autojump_clock, asked, interval, make_broker
 ):
     # heart_beat_send (10 s) is no floor: a client asking for a beat every 500 ms gets
     # one every 500 ms (as from RabbitMQ), one asking for 20 ms gets heart_beat_min.
-    broker = make_broker(StompSettings(heart_beat_min=0.1))
+    broker = make_broker(stomp=StompSettings(heart_beat_min=0.1))
     client = await connect_client(nursery, broker)
     frame = await client.connect("1.2", heart_beat=f"0,{asked}")
     assert frame.get("heart-beat") == f"{min(interval, 10000)},10000"
@@ -167,16 +160,17 @@ async def test_heart_beating_follows_the_client_down_to_the_floor(
         assert trio.current_time() - start == pytest.approx(interval / 1000 * beat, abs=0.01)
 
 
-async def test_heart_beating_send_0_stays_off_whatever_the_client_asks(nursery, autojump_clock):
-    broker = make_broker(StompSettings(heart_beat_send=0))
+async def test_heart_beating_send_0_stays_off_whatever_the_client_asks(
+    nursery, autojump_clock, make_broker):
+    broker = make_broker(stomp=StompSettings(heart_beat_send=0))
     client = await connect_client(nursery, broker)
     frame = await client.connect("1.2", heart_beat="0,500")
     assert frame.get("heart-beat") == "0,10000"
     assert client.server.conn.heart_beat == (0, 0)
 
 
-async def test_heart_beating_data_counts_as_a_beat(nursery, autojump_clock):
-    broker = make_broker(StompSettings(heart_beat_send=5, heart_beat_receive=0))
+async def test_heart_beating_data_counts_as_a_beat(nursery, autojump_clock, make_broker):
+    broker = make_broker(stomp=StompSettings(heart_beat_send=5, heart_beat_receive=0))
     client = await connected(nursery, broker, heart_beat="0,5000")
     await client.subscribe("/topic/t")
     for _ in range(3):
@@ -188,8 +182,8 @@ async def test_heart_beating_data_counts_as_a_beat(nursery, autojump_clock):
     assert trio.current_time() - start == pytest.approx(5, abs=0.01)
 
 
-async def test_heart_beating_client_beats_keep_the_connection(nursery, autojump_clock):
-    broker = make_broker(StompSettings(heart_beat_send=0, heart_beat_receive=10))
+async def test_heart_beating_client_beats_keep_the_connection(nursery, autojump_clock, make_broker):
+    broker = make_broker(stomp=StompSettings(heart_beat_send=0, heart_beat_receive=10))
     client = await connected(nursery, broker, heart_beat="5000,0")  # MAX(5000, 10000)
     assert client.server.conn.heart_beat == (0, 10000)
     for beat in range(10):
@@ -202,9 +196,9 @@ async def test_heart_beating_client_beats_keep_the_connection(nursery, autojump_
 
 
 async def test_heart_beating_silent_client_is_dropped_after_twice_the_interval(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
-    broker = make_broker(StompSettings(heart_beat_send=0, heart_beat_receive=10))
+    broker = make_broker(stomp=StompSettings(heart_beat_send=0, heart_beat_receive=10))
     client = await connected(nursery, broker, heart_beat="5000,0")
     await client.send_raw(b"\r\n")
     start = trio.current_time()
@@ -213,7 +207,8 @@ async def test_heart_beating_silent_client_is_dropped_after_twice_the_interval(
 
 
 @pytest.mark.parametrize("header", [{"heart_beat": "0,0"}, {}])  # missing means 0,0
-async def test_heart_beating_off_when_either_side_says_0(nursery, autojump_clock, header):
+async def test_heart_beating_off_when_either_side_says_0(
+    nursery, autojump_clock, header, make_broker):
     broker = make_broker()  # the server offers 10000,10000
     client = await connected(nursery, broker, **header)
     assert client.server.conn.heart_beat == (0, 0)
@@ -734,8 +729,8 @@ async def test_subscribe_invalid_prefetch_is_an_error(nursery, broker):
     await assert_error_and_close(client, "prefetch-count")
 
 
-async def test_slow_consumer_leaves_queue_messages_to_the_others(nursery):
-    broker = make_broker(max_outgoing_bytes=200)
+async def test_slow_consumer_leaves_queue_messages_to_the_others(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_outgoing_bytes=200))
     slow = await connect_client(nursery, broker, lockstep=True)
     with trio.fail_after(5):
         async with trio.open_nursery() as reading:
@@ -755,9 +750,9 @@ async def test_slow_consumer_leaves_queue_messages_to_the_others(nursery):
 
 
 async def test_consumer_that_does_not_read_is_dropped_after_the_send_timeout(
-    nursery, autojump_clock
+    nursery, autojump_clock, make_broker
 ):
-    broker = make_broker(send_timeout=3, max_outgoing_bytes=100)
+    broker = make_broker(limits=Limits(send_timeout=3, max_outgoing_bytes=100))
     stuck = await connect_client(nursery, broker, lockstep=True)
     async with trio.open_nursery() as reading:
         reading.start_soon(stuck.connect)
@@ -966,8 +961,8 @@ async def test_connection_lingering_rapid_connects_and_disconnects(nursery, brok
     assert broker.connections == set()
 
 
-async def test_error_size_limits(nursery):
-    broker = make_broker(max_packet_size=1000)
+async def test_error_size_limits(nursery, make_broker):
+    broker = make_broker(limits=Limits(max_packet_size=1000))
     client = await connected(nursery, broker)
     await client.send("SEND", {"destination": "/topic/t"}, b"x" * 2000)
     await assert_error_and_close(client, "larger than 1000 bytes")

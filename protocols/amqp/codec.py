@@ -206,7 +206,9 @@ class FrameParser:
         self._header_pending = False
         return True
 
-    def _method(self, buf: bytearray, start: int, end: int, channel: int, events: list) -> None:
+    def _method(
+        self, buf: bytearray, start: int, end: int, channel: int, events: list[Event]
+    ) -> None:
         if end - start < 4:
             raise FrameError(f"method frame of {end - start} bytes has no method id")
         class_id, method_id = _IDS.unpack_from(buf, start)
@@ -246,7 +248,7 @@ class FrameParser:
             events.append(MethodFrame(channel, method))
 
     def _content_header(
-        self, buf: bytearray, start: int, end: int, channel: int, events: list
+        self, buf: bytearray, start: int, end: int, channel: int, events: list[Event]
     ) -> None:
         pending = self._pending.get(channel)
         if pending is None or pending.properties is not None:
@@ -273,7 +275,9 @@ class FrameParser:
         pending.properties = properties
         pending.body_size = body_size
 
-    def _body(self, buf: bytearray, start: int, end: int, channel: int, events: list) -> None:
+    def _body(
+        self, buf: bytearray, start: int, end: int, channel: int, events: list[Event]
+    ) -> None:
         pending = self._pending.get(channel)
         if pending is None or pending.properties is None:
             raise UnexpectedFrame(f"body frame on channel {channel} without a content header")

@@ -96,7 +96,7 @@ def read_longlong(buf: Any, pos: int, end: int) -> tuple[int, int]:
 def read_shortstr(buf: Any, pos: int, end: int) -> tuple[str, int]:
     if pos >= end:
         raise _truncated("shortstr")
-    stop = pos + 1 + buf[pos]
+    stop: int = pos + 1 + buf[pos]
     if stop > end:
         raise _truncated("shortstr")
     try:
@@ -108,7 +108,7 @@ def read_shortstr(buf: Any, pos: int, end: int) -> tuple[str, int]:
 def skip_shortstr(buf: Any, pos: int, end: int) -> int:
     if pos >= end:
         raise _truncated("shortstr")
-    stop = pos + 1 + buf[pos]
+    stop: int = pos + 1 + buf[pos]
     if stop > end:
         raise _truncated("shortstr")
     return stop
@@ -117,7 +117,7 @@ def skip_shortstr(buf: Any, pos: int, end: int) -> int:
 def read_longstr(buf: Any, pos: int, end: int) -> tuple[bytes, int]:
     if pos + 4 > end:
         raise _truncated("longstr")
-    stop = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
+    stop: int = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
     if stop > end:
         raise _truncated("longstr")
     return bytes(buf[pos + 4 : stop]), stop
@@ -127,7 +127,7 @@ def skip_table(buf: Any, pos: int, end: int) -> int:
     """The end of the field table at ``pos``, without decoding it."""
     if pos + 4 > end:
         raise _truncated("field table")
-    stop = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
+    stop: int = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
     if stop > end:
         raise _truncated("field table")
     return stop
@@ -208,7 +208,7 @@ def _read_array(buf: Any, pos: int, end: int, depth: int) -> tuple[list[Any], in
         raise MalformedData(f"field arrays nested deeper than {MAX_NESTING}")
     if pos + 4 > end:
         raise _truncated("field array")
-    stop = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
+    stop: int = pos + 4 + _UINT32.unpack_from(buf, pos)[0]
     if stop > end:
         raise _truncated("field array")
     pos += 4

@@ -13,8 +13,9 @@ are written as zero or empty and skipped when read.
 """
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 from . import fields as f
 from .errors import MalformedData
@@ -44,6 +45,7 @@ class Method:
     FROM_CLIENT: ClassVar[bool]
     FROM_SERVER: ClassVar[bool]
     ARGUMENTS: ClassVar[tuple[tuple[str | None, int], ...]]
+    _KINDS: ClassVar[tuple[int, ...]]  # the kinds of ARGUMENTS, for the decoder
 
 
 # Keyed by class_id << 16 | method_id.
@@ -59,6 +61,7 @@ NOT_IMPLEMENTED = frozenset(
 )
 
 
+@dataclass_transform()  # the classes it registers are dataclasses
 def _method(
     class_id: int,
     method_id: int,
@@ -69,7 +72,7 @@ def _method(
     content: bool = False,
 ) -> Any:
     def register(cls: type) -> type[Method]:
-        new = dataclass(frozen=True, slots=True)(cls)
+        new: type[Any] = dataclass(frozen=True, slots=True)(cls)
         names = [n for n, kind in arguments if kind not in _RESERVED]
         assert [x.name for x in fields(new)] == names, name
         new.CLASS_ID = class_id
@@ -637,7 +640,10 @@ def _decode_ack(buf: Any, pos: int, end: int) -> Method | None:
     return BasicAck(_UINT64.unpack_from(buf, pos)[0], bool(buf[pos + 8] & 1))
 
 
-_FAST_DECODERS: dict[type, Any] = {BasicPublish: _decode_publish, BasicAck: _decode_ack}
+_FAST_DECODERS: dict[type, Callable[[Any, int, int], Method | None]] = {
+    BasicPublish: _decode_publish,
+    BasicAck: _decode_ack,
+}
 
 
 def decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method:
@@ -652,9 +658,10 @@ def decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method:
             return method
     values: list[Any] = []
     append = values.append
+    value: Any
     octet = 0
     bit = 8  # next bit of ``octet`` to read; 8: a bit argument starts a new octet
-    for kind in cls._KINDS:  # type: ignore[attr-defined]
+    for kind in cls._KINDS:
         if kind in _BITS:
             if bit == 8:
                 if pos >= end:
@@ -704,7 +711,7 @@ def decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method:
 def encode_arguments(method: Method) -> bytes:
     """The argument bytes of ``method`` (without class and method ids)."""
     if type(method) is BasicAck:  # one per publish in confirm mode
-        return _ACK.pack(method.delivery_tag, method.multiple)  # type: ignore[attr-defined]
+        return _ACK.pack(method.delivery_tag, method.multiple)
     out = bytearray()
     octet = 0
     bit = 8

@@ -73,7 +73,7 @@ assert [x.name for x in fields(BasicProperties)] == [p[0] for p in _PROPERTIES]
 def _flags(raw: bytes) -> int:
     if len(raw) < 2:
         raise MalformedData("content header without property flags", class_id=60)
-    flags = _FLAGS.unpack_from(raw, 0)[0]
+    flags: int = _FLAGS.unpack_from(raw, 0)[0]
     if flags & _UNKNOWN_FLAGS:
         raise MalformedData(f"unknown basic property flags {flags:#06x}", class_id=60)
     return flags
@@ -85,6 +85,7 @@ def decode_properties(raw: bytes) -> BasicProperties:
     end = len(raw)
     pos = 2
     values: list[Any] = []
+    value: Any
     try:
         for _, kind, bit in _PROPERTIES:
             if not flags & bit:
@@ -157,7 +158,7 @@ def encode_properties(properties: BasicProperties | None = None, **values: Any) 
         unknown = values.keys() - {p[0] for p in _PROPERTIES}
         if unknown:
             raise TypeError(f"unknown basic properties: {sorted(unknown)}")
-        get = values.get  # type: ignore[assignment]
+        get = values.get
     out = bytearray(b"\x00\x00")
     flags = 0
     for name, kind, bit in _PROPERTIES:

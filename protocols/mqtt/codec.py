@@ -308,7 +308,7 @@ def _parse_publish(flags: int, body: memoryview, level: int) -> Publish:
     return Publish(topic, payload, qos, bool(flags & 0x01), bool(flags & 0x08), packet_id)
 
 
-def _id_only_parser(cls: type, name: str, required_flags: int) -> ParseFunction:
+def _id_only_parser(cls: Callable[..., Packet], name: str, required_flags: int) -> ParseFunction:
     """Parser for PUBACK, PUBREC, PUBREL, PUBCOMP and UNSUBACK: just a packet id."""
 
     def parse(flags: int, body: memoryview, level: int) -> Packet:
@@ -372,7 +372,7 @@ def _parse_unsubscribe(flags: int, body: memoryview, level: int) -> Unsubscribe:
     return Unsubscribe(packet_id, tuple(topic_filters))
 
 
-def _empty_parser(cls: type, name: str) -> ParseFunction:
+def _empty_parser(cls: Callable[..., Packet], name: str) -> ParseFunction:
     """Parser for PINGREQ, PINGRESP and DISCONNECT: no variable header, no payload."""
 
     def parse(flags: int, body: memoryview, level: int) -> Packet:
@@ -454,7 +454,9 @@ def _parse_publish5(flags: int, body: memoryview, level: int) -> Publish:
     )
 
 
-def _ack_parser5(cls: type, kind: PacketType, required_flags: int, statement: str) -> ParseFunction:
+def _ack_parser5(
+    cls: Callable[..., Packet], kind: PacketType, required_flags: int, statement: str
+) -> ParseFunction:
     """PUBACK, PUBREC, PUBREL, PUBCOMP: packet id [reason code [properties]].
 
     Remaining length 2: reason 0x00 and no properties; 3: a reason code and no

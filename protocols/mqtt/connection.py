@@ -18,7 +18,7 @@ MQTT 5.0 connection-level rules enforced here (statement ids: MQTT 5.0):
   was zero or absent (3.14.2.2.2).
 """
 
-from typing import Any
+from typing import Any, cast
 
 from .codec import MAX_PACKET_SIZE, PacketParser, encode
 from .errors import MQTTError, ProtocolError
@@ -120,11 +120,12 @@ class ServerConnection:
                 if kind is Connect:
                     if self.protocol_level is not None:
                         raise ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
-                    self.protocol_level = packet.protocol_level
-                    self._parser.protocol_level = packet.protocol_level
-                    if packet.protocol_level == MQTT_5:
-                        self._auth_method = packet.properties.get(AUTHENTICATION_METHOD)
-                        self._session_expiry = packet.properties.get(SESSION_EXPIRY_INTERVAL, 0)
+                    connect = cast(Connect, packet)  # (``kind is`` does not narrow the type)
+                    self.protocol_level = connect.protocol_level
+                    self._parser.protocol_level = connect.protocol_level
+                    if connect.protocol_level == MQTT_5:
+                        self._auth_method = connect.properties.get(AUTHENTICATION_METHOD)
+                        self._session_expiry = connect.properties.get(SESSION_EXPIRY_INTERVAL, 0)
                 elif self.protocol_level is None:
                     raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
                 elif kind in _SERVER_ONLY:

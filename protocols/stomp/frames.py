@@ -7,6 +7,7 @@ and trusted once built.
 """
 
 from dataclasses import dataclass
+from typing import overload
 
 V1_0 = "1.0"
 V1_1 = "1.1"
@@ -46,6 +47,10 @@ class Frame:
     headers: Headers = ()
     body: bytes = b""
 
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the FIRST header called ``name`` ("Repeated Header Entries")."""
         for key, value in self.headers:
