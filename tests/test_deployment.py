@@ -70,10 +70,12 @@ def test_make_run_installs_only_the_runtime_dependencies(tmp_path):
         pytest.skip("make is not installed")
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    run = subprocess.run([make, "-n", "run"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    # --no-print-directory: under `make test` the nested make would print where it is.
+    run = subprocess.run([make, "--no-print-directory", "-n", "run"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
     assert "pip install --quiet -e .\n" in run and "[test]" not in run
     assert run.rstrip().endswith(".venv/bin/polybroker serve")
-    test = subprocess.run([make, "-n", "test"], cwd=tmp_path, capture_output=True,
+    test = subprocess.run([make, "--no-print-directory", "-n", "test"], cwd=tmp_path,
+                          capture_output=True,
                           text=True, timeout=60, check=True).stdout
     assert "pip install --quiet -e '.[test]'" in test
