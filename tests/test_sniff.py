@@ -215,9 +215,6 @@ async def test_replaying_the_prefix_keeps_trios_receive_rules():
         await stream.receive_some(1)
 
 
-@pytest.mark.xfail(strict=True, reason="PrefixedStream does not yet refuse a second "
-                   "receive_some while it replays its prefix (trio streams raise "
-                   "BusyResourceError)")
 async def test_replaying_the_prefix_refuses_a_concurrent_receive():
     _, right = trio.testing.memory_stream_pair()
     stream = PrefixedStream(right, b"abcdef")

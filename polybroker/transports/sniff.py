@@ -92,13 +92,21 @@ class PrefixedStream(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self.stream = stream
         self._prefix = prefix
+        self._replaying = False  # a task is taking from the prefix (the stream's own
+        # receive_some refuses a second receiver by itself)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:
             return await self.stream.receive_some(max_bytes)
+        if self._replaying:
+            raise trio.BusyResourceError("another task is already receiving")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        await trio.lowlevel.checkpoint()
+        self._replaying = True
+        try:
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._replaying = False
         size = len(self._prefix) if max_bytes is None else max_bytes
         data, self._prefix = self._prefix[:size], self._prefix[size:]
         return data
