@@ -5,9 +5,10 @@ Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
 (session expiry, delayed wills) run on ``timers``, driven by one trio task.
 
-Every change to durable state is told to ``journal`` (``persistence``: records in the
-store; the default keeps nothing), and ``durability`` says when what was recorded is on
-disk, so that connections acknowledge nothing before (``durability``).
+Every change to durable state is told to ``journal``, and ``durability`` says when what
+was recorded is on disk, so that connections acknowledge nothing before: interfaces of the
+core (``journal``) that ``persistence`` implements over the store; the defaults keep
+nothing.
 """
 
 import logging
@@ -21,12 +22,11 @@ import trio
 
 from .auth import Authenticator, Security
 from .config import BrokerConfig
-from .durability import Durability
 from .exchanges import ExchangeRegistry
+from .journal import AlwaysDurable, Durability, Journal
 from .limits import RetainedBound
 from .message import Message
 from .overflow import NOTHING_MATCHED, PublishResult, all_taken
-from .persistence import Journal
 from .queue_registry import QueueRegistry
 from .queues import QUEUE_OVERFLOW
 from .retained import RetainedStore
@@ -82,8 +82,8 @@ class Broker:
         # ``shutdown`` to half its grace, leaving the other half for the closes.
         self.linger_deadline = math.inf
         # In memory only until ``durability.open_durable_state`` attaches the store.
-        self.journal = Journal()
-        self.durability = Durability()
+        self.journal: Journal = Journal()
+        self.durability: Durability = AlwaysDurable()
 
     # -- connections ----------------------------------------------------------------------
 

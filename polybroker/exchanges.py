@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
 from .message import Death, Message
@@ -46,7 +46,8 @@ from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFaile
 from .sessions import SubscriptionOptions
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .queue_registry import QueueRegistry
+    from .router import TopicTrie
 
 __all__ = [
     "DEFAULT", "DIRECT", "FANOUT", "HEADERS", "KINDS", "TOPIC", "Binding", "Exchange",
@@ -278,10 +279,32 @@ class TopicPatterns:
         return list(found)
 
 
+class ExchangeStore(Protocol):
+    """Where durable exchanges and their bindings are recorded (``broker.journal``)."""
+
+    def exchange_declared(self, exchange: Exchange) -> None: ...
+
+    def exchange_deleted(self, exchange: Exchange) -> None: ...
+
+    def binding_added(self, binding: Binding) -> None: ...
+
+    def binding_removed(self, binding: Binding) -> None: ...
+
+
+class Core(Protocol):
+    """What exchanges use of the broker they belong to."""
+
+    journal: ExchangeStore
+    queues: QueueRegistry
+    router: TopicTrie
+
+    def publish(self, message: Message) -> PublishResult: ...
+
+
 class ExchangeRegistry:
     """The broker's exchanges by name, their bindings, and publishing through them."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Core) -> None:
         self.broker = broker
         self._exchanges: dict[str, Exchange] = {}
         self._by_queue: dict[Queue, set[tuple[str, tuple[str, str, str]]]] = {}

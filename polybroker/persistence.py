@@ -105,11 +105,12 @@ import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .exchanges import arguments_key
+from .journal import Journal
 from .message import Death, Message
 from .queues import Queue, QueueEntry
 from .refusals import Refused
@@ -486,41 +487,6 @@ def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
 # --------------------------------------------------------------------------- journals
 
 
-class Journal:
-    """Where the broker core reports durable state changes. This one keeps nothing: the
-    broker with ``persistence = false``, and the core on its own (tests)."""
-
-    failures = 0  # writes that failed; an adapter compares it around a call to notice
-
-    def atomic(self) -> AbstractContextManager[None]:
-        """The records written inside survive a crash all together or not at all."""
-        return nullcontext()
-
-    def session_opened(self, session: Session) -> None: ...
-
-    def session_closed(self, session: Session) -> None: ...
-
-    def session_discarded(self, session: Session) -> None: ...
-
-    def subscription_set(
-        self, session: Session, topic_filter: str, options: SubscriptionOptions
-    ) -> None: ...
-
-    def subscription_removed(self, session: Session, topic_filter: str) -> None: ...
-
-    def retained_set(self, message: Message) -> None: ...
-
-    def retained_cleared(self, topic: str) -> None: ...
-
-    def exchange_declared(self, exchange: Exchange) -> None: ...
-
-    def exchange_deleted(self, exchange: Exchange) -> None: ...
-
-    def binding_added(self, binding: Binding) -> None: ...
-
-    def binding_removed(self, binding: Binding) -> None: ...
-
-
 class StoreJournal(Journal):
     """Turns the broker's state changes into records of a ``LogStore``."""
 
@@ -740,6 +706,10 @@ class SessionJournal:
 
     def inbound_key(self, packet_id: int) -> bytes:
         return INBOUND_QOS2 + self.client + SEP + packet_id.to_bytes(2, "big")
+
+    @property
+    def max_messages(self) -> int:
+        return self.owner.max_messages
 
     def has_room(self, size: int) -> bool:
         """Whether one more message of ``size`` payload bytes is within the session's
