@@ -23,7 +23,7 @@ import trio
 from .auth import Authenticator, Security
 from .config import BrokerConfig
 from .exchanges import ExchangeRegistry
-from .journal import AlwaysDurable, Durability, Journal
+from .journal import AlwaysDurable, Durability, Journal, Storing
 from .limits import RetainedBound
 from .message import Message
 from .overflow import NOTHING_MATCHED, PublishResult, all_taken
@@ -251,6 +251,13 @@ class Broker:
         return True
 
     # -- publishing -----------------------------------------------------------------------
+
+    def storing(self, atomic: bool = False) -> Storing:
+        """Around the core calls of one client request: raises ``journal.StoreFull`` at
+        its end if a record could not be written (the state is kept in memory all the
+        same: refuse the client). ``atomic``: its records survive a crash all together or
+        not at all."""
+        return Storing(self.journal, atomic)
 
     def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained

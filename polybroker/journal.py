@@ -8,6 +8,7 @@ The defaults here keep nothing and count everything as durable at once: the brok
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -15,13 +16,18 @@ if TYPE_CHECKING:
     from .message import Message
     from .sessions import Session, SubscriptionOptions
 
-__all__ = ["AlwaysDurable", "Durability", "Journal"]
+__all__ = ["AlwaysDurable", "Durability", "Journal", "StoreFull", "Storing"]
+
+
+class StoreFull(Exception):
+    """A record of what a client asked for could not be written (a full disk, or another
+    store error). The state is kept in memory all the same; the client is refused."""
 
 
 class Journal:
     """Where the broker core reports durable state changes. This one keeps nothing."""
 
-    failures = 0  # writes that failed (the store's journal counts them)
+    failures = 0  # writes that failed (the store's journal counts them; ``Storing`` looks)
 
     def atomic(self) -> AbstractContextManager[None]:
         """The records written inside survive a crash all together or not at all."""
@@ -50,6 +56,31 @@ class Journal:
     def binding_added(self, binding: Binding) -> None: ...
 
     def binding_removed(self, binding: Binding) -> None: ...
+
+
+class Storing:
+    """The writes of one client request (``Broker.storing``): ``StoreFull`` at the end if
+    one of them failed; with ``atomic``, they survive a crash all together or not at all."""
+
+    __slots__ = ("_failures", "_group", "_journal")
+
+    def __init__(self, journal: Journal, atomic: bool = False) -> None:
+        self._journal = journal
+        self._group = journal.atomic() if atomic else None
+        self._failures = 0
+
+    def __enter__(self) -> None:
+        self._failures = self._journal.failures
+        if self._group is not None:
+            self._group.__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        if self._group is not None:
+            self._group.__exit__(kind, value, traceback)
+        if kind is None and self._journal.failures != self._failures:
+            raise StoreFull("a record could not be written")
+        return False
 
 
 class Durability(Protocol):

@@ -50,6 +50,7 @@ from .. import __version__
 from ..auth import Client
 from ..broker import ANY_QOS, Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
+from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
 from ..overflow import Holdback, PublishResult
@@ -386,11 +387,12 @@ class StompClientConnection:
         if destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
             # persistent:true: recorded in the store (``persistence``), kept across a restart.
-            journal = self.broker.journal
-            failures = journal.failures
-            outcome = queue.offer(message, 1, persistent=frame.get("persistent") == "true")
-            if journal.failures != failures:
-                raise ProtocolError("message not stored: storage failure")
+            persistent = frame.get("persistent") == "true"
+            try:
+                with self.broker.storing():
+                    outcome = queue.offer(message, 1, persistent=persistent)
+            except StoreFull:
+                raise ProtocolError("message not stored: storage failure") from None
             result = PublishResult(1)
             if outcome:
                 result.note(outcome, queue)

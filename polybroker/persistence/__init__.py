@@ -92,8 +92,9 @@ acknowledged and when is ``durability``'s business.
 
 A failed write (``StoreFullError`` on a full disk, or another ``StoreError``) is logged
 loudly and counted in ``failures``; the state stays in memory, so nothing is lost while
-the broker runs, and the adapter that caused the write refuses its client's message
-(MQTT 5.0 reason 0x97, 3.1.1: connection closed without acknowledgement).
+the broker runs. The request that caused the write ends in ``journal.StoreFull``
+(``Broker.storing``), and its adapter refuses the client's message (MQTT 5.0 reason 0x97,
+3.1.1: connection closed without acknowledgement; STOMP: ERROR).
 
 Modules: ``records`` (the keys and the value codecs), ``journal`` (``StoreJournal``, the
 core's ``journal.Journal`` over the store, and each persistent session's

@@ -1,0 +1,96 @@
+"""The core's answers to an adapter: a request whose records could not be written ends in
+``StoreFull`` (its state kept in memory all the same)."""
+
+import pytest
+
+from polybroker.broker import Broker
+from polybroker.config import BrokerConfig, StorageConfig
+from polybroker.durability import open_durable_state
+from polybroker.journal import StoreFull
+from polybroker.message import Message
+from polybroker.sessions import SubscriptionOptions
+from polybroker.storage import StoreFullError
+
+
+class Recorder:
+    """A session link that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_publish(self, delivery, packet_id, dup) -> bool:
+        self.sent.append(delivery.message.payload)
+        return True
+
+    def send_pubrel(self, packet_id: int) -> None: ...
+
+    def session_taken_over(self) -> None: ...
+
+
+def full(key: bytes, value: bytes) -> None:
+    raise StoreFullError(28, "No space left on device")
+
+
+async def persistent_subscriber(broker: Broker) -> Recorder:
+    session, _ = broker.open_session("sub", clean=False, expiry_interval=60)
+    broker.subscribe(session, "t", SubscriptionOptions(qos=1))
+    link = Recorder()
+    session.attach(link)
+    return link
+
+
+async def test_storing_says_nothing_when_every_record_was_written(tmp_path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path))
+    async with open_durable_state(broker):
+        link = await persistent_subscriber(broker)
+        with broker.storing():
+            result = broker.publish(Message("t", b"kept", qos=1))
+        assert result.delivered == 1
+        assert link.sent == [b"kept"]
+
+
+async def test_storing_raises_store_full_and_keeps_the_state_in_memory(tmp_path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path))
+    async with open_durable_state(broker):
+        link = await persistent_subscriber(broker)
+        broker.durability.store.put = full
+        with pytest.raises(StoreFull), broker.storing():
+            broker.publish(Message("t", b"unstored", qos=1))
+        assert link.sent == [b"unstored"]  # routed all the same
+        del broker.durability.store.put  # space again
+        with broker.storing():
+            broker.publish(Message("t", b"stored", qos=1))
+
+
+async def test_storing_atomic_raises_store_full_when_the_group_cannot_be_written(tmp_path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path))
+    async with open_durable_state(broker):
+        await persistent_subscriber(broker)
+        store = broker.durability.store
+
+        def commit_fails() -> None:
+            store.abandon_group()  # as a write that did not reach the disk leaves it
+            full(b"", b"")
+
+        store.commit_group = commit_fails
+        with pytest.raises(StoreFull), broker.storing(atomic=True):
+            broker.publish(Message("t", b"x", qos=1))
+        assert not store.group_open
+
+
+async def test_storing_lets_other_exceptions_through_and_abandons_the_group(tmp_path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path))
+    async with open_durable_state(broker):
+        await persistent_subscriber(broker)
+        store = broker.durability.store
+        with pytest.raises(KeyError), broker.storing(atomic=True):
+            broker.publish(Message("t", b"x", qos=1))
+            raise KeyError("the adapter's own failure")
+        assert not store.group_open
+        assert list(store.scan(b"m/")) == []  # nothing of the group was written
+
+
+def test_storing_without_a_store_never_raises():
+    broker = Broker(BrokerConfig(storage=StorageConfig(persistence=False)))
+    with broker.storing(atomic=True):
+        assert broker.publish(Message("t", b"x")).matched == 0
