@@ -28,7 +28,7 @@ from .limits import RetainedBound
 from .message import Message
 from .overflow import NOTHING_MATCHED, PublishResult, all_taken
 from .queue_registry import QueueRegistry
-from .queues import QUEUE_OVERFLOW
+from .queues import QUEUE_OVERFLOW, Queue
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -136,7 +136,7 @@ class Broker:
         # A clean session (expiry 0) lasts as long as its connection, which a takeover
         # ends: the new connection never resumes it [MQTT-3.1.2-6].
         if session is not None and (clean or session.expiry_interval == 0):
-            self._discard(session)
+            self.discard_session(session)
             session = None
         present = session is not None
         if session is None:
@@ -173,7 +173,7 @@ class Broker:
                     delay, lambda: self._publish_will(session, will)
                 )
         if interval == 0:
-            self._discard(session)
+            self.discard_session(session)
             return
         self.journal.session_closed(session)
         if interval != NEVER_EXPIRES:
@@ -189,9 +189,11 @@ class Broker:
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:
             log.info("client %s: session expired", session.client_id)
-            self._discard(session)
+            self.discard_session(session)
 
-    def _discard(self, session: Session) -> None:
+    def discard_session(self, session: Session) -> None:
+        """End a session now: its subscriptions, its delayed will (published now), its
+        records."""
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)
         if session.will_timer is not None:
@@ -249,6 +251,22 @@ class Broker:
             self.router.remove(group.topic_filter, group)
             del self.shared_groups[shared]
         return True
+
+    def topic_queue(self, name: str, topic_filter: str) -> Queue:
+        """A private queue that the messages on ``topic_filter`` are routed into (a STOMP
+        /topic subscription), bounded like a session's backlog."""
+        limits = self.limits
+        queue = Queue(
+            name, clock=self.clock, max_length=limits.max_queued_messages,
+            max_bytes=limits.max_queued_bytes, overflow=QUEUE_OVERFLOW[limits.queue_overflow],
+            drop_totals=self.drops,
+        )
+        self.router.add(topic_filter, queue, ANY_QOS)
+        return queue
+
+    def end_topic_queue(self, topic_filter: str, queue: Queue) -> None:
+        """Route nothing more into a ``topic_queue``."""
+        self.router.remove(topic_filter, queue)
 
     # -- publishing -----------------------------------------------------------------------
 

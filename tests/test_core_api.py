@@ -1,5 +1,10 @@
-"""The core's answers to an adapter: a request whose records could not be written ends in
-``StoreFull`` (its state kept in memory all the same)."""
+"""The core's calls and answers to an adapter: a request whose records could not be written
+ends in ``StoreFull`` (its state kept in memory all the same); what an adapter changes in
+the core, it changes through a call."""
+
+import ast
+import re
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +99,54 @@ def test_storing_without_a_store_never_raises():
     broker = Broker(BrokerConfig(storage=StorageConfig(persistence=False)))
     with broker.storing(atomic=True):
         assert broker.publish(Message("t", b"x")).matched == 0
+
+
+async def test_topic_queue_takes_what_is_published_on_its_filter_until_ended():
+    broker = Broker(BrokerConfig())
+    queue = broker.topic_queue("private", "a/+")
+    assert broker.publish(Message("a/b", b"1")).delivered == 1
+    assert broker.publish(Message("c", b"2")).matched == 0
+    broker.end_topic_queue("a/+", queue)
+    assert broker.publish(Message("a/b", b"3")).matched == 0
+    assert [entry.message.payload for entry in queue.ready] == [b"1"]
+
+
+def test_discard_session_ends_it_with_its_subscriptions():
+    broker = Broker(BrokerConfig())
+    session, _ = broker.open_session("gone", clean=False, expiry_interval=60)
+    broker.subscribe(session, "t", SubscriptionOptions(qos=1))
+    broker.discard_session(session)
+    assert "gone" not in broker.sessions
+    assert broker.publish(Message("t", b"x")).matched == 0
+
+
+def core_reaches(path: Path) -> list[str]:
+    """Where a module reaches into the core past its calls: a private name of the broker
+    (or of anything reached through it), or the broker's router."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain = ast.unparse(node)
+        if not re.match(r"(self\.)?broker\.", chain):
+            continue
+        names = chain.split(".")[1 if chain.startswith("broker") else 2:]
+        if any(n.startswith("_") and not n.startswith("__") for n in names) or (
+            names[0] == "router"
+        ):
+            found.append(f"{path.name}:{node.lineno}: {chain}")
+    return sorted(set(found))
+
+
+def test_adapters_and_persistence_change_the_core_only_through_its_calls():
+    top = Path(__file__).resolve().parent.parent / "polybroker"
+    paths = [*(top / "adapters").glob("*.py"), *(top / "persistence").glob("*.py")]
+    assert paths
+    assert [reach for path in paths for reach in core_reaches(path)] == []
+
+
+def test_core_reaches_are_found(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("self.broker._discard(s)\nbroker.router.add(f, q, o)\nbroker.publish(m)\n")
+    assert core_reaches(module) == ["m.py:1: self.broker._discard", "m.py:2: broker.router",
+                                    "m.py:2: broker.router.add"]

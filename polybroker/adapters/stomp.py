@@ -48,7 +48,7 @@ import trio
 
 from .. import __version__
 from ..auth import Client
-from ..broker import ANY_QOS, Broker
+from ..broker import Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
 from ..journal import StoreFull
 from ..limits import PublishThrottle
@@ -64,7 +64,7 @@ from ..protocols.stomp import (
     encode_frame,
     encode_message,
 )
-from ..queues import QUEUE_OVERFLOW, Queue, QueueEntry
+from ..queues import Queue, QueueEntry
 from .io import linger, receive_before
 
 log = logging.getLogger("polybroker.stomp")
@@ -445,14 +445,7 @@ class StompClientConnection:
                 raise _error(frame, f"resource locked: {destination.wire} is exclusive to "
                                     f"another connection")
         else:
-            queue = Queue(
-                f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
-                max_length=self.limits.max_queued_messages,
-                max_bytes=self.limits.max_queued_bytes,
-                overflow=QUEUE_OVERFLOW[self.limits.queue_overflow],
-                drop_totals=self.broker.drops,
-            )
-            self.broker.router.add(destination.name, queue, ANY_QOS)
+            queue = self.broker.topic_queue(f"stomp:{self.session_id}:{sub_id}", destination.name)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
         self.subscriptions[sub_id] = sub
         queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False)
@@ -481,7 +474,7 @@ class StompClientConnection:
             self._unacked.pop(message_id, None)
         sub.pending.clear()
         if sub.private:
-            self.broker.router.remove(sub.destination.name, sub.queue)
+            self.broker.end_topic_queue(sub.destination.name, sub.queue)
         sub.queue.remove_consumer(sub, requeue=not sub.private)
 
     def _on_ack(self, frame: Frame) -> bool:

@@ -295,7 +295,7 @@ class _Replay:
             if remaining <= 0:
                 log.info("client %s: session expired while the broker was stopped",
                          session.client_id)
-                self.broker._discard(session)
+                self.broker.discard_session(session)
                 self.summary.expired_sessions += 1
             else:
                 self.broker.expire_later(session, remaining)
