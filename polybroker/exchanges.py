@@ -538,11 +538,11 @@ class ExchangeRegistry:
     ) -> int:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
-        unroutable (basic.return 312 for a mandatory publish).
-
-        Stamps ``message.exchange`` and ``message.routing_key`` (and ``message.topic`` for
-        ``amq.topic``); a persistent message (``message.persistent``) is recorded in each
-        durable queue it enters. Queues that turned it away (``x-overflow``
+        unroutable (basic.return 312 for a mandatory publish). What is routed carries
+        ``exchange`` and ``routing_key`` (and, through ``amq.topic``, the topic they map
+        to): ``message`` itself when it already does (an AMQP adapter builds it so), else a
+        copy (a message is never changed). A persistent message (``message.persistent``) is
+        recorded in each durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
         negative publisher confirm). ``admit``, when given, picks the queues the publisher
         may write to (the ACL); the others are passed over as if not bound. ``result``, when
@@ -553,8 +553,10 @@ class ExchangeRegistry:
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
-        message.exchange = exchange
-        message.routing_key = routing_key
+        if message.exchange != exchange or message.routing_key != routing_key:
+            message = dataclasses.replace(
+                message, exchange=exchange, routing_key=routing_key, wire_cache={}
+            )
         return self._route(ex, routing_key, message, refused, admit, result)
 
     def _route(
@@ -570,7 +572,8 @@ class ExchangeRegistry:
             topic = routing_key_to_topic(routing_key)
             if topic is None:
                 return 0
-            message.topic = topic
+            if message.topic != topic:
+                message = dataclasses.replace(message, topic=topic, wire_cache={})
             published = self.broker.publish(message)
             if result is not None:
                 result.merge(published)

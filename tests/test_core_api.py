@@ -150,3 +150,50 @@ def test_core_reaches_are_found(tmp_path):
     module.write_text("self.broker._discard(s)\nbroker.router.add(f, q, o)\nbroker.publish(m)\n")
     assert core_reaches(module) == ["m.py:1: self.broker._discard", "m.py:2: broker.router",
                                     "m.py:2: broker.router.add"]
+
+
+@pytest.fixture
+def frozen_messages():
+    """Any change to a built Message raises (a write-once guard; not on by default, as
+    a frozen dataclass costs four times as much to build)."""
+
+    def write_once(message: Message, name: str, value: object) -> None:
+        try:
+            getattr(message, name)
+        except AttributeError:  # being built
+            object.__setattr__(message, name, value)
+            return
+        raise AttributeError(f"Message.{name} changed after it was built")
+
+    Message.__setattr__ = write_once
+    yield
+    del Message.__setattr__
+
+
+def test_the_guard_catches_a_change(frozen_messages):
+    message = Message("t", b"x")
+    with pytest.raises(AttributeError):
+        message.topic = "u"
+
+
+async def test_routing_never_changes_a_message(frozen_messages, tmp_path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path))
+    async with open_durable_state(broker):
+        link = await persistent_subscriber(broker)
+        broker.publish(Message("t", b"mqtt", qos=1, retain=True))
+        queues, exchanges = broker.queues, broker.exchanges
+        queues.declare_queue("dead", durable=True)
+        queues.declare_queue("work", durable=True, arguments={"x-dead-letter-exchange": "dlx"})
+        exchanges.declare("dlx", "fanout", durable=True)
+        exchanges.bind("dead", "dlx", "")
+        exchanges.bind("work", "amq.topic", "t")
+        exchanges.publish("", "work", Message("", b"direct", persistent=True))
+        exchanges.publish("amq.topic", "t", Message("", b"topic", persistent=True))
+        work = queues.get("work")
+        while (taken := work.get(holder=link)) is not None:
+            work.reject(taken[1], requeue=False)  # dead-lettered: a copy with its death
+        dead = [entry.message for entry in queues.get("dead").ready]
+        assert [(m.payload, m.deaths[0].reason) for m in dead] == [
+            (b"direct", "rejected"), (b"topic", "rejected"),
+        ]
+        assert link.sent == [b"mqtt", b"topic"]
