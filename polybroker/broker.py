@@ -5,9 +5,10 @@ Adapters call into it synchronously; deliveries come back out through each
 session's link, which buffers bytes for its connection's writer task. Deadlines
 (session expiry, delayed wills) run on ``timers``, driven by one trio task.
 
-Every change to durable state is told to ``journal`` (``persistence``: records in the
-store; the default keeps nothing), and ``durability`` says when what was recorded is on
-disk, so that connections acknowledge nothing before (``durability``).
+Every change to durable state is told to ``journal``, and ``durability`` says when what
+was recorded is on disk, so that connections acknowledge nothing before: interfaces of the
+core (``journal``) that ``persistence`` implements over the store; the defaults keep
+nothing.
 """
 
 import logging
@@ -21,14 +22,13 @@ import trio
 
 from .auth import Authenticator, Security
 from .config import BrokerConfig
-from .durability import Durability
 from .exchanges import ExchangeRegistry
+from .journal import AlwaysDurable, Durability, Journal, Storing
 from .limits import RetainedBound
 from .message import Message
 from .overflow import NOTHING_MATCHED, PublishResult, all_taken
-from .persistence import Journal
 from .queue_registry import QueueRegistry
-from .queues import QUEUE_OVERFLOW
+from .queues import QUEUE_OVERFLOW, Queue
 from .retained import RetainedStore
 from .router import TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
@@ -82,8 +82,8 @@ class Broker:
         # ``shutdown`` to half its grace, leaving the other half for the closes.
         self.linger_deadline = math.inf
         # In memory only until ``durability.open_durable_state`` attaches the store.
-        self.journal = Journal()
-        self.durability = Durability()
+        self.journal: Journal = Journal()
+        self.durability: Durability = AlwaysDurable()
 
     # -- connections ----------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ class Broker:
         # A clean session (expiry 0) lasts as long as its connection, which a takeover
         # ends: the new connection never resumes it [MQTT-3.1.2-6].
         if session is not None and (clean or session.expiry_interval == 0):
-            self._discard(session)
+            self.discard_session(session)
             session = None
         present = session is not None
         if session is None:
@@ -173,7 +173,7 @@ class Broker:
                     delay, lambda: self._publish_will(session, will)
                 )
         if interval == 0:
-            self._discard(session)
+            self.discard_session(session)
             return
         self.journal.session_closed(session)
         if interval != NEVER_EXPIRES:
@@ -189,9 +189,11 @@ class Broker:
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:
             log.info("client %s: session expired", session.client_id)
-            self._discard(session)
+            self.discard_session(session)
 
-    def _discard(self, session: Session) -> None:
+    def discard_session(self, session: Session) -> None:
+        """End a session now: its subscriptions, its delayed will (published now), its
+        records."""
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)
         if session.will_timer is not None:
@@ -250,7 +252,30 @@ class Broker:
             del self.shared_groups[shared]
         return True
 
+    def topic_queue(self, name: str, topic_filter: str) -> Queue:
+        """A private queue that the messages on ``topic_filter`` are routed into (a STOMP
+        /topic subscription), bounded like a session's backlog."""
+        limits = self.limits
+        queue = Queue(
+            name, clock=self.clock, max_length=limits.max_queued_messages,
+            max_bytes=limits.max_queued_bytes, overflow=QUEUE_OVERFLOW[limits.queue_overflow],
+            drop_totals=self.drops,
+        )
+        self.router.add(topic_filter, queue, ANY_QOS)
+        return queue
+
+    def end_topic_queue(self, topic_filter: str, queue: Queue) -> None:
+        """Route nothing more into a ``topic_queue``."""
+        self.router.remove(topic_filter, queue)
+
     # -- publishing -----------------------------------------------------------------------
+
+    def storing(self, atomic: bool = False) -> Storing:
+        """Around the core calls of one client request: raises ``journal.StoreFull`` at
+        its end if a record could not be written (the state is kept in memory all the
+        same: refuse the client). ``atomic``: its records survive a crash all together or
+        not at all."""
+        return Storing(self.journal, atomic)
 
     def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained

@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .bridge.config import parse_bridges
+from .config_checks import ConfigError
+from .config_checks import nonempty as _nonempty
+from .config_checks import reject_unknown as _reject_unknown
+from .config_checks import typed as _typed
+from .config_checks import typed_bool as _typed_bool
+
 PROTOCOLS = ("mqtt", "stomp", "amqp", "auto")
 TRANSPORTS = ("tcp", "tls", "ws", "wss")
 SECURE_TRANSPORTS = frozenset(("tls", "wss"))
@@ -45,10 +52,6 @@ ZERO_ALLOWED = {
 QUEUE_OVERFLOW_POLICIES = ("block", "drop-new", "drop-oldest")
 
 log = logging.getLogger("polybroker.config")
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown or invalid; the message names the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +327,6 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     if "log" in raw:
         config = replace(config, log=_log(raw["log"]))
     if "bridge" in raw:
-        from .bridge.config import parse_bridges  # the bridge package builds on this module
-
         config = replace(config, bridges=parse_bridges(raw["bridge"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
@@ -632,31 +633,3 @@ def _auth(raw: Any) -> AuthConfig:
             raise ConfigError("auth.failure_delay: must be between 0 and 60 seconds")
         values["failure_delay"] = float(delay)
     return AuthConfig(**values)
-
-
-def _reject_unknown(table: dict[str, Any], known: set[str], prefix: str) -> None:
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
-
-
-def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], prefix: str) -> Any:
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else "number"
-        raise ConfigError(f"{prefix}{key}: expected {expected}, got {value!r}")
-    return value
-
-
-def _typed_bool(table: dict[str, Any], key: str, prefix: str) -> bool:
-    value = table[key]
-    if not isinstance(value, bool):
-        raise ConfigError(f"{prefix}{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _nonempty(table: dict[str, Any], key: str, prefix: str) -> str:
-    value = _typed(table, key, str, prefix)
-    if not value:
-        raise ConfigError(f"{prefix}{key}: must not be empty")
-    return value

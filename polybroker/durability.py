@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .persistence import Journal, bulk_load, restore
+from .journal import Journal
+from .persistence import bulk_load, restore
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:

@@ -36,9 +36,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
+from .exchange_patterns import TopicPatterns, count_in, headers_match
 from .message import Death, Message
 from .overflow import DROPPED, PublishResult
 from .queues import Queue, QueueEntry
@@ -46,7 +47,8 @@ from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFaile
 from .sessions import SubscriptionOptions
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .queue_registry import QueueRegistry
+    from .router import TopicTrie
 
 __all__ = [
     "DEFAULT", "DIRECT", "FANOUT", "HEADERS", "KINDS", "TOPIC", "Binding", "Exchange",
@@ -121,11 +123,11 @@ class Exchange:
         """Add ``binding`` of ``queue`` to (or remove it from) the routing index."""
         key = binding.routing_key
         if self.kind == DIRECT:
-            _count(self._direct.setdefault(key, {}), queue, add)
+            count_in(self._direct.setdefault(key, {}), queue, add)
             if not self._direct[key]:
                 del self._direct[key]
         elif self.kind == FANOUT:
-            _count(self._fanout, queue, add)
+            count_in(self._fanout, queue, add)
         elif self.kind == TOPIC:
             if add:
                 self._topic.add(key, queue)
@@ -157,131 +159,32 @@ class Exchange:
         return list(found)
 
 
-def _count(counts: dict, item: object, add: bool) -> None:
-    if add:
-        counts[item] = counts.get(item, 0) + 1
-    else:
-        left = counts.get(item, 0) - 1
-        if left > 0:
-            counts[item] = left
-        else:
-            counts.pop(item, None)
+class ExchangeStore(Protocol):
+    """Where durable exchanges and their bindings are recorded (``broker.journal``)."""
+
+    def exchange_declared(self, exchange: Exchange) -> None: ...
+
+    def exchange_deleted(self, exchange: Exchange) -> None: ...
+
+    def binding_added(self, binding: Binding) -> None: ...
+
+    def binding_removed(self, binding: Binding) -> None: ...
 
 
-def headers_match(arguments: Mapping, headers: Mapping) -> bool:
-    """Does a headers-exchange binding with ``arguments`` match a message's ``headers``?
+class Core(Protocol):
+    """What exchanges use of the broker they belong to."""
 
-    ``x-match`` is ``all`` (default: every non-``x-`` argument must match) or ``any``
-    (one suffices); a binding value of None (AMQP void) matches any value of the header.
-    A binding without such arguments matches every message under ``all``, none under
-    ``any``."""
-    mode = arguments.get("x-match", "all")
-    if isinstance(mode, bytes):
-        mode = mode.decode(errors="replace")
-    want_any = mode.startswith("any")
-    for name, value in arguments.items():
-        if name.startswith("x-"):
-            continue
-        ok = name in headers and (value is None or headers[name] == value)
-        if want_any and ok:
-            return True
-        if not want_any and not ok:
-            return False
-    return not want_any
+    journal: ExchangeStore
+    queues: QueueRegistry
+    router: TopicTrie
 
-
-class _PatternNode:
-    __slots__ = ("children", "hash", "queues", "star")
-
-    def __init__(self) -> None:
-        self.children: dict[str, _PatternNode] = {}
-        self.star: _PatternNode | None = None
-        self.hash: _PatternNode | None = None
-        self.queues: dict[Queue, int] = {}
-
-
-def split_words(key: str) -> list[str]:
-    """AMQP topic words; the empty key has none (only ``#`` matches it)."""
-    return key.split(".") if key else []
-
-
-class TopicPatterns:
-    """AMQP topic binding keys -> queues, matched word by word (a trie: the cost depends
-    on the key and the wildcard branches taken, not on the number of bindings).
-
-    Unlike MQTT's ``#``, AMQP's may stand anywhere (``#.ERROR``, ``a.#.z``), so matching
-    walks a set of (node, word index) states instead of one path."""
-
-    def __init__(self) -> None:
-        self._root = _PatternNode()
-
-    def add(self, pattern: str, queue: Queue) -> None:
-        node = self._root
-        for word in split_words(pattern):
-            if word == "*":
-                node.star = node.star or _PatternNode()
-                node = node.star
-            elif word == "#":
-                node.hash = node.hash or _PatternNode()
-                node = node.hash
-            else:
-                node = node.children.setdefault(word, _PatternNode())
-        _count(node.queues, queue, True)
-
-    def remove(self, pattern: str, queue: Queue) -> None:
-        path: list[tuple[_PatternNode, str]] = []
-        node: _PatternNode | None = self._root
-        for word in split_words(pattern):
-            path.append((node, word))
-            if word == "*":
-                node = node.star
-            elif word == "#":
-                node = node.hash
-            else:
-                node = node.children.get(word)
-            if node is None:
-                return
-        _count(node.queues, queue, False)
-        for parent, word in reversed(path):  # prune what became empty
-            if node.queues or node.children or node.star or node.hash:
-                break
-            if word == "*":
-                parent.star = None
-            elif word == "#":
-                parent.hash = None
-            else:
-                del parent.children[word]
-            node = parent
-
-    def match(self, routing_key: str) -> list[Queue]:
-        words = split_words(routing_key)
-        end = len(words)
-        found: dict[Queue, None] = {}
-        seen: set[tuple[int, int]] = set()
-        states = [(self._root, 0)]
-        while states:
-            node, i = states.pop()
-            if (id(node), i) in seen:
-                continue
-            seen.add((id(node), i))
-            if node.hash is not None:  # "#" takes zero or more of the remaining words
-                states.extend((node.hash, j) for j in range(i, end + 1))
-            if i == end:
-                for queue in node.queues:
-                    found[queue] = None
-                continue
-            child = node.children.get(words[i])
-            if child is not None:
-                states.append((child, i + 1))
-            if node.star is not None:
-                states.append((node.star, i + 1))
-        return list(found)
+    def publish(self, message: Message) -> PublishResult: ...
 
 
 class ExchangeRegistry:
     """The broker's exchanges by name, their bindings, and publishing through them."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Core) -> None:
         self.broker = broker
         self._exchanges: dict[str, Exchange] = {}
         self._by_queue: dict[Queue, set[tuple[str, tuple[str, str, str]]]] = {}
@@ -420,7 +323,7 @@ class ExchangeRegistry:
         ex.had_binding = True
         self._by_queue.setdefault(queue, set()).add((ex.name, ident))
         if ex.name == AMQ_TOPIC:
-            self._router_count(queue, binding.routing_key, True)
+            self._routercount_in(queue, binding.routing_key, True)
         else:
             ex.index(queue, binding, True)
         if ex.durable and queue.durable and not queue.exclusive:
@@ -451,7 +354,7 @@ class ExchangeRegistry:
             if not mine:
                 del self._by_queue[queue]
         if ex.name == AMQ_TOPIC:
-            self._router_count(queue, binding.routing_key, False)
+            self._routercount_in(queue, binding.routing_key, False)
         else:
             ex.index(queue, binding, False)
         if ex.durable and queue.durable and not queue.exclusive:
@@ -460,13 +363,13 @@ class ExchangeRegistry:
             log.info("exchange %s: auto-deleted (no bindings left)", ex.name)
             self._remove(ex)
 
-    def _router_count(self, queue: Queue, routing_key: str, add: bool) -> None:
+    def _routercount_in(self, queue: Queue, routing_key: str, add: bool) -> None:
         # Several bindings may map onto one filter (same key, other arguments): the router
         # holds it while any of them does.
         topic_filter = binding_key_to_filter(routing_key)
         counts = self._router_refs
         ref = (queue, topic_filter)
-        _count(counts, ref, add)
+        count_in(counts, ref, add)
         if add and counts[ref] == 1:
             self.broker.router.add(topic_filter, queue, _ANY_QOS)
         elif not add and ref not in counts:
@@ -515,11 +418,11 @@ class ExchangeRegistry:
     ) -> int:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
-        unroutable (basic.return 312 for a mandatory publish).
-
-        Stamps ``message.exchange`` and ``message.routing_key`` (and ``message.topic`` for
-        ``amq.topic``); a persistent message (``message.persistent``) is recorded in each
-        durable queue it enters. Queues that turned it away (``x-overflow``
+        unroutable (basic.return 312 for a mandatory publish). What is routed carries
+        ``exchange`` and ``routing_key`` (and, through ``amq.topic``, the topic they map
+        to): ``message`` itself when it already does (an AMQP adapter builds it so), else a
+        copy (a message is never changed). A persistent message (``message.persistent``) is
+        recorded in each durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
         negative publisher confirm). ``admit``, when given, picks the queues the publisher
         may write to (the ACL); the others are passed over as if not bound. ``result``, when
@@ -530,8 +433,10 @@ class ExchangeRegistry:
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
-        message.exchange = exchange
-        message.routing_key = routing_key
+        if message.exchange != exchange or message.routing_key != routing_key:
+            message = dataclasses.replace(
+                message, exchange=exchange, routing_key=routing_key, wire_cache={}
+            )
         return self._route(ex, routing_key, message, refused, admit, result)
 
     def _route(
@@ -547,7 +452,8 @@ class ExchangeRegistry:
             topic = routing_key_to_topic(routing_key)
             if topic is None:
                 return 0
-            message.topic = topic
+            if message.topic != topic:
+                message = dataclasses.replace(message, topic=topic, wire_cache={})
             published = self.broker.publish(message)
             if result is not None:
                 result.merge(published)

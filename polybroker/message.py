@@ -22,9 +22,10 @@ class Death:
 class Message:
     """An application message, normalized once at the edge where it entered the broker.
 
-    Never changed after it is built: every receiver shares the one object. (Not a
-    frozen dataclass only because building a frozen one costs four times as much, and
-    one is built per published message.)
+    Never changed after it is built: every receiver shares the one object, and a
+    different one is a copy (``dataclasses.replace``, with a fresh ``wire_cache``). (Not
+    a frozen dataclass only because building a frozen one costs four times as much, and
+    one is built per published message; the tests guard it instead.)
 
     ``topic`` is in canonical MQTT form ("/"-separated levels). Protocol-specific
     extras ride in ``headers``. ``wire_cache`` holds encodings of this message per
@@ -44,8 +45,8 @@ class Message:
     origin_protocol: str = ""
     origin_client: str | None = None
     # AMQP (None / defaults for the other protocols, so their paths pay nothing):
-    exchange: str | None = None  # where it was published; stamped by ``exchanges.publish``
-    routing_key: str | None = None  # the publish's routing key; stamped likewise
+    exchange: str | None = None  # where it was published (``exchanges.publish``)
+    routing_key: str | None = None  # the publish's routing key
     amqp_properties: bytes | None = None  # raw content-header property bytes, passed through
     amqp_headers: dict | None = None  # parsed ``headers`` table, for headers exchanges
     persistent: bool = False  # delivery_mode 2: stored when it enters a durable queue

@@ -14,7 +14,7 @@ from .adapters.amqp import serve_amqp
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
-from .bridge import BridgeManager
+from .bridge.bridge import BridgeManager
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state

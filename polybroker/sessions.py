@@ -54,8 +54,6 @@ from .overflow import (
 )
 
 if TYPE_CHECKING:
-    from .persistence import SessionJournal
-    from .shared import SharedGroup
     from .timers import TimerHandle
 
 log = logging.getLogger("polybroker.sessions")
@@ -84,6 +82,39 @@ class SessionLink(Protocol):
         Will Delay of 0, the only delay 3.1.1 knows)."""
 
 
+class SessionStore(Protocol):
+    """A persistent session's records (``persistence.SessionJournal``): every QoS 1/2
+    message queued or in flight for it, within the session's stored bounds."""
+
+    count: int  # messages stored
+    nbytes: int  # their payload bytes
+    max_messages: int  # the bounds of those two
+    max_bytes: int
+
+    def has_room(self, size: int) -> bool:
+        """Whether one more message of ``size`` payload bytes is within the bounds."""
+
+    def message_added(self, delivery: "Delivery") -> None: ...
+
+    def message_sent(self, delivery: "Delivery", packet_id: int) -> bool:
+        """Record it before it goes out with ``packet_id``; False: over the bounds."""
+
+    def message_released(self, delivery: "Delivery", packet_id: int) -> None: ...
+
+    def message_removed(self, delivery: "Delivery") -> None: ...
+
+
+class Group(Protocol):
+    """A shared subscription a delivery came through (``shared.SharedGroup``)."""
+
+    name: str
+    topic_filter: str
+
+    def choose(self, exclude: "Session | None" = None) -> "Session | None": ...
+
+    def deliver_to(self, member: "Session", message: Message) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionOptions:
     qos: int
@@ -100,7 +131,7 @@ class Delivery:
     qos: int
     retain: bool
     subscription_ids: tuple[int, ...] = ()
-    group: "SharedGroup | None" = None  # set when it came through a shared subscription
+    group: "Group | None" = None  # set when it came through a shared subscription
     released: bool = False  # QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP
     store_id: int = 0  # the record keeping it in a persistent session's journal (0: none)
 
@@ -151,7 +182,7 @@ class Session:
         # and an empty deque alone takes over 600 bytes.
         self._queued: deque[Delivery] | None = None
         self._inbound_qos2: set[int] | None = None
-        self.journal: SessionJournal | None = None  # set while the session is persistent
+        self.journal: SessionStore | None = None  # set while the session is persistent
         # Drops per reason, made at the first; ``drop_totals`` is the broker's count.
         self._drops: DropCounter | None = None
         self.drop_totals = drop_totals
@@ -194,7 +225,7 @@ class Session:
         qos: int,
         retain: bool,
         subscription_ids: tuple[int, ...] = (),
-        group: "SharedGroup | None" = None,
+        group: "Group | None" = None,
     ) -> int:
         """Deliver at ``qos`` (already downgraded to the granted QoS). Returns TAKEN,
         HELD (taken; the session is full now: a blocking publisher waits for ``room``)

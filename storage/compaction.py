@@ -30,26 +30,42 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections import Counter
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from .errors import StoreError
+from .keydir import KeyDirectory
 from .record import DELETE, PUT, standalone
 from .recovery import SegmentScan
 from .segment import Segment, fsync_directory
-
-if TYPE_CHECKING:
-    from .store import LogStore
 
 __all__ = ["CompactionJob"]
 
 logger = logging.getLogger("polybroker.storage")
 
 
+class CompactingStore(Protocol):
+    """The parts of ``store.LogStore`` a job works on: it moves records between the
+    store's segments, under the store's lock."""
+
+    directory: Path
+    _index: KeyDirectory
+    _segments: dict[int, Segment]
+    _dirty: dict[int, Segment]
+    _lock: threading.Lock
+    _job: CompactionJob | None
+
+    def _check_open(self) -> None: ...
+
+    def _append(self, data: bytes, seq: int | None) -> tuple[Segment, int, int]: ...
+
+
 class CompactionJob:
     """Compaction of one sealed segment, driven step by step (see the module docstring)."""
 
-    def __init__(self, store: LogStore, segment: Segment) -> None:
+    def __init__(self, store: CompactingStore, segment: Segment) -> None:
         self.store = store
         self.segment = segment
         self.segment_id = segment.id

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from polybroker.bridge import MARKER, BridgeConfig
 from polybroker.bridge.bridge import Bridge
+from polybroker.bridge.config import BridgeConfig
+from polybroker.bridge.remote import MARKER
 from polybroker.config import BrokerConfig, ConfigError, config_from_dict, parse_listen_url
 from polybroker.protocols.mqtt import (
     ConnAck,

@@ -52,7 +52,7 @@ def message_from_publish(
         content_type=props.content_type,
         correlation_data=correlation.encode() if correlation is not None else None,
         headers=tuple((k, v) for k, v in headers.items() if isinstance(v, str)),
-        origin_protocol="amqp", origin_client=client,
+        origin_protocol="amqp", origin_client=client, exchange=exchange, routing_key=routing_key,
         amqp_properties=raw_properties, amqp_headers=headers, persistent=persistent,
     )
 

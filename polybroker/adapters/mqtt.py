@@ -16,6 +16,7 @@ import trio
 
 from ..auth import AuthExchange, Client, Refusal
 from ..broker import Broker
+from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
 from ..overflow import SLOW_READER_QOS0, Backlog, Holdback
@@ -659,7 +660,6 @@ class MQTTClientConnection:
             self.throttle.count()
         topic = packet.topic
         reason = rc.SUCCESS
-        failures = self.broker.journal.failures
         if self.level >= MQTT_5:
             topic = self._resolve_alias(packet)
             reason = self._check_publish5(packet)
@@ -678,17 +678,25 @@ class MQTTClientConnection:
                     # The copies for the subscribers and the packet id that stops a resent
                     # PUBLISH from being routed again survive a crash together, or neither
                     # does (then the resend is routed as the first copy would have been).
-                    with self.broker.journal.atomic():
-                        reason = self._route(packet, topic)
-                        if reason < 0x80:  # a refusal (0x97) ends the exchange
-                            inbound.add(packet.packet_id)
-            reason = self._check_stored(packet, reason, failures)
+                    try:
+                        with self.broker.storing(atomic=True):
+                            reason = self._route(packet, topic)
+                            if reason < 0x80:  # a refusal (0x97) ends the exchange
+                                inbound.add(packet.packet_id)
+                    except StoreFull:
+                        reason = self._not_stored(packet)
             self._ack(PUBREC, packet.packet_id, reason)
             return True
         if reason == rc.SUCCESS:
-            reason = self._route(packet, topic)
+            if packet.qos:
+                try:
+                    with self.broker.storing():
+                        reason = self._route(packet, topic)
+                except StoreFull:
+                    reason = self._not_stored(packet)
+            else:
+                reason = self._route(packet, topic)
         if packet.qos == 1:
-            reason = self._check_stored(packet, reason, failures)
             self._ack(PUBACK, packet.packet_id, reason)
         elif reason >= 0x80:
             raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
@@ -705,12 +713,10 @@ class MQTTClientConnection:
         else:
             self.conn.send(_ACK_TYPES[first_byte](packet_id, reason))
 
-    def _check_stored(self, packet: Publish, reason: int, failures: int) -> int:
+    def _not_stored(self, packet: Publish) -> int:
         """A store write failed while handling this PUBLISH (full disk): 5.0 answers 0x97,
         3.1.1 can only close without acknowledging, so that the client sends it again (a
         QoS 2 resend then finds its packet id and is not routed twice)."""
-        if self.broker.journal.failures == failures:
-            return reason
         if self.level < MQTT_5:
             raise Closing(rc.QUOTA_EXCEEDED, f"storage full: message to {packet.topic!r} "
                                              "not acknowledged")

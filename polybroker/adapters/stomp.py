@@ -48,8 +48,9 @@ import trio
 
 from .. import __version__
 from ..auth import Client
-from ..broker import ANY_QOS, Broker
+from ..broker import Broker
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
+from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
 from ..overflow import Holdback, PublishResult
@@ -63,7 +64,7 @@ from ..protocols.stomp import (
     encode_frame,
     encode_message,
 )
-from ..queues import QUEUE_OVERFLOW, Queue, QueueEntry
+from ..queues import Queue, QueueEntry
 from .io import linger, receive_before
 
 log = logging.getLogger("polybroker.stomp")
@@ -386,11 +387,12 @@ class StompClientConnection:
         if destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
             # persistent:true: recorded in the store (``persistence``), kept across a restart.
-            journal = self.broker.journal
-            failures = journal.failures
-            outcome = queue.offer(message, 1, persistent=frame.get("persistent") == "true")
-            if journal.failures != failures:
-                raise ProtocolError("message not stored: storage failure")
+            persistent = frame.get("persistent") == "true"
+            try:
+                with self.broker.storing():
+                    outcome = queue.offer(message, 1, persistent=persistent)
+            except StoreFull:
+                raise ProtocolError("message not stored: storage failure") from None
             result = PublishResult(1)
             if outcome:
                 result.note(outcome, queue)
@@ -443,14 +445,7 @@ class StompClientConnection:
                 raise _error(frame, f"resource locked: {destination.wire} is exclusive to "
                                     f"another connection")
         else:
-            queue = Queue(
-                f"stomp:{self.session_id}:{sub_id}", clock=self.broker.clock,
-                max_length=self.limits.max_queued_messages,
-                max_bytes=self.limits.max_queued_bytes,
-                overflow=QUEUE_OVERFLOW[self.limits.queue_overflow],
-                drop_totals=self.broker.drops,
-            )
-            self.broker.router.add(destination.name, queue, ANY_QOS)
+            queue = self.broker.topic_queue(f"stomp:{self.session_id}:{sub_id}", destination.name)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
         self.subscriptions[sub_id] = sub
         queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False)
@@ -479,7 +474,7 @@ class StompClientConnection:
             self._unacked.pop(message_id, None)
         sub.pending.clear()
         if sub.private:
-            self.broker.router.remove(sub.destination.name, sub.queue)
+            self.broker.end_topic_queue(sub.destination.name, sub.queue)
         sub.queue.remove_consumer(sub, requeue=not sub.private)
 
     def _on_ack(self, frame: Frame) -> bool:

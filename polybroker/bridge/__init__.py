@@ -1,10 +1,3 @@
-"""MQTT bridges to remote brokers (``[[bridge]]`` tables)."""
-
-from .bridge import Bridge, BridgeManager, BridgeStatus
-from .config import BridgeConfig, BridgeTLS, TopicRule, parse_bridges
-from .remote import MARKER
-
-__all__ = [
-    "MARKER", "Bridge", "BridgeConfig", "BridgeManager", "BridgeStatus", "BridgeTLS",
-    "TopicRule", "parse_bridges",
-]
+"""MQTT bridges to remote brokers (``[[bridge]]`` tables): ``config`` parses them (the
+broker's configuration builds on it, so this package imports nothing at its top),
+``bridge`` runs them, ``remote`` is the client connection to the remote broker."""

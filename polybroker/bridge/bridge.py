@@ -16,7 +16,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import trio
 
@@ -29,6 +29,7 @@ from ..queues import DROP_NEW
 from ..sessions import NEVER_EXPIRES, Session, SubscriptionOptions
 from .config import BridgeConfig, RemoteAddress
 from .remote import RemoteConnection, RemoteError, client_context, open_stream, session_id
+from .status import BridgeStatus
 
 log = logging.getLogger("polybroker.bridge")
 
@@ -36,23 +37,6 @@ SESSION_PREFIX = "$bridge/"
 OPEN_TIMEOUT = 10.0  # seconds for TCP, TLS and WebSocket set-up
 _FAILURES = (RemoteError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
              trio.TooSlowError, MQTTError)
-
-
-@dataclass
-class BridgeStatus:
-    """What an operator (metrics, ``$SYS``) sees of one bridge."""
-
-    name: str
-    state: str = "disconnected"  # "connecting", "connected", "disconnected"
-    remote: str = ""  # the URL connected to, or being tried
-    forwarded: int = 0  # messages the remote acknowledged (QoS 0: sent)
-    received: int = 0  # messages from the remote published here
-    dropped: int = 0  # refused by the remote, too large, or matching no rule any more
-    reconnects: int = 0  # connections made after the first
-    backlog_messages: int = 0  # waiting for the remote (queued and in flight)
-    backlog_bytes: int = 0
-    queue_full_drops: int = 0  # dropped because the backlog was full
-    subacks: int = 0  # SUBACKs the remote sent for the bridge's subscriptions
 
 
 class Bridge:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError, _nonempty, _reject_unknown, _typed, _typed_bool
+from ..config_checks import ConfigError
+from ..config_checks import nonempty as _nonempty
+from ..config_checks import reject_unknown as _reject_unknown
+from ..config_checks import typed as _typed
+from ..config_checks import typed_bool as _typed_bool
 from ..protocols.mqtt import is_valid_topic_filter
 
 # URL scheme -> (TLS, WebSocket, default port)

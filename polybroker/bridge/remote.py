@@ -16,7 +16,7 @@ import contextlib
 import logging
 import ssl
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -43,12 +43,35 @@ from ..protocols.mqtt import (
     encode,
 )
 from ..protocols.mqtt import properties as prop
-from ..sessions import RESERVED_CLIENT_ID_PREFIX, Delivery
+from ..sessions import RESERVED_CLIENT_ID_PREFIX, Delivery, Session
 from ..transports.upgrade import UpgradeRefused, connect_websocket
 from .config import BridgeTLS, RemoteAddress
+from .status import BridgeStatus
 
 if TYPE_CHECKING:
-    from .bridge import Bridge
+    from ..broker import Broker
+    from .config import BridgeConfig
+
+
+class Bridge(Protocol):
+    """What a connection uses of its bridge (``bridge.Bridge``)."""
+
+    broker: Broker
+    config: BridgeConfig
+    session: Session
+    status: BridgeStatus
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def client_id(self) -> str: ...
+
+    def remote_topic(self, topic: str) -> str | None: ...
+
+    def local_topic(self, topic: str) -> str | None: ...
+
+    def notify(self) -> None: ...
 
 log = logging.getLogger("polybroker.bridge")
 
