@@ -79,3 +79,17 @@ def test_make_run_installs_only_the_runtime_dependencies(tmp_path):
                           capture_output=True,
                           text=True, timeout=60, check=True).stdout
     assert "pip install --quiet -e '.[test]'" in test
+
+
+def test_every_package_is_installed():
+    """pyproject lists packages by name: a new subpackage left out would be missing from a
+    `pip install .` (an editable install finds it anyway)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = set()
+    for top, name in (("polybroker", "polybroker"), ("protocols", "polybroker.protocols"),
+                      ("storage", "polybroker.storage")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *parts)))
+    assert found == listed
