@@ -160,7 +160,6 @@ class Channel:
         self.connection = connection
         self.broker = connection.broker
         self.number = number
-        self.closing = False  # we sent channel.close and wait for close-ok
         self.active = True  # channel.flow
         self.consumers: dict[str, AmqpConsumer] = {}
         # delivery tag -> (queue, the queue's tag), in tag order
@@ -177,13 +176,16 @@ class Channel:
     def __repr__(self) -> str:
         return f"Channel({self.number} of {self.connection.name})"
 
+    @property
+    def closing(self) -> bool:
+        """We sent channel.close and wait for close-ok (or the connection is over)."""
+        return self.connection.amqp.channel_closing(self.number)
+
     # -- frames in --------------------------------------------------------------------------
 
     def handle(self, method: Method, content: tuple[bytes, bytes] | None = None) -> None:
         """Handle one method (``content``: raw properties and body of a publish).
         Refusals close the channel (or the connection: ConnectionFault)."""
-        if self.closing:
-            return  # only close-ok matters now (the connection handles it)
         handler = _HANDLERS.get(type(method))
         try:
             if handler is None:
@@ -202,11 +204,10 @@ class Channel:
         """Close the channel for a fault (channel.close); its resources go at once."""
         log.info("client %s: channel %d closed: %d %s", self.connection.name, self.number,
                  code, text)
-        self.connection.send_method(self.number, ChannelClose(
+        self.connection.close_channel(self.number, ChannelClose(
             reply_code=code, reply_text=text[:255], class_id=method.CLASS_ID,
             method_id=method.METHOD_ID,
         ))
-        self.closing = True
         self.close_down()
 
     def _reply(self, method: Method) -> None:
