@@ -1,10 +1,11 @@
 """AMQP 0-9-1 adapter: one connection's events in, broker core calls out.
 
 The protocol (handshake, channel states, connection.close, the output buffer) is the
-sans-IO ``protocols.amqp.connection.AMQPConnection``; this adapter does the I/O and
-acts on its events: the reader hands whatever one receive returns to it and handles
-every event that comes out synchronously; the writer sends what it has buffered in one
-write, and a heartbeat frame when it has sent nothing for half the negotiated interval.
+sans-IO ``protocols.amqp.connection.AMQPConnection``; the I/O is the ``runner``'s; this
+adapter acts on the protocol's events: the runner hands whatever one receive returns
+to ``receive``, which handles every event that comes out synchronously, and sends what
+is buffered in one write, or a heartbeat frame when it has sent nothing for half the
+negotiated interval.
 Channels live in ``amqp_channel``, what connection.start and tune offer in
 ``amqp_negotiation``, message conversion in ``amqp_messages``.
 
@@ -34,7 +35,7 @@ import trio
 
 from ..auth import Client, Refusal
 from ..broker import Broker
-from ..overflow import Backlog, Holdback
+from ..overflow import Backlog
 from ..protocols.amqp import (
     CONNECTION_FORCED,
     HEARTBEAT_FRAME,
@@ -62,7 +63,7 @@ from ..protocols.amqp.connection import (
 from ..queues import Queue
 from .amqp_channel import Channel, ConnectionFault
 from .amqp_negotiation import connection_start, connection_tune
-from .io import linger, receive_before
+from .runner import ConnectionRunner
 
 log = logging.getLogger("polybroker.amqp")
 
@@ -91,15 +92,7 @@ class AMQPClientConnection:
         self.tx_bytes = 0  # message bodies held by open transactions, all channels
         self._to_dispatch: list[Queue] = []
         self._starved = False  # a delivery waited for the send buffer to drain
-        self._hold = False  # buffered replies vouch for records not yet durable
-        # queue_overflow "block": the full backlogs this read's publishes went to, and
-        # the confirms withheld until they have room (None: not held back).
-        self._holdback: Holdback | None = None
-        self._finished = False  # the reader is done: the writer flushes and ends
-        self._linger = False  # our connection.close (or header) must reach the client
-        self._wakeup = trio.Event()
-        self._drained = trio.Event()  # set by the writer after each write
-        self._read_scope = trio.CancelScope()
+        self.runner = ConnectionRunner(stream, broker, self, log)
 
     @property
     def name(self) -> str:
@@ -113,24 +106,11 @@ class AMQPClientConnection:
     def pending_bytes(self) -> int:
         return self.amqp.pending_bytes
 
+    def data_to_send(self) -> bytes:
+        return self.amqp.data_to_send()
+
     async def run(self) -> None:
-        self.broker.connection_opened(self)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                try:
-                    with self._read_scope:
-                        await self._read_loop()
-                finally:
-                    self._end()
-                    self._finished = True
-                    self._wakeup.set()
-            if self._linger:
-                # The client reads our connection.close even while it publishes.
-                await linger(self.stream, self.broker.linger_deadline)
-        finally:
-            self.broker.connection_closed(self)
-            await trio.aclose_forcefully(self.stream)
+        await self.runner.run()
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: connection.close 320, then close-ok or a timeout."""
@@ -138,24 +118,23 @@ class AMQPClientConnection:
         if state is OPEN:
             log.info("client %s: closing: server shutting down", self.name)
             self._close(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
-            self._read_scope.deadline = min(self._read_scope.deadline,
-                                            trio.current_time() + CLOSE_TIMEOUT)
+            self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
         elif state is not CLOSING:
-            self._read_scope.cancel()
+            self.runner.stop_reading()
 
     # -- output -----------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         self.amqp.send(data)
-        self._wakeup.set()
+        self.runner.wake()
 
     def send_method(self, channel: int, method: Method) -> None:
         self.amqp.send_method(channel, method)
-        self._wakeup.set()
+        self.runner.wake()
 
     def can_send(self) -> bool:
         """Whether a delivery may be buffered now; when not, queues wait for the writer
-        to drain the buffer (``_resume``)."""
+        to drain the buffer (``sent``)."""
         if self.amqp.state is not OPEN:
             return False
         if self.amqp.pending_bytes < self.limits.max_outgoing_bytes:
@@ -165,9 +144,7 @@ class AMQPClientConnection:
 
     def confirm(self, channel: int, method: Method) -> None:
         """Send a publisher confirm, or withhold it while the client is held back."""
-        if self._holdback is not None:
-            self._holdback.acks.append((channel, method))
-        else:
+        if not self.runner.withhold((channel, method)):
             self.send_method(channel, method)
 
     def hold_back(self, full: list[Backlog]) -> None:
@@ -185,80 +162,73 @@ class AMQPClientConnection:
             else:
                 waiting.append(backlog)
         if waiting:
-            if self._holdback is None:
-                self._holdback = Holdback()
-            self._holdback.add(waiting)
+            self.runner.hold_back(waiting)
 
-    async def _wait_for_room(self) -> None:
-        """Wait (not reading) until the backlogs this client filled have room, at most
-        ``max_block_time``; then send the withheld confirms, once durable."""
-        assert self._holdback is not None
-        held = await self._holdback.wait(self.limits.max_block_time, self.name, log)
-        self._holdback = None
+    def release(self, held: list) -> None:
+        """The backlogs this client filled have room (or ``max_block_time`` passed): send
+        the withheld confirms, once durable."""
         for channel, method in held:
             if channel in self.channels:
                 self.send_method(channel, method)
-        self._hold = True  # the confirms vouch for records written while holding them
+        self.runner.hold_durable()  # the confirms vouch for records written meanwhile
 
     def dispatch_later(self, queue: Queue) -> None:
         """Dispatch ``queue`` once the current frame's reply is buffered (consume-ok
         before the first delivery)."""
         self._to_dispatch.append(queue)
 
-    def _resume(self) -> None:
-        self._starved = False
-        for channel in list(self.channels.values()):
-            channel.resume()
+    def sent(self) -> None:
+        if self._starved:
+            self._starved = False
+            for channel in list(self.channels.values()):
+                channel.resume()
 
     # -- I/O loops --------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        deadline = trio.current_time() + self.limits.connect_timeout
-        amqp = self.amqp
-        while True:
-            data = await receive_before(self.stream, deadline, self.name, log)
-            if data is None:
-                return
-            if not data:
-                if amqp.state is CLOSING:
-                    log.info("client %s: no close-ok within %gs", self.name, CLOSE_TIMEOUT)
-                elif amqp.state is OPEN:
-                    log.info("client %s: dropped: heartbeat timeout (nothing received for "
-                             "%ds)", self.name, HEARTBEAT_TOLERANCE * amqp.heartbeat)
-                else:
-                    log.info("client %s: connection not opened within %gs", self.name,
-                             self.limits.connect_timeout)
-                return
-            durability = self.broker.durability
-            mark = durability.mark()
-            try:
-                amqp.receive_data(data)
+    async def receive(self, data: bytes) -> bool:
+        """One read's worth of frames; False ends the connection."""
+        durability = self.broker.durability
+        mark = durability.mark()
+        try:
+            self.amqp.receive_data(data)
+            carry_on = self._process()
+            while carry_on and self._login is not None:
+                await self._finish_login()
                 carry_on = self._process()
-                while carry_on and self._login is not None:
-                    await self._finish_login()
-                    carry_on = self._process()
-            finally:
-                if durability.mark() != mark:
-                    self._hold = True  # replies buffered now follow records: wait for disk
-                for queue in self._to_dispatch:
-                    queue.dispatch()
-                self._to_dispatch.clear()
-                if amqp.pending_bytes:
-                    self._wakeup.set()
-            if not carry_on:
-                return
-            if self._holdback is not None:
-                await self._wait_for_room()  # queue_overflow "block"
-            # Replies (returns, confirms, -oks) are not bounded by the deliveries' credit:
-            # while more than max_outgoing_bytes wait, read no more from this client.
-            while amqp.pending_bytes > self.limits.max_outgoing_bytes:
-                self._drained = trio.Event()
-                await self._drained.wait()
-            if amqp.state is CLOSING:
-                deadline = min(deadline, trio.current_time() + CLOSE_TIMEOUT)
-            elif amqp.state is OPEN:
-                deadline = (trio.current_time() + HEARTBEAT_TOLERANCE * amqp.heartbeat
-                            if amqp.heartbeat else math.inf)
+        finally:
+            if durability.mark() != mark:
+                self.runner.hold_durable()  # replies buffered now follow records
+            for queue in self._to_dispatch:
+                queue.dispatch()
+            self._to_dispatch.clear()
+        return carry_on
+
+    def read_deadline(self, deadline: float) -> float:
+        amqp = self.amqp
+        if amqp.state is CLOSING:
+            return min(deadline, trio.current_time() + CLOSE_TIMEOUT)
+        if amqp.state is OPEN:
+            return (trio.current_time() + HEARTBEAT_TOLERANCE * amqp.heartbeat
+                    if amqp.heartbeat else math.inf)
+        return deadline
+
+    def read_timed_out(self) -> None:
+        amqp = self.amqp
+        if amqp.state is CLOSING:
+            log.info("client %s: no close-ok within %gs", self.name, CLOSE_TIMEOUT)
+        elif amqp.state is OPEN:
+            log.info("client %s: dropped: heartbeat timeout (nothing received for %ds)",
+                     self.name, HEARTBEAT_TOLERANCE * amqp.heartbeat)
+        else:
+            log.info("client %s: connection not opened within %gs", self.name,
+                     self.limits.connect_timeout)
+
+    def heartbeat_interval(self) -> float:
+        amqp = self.amqp
+        return amqp.heartbeat / 2 if amqp.state is OPEN else 0
+
+    def send_heartbeat(self) -> None:
+        self.amqp.send(HEARTBEAT_FRAME)
 
     def _process(self) -> bool:
         """Handle the connection's events in order; False ends the connection. Stops at
@@ -301,7 +271,7 @@ class AMQPClientConnection:
         elif kind is Fault:
             log.warning("client %s: connection error %d: %s", self.name, event.code,
                         event.text)
-            self._linger = True
+            self.runner.linger = True
         elif kind is Closed:
             if event.by_client:
                 log.info("client %s: closed the connection (%d %s)", self.name,
@@ -309,52 +279,11 @@ class AMQPClientConnection:
             return False
         elif kind is HeaderMismatch:
             log.info("connection from %s closed: %s", self.peer, event.text)
-            self._linger = True
+            self.runner.linger = True
             return False
         return True
 
-    async def _write_loop(self) -> None:
-        last_sent = trio.current_time()
-        amqp = self.amqp
-        try:
-            while True:
-                if amqp.pending_bytes:
-                    data = amqp.data_to_send()
-                    # Confirms and -oks go out once the records they vouch for are on disk.
-                    hold, self._hold = self._hold, False
-                    if hold and not await self.broker.durability.wait_durable(
-                        self.limits.send_timeout
-                    ):
-                        log.error("client %s: closing: storage did not confirm in time",
-                                  self.name)
-                        self._linger = False
-                        break
-                    with trio.move_on_after(self.limits.send_timeout) as timer:
-                        await self.stream.send_all(data)
-                    if timer.cancelled_caught:
-                        log.warning("client %s: closing: send timed out", self.name)
-                        self._linger = False
-                        break
-                    last_sent = trio.current_time()
-                    self._drained.set()
-                    if self._starved:
-                        self._resume()
-                elif self._finished:
-                    return
-                else:
-                    beat = amqp.heartbeat if amqp.state is OPEN else 0
-                    beat_at = last_sent + beat / 2 if beat else math.inf
-                    with trio.move_on_at(beat_at) as idle:
-                        await self._wakeup.wait()
-                    if idle.cancelled_caught:
-                        amqp.send(HEARTBEAT_FRAME)
-                    else:
-                        self._wakeup = trio.Event()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._linger = False
-        self._read_scope.cancel()
-
-    def _end(self) -> None:
+    def end(self) -> None:
         """The connection is over: close its channels, delete its exclusive queues."""
         self.amqp.connection_lost()  # no more deliveries (messages requeued below go elsewhere)
         channels = list(self.channels.values())
@@ -385,7 +314,7 @@ class AMQPClientConnection:
         self._login = None
         if not login.ok:
             self.amqp.refuse_login()
-            self._linger = True
+            self.runner.linger = True
             return
         # The claimed name stays the connection's user (basic.properties user_id is
         # checked against it) even where anonymous clients are let in.
@@ -398,18 +327,18 @@ class AMQPClientConnection:
     def _fault(self, code: int, text: str, class_id: int, method_id: int) -> None:
         log.warning("client %s: connection error %d: %s", self.name, code, text)
         self.amqp.fault(code, text, class_id, method_id)
-        self._linger = True
+        self.runner.linger = True
 
     def close_channel(self, number: int, method: Method) -> None:
         """Send channel.close (a channel error); the channel then takes only close-ok."""
         self.amqp.close_channel(number, method)
-        self._wakeup.set()
+        self.runner.wake()
 
     def _close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Send connection.close; from now on only close-ok (or close) is awaited."""
         self.amqp.close(code, text, class_id, method_id)
-        self._linger = True
-        self._wakeup.set()
+        self.runner.linger = True
+        self.runner.wake()
 
 
 async def serve_amqp(
