@@ -9,9 +9,9 @@ nothing is offered that the broker does not do.
 
 import platform
 
-from .. import __version__
-from ..config import AmqpSettings
-from ..protocols.amqp import (
+from ... import __version__
+from ...config import AmqpSettings
+from ...protocols.amqp import (
     MECHANISMS,
     ConnectionStart,
     ConnectionTune,

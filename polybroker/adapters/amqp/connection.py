@@ -6,8 +6,8 @@ adapter acts on the protocol's events: the runner hands whatever one receive ret
 to ``receive``, which handles every event that comes out synchronously, and sends what
 is buffered in one write, or a heartbeat frame when it has sent nothing for half the
 negotiated interval.
-Channels live in ``amqp_channel``, what connection.start and tune offer in
-``amqp_negotiation``, message conversion in ``amqp_messages``.
+Channels live in ``channel``, what connection.start and tune offer in
+``negotiation``, message conversion in ``convert``.
 
 What the adapter adds to the protocol's life cycle:
 
@@ -18,7 +18,7 @@ What the adapter adds to the protocol's life cycle:
 - Heartbeats: a heartbeat frame goes out when nothing else has for half the interval;
   a client that sends nothing for two intervals is dropped (without connection.close,
   as RabbitMQ does).
-- A channel error (``amqp_channel``) closes just that channel with channel.close; a
+- A channel error (``channel``) closes just that channel with channel.close; a
   connection error there closes the connection with the spec's code.
 - After our connection.close the broker waits up to ``CLOSE_TIMEOUT`` for close-ok,
   then closes the socket with a lingering close (``io.linger``), so that a client still
@@ -33,10 +33,10 @@ import math
 
 import trio
 
-from ..auth import Client, Refusal
-from ..broker import Broker
-from ..overflow import Backlog
-from ..protocols.amqp import (
+from ...auth import Client, Refusal
+from ...broker import Broker
+from ...overflow import Backlog
+from ...protocols.amqp import (
     CONNECTION_FORCED,
     HEARTBEAT_FRAME,
     AMQPError,
@@ -44,7 +44,7 @@ from ..protocols.amqp import (
     Method,
     MethodFrame,
 )
-from ..protocols.amqp.connection import (
+from ...protocols.amqp.connection import (
     CLOSING,
     NEED_DATA,
     OPEN,
@@ -60,10 +60,10 @@ from ..protocols.amqp.connection import (
     Opened,
     reply_text,
 )
-from ..queues import Queue
-from .amqp_channel import Channel, ConnectionFault
-from .amqp_negotiation import connection_start, connection_tune
-from .runner import ConnectionRunner
+from ...queues import Queue
+from ..runner import ConnectionRunner
+from .channel import Channel, ConnectionFault
+from .negotiation import connection_start, connection_tune
 
 log = logging.getLogger("polybroker.amqp")
 

@@ -44,10 +44,10 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
-from ..exchanges import AMQ_TOPIC, DEFAULT
-from ..overflow import PublishResult
-from ..protocols.amqp import (
+from ...destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
+from ...exchanges import AMQ_TOPIC, DEFAULT
+from ...overflow import PublishResult
+from ...protocols.amqp import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
     NO_ROUTE,
@@ -101,12 +101,12 @@ from ..protocols.amqp import (
     encode_content,
     encode_deliver,
 )
-from ..queues import Queue, QueueEntry, SharedPrefetch
-from ..refusals import AccessRefused, NotFound, PreconditionFailed, Refused
-from .amqp_messages import delivery_properties, message_from_publish
+from ...queues import Queue, QueueEntry, SharedPrefetch
+from ...refusals import AccessRefused, NotFound, PreconditionFailed, Refused
+from .convert import delivery_properties, message_from_publish
 
 if TYPE_CHECKING:
-    from .amqp import AMQPClientConnection
+    from .connection import AMQPClientConnection
 
 log = logging.getLogger("polybroker.amqp")
 
