@@ -32,6 +32,7 @@ from .constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
     COMMAND_INVALID,
+    FRAME_MIN_SIZE,
     NOT_ALLOWED,
     PROTOCOL_HEADER,
     REPLY_SUCCESS,
@@ -55,7 +56,6 @@ from .methods import (
 )
 from .sasl import MECHANISMS, sasl_credentials
 
-MIN_FRAME_MAX = 4096  # every peer must accept frames this large (4.2.3)
 VIRTUAL_HOST = "/"
 
 # Connection states.
@@ -416,9 +416,9 @@ class AMQPConnection:
         ours = self._tune
         channel_max = min(tune_ok.channel_max or ours.channel_max, ours.channel_max)
         frame_max = tune_ok.frame_max or ours.frame_max
-        if frame_max < MIN_FRAME_MAX:
+        if frame_max < FRAME_MIN_SIZE:  # every peer must accept frames this large (4.2.3)
             raise _Refusal(NOT_ALLOWED, f"NOT_ALLOWED - frame_max {frame_max} is below "
-                           f"{MIN_FRAME_MAX}", tune_ok)
+                           f"{FRAME_MIN_SIZE}", tune_ok)
         self.channel_max = channel_max
         self.frame_max = min(frame_max, ours.frame_max)
         self.heartbeat = tune_ok.heartbeat
