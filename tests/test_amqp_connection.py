@@ -156,6 +156,17 @@ def test_wrong_protocol_header_is_answered_with_ours():
     assert connection.data_to_send() == PROTOCOL_HEADER
 
 
+def test_a_bad_frame_behind_the_header_is_a_frame_error():
+    connection = make_connection()
+    connection.receive_data(PROTOCOL_HEADER + b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    event = events(connection)[0]
+    assert isinstance(event, Fault) and event.code == 501
+    assert connection.state is CLOSING
+    assert [type(m) for _, m in sent_methods(connection)] == [ConnectionClose]
+    connection.receive_data(encode_method(0, ConnectionCloseOk()))  # unparsable from now on
+    assert events(connection) == [NEED_DATA]
+
+
 def test_channel_life_cycle_and_our_close():
     connection = opened()
     connection.receive_data(encode_method(1, ChannelOpen()) + encode_method(1, BasicQos()))

@@ -82,8 +82,10 @@ TRANSITIONS: dict[tuple[str, type | str], str] = {
     **{(state, ConnectionClose): CLOSED
        for state in (AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING)},
     (CLOSING, ConnectionCloseOk): CLOSED,
+    # From AWAIT_HEADER: a bad frame in the read that brought the header.
     **{(state, "close"): CLOSING
-       for state in (AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING)},
+       for state in (AWAIT_HEADER, AWAIT_START_OK, AWAIT_LOGIN, AWAIT_TUNE_OK, AWAIT_OPEN,
+                     OPEN, CLOSING)},
 }
 # The method each handshake state waits for (named in COMMAND_INVALID's reply text).
 EXPECTED = {AWAIT_START_OK: ConnectionStartOk, AWAIT_TUNE_OK: ConnectionTuneOk,
@@ -314,7 +316,10 @@ class AMQPConnection:
 
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Send connection.close; from now on only close-ok (or close) counts."""
-        self.state = TRANSITIONS[(self.state, "close")]
+        after = TRANSITIONS.get((self.state, "close"))
+        if after is None:
+            return  # the connection is over: nothing more goes out
+        self.state = after
         self.send_method(0, ConnectionClose(reply_code=code, reply_text=text[:255],
                                             class_id=class_id, method_id=method_id))
 
