@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from polybroker.adapters import amqp as amqp_adapter
-from polybroker.adapters import amqp_channel
+from polybroker.adapters.amqp import channel as amqp_channel
 from polybroker.config import Limits
 from polybroker.message import Message
 from polybroker.protocols.amqp import (

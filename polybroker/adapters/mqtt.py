@@ -520,11 +520,9 @@ class MQTTClientConnection:
         return self._auth_step(props.get(prop.AUTHENTICATION_DATA))
 
     def _on_auth(self, packet: Auth) -> bool:
+        # The codec has checked its Authentication Method against the CONNECT's.
         if self._auth is None or packet.reason_code != rc.CONTINUE_AUTHENTICATION:
             raise Closing(rc.PROTOCOL_ERROR, "unexpected AUTH")
-        method = packet.properties.get(prop.AUTHENTICATION_METHOD)
-        if method != self._pending_connect.properties[prop.AUTHENTICATION_METHOD]:
-            raise Closing(rc.PROTOCOL_ERROR, "AUTH with another method")  # [MQTT-4.12.0-5]
         return self._auth_step(packet.properties.get(prop.AUTHENTICATION_DATA))
 
     def _auth_step(self, data: bytes | None) -> bool:
@@ -743,9 +741,8 @@ class MQTTClientConnection:
         return topic
 
     def _check_publish5(self, packet: Publish) -> int:
+        # A Subscription Identifier from a client is refused by the codec [MQTT-3.3.4-6].
         props = packet.properties
-        if prop.SUBSCRIPTION_IDENTIFIER in props:
-            raise Closing(rc.PROTOCOL_ERROR, "subscription identifier from a client")
         if props.get(prop.PAYLOAD_FORMAT_INDICATOR) == 1:
             try:
                 packet.payload.decode("utf-8")
@@ -893,9 +890,7 @@ class MQTTClientConnection:
             return False
         if self.level >= MQTT_5:
             expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
-            if expiry is not None:
-                if self.session.expiry_interval == 0 and expiry != 0:
-                    raise Closing(rc.PROTOCOL_ERROR, "session expiry set at DISCONNECT")
+            if expiry is not None:  # not set from zero: the codec checked (3.14.2.2.2)
                 self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
             if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
                 log.info("client %s: disconnected with will", self.name)

@@ -1,8 +1,9 @@
 """STOMP adapter (1.0, 1.1, 1.2): one connection's frames in, broker core calls out.
 
-Same shape as the MQTT adapter: the reader parses whatever one receive returns and
-handles every frame in it synchronously; the writer sends what the connection has
-buffered, and sends a heart-beat (EOL) when it has had nothing to send for the
+The I/O is the ``runner``'s (read deadlines, bounded writes, the durability gate, the
+publish-rate throttle, the lingering close): it hands whatever one receive returns to
+``receive``, which handles every frame in it synchronously, and it sends what the
+connection has buffered, or a heart-beat (EOL) when it has had nothing to send for the
 negotiated interval.
 
 How STOMP meets the core (destinations: see ``polybroker.destinations``):
@@ -53,7 +54,7 @@ from ..destinations import Destination, DestinationError, parse_destination, top
 from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
-from ..overflow import Holdback, PublishResult
+from ..overflow import PublishResult
 from ..protocols.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
     V1_2,
@@ -65,7 +66,7 @@ from ..protocols.stomp import (
     encode_message,
 )
 from ..queues import Queue, QueueEntry
-from .io import linger, receive_before
+from .runner import ConnectionRunner
 
 log = logging.getLogger("polybroker.stomp")
 
@@ -171,78 +172,62 @@ class StompClientConnection:
         self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
-        self._hold = False  # a buffered RECEIPT vouches for records not yet durable
-        # queue_overflow "block": the full backlogs this read's SENDs went to, and the
-        # RECEIPTs withheld until they have room (None: not held back).
-        self._holdback: Holdback | None = None
-        self._closing = False
-        self._linger = False
-        self._wakeup = trio.Event()
-        self._read_scope = trio.CancelScope()
+        self.runner = ConnectionRunner(stream, broker, self, log, self.throttle)
 
     @property
     def name(self) -> str:
         return f"{self.session_id} ({self.peer})"
 
+    @property
+    def pending_bytes(self) -> int:
+        return self.conn.pending_bytes
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
     async def run(self) -> None:
-        self.broker.connection_opened(self)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                try:
-                    with self._read_scope:
-                        await self._read_loop()
-                finally:
-                    self._end()
-                    self._closing = True
-                    self._wakeup.set()
-            if self._linger:
-                # The client reads our ERROR (or DISCONNECT's RECEIPT) even mid-SEND.
-                await linger(self.stream, self.broker.linger_deadline)
-        finally:
-            self.broker.connection_closed(self)
-            await trio.aclose_forcefully(self.stream)
+        await self.runner.run()
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a connected client gets an ERROR saying so."""
-        if self._closing:
+        if self.runner.finished:
             return  # already on its way out: nothing to tell it
         if self.connected:
             self.conn.send(StompError("server shutting down").to_frame())
-            self._linger = True
+            self.runner.linger = True
         log.info("client %s: closing: server shutting down", self.name)
-        self._read_scope.cancel()
+        self.runner.stop_reading()
 
     # -- I/O loops ------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        deadline = trio.current_time() + self.limits.connect_timeout
-        while True:
-            data = await receive_before(self.stream, deadline, self.name, log)
-            if data is None:
-                return
-            try:
-                if not data:
-                    if not self.connected:
-                        raise ProtocolError("no CONNECT frame in time")
-                    silent = HEART_BEAT_TOLERANCE * self.conn.heart_beat[1] / 1000
-                    raise ProtocolError(f"heart-beat timeout: nothing received for {silent:g}s")
-                if not await self._receive(data):
-                    return
-            except StompError as exc:
-                self._fail(exc)
-                return
-            finally:
-                if self.conn.pending_bytes:
-                    self._wakeup.set()
-            if self._holdback is not None:
-                await self._wait_for_room()  # before the heart-beat deadline: not idle time
-            receive_ms = self.conn.heart_beat[1]
-            if self.connected and receive_ms:
-                deadline = trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
-            elif self.connected:
-                deadline = math.inf  # no heart-beats: a silent client stays
-            deadline += await self.throttle.settle()  # max_publish_rate
+    async def receive(self, data: bytes) -> bool:
+        """One read's worth of frames; False ends the connection."""
+        try:
+            return await self._receive(data)
+        except StompError as exc:
+            self._fail(exc)
+            return False
+
+    def read_deadline(self, deadline: float) -> float:
+        receive_ms = self.conn.heart_beat[1]
+        if self.connected and receive_ms:
+            return trio.current_time() + HEART_BEAT_TOLERANCE * receive_ms / 1000
+        if self.connected:
+            return math.inf  # no heart-beats: a silent client stays
+        return deadline
+
+    def read_timed_out(self) -> None:
+        if not self.connected:
+            self._fail(ProtocolError("no CONNECT frame in time"))
+            return
+        silent = HEART_BEAT_TOLERANCE * self.conn.heart_beat[1] / 1000
+        self._fail(ProtocolError(f"heart-beat timeout: nothing received for {silent:g}s"))
+
+    def heartbeat_interval(self) -> float:
+        return self.conn.heart_beat[0] / 1000 if self.connected else 0
+
+    def send_heartbeat(self) -> None:
+        self.conn.send_heart_beat()
 
     async def _receive(self, data: bytes) -> bool:
         """Handle one read's worth of frames; False ends the connection."""
@@ -266,53 +251,13 @@ class StompClientConnection:
             raise ProtocolError("access refused")  # never which part was wrong
         self.client = Client(login.user, client_id)
 
-    async def _write_loop(self) -> None:
-        last_sent = trio.current_time()
-        try:
-            while True:
-                data = self.conn.data_to_send()
-                if data:
-                    # A RECEIPT goes out once the records its frame wrote are on disk
-                    # (``durability``); everything else need not wait.
-                    hold, self._hold = self._hold, False
-                    if hold and not await self.broker.durability.wait_durable(
-                        self.limits.send_timeout
-                    ):
-                        log.error("client %s: closing: storage did not confirm in time",
-                                  self.name)
-                        self._linger = False
-                        break
-                    with trio.move_on_after(self.limits.send_timeout) as timer:
-                        await self.stream.send_all(data)
-                    if timer.cancelled_caught:
-                        log.warning("client %s: closing: send timed out", self.name)
-                        self._linger = False
-                        break
-                    last_sent = trio.current_time()
-                    if self._starved:
-                        self._resume()
-                elif self._closing:
-                    return
-                else:
-                    send_ms = self.conn.heart_beat[0] if self.connected else 0
-                    beat_at = last_sent + send_ms / 1000 if send_ms else math.inf
-                    with trio.move_on_at(beat_at) as idle:
-                        await self._wakeup.wait()
-                    if idle.cancelled_caught:
-                        self.conn.send_heart_beat()
-                    else:
-                        self._wakeup = trio.Event()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._linger = False
-        self._read_scope.cancel()
-
     def _fail(self, exc: StompError) -> None:
         """Send the ERROR frame for ``exc``; the connection closes after it."""
         self.conn.send(exc.to_frame())
-        self._linger = True
+        self.runner.linger = True
         log.warning("client %s: error: %s", self.name, exc.message)
 
-    def _end(self) -> None:
+    def end(self) -> None:
         """The connection is over: abort its transactions, end its subscriptions."""
         if self._transactions:
             log.info("client %s: %d open transaction(s) aborted", self.name,
@@ -332,9 +277,7 @@ class StompClientConnection:
         carry_on = _HANDLERS[frame.command](self, frame)
         if receipt is not None and frame.command not in _CONNECT_COMMANDS:
             durable = durability.mark() != mark  # it wrote records (a persistent SEND, its ACK)
-            if self._holdback is not None:
-                self._holdback.acks.append((receipt, durable))  # after the room comes
-            else:
+            if not self.runner.withhold((receipt, durable)):  # held back: after the room
                 self._receipt(receipt, durable)
         for queue in self._to_dispatch:
             queue.dispatch()
@@ -344,17 +287,13 @@ class StompClientConnection:
     def _receipt(self, receipt: str, durable: bool) -> None:
         self.conn.send(Frame("RECEIPT", (("receipt-id", receipt),)))
         if durable:
-            self._hold = True  # it goes out once those records are on disk
+            self.runner.hold_durable()  # it goes out once those records are on disk
 
-    async def _wait_for_room(self) -> None:
-        """Queue_overflow "block": wait (not reading) until the backlogs this client's
-        SENDs filled have room, at most ``max_block_time``; then send the RECEIPTs."""
-        for receipt, durable in await self._holdback.wait(
-            self.limits.max_block_time, self.name, log
-        ):
+    def release(self, held: list) -> None:
+        """Queue_overflow "block": the backlogs this client's SENDs filled have room (or
+        ``max_block_time`` passed): send the RECEIPTs withheld meanwhile."""
+        for receipt, durable in held:
             self._receipt(receipt, durable)
-        self._holdback = None
-        self._wakeup.set()
 
     def _on_connect(self, frame: Frame) -> bool:
         login = frame.get("login")
@@ -419,9 +358,7 @@ class StompClientConnection:
             else:
                 waiting.append(backlog)
         if waiting:
-            if self._holdback is None:
-                self._holdback = Holdback()
-            self._holdback.add(waiting)
+            self.runner.hold_back(waiting)
 
     def _on_subscribe(self, frame: Frame) -> bool:
         version = self.conn.version
@@ -563,25 +500,26 @@ class StompClientConnection:
 
     def _on_disconnect(self, frame: Frame) -> bool:
         log.info("client %s: disconnected", self.name)
-        self._linger = True
+        self.runner.linger = True
         return False
 
     # -- deliveries to the client ---------------------------------------------------------
 
     def can_send(self) -> bool:
         """Whether a delivery may be written now; when not, the queues wait for the
-        writer to drain the buffer (``_resume``)."""
-        if self._closing:
+        writer to drain the buffer (``sent``)."""
+        if self.runner.finished:
             return False
         if self.conn.pending_bytes < self.limits.max_outgoing_bytes:
             return True
         self._starved = True
         return False
 
-    def _resume(self) -> None:
-        self._starved = False
-        for sub in list(self.subscriptions.values()):
-            sub.queue.dispatch()
+    def sent(self) -> None:
+        if self._starved:
+            self._starved = False
+            for sub in list(self.subscriptions.values()):
+                sub.queue.dispatch()
 
     def send_message(self, sub: StompSubscription, entry: QueueEntry, tag: int | None) -> None:
         """Write one MESSAGE frame (the queue's consumer callback)."""
@@ -605,7 +543,7 @@ class StompClientConnection:
         if tag is not None:
             sub.pending[message_id] = tag
             self._unacked[message_id] = sub
-        self._wakeup.set()
+        self.runner.wake()
 
     def _encode(self, destination: str, message_id: str, sub_id: str,
                 headers: tuple[tuple[str, str], ...], body: bytes, ack: str | None) -> bytes | None:

@@ -30,25 +30,52 @@ from .packets import (
     Connect,
     Disconnect,
     Packet,
+    PingReq,
     PingResp,
+    PubAck,
+    PubComp,
     Publish,
+    PubRec,
+    PubRel,
     SubAck,
+    Subscribe,
     UnsubAck,
+    Unsubscribe,
 )
 from .properties import AUTHENTICATION_METHOD, SESSION_EXPIRY_INTERVAL, SUBSCRIPTION_IDENTIFIER
 
 # Packets only a server sends; from a client they are a protocol violation.
 _SERVER_ONLY = frozenset((ConnAck, SubAck, UnsubAck, PingResp))
-_AUTH_PHASE = frozenset((Auth, Disconnect))  # what may precede CONNACK [MQTT-3.1.2-30]
 _CONNECT_TYPE = 1
+
+# Connection states.
+AWAIT_CONNECT = "await CONNECT"
+# A 5.0 CONNECT with an Authentication Method is in, its CONNACK not yet out: only AUTH
+# and DISCONNECT may come [MQTT-3.1.2-30].
+AUTHENTICATING = "authenticating"
+CONNECTED = "connected"  # the CONNECT is in
+DISCONNECTED = "disconnected"  # DISCONNECT came: later bytes are ignored
+FAILED = "failed"  # the client broke the protocol: every later call raises
+
+# The packets each state takes from a client, and the state after them; "CONNACK" is
+# the server's. A packet not here is a Protocol Error (which one: ``_refusal``).
+TRANSITIONS: dict[tuple[str, type | str], str] = {
+    (AWAIT_CONNECT, Connect): CONNECTED,  # AUTHENTICATING with an Authentication Method
+    (AUTHENTICATING, Auth): AUTHENTICATING,
+    (AUTHENTICATING, Disconnect): DISCONNECTED,
+    (AUTHENTICATING, "CONNACK"): CONNECTED,
+    **{(CONNECTED, kind): CONNECTED for kind in (
+        Publish, PubAck, PubRec, PubRel, PubComp, Subscribe, Unsubscribe, PingReq, Auth)},
+    (CONNECTED, Disconnect): DISCONNECTED,
+}
 
 
 class ServerConnection:
     """Protocol state of one client connection, as seen by the server."""
 
     __slots__ = (
-        "_auth_method", "_connack_sent", "_disconnected", "_failed", "_outgoing", "_parser",
-        "_pending_error", "_session_expiry", "_started", "protocol_level",
+        "_auth_method", "_outgoing", "_parser", "_pending_error", "_session_expiry",
+        "_started", "protocol_level", "state",
     )
 
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
@@ -59,12 +86,10 @@ class ServerConnection:
         # Set by the CONNECT, or by a CONNECT that names a supported level but fails.
         self.protocol_level: int | None = None
         self._started = False  # any byte received yet
-        self._failed = False
-        self._disconnected = False
+        self.state = AWAIT_CONNECT
         # MQTT 5.0 state from the CONNECT.
         self._auth_method: str | None = None
         self._session_expiry = 0
-        self._connack_sent = False
         self._pending_error: MQTTError | None = None
 
     def receive_data(self, data: bytes) -> list[Packet]:
@@ -80,9 +105,9 @@ class ServerConnection:
             error, self._pending_error = self._pending_error, None
             self._fail(error)
             raise error
-        if self._failed:
+        if self.state is FAILED:
             raise ProtocolError("the connection already failed")
-        if self._disconnected:
+        if self.state is DISCONNECTED:
             return []  # the client sent DISCONNECT: anything after it is ignored
         try:
             if not self._started and data:
@@ -104,7 +129,7 @@ class ServerConnection:
         return self._pending_error is not None
 
     def _fail(self, exc: MQTTError) -> None:
-        self._failed = True
+        self.state = FAILED
         if self.protocol_level is None and exc.protocol_level is not None:
             # A CONNECT of a supported level that failed to parse: a refusing
             # CONNACK goes out in the client's version (5.0: with exc.reason_code).
@@ -117,25 +142,23 @@ class ServerConnection:
         try:
             for i, packet in enumerate(packets):
                 kind = type(packet)
+                after = TRANSITIONS.get((self.state, kind))
+                if after is None:
+                    raise self._refusal(kind)
                 if kind is Connect:
-                    if self.protocol_level is not None:
-                        raise ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
                     connect = cast(Connect, packet)  # (``kind is`` does not narrow the type)
                     self.protocol_level = connect.protocol_level
                     self._parser.protocol_level = connect.protocol_level
                     if connect.protocol_level == MQTT_5:
                         self._auth_method = connect.properties.get(AUTHENTICATION_METHOD)
                         self._session_expiry = connect.properties.get(SESSION_EXPIRY_INTERVAL, 0)
-                elif self.protocol_level is None:
-                    raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
-                elif kind in _SERVER_ONLY:
-                    raise ProtocolError(f"{kind.__name__} is sent only by servers")
-                else:
-                    if self.protocol_level == MQTT_5:
-                        self._check_5(packet, kind)
-                    if kind is Disconnect:
-                        self._disconnected = True
-                        return packets[: i + 1]
+                        if self._auth_method is not None:
+                            after = AUTHENTICATING
+                elif self.protocol_level == MQTT_5:
+                    self._check_5(packet, kind)
+                self.state = after
+                if after is DISCONNECTED:
+                    return packets[: i + 1]
         except MQTTError as exc:
             if not i:
                 raise
@@ -143,12 +166,20 @@ class ServerConnection:
             return packets[:i]
         return packets
 
+    def _refusal(self, kind: type) -> ProtocolError:
+        """Why a packet of ``kind`` may not come now (it is not in ``TRANSITIONS``)."""
+        if kind is Connect:
+            return ProtocolError("second CONNECT on one connection [MQTT-3.1.0-2]")
+        if self.state is AWAIT_CONNECT:
+            return ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
+        if kind in _SERVER_ONLY:
+            return ProtocolError(f"{kind.__name__} is sent only by servers")
+        return ProtocolError(  # AUTHENTICATING
+            f"{kind.__name__} before CONNACK after a CONNECT with an Authentication "
+            "Method [MQTT-3.1.2-30]"
+        )
+
     def _check_5(self, packet: Any, kind: type) -> None:
-        if self._auth_method is not None and not self._connack_sent and kind not in _AUTH_PHASE:
-            raise ProtocolError(
-                f"{kind.__name__} before CONNACK after a CONNECT with an Authentication "
-                "Method [MQTT-3.1.2-30]"
-            )
         if kind is Publish:
             if SUBSCRIPTION_IDENTIFIER in packet.properties:
                 raise ProtocolError("PUBLISH from a client with a Subscription Identifier "
@@ -171,8 +202,8 @@ class ServerConnection:
     def send(self, packet: Packet) -> None:
         """Queue ``packet``, encoded at this connection's protocol level."""
         self._outgoing += encode(packet, self.protocol_level or MQTT_3_1_1)
-        if type(packet) is ConnAck:
-            self._connack_sent = True
+        if type(packet) is ConnAck and self.state is AUTHENTICATING:
+            self.state = TRANSITIONS[(AUTHENTICATING, "CONNACK")]
 
     def send_bytes(self, data: bytes) -> None:
         """Queue bytes already encoded (e.g. by ``encode_publish``)."""

@@ -23,6 +23,7 @@ from .codec import (
 )
 from .errors import ProtocolError, StompError, UnsupportedVersion
 from .frames import (
+    CLIENT_COMMANDS,
     SERVER_COMMANDS,
     SUPPORTED_VERSIONS,
     V1_0,
@@ -34,6 +35,21 @@ from .frames import (
 )
 
 _CONNECT_COMMANDS = frozenset(("CONNECT", "STOMP"))
+
+# Connection states.
+AWAIT_CONNECT = "await CONNECT"
+CONNECTED = "connected"  # the CONNECT (or STOMP) frame is in: version and heart-beat set
+DISCONNECTED = "disconnected"  # DISCONNECT came: later bytes are ignored
+FAILED = "failed"  # the client broke the protocol: every later call raises
+
+# The client frames each state takes, and the state after them [Connecting]. A frame not
+# here is a protocol error (server frames from a client are refused before the table).
+TRANSITIONS: dict[tuple[str, str], str] = {
+    **{(AWAIT_CONNECT, command): CONNECTED for command in _CONNECT_COMMANDS},
+    **{(CONNECTED, command): CONNECTED
+       for command in CLIENT_COMMANDS - _CONNECT_COMMANDS - {"DISCONNECT"}},
+    (CONNECTED, "DISCONNECT"): DISCONNECTED,
+}
 
 # "Frames and Headers": headers a client frame must carry, per version. UNSUBSCRIBE in
 # 1.0 needs an id or a destination (checked apart); NACK does not exist in 1.0.
@@ -108,8 +124,7 @@ class ServerConnection:
         self._outgoing = bytearray()
         self.version: str | None = None  # set by the CONNECT
         self.heart_beat = (0, 0)  # (send_ms, receive_ms) negotiated by the CONNECT
-        self._failed = False
-        self._disconnected = False
+        self.state = AWAIT_CONNECT
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse ``data`` and return the complete frames and heart-beats it yields.
@@ -118,19 +133,19 @@ class ServerConnection:
         sends ``error.to_frame()`` and closes, and later calls raise ProtocolError.
         After a DISCONNECT, later bytes are ignored.
         """
-        if self._failed:
+        if self.state is FAILED:
             raise ProtocolError("the connection already failed")
-        if self._disconnected:
+        if self.state is DISCONNECTED:
             return []
         try:
             events = self._check(self._parser.feed(data))
             pending = self._parser.pending_command
-            if pending is not None and not self._disconnected:
+            if pending is not None and self.state is not DISCONNECTED:
                 # Refuse a frame from its command line rather than buffer its body.
                 self._check_command(pending, None)
             return events
         except StompError:
-            self._failed = True
+            self.state = FAILED
             raise
 
     def _check(self, events: list[Event]) -> list[Event]:
@@ -139,33 +154,35 @@ class ServerConnection:
                 continue
             command = event.command
             receipt = event.get("receipt")
-            self._check_command(command, receipt)
+            after = self._check_command(command, receipt)
             if command in _CONNECT_COMMANDS:
                 self._connect(event)
-                continue
-            version = self.version
-            assert version is not None  # _check_command saw to it
-            self._check_headers(event, version, receipt)
-            if command == "DISCONNECT":
-                self._disconnected = True
+            else:
+                version = self.version
+                assert version is not None  # the table saw to it
+                self._check_headers(event, version, receipt)
+            self.state = after
+            if after is DISCONNECTED:
                 return events[: i + 1]
         return events
 
-    def _check_command(self, command: str, receipt: str | None) -> None:
+    def _check_command(self, command: str, receipt: str | None) -> str:
+        """The state after a client frame ``command``; ProtocolError if it may not come."""
         if command in SERVER_COMMANDS:
             raise ProtocolError(f"{command} is sent only by servers", receipt_id=receipt)
-        if self.version is None:
-            if command not in _CONNECT_COMMANDS:
+        after = TRANSITIONS.get((self.state, command))
+        if after is None:
+            if self.state is AWAIT_CONNECT:
                 raise ProtocolError(
                     f"operation before CONNECT: {command} as the first frame [Connecting]",
                     receipt_id=receipt,
                 )
-        elif command in _CONNECT_COMMANDS:
             raise ProtocolError(
                 f"second {command} on one connection [Connecting]", receipt_id=receipt
             )
-        elif command == "NACK" and self.version == V1_0:
+        if command == "NACK" and self.version == V1_0:
             raise ProtocolError("NACK is not part of STOMP 1.0 [NACK]", receipt_id=receipt)
+        return after
 
     def _connect(self, frame: Frame) -> None:
         accept = frame.get("accept-version")

@@ -42,12 +42,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
-from ..exchanges import AMQ_TOPIC, DEFAULT
-from ..overflow import PublishResult
-from ..protocols.amqp import (
+from ...destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
+from ...exchanges import AMQ_TOPIC, DEFAULT
+from ...overflow import PublishResult
+from ...protocols.amqp import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
     NO_ROUTE,
@@ -101,12 +101,45 @@ from ..protocols.amqp import (
     encode_content,
     encode_deliver,
 )
-from ..queues import Queue, QueueEntry, SharedPrefetch
-from ..refusals import AccessRefused, NotFound, PreconditionFailed, Refused
-from .amqp_messages import delivery_properties, message_from_publish
+from ...queues import Queue, QueueEntry, SharedPrefetch
+from ...refusals import AccessRefused, NotFound, PreconditionFailed, Refused
+from .convert import delivery_properties, message_from_publish
 
 if TYPE_CHECKING:
-    from .amqp import AMQPClientConnection
+    from ...auth import Client
+    from ...broker import Broker
+    from ...overflow import Backlog
+    from ...protocols.amqp.connection import AMQPConnection
+
+
+class AMQPClientConnection(Protocol):
+    """What a channel uses of its connection (``connection.AMQPClientConnection``)."""
+
+    amqp: AMQPConnection
+    broker: Broker
+    client: Client
+    user: str | None
+    tx_bytes: int  # message bodies held by open transactions, all channels
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def frame_max(self) -> int: ...
+
+    def can_send(self) -> bool: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def send_method(self, channel: int, method: Method) -> None: ...
+
+    def confirm(self, channel: int, method: Method) -> None: ...
+
+    def close_channel(self, number: int, method: Method) -> None: ...
+
+    def dispatch_later(self, queue: Queue) -> None: ...
+
+    def hold_back(self, full: list[Backlog]) -> None: ...
 
 log = logging.getLogger("polybroker.amqp")
 
@@ -160,7 +193,6 @@ class Channel:
         self.connection = connection
         self.broker = connection.broker
         self.number = number
-        self.closing = False  # we sent channel.close and wait for close-ok
         self.active = True  # channel.flow
         self.consumers: dict[str, AmqpConsumer] = {}
         # delivery tag -> (queue, the queue's tag), in tag order
@@ -177,13 +209,16 @@ class Channel:
     def __repr__(self) -> str:
         return f"Channel({self.number} of {self.connection.name})"
 
+    @property
+    def closing(self) -> bool:
+        """We sent channel.close and wait for close-ok (or the connection is over)."""
+        return self.connection.amqp.channel_closing(self.number)
+
     # -- frames in --------------------------------------------------------------------------
 
     def handle(self, method: Method, content: tuple[bytes, bytes] | None = None) -> None:
         """Handle one method (``content``: raw properties and body of a publish).
         Refusals close the channel (or the connection: ConnectionFault)."""
-        if self.closing:
-            return  # only close-ok matters now (the connection handles it)
         handler = _HANDLERS.get(type(method))
         try:
             if handler is None:
@@ -202,11 +237,10 @@ class Channel:
         """Close the channel for a fault (channel.close); its resources go at once."""
         log.info("client %s: channel %d closed: %d %s", self.connection.name, self.number,
                  code, text)
-        self.connection.send_method(self.number, ChannelClose(
+        self.connection.close_channel(self.number, ChannelClose(
             reply_code=code, reply_text=text[:255], class_id=method.CLASS_ID,
             method_id=method.METHOD_ID,
         ))
-        self.closing = True
         self.close_down()
 
     def _reply(self, method: Method) -> None:

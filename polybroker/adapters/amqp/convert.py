@@ -15,9 +15,9 @@
 
 from datetime import UTC, datetime
 
-from ..message import Message
-from ..protocols.amqp import BasicProperties, decode_properties, encode_properties
-from ..refusals import PreconditionFailed
+from ...message import Message
+from ...protocols.amqp import BasicProperties, decode_properties, encode_properties
+from ...refusals import PreconditionFailed
 
 PERSISTENT = 2
 TRANSIENT = 1

@@ -1,0 +1,351 @@
+"""AMQP 0-9-1 adapter: one connection's events in, broker core calls out.
+
+The protocol (handshake, channel states, connection.close, the output buffer) is the
+sans-IO ``protocols.amqp.connection.AMQPConnection``; the I/O is the ``runner``'s; this
+adapter acts on the protocol's events: the runner hands whatever one receive returns
+to ``receive``, which handles every event that comes out synchronously, and sends what
+is buffered in one write, or a heartbeat frame when it has sent nothing for half the
+negotiated interval.
+Channels live in ``channel``, what connection.start and tune offer in
+``negotiation``, message conversion in ``convert``.
+
+What the adapter adds to the protocol's life cycle:
+
+- The login of a start-ok is checked with the broker's security settings (PLAIN or
+  AMQPLAIN; a refused login is connection.close 403 ACCESS_REFUSED,
+  authentication_failure_close). The whole handshake must end within
+  ``limits.connect_timeout``.
+- Heartbeats: a heartbeat frame goes out when nothing else has for half the interval;
+  a client that sends nothing for two intervals is dropped (without connection.close,
+  as RabbitMQ does).
+- A channel error (``channel``) closes just that channel with channel.close; a
+  connection error there closes the connection with the spec's code.
+- After our connection.close the broker waits up to ``CLOSE_TIMEOUT`` for close-ok,
+  then closes the socket with a lingering close (``io.linger``), so that a client still
+  publishing reads the close. On shutdown clients get connection.close 320
+  CONNECTION_FORCED.
+- When the connection ends, its channels close (unacknowledged messages go back to
+  their queues) and its exclusive queues are deleted.
+"""
+
+import logging
+import math
+
+import trio
+
+from ...auth import Client, Refusal
+from ...broker import Broker
+from ...overflow import Backlog
+from ...protocols.amqp import (
+    CONNECTION_FORCED,
+    HEARTBEAT_FRAME,
+    AMQPError,
+    Content,
+    Method,
+    MethodFrame,
+)
+from ...protocols.amqp.connection import (
+    CLOSING,
+    NEED_DATA,
+    OPEN,
+    PAUSED,
+    AMQPConnection,
+    ChannelCloseConfirmed,
+    ChannelClosed,
+    ChannelOpened,
+    Closed,
+    Fault,
+    HeaderMismatch,
+    LoginRequested,
+    Opened,
+    reply_text,
+)
+from ...queues import Queue
+from ..runner import ConnectionRunner
+from .channel import Channel, ConnectionFault
+from .negotiation import connection_start, connection_tune
+
+log = logging.getLogger("polybroker.amqp")
+
+CLOSE_TIMEOUT = 2.0  # seconds to wait for close-ok after our connection.close
+HEARTBEAT_TOLERANCE = 2  # intervals of silence before a client is dropped
+
+
+class AMQPClientConnection:
+    """Serves one AMQP client over one stream; the protocol state is ``self.amqp``."""
+
+    def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,
+                 identity: str | None = None, allow_anonymous: bool = True) -> None:
+        self.stream = stream
+        self.broker = broker
+        self.limits = broker.limits
+        self.settings = broker.config.amqp
+        self.peer = peer
+        self.identity = identity
+        self.allow_anonymous = allow_anonymous  # the listener's setting
+        self.client = Client(None, "")  # who the ACL sees, once logged in
+        self._login: LoginRequested | None = None  # being checked
+        self.amqp = AMQPConnection(connection_start(), connection_tune(self.settings),
+                                   self.limits.max_packet_size)
+        self.user: str | None = None
+        self.channels: dict[int, Channel] = {}
+        self.tx_bytes = 0  # message bodies held by open transactions, all channels
+        self._to_dispatch: list[Queue] = []
+        self._starved = False  # a delivery waited for the send buffer to drain
+        self.runner = ConnectionRunner(stream, broker, self, log)
+
+    @property
+    def name(self) -> str:
+        return f"{self.user or '<no login>'} ({self.peer})"
+
+    @property
+    def frame_max(self) -> int:
+        return self.amqp.frame_max
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.amqp.pending_bytes
+
+    def data_to_send(self) -> bytes:
+        return self.amqp.data_to_send()
+
+    async def run(self) -> None:
+        await self.runner.run()
+
+    def close_for_shutdown(self) -> None:
+        """The broker is stopping: connection.close 320, then close-ok or a timeout."""
+        state = self.amqp.state
+        if state is OPEN:
+            log.info("client %s: closing: server shutting down", self.name)
+            self._close(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
+            self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
+        elif state is not CLOSING:
+            self.runner.stop_reading()
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.amqp.send(data)
+        self.runner.wake()
+
+    def send_method(self, channel: int, method: Method) -> None:
+        self.amqp.send_method(channel, method)
+        self.runner.wake()
+
+    def can_send(self) -> bool:
+        """Whether a delivery may be buffered now; when not, queues wait for the writer
+        to drain the buffer (``sent``)."""
+        if self.amqp.state is not OPEN:
+            return False
+        if self.amqp.pending_bytes < self.limits.max_outgoing_bytes:
+            return True
+        self._starved = True
+        return False
+
+    def confirm(self, channel: int, method: Method) -> None:
+        """Send a publisher confirm, or withhold it while the client is held back."""
+        if not self.runner.withhold((channel, method)):
+            self.send_method(channel, method)
+
+    def hold_back(self, full: list[Backlog]) -> None:
+        """Withhold this client's confirms and stop reading from it until the backlogs
+        its publish filled have room. The queues it consumes from itself are not waited
+        for (it could not acknowledge meanwhile): they drop new messages until they have
+        room."""
+        own = {c.queue for channel in self.channels.values() for c in channel.consumers.values()}
+        waiting = []
+        for backlog in full:
+            if backlog in own:
+                backlog.give_up_blocking()
+                log.warning("client %s: a queue it consumes from is full: messages for it are "
+                            "dropped until it has room", self.name)
+            else:
+                waiting.append(backlog)
+        if waiting:
+            self.runner.hold_back(waiting)
+
+    def release(self, held: list) -> None:
+        """The backlogs this client filled have room (or ``max_block_time`` passed): send
+        the withheld confirms, once durable."""
+        for channel, method in held:
+            if channel in self.channels:
+                self.send_method(channel, method)
+        self.runner.hold_durable()  # the confirms vouch for records written meanwhile
+
+    def dispatch_later(self, queue: Queue) -> None:
+        """Dispatch ``queue`` once the current frame's reply is buffered (consume-ok
+        before the first delivery)."""
+        self._to_dispatch.append(queue)
+
+    def sent(self) -> None:
+        if self._starved:
+            self._starved = False
+            for channel in list(self.channels.values()):
+                channel.resume()
+
+    # -- I/O loops --------------------------------------------------------------------------
+
+    async def receive(self, data: bytes) -> bool:
+        """One read's worth of frames; False ends the connection."""
+        durability = self.broker.durability
+        mark = durability.mark()
+        try:
+            self.amqp.receive_data(data)
+            carry_on = self._process()
+            while carry_on and self._login is not None:
+                await self._finish_login()
+                carry_on = self._process()
+        finally:
+            if durability.mark() != mark:
+                self.runner.hold_durable()  # replies buffered now follow records
+            for queue in self._to_dispatch:
+                queue.dispatch()
+            self._to_dispatch.clear()
+        return carry_on
+
+    def read_deadline(self, deadline: float) -> float:
+        amqp = self.amqp
+        if amqp.state is CLOSING:
+            return min(deadline, trio.current_time() + CLOSE_TIMEOUT)
+        if amqp.state is OPEN:
+            return (trio.current_time() + HEARTBEAT_TOLERANCE * amqp.heartbeat
+                    if amqp.heartbeat else math.inf)
+        return deadline
+
+    def read_timed_out(self) -> None:
+        amqp = self.amqp
+        if amqp.state is CLOSING:
+            log.info("client %s: no close-ok within %gs", self.name, CLOSE_TIMEOUT)
+        elif amqp.state is OPEN:
+            log.info("client %s: dropped: heartbeat timeout (nothing received for %ds)",
+                     self.name, HEARTBEAT_TOLERANCE * amqp.heartbeat)
+        else:
+            log.info("client %s: connection not opened within %gs", self.name,
+                     self.limits.connect_timeout)
+
+    def heartbeat_interval(self) -> float:
+        amqp = self.amqp
+        return amqp.heartbeat / 2 if amqp.state is OPEN else 0
+
+    def send_heartbeat(self) -> None:
+        self.amqp.send(HEARTBEAT_FRAME)
+
+    def _process(self) -> bool:
+        """Handle the connection's events in order; False ends the connection. Stops at
+        a login to check first (``_finish_login``)."""
+        amqp = self.amqp
+        while True:
+            event = amqp.next_event()
+            kind = type(event)
+            try:
+                if kind is MethodFrame:
+                    self.channels[event.channel].handle(event.method)
+                elif kind is Content:
+                    self.channels[event.channel].handle(event.method,
+                                                        (event.properties, event.body))
+                elif event is NEED_DATA or event is PAUSED:
+                    return True
+                elif not self._on_event(event):
+                    return False
+            except ConnectionFault as exc:
+                self._fault(exc.code, exc.text, exc.class_id, exc.method_id)
+            except AMQPError as exc:  # properties of a publish that do not decode
+                self._fault(exc.reply_code, reply_text(exc.reply_code, exc.text),
+                            exc.class_id, exc.method_id)
+
+    def _on_event(self, event: object) -> bool:
+        """One connection-level event; False ends the connection."""
+        kind = type(event)
+        if kind is ChannelOpened:
+            self.channels[event.channel] = Channel(self, event.channel)
+        elif kind is ChannelClosed:
+            self.channels.pop(event.channel).close_down()
+        elif kind is ChannelCloseConfirmed:
+            del self.channels[event.channel]
+        elif kind is LoginRequested:
+            self._login = event
+        elif kind is Opened:
+            log.info("client %s: connected (AMQP 0-9-1, heartbeat %ds, frame_max %d, "
+                     "channel_max %d)", self.name, self.amqp.heartbeat, self.amqp.frame_max,
+                     self.amqp.channel_max)
+        elif kind is Fault:
+            log.warning("client %s: connection error %d: %s", self.name, event.code,
+                        event.text)
+            self.runner.linger = True
+        elif kind is Closed:
+            if event.by_client:
+                log.info("client %s: closed the connection (%d %s)", self.name,
+                         event.reply_code, event.reply_text)
+            return False
+        elif kind is HeaderMismatch:
+            log.info("connection from %s closed: %s", self.peer, event.text)
+            self.runner.linger = True
+            return False
+        return True
+
+    def end(self) -> None:
+        """The connection is over: close its channels, delete its exclusive queues."""
+        self.amqp.connection_lost()  # no more deliveries (messages requeued below go elsewhere)
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for channel in channels:
+            channel.close_down()
+        deleted = self.broker.queues.owner_closed(self)
+        if deleted:
+            log.debug("client %s: %d exclusive queue(s) deleted", self.name, deleted)
+
+    async def _finish_login(self) -> None:
+        """Check the start-ok's credentials with the broker's security settings: tune on
+        success, connection.close 403 after the refusal delay otherwise (never saying
+        which part was wrong)."""
+        login_request = self._login
+        assert login_request is not None
+        user, client_id = login_request.user, login_request.client_name
+        security = self.broker.security
+        if user is None:  # unknown mechanism or an unreadable response
+            login = await security.refuse(Refusal.BAD_CREDENTIALS, username=None,
+                                          peer=self.peer, client_id=client_id, protocol="AMQP")
+        else:
+            # An empty user name (PLAIN "\0\0") is an anonymous login.
+            login = await security.login(user or None, login_request.password,
+                                         allow_anonymous=self.allow_anonymous,
+                                         identity=self.identity, peer=self.peer,
+                                         client_id=client_id, protocol="AMQP")
+        self._login = None
+        if not login.ok:
+            self.amqp.refuse_login()
+            self.runner.linger = True
+            return
+        # The claimed name stays the connection's user (basic.properties user_id is
+        # checked against it) even where anonymous clients are let in.
+        self.user = login.user or user
+        self.client = Client(login.user, client_id)
+        self.amqp.accept_login()
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _fault(self, code: int, text: str, class_id: int, method_id: int) -> None:
+        log.warning("client %s: connection error %d: %s", self.name, code, text)
+        self.amqp.fault(code, text, class_id, method_id)
+        self.runner.linger = True
+
+    def close_channel(self, number: int, method: Method) -> None:
+        """Send channel.close (a channel error); the channel then takes only close-ok."""
+        self.amqp.close_channel(number, method)
+        self.runner.wake()
+
+    def _close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Send connection.close; from now on only close-ok (or close) is awaited."""
+        self.amqp.close(code, text, class_id, method_id)
+        self.runner.linger = True
+        self.runner.wake()
+
+
+async def serve_amqp(
+    stream: trio.abc.Stream, broker: Broker, peer: str, *, identity: str | None = None,
+    allow_anonymous: bool = True,
+) -> None:
+    """Serve one AMQP 0-9-1 client until it goes away. ``identity`` is the TLS client
+    certificate's name and ``allow_anonymous`` the listener's setting, both for the login
+    check (``broker.security.login``)."""
+    await AMQPClientConnection(stream, broker, peer, identity, allow_anonymous).run()
