@@ -261,6 +261,23 @@ def test_pika_confirm_nack_under_drop_new(started):
         connection.close()
 
 
+def test_pika_confirm_ack_under_drop_oldest_and_the_oldest_goes(started):
+    broker = started("drop-oldest")
+    connection = pika.BlockingConnection(pika_params(broker.amqp_port))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("overflow")
+        channel.confirm_delivery()
+        for body in (b"1", b"2", b"3"):  # each returns once acknowledged (no NackError)
+            channel.basic_publish("", "overflow", body)
+        kept = []
+        while (got := channel.basic_get("overflow", auto_ack=True))[0] is not None:
+            kept.append(got[2])
+        assert kept == [b"2", b"3"]  # the oldest made room for the newest
+    finally:
+        connection.close()
+
+
 def test_pika_confirm_withheld_under_block_until_the_consumer_drains(started):
     broker = started("block")
     confirmed: queue.Queue[bytes] = queue.Queue()
