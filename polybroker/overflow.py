@@ -55,6 +55,43 @@ class Backlog(Protocol):
         """Publishers waited ``max_block_time``: drop new messages until there is room."""
 
 
+class RoomSignal:
+    """``Backlog.room`` for a backlog that keeps its event in ``_room``, made only when a
+    publisher first waits (and set, and dropped, by the backlog once it has room)."""
+
+    __slots__ = ()
+    _room: trio.Event | None
+
+    def has_room(self) -> bool:
+        raise NotImplementedError
+
+    def room(self) -> trio.Event:
+        """Set once the backlog has room again (``has_room``)."""
+        room = self._room
+        if room is None:
+            room = self._room = trio.Event()
+            if self.has_room():
+                room.set()
+        return room
+
+
+def excluding_own(full: Iterable[Backlog], own: Iterable[object], name: str, what: str,
+                  logger: logging.Logger) -> list[Backlog]:
+    """The full backlogs a publisher is held back for: all but those it reads itself
+    (``own``; held back, it could not acknowledge them), which drop new messages until
+    they have room instead (logged, naming them as ``what``)."""
+    own = set(own)
+    waiting = []
+    for backlog in full:
+        if backlog in own:
+            backlog.give_up_blocking()
+            logger.warning("client %s: %s is full: messages for it are dropped until it "
+                           "has room", name, what)
+        else:
+            waiting.append(backlog)
+    return waiting
+
+
 class PublishResult:
     """What one publish came to: subscribers matched, messages dropped because a backlog
     was full, and the full backlogs a blocking publisher waits for (None: none)."""

@@ -57,7 +57,15 @@ from typing import Protocol
 import trio
 
 from .message import Message
-from .overflow import DROPPED, DROPPED_OLDEST, HELD, QUEUE_FULL, TAKEN, DropCounter
+from .overflow import (
+    DROPPED,
+    DROPPED_OLDEST,
+    HELD,
+    QUEUE_FULL,
+    TAKEN,
+    DropCounter,
+    RoomSignal,
+)
 from .refusals import AccessRefused, ResourceLocked
 from .timers import TimerHandle, Timers
 
@@ -180,7 +188,7 @@ def check_queue_name(name: str) -> None:
         raise ValueError("NUL in queue name")
 
 
-class Queue:
+class Queue(RoomSignal):
     """One named queue: ready messages, consumers taking turns, unacknowledged deliveries."""
 
     client_id = None  # as a router subscriber: never the publisher (No Local)
@@ -320,15 +328,6 @@ class Queue:
     def has_room(self) -> bool:
         """Whether one more message fits (or the queue is gone)."""
         return self.deleted or not self._full(1)
-
-    def room(self) -> trio.Event:
-        """Set once the queue has room again (``has_room``)."""
-        room = self._room
-        if room is None:
-            room = self._room = trio.Event()
-            if self.has_room():
-                room.set()
-        return room
 
     def give_up_blocking(self) -> None:
         """Publishers waited ``max_block_time`` (the caller logs it): drop new messages

@@ -51,6 +51,7 @@ from .overflow import (
     TAKEN,
     TOO_LARGE,
     DropCounter,
+    RoomSignal,
 )
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class Delivery:
     store_id: int = 0  # the record keeping it in a persistent session's journal (0: none)
 
 
-class Session:
+class Session(RoomSignal):
     """One client's session: subscriptions, in-flight window and queued messages."""
 
     __slots__ = (
@@ -280,15 +281,6 @@ class Session:
         """Whether a message can be queued without going over a bound (or the session
         is gone)."""
         return self._blocking == _GONE or self._fits(1)
-
-    def room(self) -> trio.Event:
-        """Set once the session has room again (``has_room``)."""
-        room = self._room
-        if room is None:
-            room = self._room = trio.Event()
-            if self.has_room():
-                room.set()
-        return room
 
     @property
     def backlog(self) -> "Session":

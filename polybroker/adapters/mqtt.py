@@ -19,7 +19,7 @@ from ..broker import Broker
 from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
-from ..overflow import SLOW_READER_QOS0, Backlog, Holdback
+from ..overflow import SLOW_READER_QOS0, Backlog, Holdback, excluding_own
 from ..protocols.mqtt import (
     CONNACK_IDENTIFIER_REJECTED,
     MQTT_3_1,
@@ -781,14 +781,9 @@ class MQTTClientConnection:
         reading from it (after this read) until they have room. Its own session is not
         waited for (it could not read its acknowledgements meanwhile): new messages for it
         are dropped until it has room."""
-        own = self.session
-        if own in full:
-            own.give_up_blocking()
-            log.warning("client %s: its own session is full: messages for it are dropped "
-                        "until it has room", self.name)
-            full = [backlog for backlog in full if backlog is not own]
-            if not full:
-                return
+        full = excluding_own(full, (self.session,), self.name, "its own session", log)
+        if not full:
+            return
         if self._holdback is None:
             self._holdback = Holdback()
         self._holdback.add(full)

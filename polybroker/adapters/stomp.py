@@ -54,7 +54,7 @@ from ..destinations import Destination, DestinationError, parse_destination, top
 from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
-from ..overflow import PublishResult
+from ..overflow import PublishResult, excluding_own
 from ..protocols.stomp import (
     DEFAULT_MAX_FRAME_SIZE,
     V1_2,
@@ -348,15 +348,8 @@ class StompClientConnection:
         """Withhold this client's RECEIPTs and stop reading from it until the backlogs
         its message filled have room. Its own subscriptions are not waited for (it could
         not send their ACKs meanwhile): they drop new messages until they have room."""
-        own = {sub.queue for sub in self.subscriptions.values()}
-        waiting = []
-        for backlog in full:
-            if backlog in own:
-                backlog.give_up_blocking()
-                log.warning("client %s: its own subscription's queue is full: messages for "
-                            "it are dropped until it has room", self.name)
-            else:
-                waiting.append(backlog)
+        own = (sub.queue for sub in self.subscriptions.values())
+        waiting = excluding_own(full, own, self.name, "its own subscription's queue", log)
         if waiting:
             self.runner.hold_back(waiting)
 

@@ -35,7 +35,7 @@ import trio
 
 from ...auth import Client, Refusal
 from ...broker import Broker
-from ...overflow import Backlog
+from ...overflow import Backlog, excluding_own
 from ...protocols.amqp import (
     CONNECTION_FORCED,
     HEARTBEAT_FRAME,
@@ -152,15 +152,8 @@ class AMQPClientConnection:
         its publish filled have room. The queues it consumes from itself are not waited
         for (it could not acknowledge meanwhile): they drop new messages until they have
         room."""
-        own = {c.queue for channel in self.channels.values() for c in channel.consumers.values()}
-        waiting = []
-        for backlog in full:
-            if backlog in own:
-                backlog.give_up_blocking()
-                log.warning("client %s: a queue it consumes from is full: messages for it are "
-                            "dropped until it has room", self.name)
-            else:
-                waiting.append(backlog)
+        own = (c.queue for channel in self.channels.values() for c in channel.consumers.values())
+        waiting = excluding_own(full, own, self.name, "a queue it consumes from", log)
         if waiting:
             self.runner.hold_back(waiting)
 
