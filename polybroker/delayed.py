@@ -102,11 +102,13 @@ class DelayedJournal(Protocol):
 class Core(Protocol):
     """What the store uses of the broker it belongs to."""
 
-    journal: DelayedJournal
     timers: Timers
     limits: Limits
     drops: Counter[str]
     clock: Callable[[], float]
+
+    @property
+    def journal(self) -> DelayedJournal: ...
 
     def deliver_delayed(self, pending: Pending) -> None: ...
 

@@ -454,6 +454,11 @@ class ExchangeRegistry:
         if ex.kind == DELAYED:
             delay = _x_delay(message)
             if delay > 0:
+                # The ACL cannot be asked once the publisher is gone: it must be allowed to
+                # write to every queue the message would reach now.
+                if admit is not None and not all(map(admit, ex.match(routing_key, message))):
+                    raise AccessRefused(f"ACCESS_REFUSED - write access to a queue bound to "
+                                        f"'{exchange}' refused")
                 target = Target(EXCHANGE, exchange, routing_key)
                 held = self.broker.delayed.schedule(message, delay, target,
                                                     client=message.origin_client or "?")

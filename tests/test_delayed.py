@@ -17,7 +17,7 @@ from polybroker.config import BrokerConfig, ConfigError, Limits, config_from_dic
 from polybroker.delayed import EXCHANGE, QUEUE, Target, split_delayed_topic, stomp_delay
 from polybroker.durability import open_durable_state
 from polybroker.message import Message
-from polybroker.refusals import PreconditionFailed
+from polybroker.refusals import AccessRefused, PreconditionFailed
 from polybroker.sessions import SubscriptionOptions
 
 
@@ -228,6 +228,10 @@ async def test_delayed_exchange_routes_by_its_type_when_due(broker, autojump_clo
     await trio.testing.wait_all_tasks_blocked()
     assert [e.message.payload for e in queue.entries()] == [b"now", b"held"]
     assert trio.current_time() - start == pytest.approx(1.5)
+    # Under an ACL the publisher must be allowed into every queue it would reach now.
+    with pytest.raises(AccessRefused):
+        ex.publish("later", "k", message, admit=lambda queue: False)
+    assert ex.publish("later", "k", message, admit=lambda queue: True) == 1
 
 
 # ------------------------------------------------------------------ the store
