@@ -11,6 +11,7 @@ core (``journal``) that ``persistence`` implements over the store; the defaults 
 nothing.
 """
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -22,6 +23,7 @@ import trio
 
 from .auth import Authenticator, Security
 from .config import BrokerConfig
+from .delayed import DELAYED_PREFIX, EXCHANGE, QUEUE, DelayedStore, Pending, split_delayed_topic
 from .exchanges import ExchangeRegistry
 from .journal import AlwaysDurable, Durability, Journal, Storing
 from .limits import RetainedBound
@@ -84,6 +86,9 @@ class Broker:
         # In memory only until ``durability.open_durable_state`` attaches the store.
         self.journal: Journal = Journal()
         self.durability: Durability = AlwaysDurable()
+        # Messages held until they are due (``delayed``): $delayed/ topics, STOMP delay
+        # headers, AMQP x-delayed-message exchanges.
+        self.delayed = DelayedStore(self)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -279,7 +284,11 @@ class Broker:
 
     def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained
-        bounds is not stored), then route it to subscribers; return what came of it."""
+        bounds is not stored), then route it to subscribers; return what came of it. A
+        ``$delayed/{seconds}/{topic}`` message is held until due (``delayed``), retained
+        flag and all; the caller checked the real topic (``Security.may_publish``)."""
+        if message.topic.startswith(DELAYED_PREFIX):
+            return self._publish_delayed(message)
         if message.retain:
             if message.payload:
                 if self.retained_bound.admits(self.retained, message):
@@ -288,6 +297,27 @@ class Broker:
             elif self.retained.clear(message.topic):
                 self.journal.retained_cleared(message.topic)
         return self.route(message)
+
+    def _publish_delayed(self, message: Message) -> PublishResult:
+        parsed = split_delayed_topic(message.topic)
+        if parsed is None:  # may_publish refuses these: a caller that did not ask
+            log.info("client %s: malformed delayed topic %s: message dropped",
+                     message.origin_client, message.topic)
+            return NOTHING_MATCHED
+        seconds, topic = parsed
+        message = dataclasses.replace(message, topic=topic, wire_cache={})
+        return self.delayed.schedule(message, seconds, client=message.origin_client or "?")
+
+    def deliver_delayed(self, pending: Pending) -> None:
+        """A delayed message is due: publish it to its target, as if published now (its
+        message expiry still counts from when it was first published)."""
+        message, target = pending.message, pending.target
+        if target.kind == QUEUE:
+            self.queues.declare(target.name).offer(message, 1, persistent=target.persistent)
+        elif target.kind == EXCHANGE:
+            self.exchanges.deliver_delayed(target.name, target.routing_key, message)
+        else:
+            self.publish(message)
 
     def route(self, message: Message) -> PublishResult:
         """Deliver to every matching subscriber once; return what came of it (how many

@@ -153,6 +153,13 @@ class Limits:
     # replacing or clearing a retained message is always allowed.
     max_retained_messages: int = 1_000_000
     max_retained_bytes: int = 1024 * 1024 * 1024
+    # Delayed messages pending (``delayed``: $delayed/ topics, STOMP delay headers, AMQP
+    # x-delayed-message exchanges), their payload bytes, and the longest delay in seconds
+    # (EMQX's 4294967 at most). A delayed message over one of them is refused (MQTT 5.0:
+    # 0x97, 3.1.1 QoS 1/2: disconnected; STOMP: ERROR; AMQP: nack or channel.close).
+    max_delayed_messages: int = 1_000_000
+    max_delayed_bytes: int = 1024 * 1024 * 1024
+    max_delay: float = 4294967.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +523,8 @@ def _limits(raw: Any) -> Limits:
         raise ConfigError("limits.max_packet_size: at most 268435455 (MQTT's limit)")
     if values.get("max_keepalive", 0) > MAX_KEEPALIVE:
         raise ConfigError(f"limits.max_keepalive: at most {MAX_KEEPALIVE} (MQTT's limit)")
+    if values.get("max_delay", 0) > 4294967:
+        raise ConfigError("limits.max_delay: at most 4294967 (EMQX's longest $delayed/)")
     return Limits(**values)
 
 

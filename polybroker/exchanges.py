@@ -24,6 +24,10 @@ RabbitMQ's semantics, the de-facto reference for AMQP 0-9-1:
   messages it rejects, expires or pushes out to that exchange, as a copy carrying a
   ``Death`` record; a message that would die in the same queue again without having
   been rejected in between (a cycle) is dropped, as RabbitMQ does.
+- Delayed (RabbitMQ's delayed-message plugin): an exchange of type ``x-delayed-message``
+  with the argument ``x-delayed-type`` (one of the kinds above) holds a message whose
+  ``x-delay`` header is a positive number of milliseconds in ``Broker.delayed`` and routes
+  it by that type when due; without the header (or with 0 or less) at once.
 - Durability: durable exchanges and the bindings between a durable exchange and a
   durable queue are recorded in the store (``broker.journal``) and restored at start-up
   (``persistence``).
@@ -38,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .delayed import EXCHANGE, DelayedStore, Target
 from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
 from .exchange_patterns import TopicPatterns, count_in, headers_match
 from .message import Death, Message
@@ -59,6 +64,7 @@ log = logging.getLogger("polybroker.exchanges")
 
 DIRECT, FANOUT, TOPIC, HEADERS = "direct", "fanout", "topic", "headers"
 KINDS = (DIRECT, FANOUT, TOPIC, HEADERS)
+DELAYED = "x-delayed-message"  # routes by its ``x-delayed-type`` argument, when due
 DEFAULT = ""  # the default exchange's name
 PREDECLARED = {
     "amq.direct": DIRECT, "amq.fanout": FANOUT, AMQ_TOPIC: TOPIC, "amq.headers": HEADERS,
@@ -104,6 +110,8 @@ class Exchange:
         self.internal = internal
         self.arguments = dict(arguments or {})
         self.predeclared = name == DEFAULT or name in PREDECLARED
+        # How it routes: its kind, or for a delayed exchange its ``x-delayed-type``.
+        self.route_kind = self.arguments.get("x-delayed-type") if kind == DELAYED else kind
         # (queue name, routing key, arguments key) -> binding
         self.bindings: dict[tuple[str, str, str], Binding] = {}
         self.had_binding = False  # auto_delete applies only after a first binding
@@ -122,13 +130,14 @@ class Exchange:
     def index(self, queue: Queue, binding: Binding, add: bool) -> None:
         """Add ``binding`` of ``queue`` to (or remove it from) the routing index."""
         key = binding.routing_key
-        if self.kind == DIRECT:
+        kind = self.route_kind
+        if kind == DIRECT:
             count_in(self._direct.setdefault(key, {}), queue, add)
             if not self._direct[key]:
                 del self._direct[key]
-        elif self.kind == FANOUT:
+        elif kind == FANOUT:
             count_in(self._fanout, queue, add)
-        elif self.kind == TOPIC:
+        elif kind == TOPIC:
             if add:
                 self._topic.add(key, queue)
             else:
@@ -143,11 +152,12 @@ class Exchange:
     def match(self, routing_key: str, message: Message) -> list[Queue]:
         """The queues a message published with ``routing_key`` goes to, each once, in a
         stable order."""
-        if self.kind == DIRECT:
+        kind = self.route_kind
+        if kind == DIRECT:
             return list(self._direct.get(routing_key, ()))
-        if self.kind == FANOUT:
+        if kind == FANOUT:
             return list(self._fanout)
-        if self.kind == TOPIC:
+        if kind == TOPIC:
             return self._topic.match(routing_key)
         headers = message.amqp_headers
         if headers is None:
@@ -177,6 +187,7 @@ class Core(Protocol):
     journal: ExchangeStore
     queues: QueueRegistry
     router: TopicTrie
+    delayed: DelayedStore
 
     def publish(self, message: Message) -> PublishResult: ...
 
@@ -238,8 +249,11 @@ class ExchangeRegistry:
         if name == DEFAULT:
             raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
                                 "exchange")
-        if kind not in KINDS:
+        if kind not in KINDS and kind != DELAYED:
             raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{kind}'")
+        if kind == DELAYED and (arguments or {}).get("x-delayed-type") not in KINDS:
+            raise PreconditionFailed("PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' "
+                                     "must be an existing exchange type")
         if existing is not None:
             if (existing.kind, existing.durable, existing.auto_delete, existing.internal) != (
                 kind, durable, auto_delete, internal
@@ -437,7 +451,30 @@ class ExchangeRegistry:
             message = dataclasses.replace(
                 message, exchange=exchange, routing_key=routing_key, wire_cache={}
             )
+        if ex.kind == DELAYED:
+            delay = _x_delay(message)
+            if delay > 0:
+                # The ACL cannot be asked once the publisher is gone: it must be allowed to
+                # write to every queue the message would reach now.
+                if admit is not None and not all(map(admit, ex.match(routing_key, message))):
+                    raise AccessRefused(f"ACCESS_REFUSED - write access to a queue bound to "
+                                        f"'{exchange}' refused")
+                target = Target(EXCHANGE, exchange, routing_key)
+                held = self.broker.delayed.schedule(message, delay, target,
+                                                    client=message.origin_client or "?")
+                if result is not None:
+                    result.merge(held)
+                return 1  # whether it will be routable is not known yet (as RabbitMQ)
         return self._route(ex, routing_key, message, refused, admit, result)
+
+    def deliver_delayed(self, exchange: str, routing_key: str, message: Message) -> int:
+        """Route a delayed message that is due through its exchange (by its
+        ``x-delayed-type``); an exchange deleted meanwhile drops it."""
+        ex = self._exchanges.get(exchange)
+        if ex is None:
+            log.info("exchange %s: gone, delayed message dropped", exchange)
+            return 0
+        return self._route(ex, routing_key, message, None)
 
     def _route(
         self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None,
@@ -509,6 +546,15 @@ class ExchangeRegistry:
             wire_cache={},
         )
         self._route(ex, key, copy, None)
+
+
+def _x_delay(message: Message) -> float:
+    """The ``x-delay`` header in seconds (0: none, or not a number)."""
+    headers = message.amqp_headers
+    value = headers.get("x-delay") if headers else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return value / 1000
 
 
 def _death(message: Message, queue: str, reason: str, routing_key: str) -> Death:

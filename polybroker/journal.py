@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .delayed import Pending
     from .exchanges import Binding, Exchange
     from .message import Message
     from .sessions import Session, SubscriptionOptions
@@ -56,6 +57,10 @@ class Journal:
     def binding_added(self, binding: Binding) -> None: ...
 
     def binding_removed(self, binding: Binding) -> None: ...
+
+    def delayed_added(self, pending: Pending) -> None: ...
+
+    def delayed_removed(self, pending: Pending) -> None: ...
 
 
 class Storing:

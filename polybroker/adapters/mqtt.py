@@ -764,6 +764,8 @@ class MQTTClientConnection:
             origin_protocol="mqtt", origin_client=self.client_id,
         )
         result = self.broker.publish(message)
+        if result.refusal is not None and packet.qos and self.level < MQTT_5:
+            raise Closing(rc.QUOTA_EXCEEDED, result.refusal)  # 3.1.1 cannot say it otherwise
         if not result.matched:
             return rc.NO_MATCHING_SUBSCRIBERS
         if result.full is not None:

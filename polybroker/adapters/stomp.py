@@ -50,6 +50,7 @@ import trio
 from .. import __version__
 from ..auth import Client
 from ..broker import Broker
+from ..delayed import QUEUE, TO_TOPIC, Target, stomp_delay
 from ..destinations import Destination, DestinationError, parse_destination, topic_destination
 from ..journal import StoreFull
 from ..limits import PublishThrottle
@@ -323,7 +324,17 @@ class StompClientConnection:
             destination.name, frame.body, qos=1, content_type=frame.get("content-type"),
             headers=headers, origin_protocol="stomp", origin_client=self.session_id,
         )
-        if destination.is_queue:
+        try:
+            delay = stomp_delay(frame.headers)  # AMQ_SCHEDULED_DELAY, delay, x-delay (ms)
+        except ValueError as exc:
+            raise _error(frame, str(exc)) from None
+        if delay is not None:  # held by the core until due (``delayed``), recorded
+            target = (Target(QUEUE, destination.name, persistent=frame.get("persistent")
+                             == "true") if destination.is_queue else TO_TOPIC)
+            result = self.broker.delayed.schedule(message, delay, target, self.name)
+            if result.refusal is not None:
+                raise _error(frame, result.refusal)
+        elif destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
             # persistent:true: recorded in the store (``persistence``), kept across a restart.
             persistent = frame.get("persistent") == "true"

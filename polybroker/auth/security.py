@@ -33,7 +33,8 @@ An adapter (MQTT, STOMP, AMQP, ...) uses ``broker.security`` (a ``Security``):
    Each is a quick synchronous check against the ACL file (``acl``); without one
    every answer is yes, except that no client may publish to a topic starting with
    ``$`` (the server's, [MQTT-4.7.2-1]) unless an ACL rule names that ``$`` topic, and
-   to ``$SYS`` never. An AMQP ``amq.topic`` publish is ``may_publish`` on the
+   to ``$SYS`` never. ``$delayed/{seconds}/{topic}`` (``delayed``) is checked on the
+   real topic. An AMQP ``amq.topic`` publish is ``may_publish`` on the
    MQTT-form topic, a queue declare/consume ``may_read_queue``.
 
 Password rule: with a password file, a user name must be listed and its password
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 import trio
 
 from ..config import AuthConfig, ConfigError, ListenerConfig
+from ..delayed import DELAYED_PREFIX, split_delayed_topic
 from .acl import AccessControlList, ACLError, load_acl
 from .passwords import PasswordFileError, hash_password, load_password_file, verify_password
 
@@ -211,6 +213,11 @@ class Security:
         whose filter starts with that very ``$`` level grants it)."""
         if topic == "$SYS" or topic.startswith("$SYS/"):
             return False
+        if topic.startswith(DELAYED_PREFIX):
+            # Held until due, then published to the real topic: that is what is checked.
+            # A malformed prefix (seconds not an integer, no topic) is refused.
+            parsed = split_delayed_topic(topic)
+            return parsed is not None and self.may_publish(client, parsed[1])
         acl = self.acl
         return acl is not None and acl.may_publish(client.user, client.client_id, topic)
 

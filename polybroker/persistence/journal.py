@@ -20,6 +20,7 @@ from ..storage import DELETE, LogStore, StoreError
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..config import StorageConfig
+    from ..delayed import Pending
     from ..exchanges import Binding, Exchange
 
 from .records import (
@@ -35,7 +36,9 @@ from .records import (
     SESSION,
     SUBSCRIPTION,
     binding_key,
+    delayed_key,
     encode_binding,
+    encode_delayed,
     encode_delivery,
     encode_exchange,
     encode_message,
@@ -61,6 +64,7 @@ class RestoreSummary:
     queue_messages: int = 0
     exchanges: int = 0
     bindings: int = 0
+    delayed: int = 0
     expired_sessions: int = 0
     dropped_records: int = 0  # undecodable, or belonging to no session: deleted
 
@@ -69,7 +73,7 @@ class RestoreSummary:
                 f"{self.messages} messages, {self.inbound_qos2} inbound QoS 2 ids, "
                 f"{self.retained} retained, {self.queues} queues with "
                 f"{self.queue_messages} persistent messages, {self.exchanges} exchanges, "
-                f"{self.bindings} bindings")
+                f"{self.bindings} bindings, {self.delayed} delayed messages")
         if self.expired_sessions:
             text += f", {self.expired_sessions} sessions expired while stopped"
         if self.dropped_records:
@@ -259,6 +263,14 @@ class StoreJournal(Journal):
 
     def binding_removed(self, binding: Binding) -> None:
         self.delete(binding_key(binding))
+
+    # -- delayed messages -------------------------------------------------------------------
+
+    def delayed_added(self, pending: Pending) -> None:
+        self.put(delayed_key(pending), encode_delayed(pending, self.to_wall()))
+
+    def delayed_removed(self, pending: Pending) -> None:
+        self.delete(delayed_key(pending))
 
     def message_body(self, message: Message) -> bytes:
         """The stored form of a message, made once however many sessions keep it."""

@@ -9,6 +9,9 @@ import math
 import struct
 from typing import TYPE_CHECKING
 
+from ..delayed import EXCHANGE as EXCHANGE_TARGET
+from ..delayed import QUEUE as QUEUE_TARGET
+from ..delayed import TOPIC, Pending, Target
 from ..exchanges import arguments_key
 from ..message import Death, Message
 from ..queues import Queue
@@ -32,6 +35,7 @@ SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q2/", b"r/"
 QUEUE, QUEUE_MESSAGE, HANDED_OUT = b"Q/", b"e/", b"\1"
 EXCHANGE, BINDING = b"X/", b"B/"
+DELAYED = b"d/"  # a pending delayed message: d/<id:8>
 AMQP_FORMAT = 2  # a message with AMQP fields (``encode_message``)
 # AMQP fields present in a format 2 message, after the format 1 ones.
 _HAS_EXCHANGE, _HAS_ROUTING_KEY, _HAS_PROPERTIES, _PERSISTENT, _HAS_DEATHS = 1, 2, 4, 8, 16
@@ -391,3 +395,31 @@ def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
     return exchange, queue, key, decode_arguments(reader)
 
 
+# A delayed message: format, target kind, persistent, due (wall-clock seconds), then the
+# target's name and routing key and the message.
+_DELAYED_HEAD = struct.Struct(">BBBd")
+_TARGET_KINDS = (TOPIC, QUEUE_TARGET, EXCHANGE_TARGET)
+
+
+def delayed_key(pending: Pending) -> bytes:
+    return DELAYED + pending.id.to_bytes(8, "big")
+
+
+def encode_delayed(pending: Pending, to_wall: float) -> bytes:
+    target = pending.target
+    head = _DELAYED_HEAD.pack(FORMAT, _TARGET_KINDS.index(target.kind), target.persistent,
+                              pending.due + to_wall)
+    return (head + _text(target.name) + _text(target.routing_key)
+            + encode_message(pending.message, to_wall))
+
+
+def decode_delayed(value: bytes, to_clock: float) -> tuple[float, Target, Message]:
+    """A ``d/`` value: (due on the broker's clock, target, message)."""
+    fmt, kind, persistent, due = _DELAYED_HEAD.unpack_from(value, 0)
+    if fmt != FORMAT or kind >= len(_TARGET_KINDS):
+        raise ValueError("unknown delayed message format")
+    reader = _Reader(value, _DELAYED_HEAD.size)
+    name, routing_key = reader.text() or "", reader.text() or ""
+    message = decode_message(value, reader.pos, to_clock)
+    target = Target(_TARGET_KINDS[kind], name, routing_key, bool(persistent))
+    return due + to_clock, target, message

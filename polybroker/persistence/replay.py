@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from .journal import RestoreSummary, SessionJournal, StoreJournal
 from .records import (
     BINDING,
+    DELAYED,
     EXCHANGE,
     HANDED_OUT,
     INBOUND_QOS2,
@@ -36,6 +37,7 @@ from .records import (
     SUBSCRIPTION,
     StringCache,
     decode_binding,
+    decode_delayed,
     decode_delivery,
     decode_exchange,
     decode_message,
@@ -107,6 +109,7 @@ class _Replay:
         self._exchanges()
         self._queues()
         self._bindings()
+        self._delayed()
         for key in self.unusable:
             self.journal.delete(key)
         self.summary.dropped_records = len(self.unusable)
@@ -245,6 +248,20 @@ class _Replay:
                 self._unusable(key, str(exc))
                 continue
             self.summary.bindings += 1
+
+    def _delayed(self) -> None:
+        """Pending delayed messages; those due while the broker was stopped go out as soon
+        as the timers run, in due order."""
+        delayed = self.broker.delayed
+        for key, value in self.store.scan(DELAYED):
+            try:
+                ident = int.from_bytes(key[len(DELAYED):], "big")
+                due, target, message = decode_delayed(value, self.to_clock)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            delayed.restore(due, message, target, ident)
+            self.summary.delayed += 1
 
     def _queues(self) -> None:
         registry = self.broker.queues

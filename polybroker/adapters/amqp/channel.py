@@ -492,6 +492,8 @@ class Channel:
         reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
                                                 refused=refused, admit=self._writable(),
                                                 result=result)
+        if result.refusal is not None and not self.confirm:  # over the delayed limits
+            raise PreconditionFailed(f"PRECONDITION_FAILED - {result.refusal}")
         if result.full is not None:
             self.connection.hold_back(result.full)  # queue_overflow "block"
         if not reached and m.mandatory:
