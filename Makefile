@@ -32,7 +32,17 @@ unit: $(STAMP)
 # left out until it passes too (`$(PY) -m mypy polybroker` shows what remains).
 TYPED := protocols storage
 
-lint: $(STAMP)
+# protocols/ and storage/ install as polybroker.protocols and polybroker.storage through an
+# import hook of the editable install, which mypy cannot follow. It finds them in this
+# tree of links instead (mypy_path in pyproject.toml).
+MYPY_TREE := build/mypy/polybroker
+
+$(MYPY_TREE):
+	mkdir -p $(MYPY_TREE)
+	ln -sfn ../../../protocols $(MYPY_TREE)/protocols
+	ln -sfn ../../../storage $(MYPY_TREE)/storage
+
+lint: $(STAMP) $(MYPY_TREE)
 	$(PY) -m ruff check .
 	$(PY) -m mypy $(TYPED)
 
