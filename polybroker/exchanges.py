@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
+from .destinations import AMQ_TOPIC as AMQ_TOPIC  # re-exported: the AMQP channel names it here
+from .destinations import binding_key_to_filter, routing_key_to_topic
 from .exchange_patterns import TopicPatterns, count_in, headers_match
 from .message import Death, Message
 from .overflow import DROPPED, PublishResult
@@ -48,7 +49,7 @@ from .sessions import SubscriptionOptions
 
 if TYPE_CHECKING:
     from .queue_registry import QueueRegistry
-    from .router import TopicTrie
+    from .router import Subscriber, TopicTrie
 
 __all__ = [
     "DEFAULT", "DIRECT", "FANOUT", "HEADERS", "KINDS", "TOPIC", "Binding", "Exchange",
@@ -67,7 +68,7 @@ _ANY_QOS = SubscriptionOptions(qos=2)  # how a queue sits in the router
 MAX_NAME_BYTES = 255
 
 
-def arguments_key(arguments: Mapping | None) -> str:
+def arguments_key(arguments: Mapping[str, object] | None) -> str:
     """A binding's arguments as part of its identity (tables may hold unhashable values)."""
     if not arguments:
         return ""
@@ -81,7 +82,9 @@ class Binding:
     exchange: str
     queue: str
     routing_key: str
-    arguments: Mapping = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    arguments: Mapping[str, object] = dataclasses.field(
+        default_factory=dict, compare=False, hash=False
+    )
 
 
 class Exchange:
@@ -95,7 +98,7 @@ class Exchange:
         durable: bool = False,
         auto_delete: bool = False,
         internal: bool = False,
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -112,7 +115,7 @@ class Exchange:
         self._direct: dict[str, dict[Queue, int]] = {}
         self._fanout: dict[Queue, int] = {}
         self._topic = TopicPatterns()
-        self._headers: dict[tuple[Queue, str, str], Mapping] = {}
+        self._headers: dict[tuple[Queue, str, str], Mapping[str, object]] = {}
 
     def __repr__(self) -> str:
         return f"Exchange({self.name!r}, {self.kind!r})"
@@ -174,9 +177,14 @@ class ExchangeStore(Protocol):
 class Core(Protocol):
     """What exchanges use of the broker they belong to."""
 
-    journal: ExchangeStore
-    queues: QueueRegistry
-    router: TopicTrie
+    @property
+    def journal(self) -> ExchangeStore: ...
+
+    @property
+    def queues(self) -> QueueRegistry: ...
+
+    @property
+    def router(self) -> TopicTrie[Subscriber, SubscriptionOptions]: ...
 
     def publish(self, message: Message) -> PublishResult: ...
 
@@ -222,7 +230,7 @@ class ExchangeRegistry:
         durable: bool = False,
         auto_delete: bool = False,
         internal: bool = False,
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> Exchange:
         """exchange.declare: the exchange called ``name``, created if it does not exist.
 
@@ -295,7 +303,7 @@ class ExchangeRegistry:
         queue: str | Queue,
         exchange: str,
         routing_key: str = "",
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> bool:
         """queue.bind; True if the binding is new (binding again changes nothing).
 
@@ -334,7 +342,7 @@ class ExchangeRegistry:
         queue: str | Queue,
         exchange: str,
         routing_key: str = "",
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> bool:
         """queue.unbind; True if the binding existed (unbinding a missing binding is no
         error). Raises NotFound and AccessRefused as ``bind`` does."""
@@ -367,6 +375,8 @@ class ExchangeRegistry:
         # Several bindings may map onto one filter (same key, other arguments): the router
         # holds it while any of them does.
         topic_filter = binding_key_to_filter(routing_key)
+        if topic_filter is None:
+            return  # ``bind`` refuses such a key on amq.topic: never in the router
         counts = self._router_refs
         ref = (queue, topic_filter)
         count_in(counts, ref, add)
@@ -380,11 +390,10 @@ class ExchangeRegistry:
             raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
                                 "exchange")
         if isinstance(queue, Queue):
-            target = queue
-        else:
-            target = self.broker.queues.get(queue)
-            if target is None:
-                raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'")
+            return queue, self._existing(exchange)
+        target = self.broker.queues.get(queue)
+        if target is None:
+            raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'")
         return target, self._existing(exchange)
 
     def bindings_of(self, queue: Queue) -> list[Binding]:

@@ -1,6 +1,8 @@
 """The one normalized message type that every protocol adapter produces and consumes."""
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,9 @@ class Message:
     exchange: str | None = None  # where it was published (``exchanges.publish``)
     routing_key: str | None = None  # the publish's routing key
     amqp_properties: bytes | None = None  # raw content-header property bytes, passed through
-    amqp_headers: dict | None = None  # parsed ``headers`` table, for headers exchanges
+    amqp_headers: dict[str, object] | None = None  # parsed ``headers`` table, for headers exchanges
     persistent: bool = False  # delivery_mode 2: stored when it enters a durable queue
     deaths: tuple[Death, ...] = ()  # dead-letter history, most recent first
-    wire_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    # Any: each wire form's encoder owns its keys and the type of what it keeps under
+    # them (bytes, header tuples); the cache itself knows none of them.
+    wire_cache: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
