@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 import math
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypedDict
 
 from ..exchanges import arguments_key
 from ..message import Death, Message
@@ -79,12 +80,24 @@ class _Reader:
             raise ValueError("truncated value")
         return self.data[start : self.pos]
 
+    def required_field(self) -> bytes:
+        value = self.field()
+        if value is None:
+            raise ValueError("missing field")
+        return value
+
     def text(self) -> str | None:
         value = self.field()
         return None if value is None else value.decode()
 
+    def required_text(self) -> str:
+        value = self.text()
+        if value is None:
+            raise ValueError("missing text")
+        return value
+
     def u32(self) -> int:
-        (value,) = _U32.unpack_from(self.data, self.pos)
+        value: int = _U32.unpack_from(self.data, self.pos)[0]
         self.pos += 4
         return value
 
@@ -156,10 +169,20 @@ def _encode_amqp(message: Message) -> bytes:
     return b"".join(parts)
 
 
-def _decode_amqp(reader: _Reader) -> dict:
+class _AmqpFields(TypedDict, total=False):
+    """The AMQP fields of a stored message, as ``Message`` takes them."""
+
+    exchange: str | None
+    routing_key: str | None
+    amqp_properties: bytes | None
+    persistent: bool
+    deaths: tuple[Death, ...]
+
+
+def _decode_amqp(reader: _Reader) -> _AmqpFields:
     bits = reader.data[reader.pos]
     reader.pos += 1
-    fields: dict = {"persistent": bool(bits & _PERSISTENT)}
+    fields = _AmqpFields(persistent=bool(bits & _PERSISTENT))
     if bits & _HAS_EXCHANGE:
         fields["exchange"] = reader.text()
     if bits & _HAS_ROUTING_KEY:
@@ -169,8 +192,9 @@ def _decode_amqp(reader: _Reader) -> dict:
     if bits & _HAS_DEATHS:
         deaths = []
         for _ in range(reader.u32()):
-            queue, reason, exchange = reader.text(), reader.text(), reader.text()
-            keys = tuple(reader.text() for _ in range(reader.u32()))
+            queue, reason = reader.required_text(), reader.required_text()
+            exchange = reader.required_text()
+            keys = tuple(reader.required_text() for _ in range(reader.u32()))
             count = reader.u32()
             (when,) = _F64.unpack_from(reader.data, reader.pos)
             reader.pos += 8
@@ -179,7 +203,7 @@ def _decode_amqp(reader: _Reader) -> dict:
     return fields
 
 
-class StringCache(dict):
+class StringCache(dict[bytes, str]):
     """bytes -> str, decoding each distinct value once: the topics and client ids of a
     replay repeat, and one shared ``str`` per value also saves memory."""
 
@@ -224,15 +248,17 @@ def decode_message(
         payload_format = data[pos]
         pos += 1
     reader = _Reader(data, pos)
-    optional: dict[int, bytes | None] = {}
+    optional: dict[int, bytes] = {}
     for bit in (_HAS_CONTENT_TYPE, _HAS_CORRELATION, _HAS_RESPONSE_TOPIC, _HAS_PROTOCOL,
                 _HAS_CLIENT):
         if bits & bit:
-            optional[bit] = reader.field()
+            optional[bit] = reader.required_field()
     headers: tuple[tuple[str, str], ...] = ()
     if bits & _HAS_HEADERS:
-        headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
-    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else {}
+        headers = tuple(
+            (reader.required_text(), reader.required_text()) for _ in range(reader.u32())
+        )
+    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else _AmqpFields()
     if reader.pos > len(data):
         raise ValueError("truncated value")
     text = {bit: strings[value] for bit, value in optional.items() if bit != _HAS_CORRELATION}
@@ -281,7 +307,8 @@ def decode_delivery(
     if count or flags & _GROUP:
         reader = _Reader(data, pos)
         ids = tuple(reader.u32() for _ in range(count))
-        group = (reader.text(), reader.text()) if flags & _GROUP else None
+        if flags & _GROUP:
+            group = (reader.required_text(), reader.required_text())
         pos = reader.pos
     message = decode_message(data, pos, to_clock, strings)
     return Delivery(message, qos, retain == 1, ids), packet_id, group
@@ -324,11 +351,11 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def encode_arguments(arguments: dict) -> bytes:
+def encode_arguments(arguments: Mapping[str, object]) -> bytes:
     return _text(repr(_plain(dict(arguments))) if arguments else None)
 
 
-def decode_arguments(reader: _Reader) -> dict:
+def decode_arguments(reader: _Reader) -> dict[str, object]:
     text = reader.text()
     if text is None:
         return {}
@@ -343,7 +370,7 @@ def encode_queue(queue: Queue) -> bytes:
     return bytes((FORMAT, flags)) + encode_arguments(queue.arguments)
 
 
-def decode_queue(value: bytes) -> tuple[bool, bool, dict]:
+def decode_queue(value: bytes) -> tuple[bool, bool, dict[str, object]]:
     """A ``Q/`` value: (declared by AMQP, auto_delete, arguments)."""
     if not value or value[0] != FORMAT:
         raise ValueError("unknown queue format")
@@ -360,7 +387,7 @@ def encode_exchange(exchange: Exchange) -> bytes:
     return bytes((FORMAT, flags)) + _text(exchange.kind) + encode_arguments(exchange.arguments)
 
 
-def decode_exchange(value: bytes) -> tuple[str, bool, bool, dict]:
+def decode_exchange(value: bytes) -> tuple[str, bool, bool, dict[str, object]]:
     """A ``X/`` value: (type, auto_delete, internal, arguments)."""
     if len(value) < 2 or value[0] != FORMAT:
         raise ValueError("unknown exchange format")
@@ -380,7 +407,7 @@ def encode_binding(binding: Binding) -> bytes:
             + _text(binding.routing_key) + encode_arguments(binding.arguments))
 
 
-def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
+def decode_binding(value: bytes) -> tuple[str, str, str, dict[str, object]]:
     """A ``B/`` value: (exchange, queue, routing key, arguments)."""
     if not value or value[0] != FORMAT:
         raise ValueError("unknown binding format")
