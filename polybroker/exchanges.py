@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 from .destinations import AMQ_TOPIC as AMQ_TOPIC  # re-exported: the AMQP channel names it here
 from .destinations import binding_key_to_filter, routing_key_to_topic
 from .exchange_patterns import TopicPatterns, count_in, headers_match
-from .message import Death, Message
+from .message import AmqpPart, Death, Message
 from .overflow import DROPPED, PublishResult
 from .queues import Queue, QueueEntry
 from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
@@ -152,7 +152,8 @@ class Exchange:
             return list(self._fanout)
         if self.kind == TOPIC:
             return self._topic.match(routing_key)
-        headers = message.amqp_headers
+        amqp = message.amqp
+        headers = amqp.headers if amqp is not None else None
         if headers is None:
             headers = dict(message.headers)
         found: dict[Queue, None] = {}
@@ -428,9 +429,10 @@ class ExchangeRegistry:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
         unroutable (basic.return 312 for a mandatory publish). What is routed carries
-        ``exchange`` and ``routing_key`` (and, through ``amq.topic``, the topic they map
-        to): ``message`` itself when it already does (an AMQP adapter builds it so), else a
-        copy (a message is never changed). A persistent message (``message.persistent``) is
+        ``exchange`` and ``routing_key`` in its ``amqp`` part (and, through ``amq.topic``,
+        the topic they map to): ``message`` itself when it already does (an AMQP adapter
+        builds it so), else a copy (a message is never changed). A persistent message
+        (``message.amqp.persistent``) is
         recorded in each durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
         negative publisher confirm). ``admit``, when given, picks the queues the publisher
@@ -442,10 +444,14 @@ class ExchangeRegistry:
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
-        if message.exchange != exchange or message.routing_key != routing_key:
+        amqp = message.amqp
+        if amqp is None:
             message = dataclasses.replace(
-                message, exchange=exchange, routing_key=routing_key, wire_cache={}
+                message, amqp=AmqpPart(exchange, routing_key), wire_cache={}
             )
+        elif amqp.exchange != exchange or amqp.routing_key != routing_key:
+            part = dataclasses.replace(amqp, exchange=exchange, routing_key=routing_key)
+            message = dataclasses.replace(message, amqp=part, wire_cache={})
         return self._route(ex, routing_key, message, refused, admit, result)
 
     def _route(
@@ -471,7 +477,7 @@ class ExchangeRegistry:
             targets = ex.match(routing_key, message)
         if admit is not None:
             targets = [queue for queue in targets if admit(queue)]
-        persistent = message.persistent
+        persistent = message.amqp is not None and message.amqp.persistent
         for queue in targets:
             # Into a named queue every message waits for an acknowledgement, persistent
             # or not: a full one under "block" holds its publisher back either way.
@@ -500,31 +506,32 @@ class ExchangeRegistry:
                       queue.name, target)
             return
         message = entry.message
-        deaths = message.deaths
+        amqp = message.amqp
+        deaths = amqp.deaths if amqp is not None else ()
         if reason != "rejected" and any(d.queue == queue.name for d in deaths) and not any(
             d.reason == "rejected" for d in deaths
         ):
             return  # a cycle without a rejection in it: dropped
-        old_key = message.routing_key
-        if old_key is None:
-            old_key = message.topic.replace("/", ".")
-        death = _death(message, queue.name, reason, old_key)
+        old_key = amqp.routing_key if amqp is not None else message.topic.replace("/", ".")
+        death = _death(amqp, queue.name, reason, old_key)
         rest = tuple(d for d in deaths if (d.queue, d.reason) != (queue.name, reason))
         key = queue.dead_letter_routing_key
         if key is None:
             key = old_key
-        copy = dataclasses.replace(
-            message, exchange=ex.name, routing_key=key, expiry=None, deaths=(death, *rest),
-            wire_cache={},
-        )
+        deaths = (death, *rest)
+        part = (AmqpPart(ex.name, key, deaths=deaths) if amqp is None else
+                dataclasses.replace(amqp, exchange=ex.name, routing_key=key, deaths=deaths))
+        copy = dataclasses.replace(message, amqp=part, expiry=None, wire_cache={})
         self._route(ex, key, copy, None)
 
 
-def _death(message: Message, queue: str, reason: str, routing_key: str) -> Death:
-    for old in message.deaths:
+def _death(amqp: AmqpPart | None, queue: str, reason: str, routing_key: str) -> Death:
+    if amqp is None:  # its first death, and it was never published to an exchange
+        return Death(queue, reason, "", (routing_key,), 1, time.time())
+    for old in amqp.deaths:
         if (old.queue, old.reason) == (queue, reason):
             return dataclasses.replace(old, count=old.count + 1)
-    return Death(queue, reason, message.exchange or "", (routing_key,), 1, time.time())
+    return Death(queue, reason, amqp.exchange, (routing_key,), 1, time.time())
 
 
 def _describe(exchange: Exchange) -> str:

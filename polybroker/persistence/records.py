@@ -8,10 +8,10 @@ import ast
 import math
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 from ..exchanges import arguments_key
-from ..message import Death, Message
+from ..message import AmqpPart, Death, Message
 from ..queues import Queue
 from ..sessions import Delivery, Session, SubscriptionOptions
 
@@ -33,8 +33,9 @@ SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q2/", b"r/"
 QUEUE, QUEUE_MESSAGE, HANDED_OUT = b"Q/", b"e/", b"\1"
 EXCHANGE, BINDING = b"X/", b"B/"
-AMQP_FORMAT = 2  # a message with AMQP fields (``encode_message``)
-# AMQP fields present in a format 2 message, after the format 1 ones.
+AMQP_FORMAT = 2  # a message with an AMQP part (``encode_message``)
+# Fields of the AMQP part present in a format 2 message, after the format 1 ones (exchange
+# and routing key are always written: the bits are there for records of older versions).
 _HAS_EXCHANGE, _HAS_ROUTING_KEY, _HAS_PROPERTIES, _PERSISTENT, _HAS_DEATHS = 1, 2, 4, 8, 16
 _DECLARED, _AUTO_DELETE, _INTERNAL = 1, 2, 4  # queue / exchange record flags
 
@@ -134,33 +135,26 @@ def encode_message(message: Message, to_wall: float) -> bytes:
             parts.append(_text(name))
             parts.append(_text(value))
     fmt = FORMAT
-    if message.routing_key is not None or message.amqp_properties is not None or (
-        message.persistent or message.deaths
-    ):
+    if message.amqp is not None:
         fmt = AMQP_FORMAT
-        parts.append(_encode_amqp(message))
+        parts.append(_encode_amqp(message.amqp))
     qos_retain = message.qos | (0x80 if message.retain else 0)
     parts[0] = _MESSAGE_HEAD.pack(fmt, qos_retain, bits, len(topic), len(payload))
     return b"".join(parts)
 
 
-def _encode_amqp(message: Message) -> bytes:
-    bits = 0
-    parts = [b""]
-    for bit, value in (
-        (_HAS_EXCHANGE, message.exchange),
-        (_HAS_ROUTING_KEY, message.routing_key),
-        (_HAS_PROPERTIES, message.amqp_properties),
-    ):
-        if value is not None:
-            bits |= bit
-            parts.append(_field(value.encode() if isinstance(value, str) else value))
-    if message.persistent:
+def _encode_amqp(amqp: AmqpPart) -> bytes:
+    bits = _HAS_EXCHANGE | _HAS_ROUTING_KEY
+    parts = [b"", _text(amqp.exchange), _text(amqp.routing_key)]
+    if amqp.properties is not None:
+        bits |= _HAS_PROPERTIES
+        parts.append(_field(amqp.properties))
+    if amqp.persistent:
         bits |= _PERSISTENT
-    if message.deaths:
+    if amqp.deaths:
         bits |= _HAS_DEATHS
-        parts.append(_U32.pack(len(message.deaths)))
-        for death in message.deaths:
+        parts.append(_U32.pack(len(amqp.deaths)))
+        for death in amqp.deaths:
             parts += [_text(death.queue), _text(death.reason), _text(death.exchange),
                       _U32.pack(len(death.routing_keys))]
             parts += [_text(key) for key in death.routing_keys]
@@ -169,38 +163,30 @@ def _encode_amqp(message: Message) -> bytes:
     return b"".join(parts)
 
 
-class _AmqpFields(TypedDict, total=False):
-    """The AMQP fields of a stored message, as ``Message`` takes them."""
-
-    exchange: str | None
-    routing_key: str | None
-    amqp_properties: bytes | None
-    persistent: bool
-    deaths: tuple[Death, ...]
-
-
-def _decode_amqp(reader: _Reader) -> _AmqpFields:
+def _decode_amqp(reader: _Reader) -> AmqpPart:
     bits = reader.data[reader.pos]
     reader.pos += 1
-    fields = _AmqpFields(persistent=bool(bits & _PERSISTENT))
-    if bits & _HAS_EXCHANGE:
-        fields["exchange"] = reader.text()
-    if bits & _HAS_ROUTING_KEY:
-        fields["routing_key"] = reader.text()
-    if bits & _HAS_PROPERTIES:
-        fields["amqp_properties"] = reader.field()
+    # Every message with AMQP fields had been routed by an exchange, so has its routing
+    # key (a missing exchange was read as the default one, "", before as now).
+    exchange = reader.required_text() if bits & _HAS_EXCHANGE else ""
+    if not bits & _HAS_ROUTING_KEY:
+        raise ValueError("AMQP message without a routing key")
+    routing_key = reader.required_text()
+    properties = reader.field() if bits & _HAS_PROPERTIES else None
+    deaths: tuple[Death, ...] = ()
     if bits & _HAS_DEATHS:
-        deaths = []
+        died = []
         for _ in range(reader.u32()):
             queue, reason = reader.required_text(), reader.required_text()
-            exchange = reader.required_text()
+            published_to = reader.required_text()
             keys = tuple(reader.required_text() for _ in range(reader.u32()))
             count = reader.u32()
             (when,) = _F64.unpack_from(reader.data, reader.pos)
             reader.pos += 8
-            deaths.append(Death(queue, reason, exchange, keys, count, when))
-        fields["deaths"] = tuple(deaths)
-    return fields
+            died.append(Death(queue, reason, published_to, keys, count, when))
+        deaths = tuple(died)
+    return AmqpPart(exchange, routing_key, properties, persistent=bool(bits & _PERSISTENT),
+                    deaths=deaths)
 
 
 class StringCache(dict[bytes, str]):
@@ -258,7 +244,7 @@ def decode_message(
         headers = tuple(
             (reader.required_text(), reader.required_text()) for _ in range(reader.u32())
         )
-    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else _AmqpFields()
+    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else None
     if reader.pos > len(data):
         raise ValueError("truncated value")
     text = {bit: strings[value] for bit, value in optional.items() if bit != _HAS_CORRELATION}
@@ -268,7 +254,7 @@ def decode_message(
         correlation_data=optional.get(_HAS_CORRELATION),
         response_topic=text.get(_HAS_RESPONSE_TOPIC), headers=headers,
         origin_protocol=text.get(_HAS_PROTOCOL) or "", origin_client=text.get(_HAS_CLIENT),
-        **amqp,
+        amqp=amqp,
     )
 
 
