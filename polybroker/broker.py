@@ -32,10 +32,10 @@ from .overflow import NOTHING_MATCHED, PublishResult, all_taken
 from .queue_registry import QueueRegistry
 from .queues import QUEUE_OVERFLOW, Queue
 from .retained import RetainedStore
-from .router import TopicTrie
+from .router import Subscriber, TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
 from .shared import SharedGroup, split_shared_filter
-from .timers import Timers
+from .timers import TimerHandle, Timers
 
 log = logging.getLogger("polybroker.broker")
 
@@ -56,8 +56,8 @@ class Broker:
         # Messages dropped for full backlogs (and the like), per reason, broker-wide.
         self.drops: Counter[str] = Counter()
         self.timers = Timers(clock)
-        self.router = TopicTrie()
-        self.retained = RetainedStore(size_of=_payload_size)
+        self.router: TopicTrie[Subscriber, SubscriptionOptions] = TopicTrie()
+        self.retained: RetainedStore[Message] = RetainedStore(size_of=_payload_size)
         self.retained_bound = RetainedBound(
             self.limits.max_retained_messages, self.limits.max_retained_bytes, log
         )
@@ -154,17 +154,20 @@ class Broker:
     def close_session(
         self,
         session: Session,
-        link: SessionLink,
+        link: SessionLink | None,
         will: Message | None = None,
         will_delay: int = 0,
     ) -> None:
         """The connection behind ``link`` ended: publish or schedule its will, and end the
-        session now or when its expiry interval has passed."""
+        session now or when its expiry interval has passed. (``link`` None: a session
+        no connection holds.)"""
         if session.link is not link:
             return  # already taken over by another connection
         session.detach()
         for delivery in session.take_shared_deliveries():
             group = delivery.group
+            if group is None:
+                continue  # not taken: only shared deliveries are
             member = group.choose(exclude=session)
             if member is not None:
                 group.deliver_to(member, delivery.message)
@@ -339,7 +342,7 @@ class Broker:
                 if outcome:  # not TAKEN: rare, so the common case allocates nothing
                     if result is None:
                         result = PublishResult()
-                    result.note(outcome, subscriber.backlog)
+                    _note(result, outcome, subscriber)
                 count += 1
             if result is None:
                 return all_taken(count)
@@ -348,36 +351,56 @@ class Broker:
         return self._route_overlapping(message, matches, origin)
 
     def _route_overlapping(
-        self, message: Message, matches: list[dict], origin: str | None
+        self, message: Message, matches: list[dict[Subscriber, SubscriptionOptions]],
+        origin: str | None,
     ) -> PublishResult:
         # One subscriber matched by several filters gets one copy, at the highest QoS
         # granted, with every matching subscription identifier [MQTT-3.3.4-2, -3].
-        merged: dict[object, list] = {}
+        merged: dict[Subscriber, _Merged] = {}
         for subscribers in matches:
             for subscriber, options in subscribers.items():
                 if options.no_local and subscriber.client_id == origin:
                     continue
                 entry = merged.get(subscriber)
                 if entry is None:
-                    entry = merged[subscriber] = [-1, False, []]
-                entry[0] = max(entry[0], options.qos)
-                entry[1] = entry[1] or (message.retain and options.retain_as_published)
+                    entry = merged[subscriber] = _Merged()
+                entry.qos = max(entry.qos, options.qos)
+                entry.retain = entry.retain or (message.retain and options.retain_as_published)
                 if options.subscription_id:
-                    entry[2].append(options.subscription_id)
+                    entry.ids.append(options.subscription_id)
         result = None
-        for subscriber, (granted, retain, ids) in merged.items():
-            outcome = subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
+        for subscriber, entry in merged.items():
+            outcome = subscriber.deliver(
+                message, min(entry.qos, message.qos), entry.retain, tuple(entry.ids)
+            )
             if outcome:
                 if result is None:
                     result = PublishResult(len(merged))
-                result.note(outcome, subscriber.backlog)
+                _note(result, outcome, subscriber)
         return all_taken(len(merged)) if result is None else result
+
+
+class _Merged:
+    """One subscriber's subscriptions that match a topic, merged."""
+
+    __slots__ = ("ids", "qos", "retain")
+
+    def __init__(self) -> None:
+        self.qos = -1
+        self.retain = False
+        self.ids: list[int] = []
+
+
+def _note(result: PublishResult, outcome: int, subscriber: Subscriber) -> None:
+    backlog = subscriber.backlog  # a shared group's: the member that took it
+    if backlog is not None:
+        result.note(outcome, backlog)
 
 
 def _payload_size(message: Message) -> int:
     return len(message.payload)
 
 
-def _cancel(handle: object) -> None:
+def _cancel(handle: TimerHandle | None) -> None:
     if handle is not None:
         handle.cancel()

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_passwd_command(commands: argparse._SubParsersAction) -> None:
+def add_passwd_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     tool = commands.add_parser(
         "passwd", help="add a user to a password file ([auth] password_file), change its "
                        "password, or remove it",
@@ -99,7 +99,7 @@ def add_passwd_command(commands: argparse._SubParsersAction) -> None:
                       help="read the password from the first line of standard input")
 
 
-def add_certs_command(commands: argparse._SubParsersAction) -> None:
+def add_certs_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     tool = commands.add_parser(
         "certs", help="create development certificates: a CA, a server and client certificates",
         description="Create (or reuse) a development CA in DIR and sign certificates with it. "

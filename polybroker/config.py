@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bridge.config import parse_bridges
-from .config_checks import ConfigError
+from .bridge.config import BridgeConfig, parse_bridges
+from .config_checks import ConfigError as ConfigError  # re-exported: callers catch it from here
 from .config_checks import nonempty as _nonempty
 from .config_checks import reject_unknown as _reject_unknown
 from .config_checks import typed as _typed
@@ -251,7 +251,7 @@ class BrokerConfig:
     data_dir: Path = Path("data")
     log_level: str = "info"
     # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
-    bridges: tuple = ()
+    bridges: tuple[BridgeConfig, ...] = ()
 
 
 def default_listeners() -> tuple[ListenerConfig, ...]:

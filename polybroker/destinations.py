@@ -148,8 +148,8 @@ def amqp_address(message: "Message", queue_name: str) -> tuple[str, str]:
     from queue ``queue_name``: where an AMQP publisher sent it; ``amq.topic`` and the
     dotted topic for a message from the topic space (MQTT, STOMP ``/topic/``); the
     default exchange and the queue's name for a STOMP ``/queue/`` send."""
-    if message.routing_key is not None:
-        return message.exchange or "", message.routing_key
+    if message.amqp is not None:
+        return message.amqp.exchange, message.amqp.routing_key
     if message.origin_protocol == "stomp" and message.topic == queue_name:
         return "", queue_name
     return AMQ_TOPIC, topic_to_routing_key(message.topic)

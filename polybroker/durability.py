@@ -65,7 +65,9 @@ class Durability:
     def __init__(self, store: LogStore | None = None, policy: str = "never") -> None:
         self.store = store
         self.policy = policy
-        self.waits = store is not None and policy != "never"
+        # The store whose records acknowledgements wait for (None: they wait for nothing).
+        self._awaited = store if policy != "never" else None
+        self.waits = self._awaited is not None
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
         self.last_sync = 0.0  # seconds the last one took
@@ -78,18 +80,21 @@ class Durability:
     def mark(self) -> int:
         """A position in the record sequence: when it changes around a call, that call
         wrote records that must be durable before its acknowledgement goes out."""
-        return self.store.last_seq if self.waits else 0
+        store = self._awaited
+        return store.last_seq if store is not None else 0
 
     def pending(self) -> bool:
         """Whether some record is written but not yet known durable (and that matters)."""
-        return self.waits and self.store.last_seq > self.durable_seq
+        store = self._awaited
+        return store is not None and store.last_seq > self.durable_seq
 
     async def wait_durable(self, timeout: float) -> bool:
         """Wait until every record written so far is durable; False if ``timeout`` seconds
         pass first. Returns at once, without a checkpoint, when nothing is pending."""
-        if not self.pending():
+        store = self._awaited
+        if store is None or store.last_seq <= self.durable_seq:  # nothing pending
             return True
-        target = self.store.last_seq
+        target = store.last_seq
         with trio.move_on_after(timeout):
             while self.durable_seq < target:
                 self._kick.set()
@@ -120,11 +125,14 @@ class Durability:
             await self._sync_round()
 
     async def _sync_round(self) -> None:
+        store = self.store
+        if store is None:
+            return  # not run without a store (``StorageTasks``)
         forced, self._forced = self._forced, False
         self._started += 1
         started = time.perf_counter()
         try:
-            synced = await trio.to_thread.run_sync(self.store.sync)
+            synced = await trio.to_thread.run_sync(store.sync)
         except StoreError as exc:
             log.error("STORAGE SYNC FAILED: %s; acknowledgements wait until it succeeds", exc)
             self._forced = self._forced or forced
@@ -166,20 +174,21 @@ async def compact_once(store: LogStore, durability: Durability) -> bool:
 class StorageTasks:
     """The background tasks of an open store: group commit and compaction."""
 
-    def __init__(self, store: LogStore | None, durability: Durability) -> None:
+    def __init__(self, store: LogStore | None = None, durability: Durability | None = None) -> None:
         self.store = store
         self.durability = durability
 
     def start(self, nursery: trio.Nursery) -> None:
-        if self.store is None:
-            return
+        if self.store is None or self.durability is None:
+            return  # in memory: nothing to do
         nursery.start_soon(self.durability.run)
-        nursery.start_soon(self._compact_forever)
+        nursery.start_soon(self._compact_forever, self.store, self.durability)
 
-    async def _compact_forever(self) -> None:
+    @staticmethod
+    async def _compact_forever(store: LogStore, durability: Durability) -> None:
         while True:
             await trio.sleep(COMPACTION_INTERVAL)
-            while await compact_once(self.store, self.durability):
+            while await compact_once(store, durability):
                 pass
 
 
@@ -191,7 +200,7 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
     settings = broker.config.storage
     if not settings.persistence:
         log.info("storage: persistence is off; state is kept in memory only")
-        yield StorageTasks(None, broker.durability)
+        yield StorageTasks()
         return
     directory = broker.config.data_dir / "store"
     started = time.perf_counter()
@@ -200,9 +209,10 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
             LogStore.open, directory, segment_size=settings.segment_size,
             compaction_threshold=settings.compaction_threshold, keep_values=True,
         ))
+    durability: Durability | None = None
     try:
         journal = restore(store, broker, settings)
-        broker.durability = Durability(store, settings.fsync)
+        broker.durability = durability = Durability(store, settings.fsync)
         stats = store.stats()
         issues = len(store.recovery_issues)
         log.info(
@@ -211,9 +221,9 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
             journal.summary, directory, stats.records, stats.segments, issues,
             time.perf_counter() - started, settings.fsync,
         )
-        yield StorageTasks(store, broker.durability)
+        yield StorageTasks(store, durability)
     finally:
-        syncs = broker.durability.syncs
+        syncs = durability.syncs if durability is not None else 0
         broker.journal = Journal()
         broker.queues.attach_store(None)
         broker.durability = Durability()

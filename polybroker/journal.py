@@ -80,12 +80,11 @@ class Storing:
             self._group.__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> bool:
+                 traceback: TracebackType | None) -> None:
         if self._group is not None:
             self._group.__exit__(kind, value, traceback)
         if kind is None and self._journal.failures != self._failures:
             raise StoreFull("a record could not be written")
-        return False
 
 
 class Durability(Protocol):

@@ -59,7 +59,7 @@ class RoomSignal:
     """``Backlog.room`` for a backlog that keeps its event in ``_room``, made only when a
     publisher first waits (and set, and dropped, by the backlog once it has room)."""
 
-    __slots__ = ()
+    __slots__ = ("_room",)
     _room: trio.Event | None
 
     def has_room(self) -> bool:
@@ -200,7 +200,9 @@ class Holdback:
             if backlog not in self.waiting:
                 self.waiting.append(backlog)
 
-    async def wait(self, max_block_time: float, name: str, logger: logging.Logger) -> list:
+    async def wait(
+        self, max_block_time: float, name: str, logger: logging.Logger
+    ) -> list[object]:
         """Wait for room (at most ``max_block_time``), log backlogs still full, and return
         the withheld acknowledgements (emptied)."""
         still_full = await wait_for_room(self.waiting, max_block_time)

@@ -16,7 +16,13 @@ from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
 from .bridge.bridge import BridgeManager
 from .broker import Broker
-from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
+from .config import (
+    DEFAULT_PATHS,
+    WEBSOCKET_TRANSPORTS,
+    BrokerConfig,
+    ConfigError,
+    ListenerConfig,
+)
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
 from .transports.sniff import UnknownProtocol, sniff
@@ -112,11 +118,12 @@ class Listener:
             try:
                 if self.tls is not None:
                     tls_stream = await accept_tls(tcp, self.tls.context)
-                    if config.tls.use_identity_as_username:
+                    if config.tls is not None and config.tls.use_identity_as_username:
                         identity = certificate_identity(tls_stream.getpeercert())
                     stream = tls_stream
                 if config.transport in WEBSOCKET_TRANSPORTS:
-                    policy = UpgradePolicy(protocol, config.path, config.allowed_origins)
+                    path = config.path or DEFAULT_PATHS[protocol]  # parse_listen_url sets one
+                    policy = UpgradePolicy(protocol, path, config.allowed_origins)
                     protocol, stream = await accept_websocket(stream, policy, peer)
                 if protocol == "auto":
                     protocol, stream = await sniff(stream)

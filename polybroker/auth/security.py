@@ -191,7 +191,8 @@ class Security:
         return Login(None, refusal)
 
     async def _password_ok(self, username: str, password: str | bytes | None) -> bool:
-        encoded = self.passwords.get(username)
+        # None if the file was dropped by a reload meanwhile: then every password is wrong.
+        encoded = self.passwords.get(username) if self.passwords is not None else None
         secret = password if password is not None else b""
         ok = await trio.to_thread.run_sync(
             verify_password, encoded or _dummy_hash(), secret, limiter=self._hashing

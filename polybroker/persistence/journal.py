@@ -164,24 +164,26 @@ class StoreJournal(Journal):
     # -- sessions --------------------------------------------------------------------------
 
     def session_opened(self, session: Session) -> None:
+        journal = journal_of(session)
         if session.expiry_interval == 0:
-            if session.journal is not None:
-                self._forget_session(session)  # no longer persistent
+            if journal is not None:
+                self._forget_session(session, journal)  # no longer persistent
             return
-        if session.journal is None:
-            SessionJournal.attach(self, session)
-        self.put(SESSION + session.journal.client, encode_session(session, None))
+        if journal is None:
+            journal = SessionJournal.attach(self, session)
+        self.put(SESSION + journal.client, encode_session(session, None))
 
     def session_closed(self, session: Session) -> None:
-        if session.journal is not None:
-            self.put(SESSION + session.journal.client, encode_session(session, time.time()))
+        journal = journal_of(session)
+        if journal is not None:
+            self.put(SESSION + journal.client, encode_session(session, time.time()))
 
     def session_discarded(self, session: Session) -> None:
-        if session.journal is not None:
-            self._forget_session(session)
+        journal = journal_of(session)
+        if journal is not None:
+            self._forget_session(session, journal)
 
-    def _forget_session(self, session: Session) -> None:
-        journal = session.journal
+    def _forget_session(self, session: Session, journal: SessionJournal) -> None:
         for topic_filter in session.subscriptions:
             self.delete(journal.subscription_key(topic_filter))
         for delivery in (*session.inflight.values(), *session.queued):
@@ -199,13 +201,14 @@ class StoreJournal(Journal):
     def subscription_set(
         self, session: Session, topic_filter: str, options: SubscriptionOptions
     ) -> None:
-        if session.journal is not None:
-            self.put(session.journal.subscription_key(topic_filter),
-                     encode_subscription(options))
+        journal = journal_of(session)
+        if journal is not None:
+            self.put(journal.subscription_key(topic_filter), encode_subscription(options))
 
     def subscription_removed(self, session: Session, topic_filter: str) -> None:
-        if session.journal is not None:
-            self.delete(session.journal.subscription_key(topic_filter))
+        journal = journal_of(session)
+        if journal is not None:
+            self.delete(journal.subscription_key(topic_filter))
 
     def retained_set(self, message: Message) -> None:
         self.put(RETAINED + message.topic.encode(), self.message_body(message))
@@ -282,6 +285,12 @@ class StoreJournal(Journal):
         return body
 
 
+def journal_of(session: Session) -> SessionJournal | None:
+    """The session's records when they are kept in this store (it is persistent)."""
+    journal = session.journal
+    return journal if isinstance(journal, SessionJournal) else None
+
+
 class SessionJournal:
     """The records of one persistent session's messages (``Session.journal``)."""
 
@@ -303,6 +312,10 @@ class SessionJournal:
         journal = session.journal = cls(owner, session.client_id.encode())
         session.inbound_qos2 = JournaledPacketIds(journal, session.inbound_qos2)
         return journal
+
+    def tighten_bounds(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = min(self.owner.max_messages, max_messages)
+        self.max_bytes = min(self.owner.max_bytes, max_bytes)
 
     def message_key(self, store_id: int) -> bytes:
         return self.prefix + store_id.to_bytes(8, "big")
@@ -363,7 +376,7 @@ class SessionJournal:
         self.nbytes -= len(delivery.message.payload)
 
 
-class JournaledPacketIds(set):
+class JournaledPacketIds(set[int]):
     """A persistent session's inbound QoS 2 packet ids (``Session.inbound_qos2``): a set
     that records its changes, so a PUBLISH resent after a restart is not routed twice."""
 
@@ -378,8 +391,8 @@ class JournaledPacketIds(set):
             super().add(packet_id)
             self.journal.owner.put(self.journal.inbound_key(packet_id), b"")
 
-    def discard(self, packet_id: int) -> None:
-        if packet_id in self:
+    def discard(self, packet_id: object) -> None:
+        if isinstance(packet_id, int) and packet_id in self:
             super().discard(packet_id)
             self.journal.owner.delete(self.journal.inbound_key(packet_id))
 

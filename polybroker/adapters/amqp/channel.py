@@ -501,7 +501,7 @@ class Channel:
                 self.number,
                 BasicReturn(reply_code=NO_ROUTE, reply_text="NO_ROUTE", exchange=m.exchange,
                             routing_key=m.routing_key),
-                message.amqp_properties, message.payload, self.connection.frame_max,
+                message.amqp.properties, message.payload, self.connection.frame_max,
             ))
         if self.confirm:
             self._published += 1
