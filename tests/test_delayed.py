@@ -16,7 +16,7 @@ from polybroker.broker import Broker
 from polybroker.config import BrokerConfig, ConfigError, Limits, config_from_dict
 from polybroker.delayed import EXCHANGE, QUEUE, Target, split_delayed_topic, stomp_delay
 from polybroker.durability import open_durable_state
-from polybroker.message import Message
+from polybroker.message import AmqpPart, Message
 from polybroker.refusals import AccessRefused, PreconditionFailed
 from polybroker.sessions import SubscriptionOptions
 
@@ -43,6 +43,11 @@ def subscribe(broker: Broker, topic_filter: str = "#") -> Recorder:
     recorder = Recorder(broker.clock)
     broker.router.add(topic_filter, recorder, SubscriptionOptions(qos=2))
     return recorder
+
+
+def headed(headers: dict) -> AmqpPart:
+    """The AMQP part of a message published with ``headers``."""
+    return AmqpPart("", "", headers=headers)
 
 
 def msg(topic: str, payload: bytes = b"x", **fields) -> Message:
@@ -217,10 +222,10 @@ async def test_delayed_exchange_routes_by_its_type_when_due(broker, autojump_clo
     queue = broker.queues.declare_queue("q")
     ex.bind(queue, "later", "k")
     start = trio.current_time()
-    message = msg("t", b"held", amqp_headers={"x-delay": 1500})
+    message = msg("t", b"held", amqp=headed({"x-delay": 1500}))
     assert ex.publish("later", "k", message) == 1
-    assert ex.publish("later", "k", msg("t", b"now", amqp_headers={})) == 1
-    assert ex.publish("later", "other", msg("t", b"nowhere", amqp_headers={})) == 0
+    assert ex.publish("later", "k", msg("t", b"now", amqp=headed({}))) == 1
+    assert ex.publish("later", "other", msg("t", b"nowhere", amqp=headed({}))) == 0
     assert [e.message.payload for e in queue.entries()] == [b"now"]
     await trio.sleep(1.499)
     assert [e.message.payload for e in queue.entries()] == [b"now"]
@@ -255,7 +260,7 @@ async def test_pending_messages_survive_a_restart_and_late_ones_go_out_first_in_
         broker.delayed.schedule(msg("t", b"q"), 15, Target(QUEUE, "jobs", persistent=True))
         broker.exchanges.declare("dx", "x-delayed-message", durable=True,
                                  arguments={"x-delayed-type": "fanout"})
-        broker.exchanges.publish("dx", "k", msg("t", b"x", amqp_headers={"x-delay": 25000}))
+        broker.exchanges.publish("dx", "k", msg("t", b"x", amqp=headed({"x-delay": 25000})))
         cancelled = broker.delayed.pending()[-1]
         broker.delayed.cancel(cancelled.id)
         assert len(broker.delayed) == 5
