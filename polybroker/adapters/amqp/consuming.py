@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ...destinations import amqp_address
+from ...message import Message
 from ...protocols.amqp import (
     NOT_ALLOWED,
     BasicAck,
@@ -36,11 +38,14 @@ from ...protocols.amqp import (
     BasicRecoverOk,
     BasicReject,
     Method,
+    decode_properties,
     encode_content,
     encode_deliver,
+    encode_properties,
 )
 from ...queues import Queue, QueueEntry, SharedPrefetch
 from ...refusals import PreconditionFailed
+from ...streams import StreamQueue, parse_offset
 from .channel_support import AMQPClientConnection, ConnectionFault
 from .convert import delivery_properties
 
@@ -72,6 +77,7 @@ class AmqpConsumer:
 
     def queue_deleted(self, queue: Queue) -> None:
         self.channel.cancelled_by_broker(self)
+
 
 class Consuming:
     """The consuming half of a channel (mixed into ``channel.Channel``)."""
@@ -118,14 +124,42 @@ class Consuming:
             raise ConnectionFault(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag "
                                                f"'{tag}'", m.CLASS_ID, m.METHOD_ID)
         consumer = AmqpConsumer(self, tag, queue, m.no_ack)
-        queue.add_consumer(
-            consumer, ack_required=not m.no_ack, prefetch=self.prefetch, dispatch=False,
-            owner=self.connection, shared=self.shared, exclusive=m.exclusive,
-        )
+        if isinstance(queue, StreamQueue):
+            queue.add_consumer(
+                consumer, prefetch=self.prefetch, dispatch=False, owner=self.connection,
+                shared=self.shared, exclusive=m.exclusive, **self._stream_consume(queue, m),
+            )
+        else:
+            queue.add_consumer(
+                consumer, ack_required=not m.no_ack, prefetch=self.prefetch, dispatch=False,
+                owner=self.connection, shared=self.shared, exclusive=m.exclusive,
+            )
         self.consumers[tag] = consumer
         if not m.nowait:
             self._reply(BasicConsumeOk(consumer_tag=tag))
         self.connection.dispatch_later(queue)
+
+    def _stream_consume(self, queue: StreamQueue, m: BasicConsume) -> dict:
+        """The checked stream keywords of a basic.consume (406 when RabbitMQ refuses)."""
+        if m.no_ack:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - consumer of stream queue "
+                                     f"'{queue.name}' in vhost '/' must acknowledge (no_ack "
+                                     f"is not supported)")
+        if not self.prefetch and not self.shared.limit:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - consumer prefetch count is not "
+                                     f"set for stream queue '{queue.name}' in vhost '/'")
+        arguments = m.arguments or {}
+        try:
+            offset = parse_offset(arguments.get("x-stream-offset", "next"))
+        except ValueError as exc:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - {exc}") from None
+        name = arguments.get("x-stream-consumer-name")
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise PreconditionFailed(f"PRECONDITION_FAILED - invalid x-stream-consumer-name "
+                                     f"{name!r}")
+        return {"offset": offset, "name": name}
 
     def _on_cancel(self, m: BasicCancel) -> None:
         consumer = self.consumers.pop(m.consumer_tag, None)
@@ -158,7 +192,8 @@ class Consuming:
         try:
             data = encode_deliver(
                 self.number, consumer.tag, tag, entry.redelivered, exchange, routing_key,
-                delivery_properties(message), message.payload, self.connection.frame_max,
+                stream_properties(message, entry.seq) if isinstance(queue, StreamQueue)
+                else delivery_properties(message), message.payload, self.connection.frame_max,
             )
         except ValueError:  # a topic longer than a routing key may be
             log.warning("client %s: message on %s dropped: its routing key is too long for "
@@ -247,3 +282,11 @@ class Consuming:
         self._settle_tags(self._take_tags(0, True), positive=False, requeue=True)
         if isinstance(m, BasicRecover):
             self._reply(BasicRecoverOk())
+
+
+def stream_properties(message: Message, offset: int) -> bytes:
+    """A stream delivery's properties: the message's, with its offset in the
+    ``x-stream-offset`` header (as RabbitMQ sends it)."""
+    props = decode_properties(delivery_properties(message))
+    headers = {**(props.headers or {}), "x-stream-offset": offset}
+    return encode_properties(replace(props, headers=headers))
