@@ -47,8 +47,8 @@ from .storage.stream_log import StreamLog
 
 __all__ = [
     "FIRST", "LAST", "NEXT", "MemoryStreams", "StreamBackend", "StreamOffset", "StreamQueue",
-    "StreamSettings", "StreamsUnsupported", "is_stream", "parse_interval", "parse_offset",
-    "parse_stream_arguments",
+    "StreamSettings", "StreamsUnsupported", "consumer_options", "is_stream", "parse_interval",
+    "parse_offset", "parse_stream_arguments", "queue_for_subscription",
 ]
 
 log = logging.getLogger("polybroker.streams")
@@ -185,6 +185,34 @@ def parse_offset(value: object) -> StreamOffset:
         if seconds is not None:
             return StreamOffset("interval", seconds)
     raise ValueError(f"invalid x-stream-offset {value!r}")
+
+
+def consumer_options(header: Callable[[str], str | None]) -> dict:
+    """``add_consumer``'s stream keywords from text headers (STOMP SUBSCRIBE, MQTT 5.0
+    user properties): ``x-stream-offset`` and ``x-stream-consumer-name``. ValueError
+    for a bad one."""
+    name = header("x-stream-consumer-name")
+    if name is not None and not name:
+        raise ValueError("empty x-stream-consumer-name")
+    return {"offset": parse_offset(header("x-stream-offset") or NEXT), "name": name}
+
+
+def queue_for_subscription(
+    queues: Any, name: str, header: Callable[[str], str | None], *, acknowledged: bool,
+    prefetch: int,
+) -> tuple[Queue, dict]:
+    """The queue a text-headed subscription (STOMP SUBSCRIBE) to queue ``name`` consumes,
+    and the stream keywords for ``add_consumer``. ``x-queue-type: stream`` declares a
+    stream (``queues.declare_stream``); a stream's consumer must acknowledge and have a
+    prefetch bound, as over AMQP. ValueError or Refused says what is wrong."""
+    wants_stream = header("x-queue-type") == STREAM
+    queue = queues.declare_stream(name) if wants_stream else queues.declare(name)
+    if not isinstance(queue, StreamQueue):
+        return queue, {}
+    if not acknowledged or not prefetch:
+        raise ValueError(f"a consumer of stream {name} must acknowledge (ack: client or "
+                         f"client-individual) and set prefetch-count")
+    return queue, consumer_options(header)
 
 
 class StreamBackend(Protocol):
