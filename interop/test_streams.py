@@ -1,7 +1,9 @@
 """Streams end to end against a real ``polybroker serve``: pika and stomp.py consumers
 read a stream from ``first``, from a timestamp and from ``next``; two consumers at
 different offsets; a named consumer resumes after the broker process is killed and
-started again on the same data directory.
+started again on the same data directory; paho-mqtt feeds a stream through an
+``amq.topic`` binding and reads its history with the SUBSCRIBE user property
+``x-stream``.
 
 Every wait is bounded and on something the broker sends (a synchronous reply, a
 callback run by ``pump``, a RECEIPT or MESSAGE frame, a log line). The one wait on the
@@ -14,8 +16,11 @@ from datetime import UTC, datetime
 
 import pika
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .amqp_support import pika_params, pump, start_broker
+from .test_paho_mqtt5 import PahoClient5, _wait_for_mid, properties
 from .test_stomp_py import StompPy
 
 STREAM = {"x-queue-type": "stream"}
@@ -164,4 +169,37 @@ def test_a_named_consumer_resumes_after_the_broker_is_killed(tmp_path):
         assert [body for body, _offset in got] == [b"o%d" % n for n in range(4, 10)]
         connection.close()
     finally:
+        proc.stop()
+
+
+def test_paho_feeds_a_stream_through_a_binding_and_reads_its_history(tmp_path):
+    proc = start_broker(tmp_path / "data", listen=("mqtt://127.0.0.1:0",))
+    clients = []
+    try:
+        connection, channel = channel_of(proc.amqp_port)
+        channel.queue_declare("history", durable=True, arguments=STREAM)
+        channel.queue_bind("history", "amq.topic", "sensors.#")
+        writer = PahoClient5(proc.port_of("mqtt"), "writer")
+        clients.append(writer)
+        writer.connect()
+        for n in range(5):
+            writer.publish(f"sensors/{n % 2}", b"old%d" % n)  # waits for PUBACK
+        assert channel.queue_declare("history", passive=True).method.message_count == 5
+
+        reader = PahoClient5(proc.port_of("mqtt"), "reader")
+        clients.append(reader)
+        reader.connect()
+        props = properties(PacketTypes.SUBSCRIBE,
+                           UserProperty=[("x-stream", "history"), ("x-stream-offset", "1")])
+        result, mid = reader.client.subscribe("sensors/1", options=SubscribeOptions(qos=1),
+                                              properties=props)
+        assert result == 0 and _wait_for_mid(reader._subacks, mid, "SUBACK") == [1]
+        writer.publish("sensors/1", b"live")
+        got = [(m.topic, m.payload, m.qos) for m in reader.receive(3)]
+        assert got == [("sensors/1", b"old1", 1), ("sensors/1", b"old3", 1),
+                       ("sensors/1", b"live", 1)]
+        connection.close()
+    finally:
+        for client in clients:
+            client.stop()
         proc.stop()
