@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from .auth import Client
 from .auth.filters import filter_matches
 from .broker import Broker
 from .sessions import Session
@@ -40,7 +41,7 @@ STREAM_PROPERTY, OFFSET_PROPERTY = "x-stream", "x-stream-offset"
 
 
 def replay_history(
-    broker: Broker, session: Session, client: object,
+    broker: Broker, session: Session, client: Client,
     user_properties: Iterable[tuple[str, str]], granted: Iterable[tuple[str, int]],
     subscription_id: int | None = None,
 ) -> int:

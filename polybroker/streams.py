@@ -34,7 +34,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -70,7 +70,7 @@ class StreamsUnsupported(Refused):
     code = 540
 
 
-def is_stream(arguments: Mapping | None) -> bool:
+def is_stream(arguments: Mapping[str, Any] | None) -> bool:
     """Whether queue ``arguments`` declare a stream."""
     value = (arguments or {}).get("x-queue-type")
     if isinstance(value, bytes):
@@ -94,16 +94,17 @@ def parse_interval(text: str) -> float | None:
 
 
 def parse_stream_arguments(
-    name: str, arguments: Mapping, *, durable: bool, exclusive: bool, auto_delete: bool
+    name: str, arguments: Mapping[str, Any], *, durable: bool, exclusive: bool,
+    auto_delete: bool,
 ) -> StreamSettings:
     """Check a stream's declaration; PreconditionFailed (406) names what is wrong."""
     def refuse(what: str, value: object) -> PreconditionFailed:
         return PreconditionFailed(f"PRECONDITION_FAILED - invalid arg '{what}' for queue "
                                   f"'{name}' in vhost '/' of queue type stream: {value!r}")
 
-    for flag, value, wanted in (("durable", durable, True), ("exclusive", exclusive, False),
+    for flag, given, wanted in (("durable", durable, True), ("exclusive", exclusive, False),
                                 ("auto_delete", auto_delete, False)):
-        if value != wanted:
+        if given != wanted:
             raise PreconditionFailed(f"PRECONDITION_FAILED - invalid property '{flag}' for "
                                      f"queue '{name}' in vhost '/' of queue type stream")
     for key in _NOT_FOR_STREAMS:
@@ -117,7 +118,7 @@ def parse_stream_arguments(
         if not seconds:
             raise refuse("x-max-age", arguments["x-max-age"])
         max_age = seconds
-    numbers = {}
+    numbers: dict[str, int] = {}
     for key, smallest in (("x-max-length-bytes", 0), ("x-stream-max-segment-size-bytes", 1)):
         value = arguments.get(key)
         if value is None:
@@ -187,7 +188,7 @@ def parse_offset(value: object) -> StreamOffset:
     raise ValueError(f"invalid x-stream-offset {value!r}")
 
 
-def consumer_options(header: Callable[[str], str | None]) -> dict:
+def consumer_options(header: Callable[[str], str | None]) -> dict[str, Any]:
     """``add_consumer``'s stream keywords from text headers (STOMP SUBSCRIBE, MQTT 5.0
     user properties): ``x-stream-offset`` and ``x-stream-consumer-name``. ValueError
     for a bad one."""
@@ -200,7 +201,7 @@ def consumer_options(header: Callable[[str], str | None]) -> dict:
 def queue_for_subscription(
     queues: Any, name: str, header: Callable[[str], str | None], *, acknowledged: bool,
     prefetch: int,
-) -> tuple[Queue, dict]:
+) -> tuple[Queue, dict[str, Any]]:
     """The queue a text-headed subscription (STOMP SUBSCRIBE) to queue ``name`` consumes,
     and the stream keywords for ``add_consumer``. ``x-queue-type: stream`` declares a
     stream (``queues.declare_stream``); a stream's consumer must acknowledge and have a
@@ -284,7 +285,7 @@ class StreamQueue(Queue):
         self.log = stream_log
         self.backend = backend
         self.settings = settings
-        self._readers: dict[Hashable, _Reader] = {}
+        self._readers: dict[Any, _Reader] = {}  # consumer -> its reader
         self._held: dict[int, tuple[_Reader, int]] = {}  # tag -> (reader, offset)
         self._stream_tags = itertools.count(1)
 

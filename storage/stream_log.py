@@ -264,9 +264,10 @@ class StreamLog:
         if last and segment.index[-1][0] != last[0][0]:
             self._add_index(segment, last[0][0], last[0][1], segment.size - last[0][3])
         os.fsync(segment.fd)
-        os.fsync(segment.index_fd)
-        os.close(segment.index_fd)
-        segment.index_fd = None
+        if segment.index_fd is not None:
+            os.fsync(segment.index_fd)
+            os.close(segment.index_fd)
+            segment.index_fd = None
 
     def _close_segment(self, segment: _Segment) -> None:
         for name in ("fd", "index_fd"):
@@ -300,14 +301,14 @@ class StreamLog:
             older.next = newer.first  # whatever an unsealed index said
         if self.segments:
             self.last_ts = self.segments[-1].last_ts
-            newest = self.segments[-1]
-            newest.index_fd = os.open(newest.path.with_suffix(_IDX), os.O_RDWR | os.O_APPEND)
+            last = self.segments[-1]
+            last.index_fd = os.open(_path(last).with_suffix(_IDX), os.O_RDWR | os.O_APPEND)
         self._open_offsets()
 
     def _load_index(self, segment: _Segment) -> bool:
         """Read a sealed segment's index; False if it is missing or damaged."""
         try:
-            data = segment.path.with_suffix(_IDX).read_bytes()
+            data = _path(segment).with_suffix(_IDX).read_bytes()
         except FileNotFoundError:
             return False
         if not data or len(data) % _INDEX.size:
@@ -329,9 +330,9 @@ class StreamLog:
             segment.index.pop()  # re-read from it: it may be the seal's last entry
         end = _scan_records(segment, start, self._index_found(segment))
         if end < segment.size:
-            os.ftruncate(segment.fd, end)
+            os.ftruncate(_fd(segment), end)
             segment.size = end
-        with open(segment.path.with_suffix(_IDX), "wb") as index:
+        with open(_path(segment).with_suffix(_IDX), "wb") as index:
             index.write(b"".join(_INDEX.pack(*entry) for entry in segment.index))
 
     @staticmethod
@@ -364,13 +365,23 @@ class StreamLog:
         self._offsets_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
 
+def _fd(segment: _Segment) -> int:
+    assert segment.fd is not None, "a segment on disk"
+    return segment.fd
+
+
+def _path(segment: _Segment) -> Path:
+    assert segment.path is not None, "a segment on disk"
+    return segment.path
+
+
 def _scan_records(segment: _Segment, start: int,
                   found: Callable[[int, float, int, int], None]) -> int:
     """Call ``found`` for each valid record of ``segment`` from byte ``start``; return
     where the valid records end."""
     pos = start
     while pos < segment.size:
-        data = os.pread(segment.fd, max(READ_CHUNK, HEADER_SIZE), pos)
+        data = os.pread(_fd(segment), max(READ_CHUNK, HEADER_SIZE), pos)
         at = 0
         while True:
             status, _kind, _key_len, total, seq = inspect(data, at)
@@ -381,7 +392,7 @@ def _scan_records(segment: _Segment, start: int,
         if at == 0:
             if len(data) < READ_CHUNK or status != 1:  # damaged, or torn at the end
                 return pos
-            data = os.pread(segment.fd, segment.size - pos, pos)  # one huge record
+            data = os.pread(_fd(segment), segment.size - pos, pos)  # one huge record
             status, _kind, _key_len, total, seq = inspect(data, 0)
             if status != OK:
                 return pos
@@ -457,7 +468,7 @@ class Cursor:
         return True
 
     def _read_file(self, segment: _Segment, count: int,
-                   out: list[tuple[int, float, Any, int]]) -> list:
+                   out: list[tuple[int, float, Any, int]]) -> list[tuple[int, float, Any, int]]:
         buffer, base, pos = self._buffer, self._buffer_pos, self._pos
         start = len(out)
         while len(out) < count and pos < segment.size:
@@ -468,12 +479,12 @@ class Cursor:
                 if at >= 0 and status != 1:
                     raise OSError(f"damaged record in {segment.path} at {pos}")
                 want = max(READ_CHUNK, total or 0)
-                buffer = os.pread(segment.fd, min(want, segment.size - pos) or want, pos)
+                buffer = os.pread(_fd(segment), min(want, segment.size - pos) or want, pos)
                 base = pos
                 status, _kind, key_len, total, seq = inspect(buffer, 0)
                 if status != OK:
                     # a record bigger than one chunk: read it whole
-                    buffer = os.pread(segment.fd, segment.size - pos, pos)
+                    buffer = os.pread(_fd(segment), segment.size - pos, pos)
                     status, _kind, key_len, total, seq = inspect(buffer, 0)
                     if status != OK:
                         raise OSError(f"damaged record in {segment.path} at {pos}")

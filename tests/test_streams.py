@@ -250,3 +250,31 @@ def test_retention_of_a_declared_stream_keeps_memory_bounded(wall):
     reader = Reader()
     stream.add_consumer(reader, offset=parse_offset("first"), ack_required=False)
     assert reader.offsets()[0] == stream.log.first_offset
+
+
+def test_retention_of_a_stream_on_disk_bounds_its_files(wall, tmp_path: Path):
+    root = tmp_path / "streams"
+    backend = DiskStreams(root, lambda: 0.0, wall)
+    stream = declare(registry(wall, backend), **{"x-max-length-bytes": 20_000,
+                                                 "x-stream-max-segment-size-bytes": 4000})
+    directory = stream_directory(root, "s")
+    for n in range(3000):
+        stream.deliver(Message("t", b"%0100d" % n), 1, False)
+        if n % 100 == 0:
+            on_disk = sum(p.stat().st_size for p in directory.glob("*.seg"))
+            assert on_disk <= 20_000 + 4000 + 200
+    assert stream.log.first_offset > 2500
+    reader = Reader()
+    stream.add_consumer(reader, offset=parse_offset("first"), ack_required=False)
+    assert reader.got[0][1] == b"%0100d" % stream.log.first_offset
+    backend.close()
+
+
+def test_a_stream_deleted_and_declared_again_starts_empty(wall, tmp_path: Path):
+    backend = DiskStreams(tmp_path / "streams", lambda: 0.0, wall)
+    queues = registry(wall, backend)
+    publish(declare(queues), 5)
+    queues.delete_queue("s")
+    again = declare(queues)
+    assert again.message_count == 0 and again.log.next_offset == 0
+    backend.close()

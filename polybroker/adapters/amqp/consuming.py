@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...destinations import amqp_address
 from ...message import Message
@@ -91,7 +91,7 @@ class Consuming:
     _next_tag: int
     prefetch: int
     shared: SharedPrefetch
-    tx: list | None
+    tx: list[Callable[[], None]] | None
 
     if TYPE_CHECKING:  # the channel's own
         @property
@@ -139,7 +139,7 @@ class Consuming:
             self._reply(BasicConsumeOk(consumer_tag=tag))
         self.connection.dispatch_later(queue)
 
-    def _stream_consume(self, queue: StreamQueue, m: BasicConsume) -> dict:
+    def _stream_consume(self, queue: StreamQueue, m: BasicConsume) -> dict[str, Any]:
         """The checked stream keywords of a basic.consume (406 when RabbitMQ refuses)."""
         if m.no_ack:
             raise PreconditionFailed(f"PRECONDITION_FAILED - consumer of stream queue "
