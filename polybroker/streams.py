@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from .message import Message
 from .overflow import TAKEN
 from .queues import Queue, QueueConsumer, QueueEntry, SharedPrefetch
-from .refusals import PreconditionFailed, Refused
+from .refusals import AccessRefused, PreconditionFailed, Refused
 from .storage.stream_log import StreamLog
 
 __all__ = [
@@ -251,8 +251,8 @@ class MemoryStreams:
 class _Reader:
     """One consumer of a stream: its cursor and window."""
 
-    __slots__ = ("ack_required", "consumer", "cursor", "name", "pending", "prefetch",
-                 "shared")
+    __slots__ = ("ack_required", "consumer", "cursor", "exclusive", "name", "pending",
+                 "prefetch", "shared")
 
     def __init__(self, consumer: QueueConsumer, cursor: Any, ack_required: bool,
                  prefetch: int, shared: SharedPrefetch | None, name: str | None) -> None:
@@ -263,6 +263,7 @@ class _Reader:
         self.shared = shared if ack_required else None
         self.name = name
         self.pending: dict[int, None] = {}  # unacknowledged offsets, ascending
+        self.exclusive = False  # basic.consume's flag: no other consumer meanwhile
 
     def room(self) -> int:
         if not self.consumer.has_credit():
@@ -335,19 +336,24 @@ class StreamQueue(Queue):
         exclusive: bool = False, offset: StreamOffset | None = None, name: str | None = None,
     ) -> None:
         """Attach ``consumer`` at ``offset`` (default: next), or where the consumer called
-        ``name`` stopped. The other keywords are ``Queue.add_consumer``'s."""
+        ``name`` stopped. The other keywords are ``Queue.add_consumer``'s (``exclusive``
+        too: AccessRefused while another consumer reads, or an exclusive one does)."""
         if consumer in self._readers:
             raise ValueError(f"{consumer!r} already consumes from {self!r}")
         if prefetch < 0:
             raise ValueError("prefetch must not be negative")
         if owner is not None:
             self.check_owner(owner)
+        if (exclusive and self._readers) or any(r.exclusive for r in self._readers.values()):
+            raise AccessRefused(f"ACCESS_REFUSED - queue '{self.name}' in vhost '/' in "
+                                "exclusive use")
         stored = self.log.offsets.get(name) if name is not None else None
         if stored is not None:
             start = max(stored, self.log.first_offset)
         else:
             start = (offset or StreamOffset()).resolve(self.log, self.backend.wall_clock())
         reader = _Reader(consumer, self.log.cursor(start), ack_required, prefetch, shared, name)
+        reader.exclusive = exclusive
         self._readers[consumer] = reader
         self.had_consumer = True
         if reader.shared is not None:

@@ -10,7 +10,7 @@ from polybroker.message import Message
 from polybroker.persistence.streams import DiskStreams, stream_directory
 from polybroker.queue_registry import QueueRegistry
 from polybroker.queues import SharedPrefetch
-from polybroker.refusals import PreconditionFailed
+from polybroker.refusals import AccessRefused, PreconditionFailed
 from polybroker.streams import (
     MemoryStreams,
     StreamOffset,
@@ -278,3 +278,15 @@ def test_a_stream_deleted_and_declared_again_starts_empty(wall, tmp_path: Path):
     again = declare(queues)
     assert again.message_count == 0 and again.log.next_offset == 0
     backend.close()
+
+
+def test_an_exclusive_consumer_reads_alone(wall):
+    stream = declare(registry(wall))
+    only = Reader()
+    stream.add_consumer(only, exclusive=True)
+    with pytest.raises(AccessRefused):
+        stream.add_consumer(Reader())
+    stream.remove_consumer(only)
+    stream.add_consumer(Reader())
+    with pytest.raises(AccessRefused):
+        stream.add_consumer(Reader(), exclusive=True)
