@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .message import Message
-from .overflow import TAKEN
+from .overflow import DROPPED, TAKEN
 from .queues import Queue, QueueConsumer, QueueEntry, SharedPrefetch
 from .refusals import AccessRefused, PreconditionFailed, Refused
 from .storage.stream_log import StreamLog
@@ -57,6 +57,7 @@ STREAM = "stream"
 FIRST, LAST, NEXT = "first", "last", "next"
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 BATCH = 64  # records read from the log at once per consumer
+STREAM_WRITE_FAILED = "stream write failed"  # a drop reason
 _UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 _INTERVAL = re.compile(r"^([0-9]+)([YMDhms])$")
 # Queue arguments a stream does not take (RabbitMQ refuses them too).
@@ -316,12 +317,19 @@ class StreamQueue(Queue):
         return self.offer(message, qos)
 
     def offer(self, message: Message, qos: int, *, persistent: bool = False) -> int:
-        self.put(message, persistent=persistent)
-        return TAKEN
+        return TAKEN if self.put(message, persistent=persistent) else DROPPED
 
     def put(self, message: Message, *, persistent: bool = False) -> bool:
+        """Append ``message``; False if the log could not be written (a full disk: the
+        message is dropped, counted and logged, as a full queue drops one)."""
         value, size = self.backend.encode(message)
-        self.log.append(value, size)
+        try:
+            self.log.append(value, size)
+        except OSError as exc:
+            if self.drops.add(STREAM_WRITE_FAILED):
+                log.error("stream %s: STREAM WRITE FAILED, message dropped: %s", self.name,
+                          exc)
+            return False
         self.dispatch()
         return True
 

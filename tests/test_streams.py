@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from polybroker.message import Message
+from polybroker.overflow import DROPPED, TAKEN
 from polybroker.persistence.streams import DiskStreams, stream_directory
 from polybroker.queue_registry import QueueRegistry
 from polybroker.queues import SharedPrefetch
 from polybroker.refusals import AccessRefused, PreconditionFailed
 from polybroker.streams import (
+    STREAM_WRITE_FAILED,
     MemoryStreams,
     StreamOffset,
     StreamQueue,
@@ -290,3 +292,19 @@ def test_an_exclusive_consumer_reads_alone(wall):
     stream.add_consumer(Reader())
     with pytest.raises(AccessRefused):
         stream.add_consumer(Reader(), exclusive=True)
+
+
+def test_a_write_that_fails_drops_the_message_counted_and_logged(wall, caplog, monkeypatch):
+    stream = declare(registry(wall))
+    publish(stream, 1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stream.log, "append", full_disk)
+    assert stream.deliver(Message("t", b"lost"), 1, False) == DROPPED
+    assert stream.drops.counts[STREAM_WRITE_FAILED] == 1
+    assert "STREAM WRITE FAILED" in caplog.text
+    monkeypatch.undo()
+    assert stream.deliver(Message("t", b"kept"), 1, False) == TAKEN
+    assert stream.message_count == 2
