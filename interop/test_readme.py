@@ -197,6 +197,7 @@ def test_quick_start_is_two_commands_then_a_client(tmp_path):
 @pytest.mark.parametrize(("title", "count"), [
     ("TLS", 7), ("WebSocket", 2), ("Authentication and authorization", 4), ("Logging", 3),
     ("MQTT 5.0", 1), ("STOMP behaviour", 1), ("AMQP behaviour", 1), ("Delayed delivery", 3),
+    ("Streams", 3),
 ])
 def test_section_commands_run_in_a_fresh_directory(tmp_path, title, count):
     assert run_section(title, tmp_path) == count

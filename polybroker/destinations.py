@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
+AMQ_QUEUE_PREFIX = "/amq/queue/"
 
 
 class DestinationError(ValueError):
@@ -87,8 +88,8 @@ def parse_destination(value: str, *, subscribe: bool = False) -> Destination:
         elif not is_valid_topic_name(topic):
             raise DestinationError(f"invalid topic {topic[:60]!r} (empty, or with + or #)")
         return Destination(False, topic)
-    if value.startswith(QUEUE_PREFIX):
-        name = value[len(QUEUE_PREFIX):]
+    if value.startswith((QUEUE_PREFIX, AMQ_QUEUE_PREFIX)):  # RabbitMQ's name for one too
+        name = value[len(QUEUE_PREFIX if value.startswith(QUEUE_PREFIX) else AMQ_QUEUE_PREFIX):]
         try:
             check_queue_name(name)
         except ValueError as exc:

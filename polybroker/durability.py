@@ -40,6 +40,7 @@ import trio
 
 from .journal import Journal
 from .persistence import bulk_load, restore
+from .persistence.streams import DiskStreams
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
@@ -210,6 +211,8 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
             compaction_threshold=settings.compaction_threshold, keep_values=True,
         ))
     durability: Durability | None = None
+    streams = DiskStreams(broker.config.data_dir / "streams", broker.clock)
+    broker.queues.streams = streams
     try:
         journal = restore(store, broker, settings)
         broker.durability = durability = Durability(store, settings.fsync)
@@ -227,6 +230,7 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         broker.journal = Journal()
         broker.queues.attach_store(None)
         broker.durability = Durability()
+        streams.close()
         store.close()
         stats = store.stats()
         log.info("storage: closed (%d live keys, %d bytes in %d segments, %d fsyncs)",

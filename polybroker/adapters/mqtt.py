@@ -55,6 +55,7 @@ from ..sessions import (
     SubscriptionOptions,
 )
 from ..shared import is_valid_shared_filter, split_shared_filter
+from ..stream_replay import replay_history
 from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
 from .mqtt_connack import fit_connack, imposed_keep_alive
 from .mqtt_outbound import PublishEncoder
@@ -832,7 +833,7 @@ class MQTTClientConnection:
 
     def _on_subscribe(self, packet: Subscribe) -> bool:
         sub_id = packet.properties.get(prop.SUBSCRIPTION_IDENTIFIER)
-        codes, retained = [], []
+        codes, retained, granted = [], [], []
         for sub in packet.subscriptions:
             if sub.no_local and sub.topic_filter.startswith("$share/"):
                 raise Closing(rc.PROTOCOL_ERROR, "No Local on a shared subscription")
@@ -855,12 +856,16 @@ class MQTTClientConnection:
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
             existed = self.broker.subscribe(self.session, sub.topic_filter, options)
             codes.append(qos)
+            granted.append((sub.topic_filter, qos))
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never.
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
                 retained.append((sub.topic_filter, qos))
         self.conn.send(SubAck(packet.packet_id, tuple(codes)))
         for topic_filter, qos in retained:
             self.broker.send_retained(self.session, topic_filter, qos)
+        if self.level >= MQTT_5:  # history from a stream (user properties x-stream...)
+            replay_history(self.broker, self.session, self.client,
+                           packet.properties.get(prop.USER_PROPERTY, ()), granted, sub_id)
         return True
 
     def _may_subscribe(self, topic_filter: str) -> bool:

@@ -67,6 +67,8 @@ from ..protocols.stomp import (
     encode_message,
 )
 from ..queues import Queue, QueueEntry
+from ..refusals import Refused
+from ..streams import StreamQueue, queue_for_subscription
 from .runner import ConnectionRunner
 
 log = logging.getLogger("polybroker.stomp")
@@ -380,8 +382,14 @@ class StompClientConnection:
             raise _error(frame, f"access refused: SUBSCRIBE to {destination.wire}")
         prefetch = _prefetch(frame)
         ack_mode = frame.get("ack", "auto")
+        stream: dict = {}
         if destination.is_queue:
-            queue = self.broker.queues.declare(destination.name)
+            try:  # x-queue-type: stream declares a stream; x-stream-* say where to read
+                queue, stream = queue_for_subscription(
+                    self.broker.queues, destination.name, frame.get,
+                    acknowledged=ack_mode != "auto", prefetch=prefetch)
+            except (ValueError, Refused) as exc:
+                raise _error(frame, f"SUBSCRIBE to {destination.wire}: {exc}") from None
             if queue.owner is not None:  # an AMQP exclusive queue (0-9-1: 405 for others)
                 raise _error(frame, f"resource locked: {destination.wire} is exclusive to "
                                     f"another connection")
@@ -389,7 +397,8 @@ class StompClientConnection:
             queue = self.broker.topic_queue(f"stomp:{self.session_id}:{sub_id}", destination.name)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
         self.subscriptions[sub_id] = sub
-        queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False)
+        queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False,
+                           **stream)
         self._to_dispatch.append(queue)
         log.debug("client %s: subscribed %r to %s (ack %s, prefetch %d, STOMP %s)",
                   self.name, sub_id, destination.wire, ack_mode, prefetch, version)
@@ -533,6 +542,8 @@ class StompClientConnection:
         destination = sub.destination.wire if sub.destination.is_queue else topic_destination(
             message.topic)
         headers = _message_headers(message)
+        if isinstance(sub.queue, StreamQueue):
+            headers += (("x-stream-offset", str(entry.seq)),)
         if entry.redelivered:
             headers = _REDELIVERED + headers
         ack = message_id if tag is not None and self.conn.version == V1_2 else None
