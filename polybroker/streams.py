@@ -37,13 +37,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .message import Message
 from .overflow import DROPPED, TAKEN
 from .queues import Queue, QueueConsumer, QueueEntry, SharedPrefetch
 from .refusals import AccessRefused, PreconditionFailed, Refused
-from .storage.stream_log import StreamLog
+from .storage.stream_log import Cursor, StreamLog
 
 __all__ = [
     "FIRST", "LAST", "NEXT", "MemoryStreams", "StreamBackend", "StreamOffset", "StreamQueue",
@@ -246,7 +246,7 @@ class MemoryStreams:
 
     @staticmethod
     def decode(value: Any) -> Message:
-        return value
+        return cast(Message, value)  # in memory the log keeps the Message itself
 
 
 class _Reader:
@@ -255,7 +255,7 @@ class _Reader:
     __slots__ = ("ack_required", "consumer", "cursor", "exclusive", "name", "pending",
                  "prefetch", "shared")
 
-    def __init__(self, consumer: QueueConsumer, cursor: Any, ack_required: bool,
+    def __init__(self, consumer: QueueConsumer, cursor: Cursor, ack_required: bool,
                  prefetch: int, shared: SharedPrefetch | None, name: str | None) -> None:
         self.consumer = consumer
         self.cursor = cursor
