@@ -14,11 +14,14 @@ from .adapters.amqp import serve_amqp
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
+from .auth.security import is_loopback
 from .bridge.bridge import BridgeManager
 from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
+from .management.api import ManagementApi
+from .management.http import Handler, serve_http
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -58,6 +61,7 @@ class Listener:
         self.tls = tls
         self.sockets = sockets
         self.connections = 0
+        self.http: Handler | None = None  # http(s) listeners: the management API
         self._refusals = RateLimitedLog(log)  # a flood must not flood the log
         rate = self.config.max_connection_rate
         self.rate = (None if rate is None else
@@ -77,7 +81,9 @@ class Listener:
         self.connections += 1
         try:
             opened = await self._open(tcp, peer)
-            if opened is not None:
+            if opened is not None and opened[0] == "http" and self.http is not None:
+                await serve_http(opened[1], self.http, peer, self.config.url)
+            elif opened is not None:
                 protocol, stream, identity = opened
                 handler = self._handler(protocol, peer)
                 if handler is None:
@@ -151,6 +157,9 @@ class RunningBroker:
         self.broker = broker
         self.bound = bound
         self.bridges = BridgeManager(broker)
+        # Set once the durable state is restored and every listener accepts connections
+        # (GET /health/ready); cleared when the broker begins to stop.
+        self.ready = False
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -185,7 +194,12 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
     """Refuse listeners no adapter serves; load TLS files. Index -> context for TLS ones."""
     contexts = {}
     for index, listener in enumerate(config.listeners):
-        if listener.protocol != "auto" and listener.protocol not in PROTOCOL_HANDLERS:
+        if listener.protocol == "http":
+            if not (listener.allow_remote or is_loopback(listener.host)):
+                raise ConfigError(f"listener {listener.url}: the management API listens on "
+                                  "loopback addresses only, unless the listener sets "
+                                  "allow_remote = true")
+        elif listener.protocol != "auto" and listener.protocol not in PROTOCOL_HANDLERS:
             served = ", ".join([*sorted(PROTOCOL_HANDLERS), "auto"])
             raise ConfigError(f"listener {listener.url}: this broker does not serve "
                               f"{listener.protocol} yet (it serves {served})")
@@ -213,12 +227,18 @@ async def start_listeners(config: BrokerConfig) -> RunningBroker:
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
             bound.append(Listener(listener, broker, contexts.get(index), sockets))
+        running = RunningBroker(broker, tuple(bound))
+        http = [listener for listener in bound if listener.config.protocol == "http"]
+        if http:
+            api = ManagementApi(running)  # reads the token file: may fail the start
+            for listener in http:
+                listener.http = api
     except BaseException:
         for done in bound:
             for sock in done.sockets:
                 await trio.aclose_forcefully(sock)
         raise
-    return RunningBroker(broker, tuple(bound))
+    return running
 
 
 async def serve_listeners(
@@ -232,6 +252,7 @@ async def serve_listeners(
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
             nursery.start_soon(trio.serve_listeners, listener.handle, listener.sockets)
+        running.ready = True
         task_status.started(running)
 
 

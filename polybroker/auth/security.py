@@ -188,6 +188,11 @@ class Security:
         await trio.sleep(self.failure_delay)
         return Login(None, refusal)
 
+    async def password_ok(self, username: str, password: str | bytes) -> bool:
+        """Whether the password file has ``username`` with this password; nothing logged,
+        no delay (for a caller that answers refusals itself: the management API)."""
+        return self.passwords is not None and await self._password_ok(username, password)
+
     async def _password_ok(self, username: str, password: str | bytes | None) -> bool:
         encoded = self.passwords.get(username)
         secret = password if password is not None else b""

@@ -1,0 +1,1 @@
+"""Operator visibility: the management HTTP listener, its JSON API and metrics."""
