@@ -13,6 +13,7 @@ from polybroker.management.http import Request, Response, json_response, serve_h
 
 from .httpclient import HttpClient
 
+
 async def echo(request: Request) -> Response:
     return json_response(200, {"method": request.method, "path": request.path,
                                "query": request.query, "length": len(request.body)})

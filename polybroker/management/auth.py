@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..auth import Refusal, Security
-from ..config import ManagementConfig
+from ..config import ConfigError, ManagementConfig
 
 log = logging.getLogger("polybroker.management")
 
@@ -48,7 +48,9 @@ class TokenFile:
                 self._stamp = stamp
         except (OSError, UnicodeDecodeError) as exc:
             if self._stamp is None:
-                raise OSError(f"management.token_file: {exc}") from None
+                reason = getattr(exc, "strerror", None) or exc
+                raise ConfigError(f"management.token_file: cannot read {self.path}: "
+                                  f"{reason}") from None
             log.error("token file %s not re-read, keeping the old tokens: %s", self.path, exc)
         return self._tokens
 

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from ..adapters.io import linger
+
 log = logging.getLogger("polybroker.management")
 
 MAX_HEAD = 16 * 1024  # request line and headers
@@ -77,6 +79,7 @@ async def serve_http(stream: trio.abc.Stream, handler: Handler, peer: str, where
             except RequestRefused as exc:
                 log.info("%s: request from %s refused: %s", where, peer, exc)
                 await _refuse(stream, conn, exc.status, str(exc))
+                await linger(stream)  # a peer still sending must get to read the answer
                 return
             if request is None:
                 return
