@@ -19,6 +19,7 @@ from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
+from .stats import ARRIVAL
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -65,6 +66,7 @@ class Listener:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer_name(tcp)
+        ARRIVAL.set((self.config.url, self.config.transport))  # for the connection's stats
         if self.rate is not None and not self.rate.admit(peer):
             await trio.aclose_forcefully(tcp)
             return
@@ -151,6 +153,13 @@ class RunningBroker:
         self.broker = broker
         self.bound = bound
         self.bridges = BridgeManager(broker)
+        self.restored = False  # the durable state is back (or there is none)
+        self.serving = False  # every listener accepts connections
+
+    @property
+    def ready(self) -> bool:
+        """Ready for clients: the store is restored and every listener accepts."""
+        return self.restored and self.serving
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -229,9 +238,11 @@ async def serve_listeners(
     """Accept connections on every bound listener until cancelled."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(running.broker.timers.run)
+        nursery.start_soon(running.broker.stats.measure_lag)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
-            nursery.start_soon(trio.serve_listeners, listener.handle, listener.sockets)
+            await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)
+        running.serving = True
         task_status.started(running)
 
 
@@ -256,6 +267,7 @@ async def serve_with_storage(
     async with open_durable_state(running.broker) as storage_tasks, \
             trio.open_nursery() as nursery:
         storage_tasks.start(nursery)
+        running.restored = True
         # After the restore: a bridge takes up its stored session and what waits in it.
         await nursery.start(running.bridges.run, running.broker.config.bridges)
         await serve_listeners(running, task_status=task_status)
