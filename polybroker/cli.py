@@ -18,6 +18,7 @@ from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
 from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
+from .management.api import ManagementApi
 from .server import RunningBroker, serve_with_storage, start_listeners
 from .storage import StoreLockedError
 
@@ -302,7 +303,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                               reread: Callable[[], BrokerConfig] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
-        running = await start_listeners(config)
+        running = await start_listeners(config, ManagementApi)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_with_storage, running)
             if port_file is not None:
@@ -318,6 +319,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                         _reload_bridges(running, reread)
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                running.serving = False  # /health/ready: 503 from now on
                 await running.broker.shutdown(grace=SHUTDOWN_GRACE)
                 nursery.cancel_scope.cancel()
                 break

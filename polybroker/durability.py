@@ -40,6 +40,7 @@ import trio
 
 from .journal import Journal
 from .persistence import bulk_load, restore
+from .stats import Histogram
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Durability:
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
         self.last_sync = 0.0  # seconds the last one took
+        self.sync_seconds = Histogram()  # how long each took, for the operator
         self._kick = trio.Event()
         self._round_done = trio.Event()
         self._started = 0
@@ -131,6 +133,7 @@ class Durability:
             await trio.sleep(RETRY_AFTER)
             return
         self.last_sync = time.perf_counter() - started
+        self.sync_seconds.observe(self.last_sync)
         self.durable_seq = max(self.durable_seq, synced)
         self._finished = self._started
         self.syncs += 1

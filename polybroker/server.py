@@ -2,8 +2,9 @@
 (TLS, WebSocket upgrade, protocol sniffing) and hand it to its protocol's adapter.
 """
 
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol
@@ -20,8 +21,8 @@ from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
-from .management.api import ManagementApi
 from .management.http import Handler, serve_http
+from .stats import ARRIVAL
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -69,6 +70,7 @@ class Listener:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer_name(tcp)
+        ARRIVAL.set((self.config.url, self.config.transport))  # for the connection's stats
         if self.rate is not None and not self.rate.admit(peer):
             await trio.aclose_forcefully(tcp)
             return
@@ -157,9 +159,13 @@ class RunningBroker:
         self.broker = broker
         self.bound = bound
         self.bridges = BridgeManager(broker)
-        # Set once the durable state is restored and every listener accepts connections
-        # (GET /health/ready); cleared when the broker begins to stop.
-        self.ready = False
+        self.restored = False  # the durable state is back (or there is none)
+        self.serving = False  # every listener accepts connections
+
+    @property
+    def ready(self) -> bool:
+        """Ready for clients: the store is restored and every listener accepts."""
+        return self.restored and self.serving
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -211,12 +217,20 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
     return contexts
 
 
-async def start_listeners(config: BrokerConfig) -> RunningBroker:
+# Builds the request handler of the http(s) listeners for a running broker: the
+# management API (``management.api.ManagementApi``), which is built on this module.
+HttpApp = Callable[[RunningBroker], Handler]
+
+
+async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None) -> RunningBroker:
     """Check the configuration and bind every listener; nothing is served yet.
 
     Raises ConfigError or OSError (an address in use, say), with nothing left bound.
     """
     contexts = check_listeners(config)
+    if http_app is None and any(lc.protocol == "http" for lc in config.listeners):
+        raise ConfigError("http listeners need the management API: start the broker with "
+                          "`polybroker serve`, or pass http_app=ManagementApi")
     broker = make_broker(config)
     bound: list[Listener] = []
     try:
@@ -230,7 +244,7 @@ async def start_listeners(config: BrokerConfig) -> RunningBroker:
         running = RunningBroker(broker, tuple(bound))
         http = [listener for listener in bound if listener.config.protocol == "http"]
         if http:
-            api = ManagementApi(running)  # reads the token file: may fail the start
+            api = http_app(running)  # reads the token file: may fail the start
             for listener in http:
                 listener.http = api
     except BaseException:
@@ -249,21 +263,23 @@ async def serve_listeners(
     """Accept connections on every bound listener until cancelled."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(running.broker.timers.run)
+        nursery.start_soon(running.broker.stats.measure_lag)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
-            nursery.start_soon(trio.serve_listeners, listener.handle, listener.sockets)
-        running.ready = True
+            await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)
+        running.serving = True
         task_status.started(running)
 
 
 async def serve(
-    config: BrokerConfig, *, task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED
+    config: BrokerConfig, *, http_app: HttpApp | None = None,
+    task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until cancelled; ``task_status.started`` reports the bound ports.
 
     The durable state is restored before any connection is accepted, and the store is
     closed after the last connection has ended."""
-    running = await start_listeners(config)
+    running = await start_listeners(config, http_app)
     await serve_with_storage(running, task_status=task_status)
 
 
@@ -277,16 +293,20 @@ async def serve_with_storage(
     async with open_durable_state(running.broker) as storage_tasks, \
             trio.open_nursery() as nursery:
         storage_tasks.start(nursery)
+        running.restored = True
         # After the restore: a bridge takes up its stored session and what waits in it.
         await nursery.start(running.bridges.run, running.broker.config.bridges)
         await serve_listeners(running, task_status=task_status)
 
 
 @asynccontextmanager
-async def open_broker(config: BrokerConfig) -> AsyncIterator[RunningBroker]:
-    """Run a broker for the duration of an ``async with`` block (for embedding and tests)."""
+async def open_broker(
+    config: BrokerConfig, http_app: HttpApp | None = None
+) -> AsyncIterator[RunningBroker]:
+    """Run a broker for the duration of an ``async with`` block (for embedding and tests);
+    ``http_app`` serves its http(s) listeners (``management.api.ManagementApi``)."""
     async with trio.open_nursery() as nursery:
-        running = await nursery.start(serve, config)
+        running = await nursery.start(functools.partial(serve, config, http_app=http_app))
         try:
             yield running
         finally:

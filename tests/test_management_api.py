@@ -17,7 +17,8 @@ from polybroker.config import (
     config_from_dict,
     parse_listen_url,
 )
-from polybroker.management.operations import Invalid, NotFound
+from polybroker.management.api import ManagementApi
+from polybroker.management.ops import Invalid, NotFound
 from polybroker.server import check_listeners, open_broker, start_listeners
 
 from .httpclient import HttpClient, basic, http
@@ -62,7 +63,7 @@ def api_config(serve_config, auth_config, tmp_path):
 
 async def open_api(config):
     """(running broker, its http port, the fake operations) as an async context."""
-    running_cm = open_broker(config)
+    running_cm = open_broker(config, ManagementApi)
     running = await running_cm.__aenter__()
     listener = next(lst for lst in running.bound if lst.config.protocol == "http")
     fake = FakeOperations()
@@ -158,10 +159,10 @@ async def test_metrics_and_health_closed_when_configured(api_config):
 
 
 async def test_the_real_readiness_follows_the_running_broker(api_config):
-    async with open_broker(api_config()) as running:
+    async with open_broker(api_config(), ManagementApi) as running:
         port = running.port("http")
         assert (await http(port, "GET", "/health/ready")).status == 200
-        running.ready = False  # as when it begins to stop
+        running.serving = False  # as when it begins to stop
         assert (await http(port, "GET", "/health/ready")).status == 503
 
 
@@ -280,7 +281,7 @@ async def test_https_listener(api_config, certs_dir):
     tls = TLSConfig(certfile=certs_dir / "server.crt", keyfile=certs_dir / "server.key")
     config = api_config()
     config = replace(config, listeners=(parse_listen_url("https://127.0.0.1:0", tls=tls),))
-    async with open_broker(config) as running:
+    async with open_broker(config, ManagementApi) as running:
         assert running.listeners[0].url.startswith("https://127.0.0.1:")
         ctx = ssl.create_default_context(cafile=certs_dir / "ca.crt")
         stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", running.port("http"),
@@ -334,7 +335,12 @@ async def test_missing_token_file_stops_the_start(serve_config, tmp_path):
                           management=ManagementConfig(token_file=tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"^management.token_file: cannot read .*missing: "
                        "No such file or directory$"):
-        await start_listeners(config)
+        await start_listeners(config, ManagementApi)
+
+
+async def test_http_listener_without_the_api_is_refused(serve_config):
+    with pytest.raises(ConfigError, match="http listeners need the management API"):
+        await start_listeners(serve_config("http://127.0.0.1:0"))
 
 
 @pytest.mark.parametrize("url", ["mqtt://127.0.0.1:0", "auto://127.0.0.1:0",
@@ -342,7 +348,7 @@ async def test_missing_token_file_stops_the_start(serve_config, tmp_path):
                                  "auto+ws://127.0.0.1:0"])
 async def test_protocol_listeners_never_answer_the_api(api_config, url):
     config = api_config("http://127.0.0.1:0", url)
-    async with open_broker(config) as running:
+    async with open_broker(config, ManagementApi) as running:
         port = running.listeners[1].port
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /api/v1/overview HTTP/1.1\r\nhost: x\r\n"

@@ -1,1 +1,1 @@
-"""Operator visibility: the management HTTP listener, its JSON API and metrics."""
+"""Operating the broker: management operations, metrics and the HTTP API."""

@@ -32,14 +32,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..server import RunningBroker
 from .auth import CHALLENGES, ApiAccess
 from .http import Request, Response, error_response, json_response, path_segments
-from .operations import BrokerOperations, Invalid, NotFound
-
-if TYPE_CHECKING:
-    from ..server import RunningBroker
+from .operations import BrokerOperations
+from .ops import Invalid, NotFound
 
 log = logging.getLogger("polybroker.management")
 
@@ -79,7 +78,7 @@ class Route:
 class ManagementApi:
     """The request handler of every http(s) listener of one running broker."""
 
-    def __init__(self, running: "RunningBroker") -> None:
+    def __init__(self, running: RunningBroker) -> None:
         config = running.broker.config.management
         self.running = running
         self.config = config
