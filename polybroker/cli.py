@@ -17,6 +17,7 @@ from . import __version__, certs
 from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
+from .ctl import add_ctl_command, run_ctl
 from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
 from .management.api import ManagementApi
 from .server import RunningBroker, serve_with_storage, start_listeners
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     scram.add_argument("user")
     add_passwd_command(commands)
     add_certs_command(commands)
+    add_ctl_command(commands)
     return parser
 
 
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return _make_certs(args)
     if args.command == "passwd":
         return _passwd(args)
+    if args.command == "ctl":
+        return run_ctl(args)
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
