@@ -63,14 +63,16 @@ class Durability:
     Without a store (``persistence = false``, or the core on its own) everything counts as
     durable at once."""
 
-    def __init__(self, store: LogStore | None = None, policy: str = "never") -> None:
+    def __init__(self, store: LogStore | None = None, policy: str = "never",
+                 sync_seconds: Histogram | None = None) -> None:
         self.store = store
         self.policy = policy
         self.waits = store is not None and policy != "never"
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
         self.last_sync = 0.0  # seconds the last one took
-        self.sync_seconds = Histogram()  # how long each took, for the operator
+        # How long each took, for the operator (``Broker.stats``).
+        self.sync_seconds = sync_seconds if sync_seconds is not None else Histogram()
         self._kick = trio.Event()
         self._round_done = trio.Event()
         self._started = 0
@@ -205,7 +207,7 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         ))
     try:
         journal = restore(store, broker, settings)
-        broker.durability = Durability(store, settings.fsync)
+        broker.durability = Durability(store, settings.fsync, broker.stats.fsync_seconds)
         stats = store.stats()
         issues = len(store.recovery_issues)
         log.info(

@@ -9,7 +9,7 @@ totals and the live connections when it asks, so nothing is aggregated per messa
 import bisect
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -26,6 +26,8 @@ KICKED = "kicked"  # by the management API
 SHUTDOWN = "shutdown"  # the broker is stopping
 TAKEN_OVER = "taken_over"  # a new connection took its MQTT session
 CLOSED = "closed"  # any other end (timeouts, protocol errors): the log line says which
+
+PROTOCOLS = ("mqtt", "stomp", "amqp")  # always reported, with zeros until used
 
 # The counts each connection keeps, summed per protocol.
 TRAFFIC = ("messages_in", "messages_out", "bytes_in", "bytes_out")
@@ -108,7 +110,9 @@ class Stats:
     sessions_expired: int = 0
     loop_lag: float = 0.0  # seconds the last periodic wake-up came late
     loop_lag_max: float = 0.0
+    fsync_seconds: Histogram = field(default_factory=Histogram)  # the store's, when it has one
     _serial: int = 0
+    _changed: trio.Event | None = None  # made by a waiter of ``changed``
 
     def opening(self, connection: object, protocol: str, peer: str) -> ConnectionInfo:
         listener, transport = ARRIVAL.get()
@@ -117,6 +121,7 @@ class Stats:
                               listener, peer, time.time())
         self.live[connection] = info
         self.opened[protocol, listener] += 1
+        self._signal()
         return info
 
     def closing(self, connection: object) -> ConnectionInfo | None:
@@ -127,11 +132,23 @@ class Stats:
         retired = self.retired
         for name in TRAFFIC:
             retired[info.protocol, name] += getattr(info, name)
+        self._signal()
         return info
+
+    async def changed(self) -> None:
+        """Wait until a connection opens or closes."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def traffic(self) -> dict[str, dict[str, int]]:
         """Protocol -> TRAFFIC name -> total since start (closed and live connections)."""
-        totals: dict[str, dict[str, int]] = {}
+        totals = {protocol: dict.fromkeys(TRAFFIC, 0) for protocol in PROTOCOLS}
         for (protocol, name), value in self.retired.items():
             totals.setdefault(protocol, dict.fromkeys(TRAFFIC, 0))[name] += value
         for info in self.live.values():
@@ -188,6 +205,13 @@ def consumers_of(info: ConnectionInfo) -> list[dict]:
     return rows
 
 
+def private_queues(stats: "Stats") -> list:
+    """The queues of live STOMP topic subscriptions (not among the named queues)."""
+    return [sub.queue for info in stats for sub in
+            list(getattr(info.connection, "subscriptions", {}).values())
+            if not sub.destination.is_queue]
+
+
 def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
     """(queued, in flight): an MQTT session's queued and unacknowledged messages; for
     STOMP topic subscriptions the messages waiting in their private queues and, for
@@ -204,3 +228,28 @@ def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
     for channel in list(getattr(connection, "channels", {}).values()):
         inflight += len(getattr(channel, "unacked", ()))
     return queued, inflight
+
+
+@dataclass(slots=True)
+class Held:
+    """Messages the broker holds for delivery, counted when read: MQTT sessions'
+    queued and in-flight, named and STOMP-topic queues' ready and unacknowledged."""
+
+    queued: int = 0
+    inflight: int = 0
+    bytes: int = 0  # their payload bytes
+
+
+def held(sessions: Iterable, queues: Iterable) -> Held:
+    total = Held()
+    for session in sessions:
+        # Not ``session.queued``: that would make the deque of every session that has none.
+        total.queued += len(session._queued or ())
+        total.inflight += len(session.inflight)
+        total.bytes += session.queued_bytes + sum(
+            len(d.message.payload) for d in session.inflight.values())
+    for queue in queues:
+        total.queued += queue.message_count
+        total.inflight += queue.unacked_count
+        total.bytes += queue.bytes
+    return total

@@ -33,19 +33,25 @@ async def stomp(running, login: str = "alice") -> trio.SocketStream:
     return stream
 
 
-async def wait_until(condition, timeout: float = 5) -> None:
-    """Poll a condition of the broker's state between scheduler turns (no sleeping)."""
+async def receipt(stream: trio.SocketStream) -> None:
+    parser, frames = FrameParser(), []
+    with trio.fail_after(5):
+        while not frames:
+            frames = parser.feed(await stream.receive_some(4096))
+    assert frames[0].command == "RECEIPT", frames
+
+
+async def connections_until(running, condition, timeout: float = 5) -> None:
+    """Wait for connections to open or close until ``condition()`` holds."""
     with trio.fail_after(timeout):
         while not condition():
-            await trio.testing.wait_all_tasks_blocked()
-            await trio.lowlevel.checkpoint()
+            await running.broker.stats.changed()
 
 
 async def test_clients_lists_every_protocol_with_paging_and_filters(serve_config):
     async with open_broker(serve_config(*LISTENERS)) as running:
         one, two = await mqtt(running, "sensor-1"), await mqtt(running, "sensor-2")
-        stream = await stomp(running)
-        await wait_until(lambda: len(running.broker.stats.live) == 3)
+        stream = await stomp(running)  # each is registered before it was answered
         page = ops.clients(running)
         assert page["total"] == 3
         ids = [item["id"] for item in page["items"]]
@@ -68,13 +74,13 @@ async def test_client_details_show_subscriptions_queued_and_inflight(serve_confi
         client = await mqtt(running, "sub", clean_session=False)
         await client.subscribe("a/+", 1)
         await client.send(Publish("a/b", b"x", qos=0))
-        await wait_until(lambda: running.broker.stats.find("sub").bytes_in > 0
-                         and running.broker.stats.find("sub").messages_in == 1)
+        assert len(await client.publishes_until_idle()) == 1  # handled: its own copy back
         detail = ops.client(running, "sub")
         assert detail["subscriptions"] == [{"filter": "a/+", "qos": 1}]
-        assert detail["messages_in"] == 1 and detail["queued"] == 0 and detail["inflight"] == 0
+        assert detail["messages_in"] == 1 and detail["messages_out"] == 1
+        assert detail["queued"] == 0 and detail["inflight"] == 0 and detail["bytes_in"] > 0
         await client.close()
-        await wait_until(lambda: running.broker.stats.find("sub") is None)
+        await connections_until(running, lambda: running.broker.stats.find("sub") is None)
         # Offline: its session is still there, with what waits for it.
         await ops.publish(running, "a/b", "kept", qos=1)
         offline = ops.client(running, "sub")
@@ -87,11 +93,10 @@ async def test_disconnect_tells_a_5_0_client_administrative_action(serve_config)
     async with open_broker(serve_config(*LISTENERS)) as running:
         client = await mqtt(running, "kick-me", protocol_level=5, clean_session=False,
                             properties={0x11: 3600})
-        await wait_until(lambda: running.broker.stats.find("kick-me") is not None)
         assert ops.disconnect(running, "kick-me")["disconnected"] is True
         packets = await client.receive_until_closed()
         assert packets == [Disconnect(rc.ADMINISTRATIVE_ACTION)]
-        await wait_until(lambda: running.broker.stats.find("kick-me") is None)
+        await connections_until(running, lambda: running.broker.stats.find("kick-me") is None)
         assert "kick-me" in running.broker.sessions  # kept: not discarded
         assert running.broker.stats.closed["mqtt", running.listeners[0].url, "kicked"] == 1
         # A disconnected client's session can only be discarded.
@@ -107,7 +112,8 @@ async def test_disconnect_with_discard_ends_the_session(serve_config):
         await client.subscribe("t", 1)
         ops.disconnect(running, "gone", discard_session=True)
         await client.receive_until_closed()
-        await wait_until(lambda: "gone" not in running.broker.sessions)
+        await connections_until(running, lambda: not running.broker.stats.live)
+        assert "gone" not in running.broker.sessions
         assert ops.subscriptions(running)["total"] == 0
 
 
@@ -115,15 +121,14 @@ async def test_disconnect_many_by_ids_and_by_filter(serve_config):
     async with open_broker(serve_config(*LISTENERS)) as running:
         clients = [await mqtt(running, f"c{i}") for i in range(3)]
         stream = await stomp(running)
-        await wait_until(lambda: len(running.broker.stats.live) == 4)
         with pytest.raises(ops.Invalid):
             ops.disconnect_many(running)
         assert ops.disconnect_many(running, ids=["c0", "c2", "nope"])["disconnected"] == [
             "c0", "c2"]
-        await wait_until(lambda: len(running.broker.stats.live) == 2)
+        await connections_until(running, lambda: len(running.broker.stats.live) == 2)
         kicked = ops.disconnect_many(running, protocol="stomp")["disconnected"]
         assert len(kicked) == 1 and kicked[0].startswith("stomp-")
-        await wait_until(lambda: [i.id for i in running.broker.stats] == ["c1"])
+        await connections_until(running, lambda: [i.id for i in running.broker.stats] == ["c1"])
         for client in clients:
             await client.close()
         await stream.aclose()
@@ -136,7 +141,7 @@ async def test_subscriptions_of_mqtt_sessions_and_stomp_consumers(serve_config):
         stream = await stomp(running)
         await stream.send_all(encode_frame(Frame("SUBSCRIBE", (
             ("destination", "/queue/work"), ("id", "s1"), ("receipt", "r")))))
-        await wait_until(lambda: ops.subscriptions(running)["total"] == 2)
+        await receipt(stream)
         rows = ops.subscriptions(running)["items"]
         assert rows[0] == {"client": "m", "filter": "x/#", "qos": 0}
         assert rows[1]["destination"] == "/queue/work" and rows[1]["queue"] == "work"
@@ -192,8 +197,8 @@ async def test_publish_reaches_mqtt_and_stomp_subscribers(serve_config):
         await client.subscribe("news/#", 1)
         stream = await stomp(running)
         await stream.send_all(encode_frame(Frame("SUBSCRIBE", (
-            ("destination", "/topic/news/today"), ("id", "s1")))))
-        await wait_until(lambda: ops.subscriptions(running)["total"] == 2)
+            ("destination", "/topic/news/today"), ("id", "s1"), ("receipt", "r")))))
+        await receipt(stream)
         result = await ops.publish(running, "news/today", "hello", qos=1)
         assert result["matched"] == 2
         packet = await client.receive()
@@ -215,7 +220,6 @@ async def test_overview_listeners_and_health(serve_config):
     async with open_broker(serve_config(*LISTENERS)) as running:
         assert ops.health(running) == {"live": True, "ready": True}
         client = await mqtt(running, "o")
-        await wait_until(lambda: ops.overview(running)["connections"] == 1)
         view = ops.overview(running)
         assert view["connections_by_protocol"]["mqtt"] == 1 and view["sessions"] == 1
         assert [(lc["protocol"], lc["port"]) for lc in ops.listeners(running)] == [

@@ -19,11 +19,10 @@ from ..protocols.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
 from ..queues import Queue
 from ..server import RunningBroker
 from ..sessions import Session
-from ..stats import ConnectionInfo
+from ..stats import PROTOCOLS, ConnectionInfo
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-PROTOCOLS = ("mqtt", "stomp", "amqp")
 # How long a changing operation waits for its records to reach the disk.
 DURABLE_TIMEOUT = 10.0
 
