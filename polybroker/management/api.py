@@ -263,7 +263,7 @@ async def _listeners(api: ManagementApi, request: Request, params: Params) -> Re
 
 
 async def _metrics(api: ManagementApi, request: Request, params: Params) -> Response:
-    body, content_type = await api.ops.metrics()
+    body, content_type = await api.ops.metrics(request.headers.get("accept"))
     return Response(200, body, content_type)
 
 

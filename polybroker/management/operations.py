@@ -4,7 +4,7 @@ the same way whether it is a read (plain) or a change (async, durable on return)
 from typing import Any
 
 from ..server import RunningBroker
-from . import ops
+from . import ops, prometheus
 
 Json = dict[str, Any]
 
@@ -67,5 +67,5 @@ class BrokerOperations:
     async def readiness(self) -> tuple[bool, Json]:
         return ops.health(self.running)["ready"], {}
 
-    async def metrics(self) -> tuple[bytes, str]:
-        raise ops.NotFound("metrics are not available in this build")
+    async def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        return prometheus.exposition(self.running.broker, accept)
