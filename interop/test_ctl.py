@@ -189,3 +189,42 @@ def test_one_line_errors(broker):
     assert missing.stderr == "polybroker ctl: not found: no queue 'nothing'\n"
     invalid = ctl("retained", "a/#/b", "--url", broker.api, "--token", TOKEN, check=False)
     assert invalid.stderr == "polybroker ctl: HTTP 400: invalid topic filter 'a/#/b'\n"
+
+
+def passwd(path, user: str, password: str) -> None:
+    subprocess.run([sys.executable, "-m", "polybroker", "passwd", "--password-stdin",
+                    str(path), user], input=password + "\n", text=True, check=True,
+                   capture_output=True, timeout=WAIT)
+
+
+def test_administrator_over_https_with_the_ca_file(tmp_path):
+    """An administrator of the password file, HTTP basic, an https listener verified
+    with --cafile; a user who is no administrator is refused."""
+    subprocess.run([sys.executable, "-m", "polybroker", "certs", "--dir", str(tmp_path)],
+                   check=True, capture_output=True, timeout=WAIT)
+    passwd(tmp_path / "passwords", "alice", "wonder land")
+    passwd(tmp_path / "passwords", "bob", "builder")
+    (tmp_path / "broker.toml").write_text(
+        f'[auth]\npassword_file = "{tmp_path / "passwords"}"\nfailure_delay = 0\n'
+        f'allow_anonymous = true\n'
+        f'[management]\nadmins = ["alice"]\n')
+    broker = BrokerProcess(
+        tmp_path / "data", "--config", str(tmp_path / "broker.toml"),
+        "--certfile", str(tmp_path / "server.crt"), "--keyfile", str(tmp_path / "server.key"),
+        listen=("mqtt://127.0.0.1:0", "https://127.0.0.1:0"))
+    try:
+        url = f"https://127.0.0.1:{broker.port_of('https')}"
+        ca = ("--cafile", str(tmp_path / "ca.crt"))
+        out = ctl("stats", "--url", url, *ca, "--user", "alice", "--password", "wonder land")
+        assert re.search(r"^connections: +0$", out.stdout, re.MULTILINE)
+        bob = ctl("stats", "--url", url, *ca, "--user", "bob", "--password", "builder",
+                  check=False)
+        assert bob.returncode == 1 and "(HTTP 401)" in bob.stderr
+        broker.wait_for_log(r"user 'bob' is not an administrator")
+        unverified = ctl("stats", "--url", url, "--user", "alice", "--password", "wonder land",
+                         check=False)
+        assert unverified.returncode == 1
+        assert unverified.stderr.startswith(f"polybroker ctl: cannot connect to {url}: ")
+        assert "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+    finally:
+        broker.stop()

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .config_checks import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:18083"
 TIMEOUT = 30.0
@@ -39,7 +40,7 @@ class CtlError(Exception):
 
 # -- the command line ----------------------------------------------------------------------
 
-def add_ctl_command(commands: argparse._SubParsersAction) -> None:
+def add_ctl_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     ctl = commands.add_parser(
         "ctl", help="see and steer a running broker through its management API",
         description="Talk to a running broker's management API (an http or https "
@@ -52,7 +53,8 @@ def add_ctl_command(commands: argparse._SubParsersAction) -> None:
     actions = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, help=help_text, description=help_text)
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text,
+                                                             description=help_text)
         _connection_options(parser, argparse.SUPPRESS)  # also after the command
         return parser
 

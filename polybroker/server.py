@@ -242,11 +242,11 @@ async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None)
                 raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
             bound.append(Listener(listener, broker, contexts.get(index), sockets))
         running = RunningBroker(broker, tuple(bound))
-        http = [listener for listener in bound if listener.config.protocol == "http"]
-        if http:
+        http = [served for served in bound if served.config.protocol == "http"]
+        if http and http_app is not None:
             api = http_app(running)  # reads the token file: may fail the start
-            for listener in http:
-                listener.http = api
+            for served in http:
+                served.http = api
     except BaseException:
         for done in bound:
             for sock in done.sockets:

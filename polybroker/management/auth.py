@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 
 from ..auth import Refusal, Security
-from ..config import ConfigError, ManagementConfig
+from ..config import ManagementConfig
+from ..config_checks import ConfigError
 
 log = logging.getLogger("polybroker.management")
 

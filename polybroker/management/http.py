@@ -112,7 +112,7 @@ async def _read_request(stream: trio.abc.Stream, conn: h11.Connection,
                 if conn.they_are_waiting_for_100_continue:
                     await _send(stream, conn.send(h11.InformationalResponse(
                         status_code=100, headers=[])))
-                conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+                conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
             elif isinstance(event, h11.Request):
                 head = event
                 _check_head(event)
