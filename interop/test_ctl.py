@@ -228,3 +228,14 @@ def test_administrator_over_https_with_the_ca_file(tmp_path):
         assert "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
     finally:
         broker.stop()
+
+
+def test_a_management_listener_on_a_public_address_stops_the_start(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "polybroker", "serve", "--listen",
+                          "http://0.0.0.0:0", "--data-dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.endswith(" ERROR cannot start: listener http://0.0.0.0:0: the management API "
+                         "listens on loopback addresses only, unless the listener sets "
+                         "allow_remote = true")
