@@ -10,6 +10,7 @@ else ``POLYBROKER_URL``, ``POLYBROKER_USER``, ``POLYBROKER_PASSWORD``,
 
 import argparse
 import base64
+import getpass
 import http.client
 import json
 import os
@@ -121,6 +122,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         found["url"] = found["url"] or url
         if not found["user"]:
             found["token"] = found["token"] or token
+    if found["user"] and found["password"] is None and not found["token"] and sys.stdin.isatty():
+        found["password"] = getpass.getpass(f"password for {found['user']}: ")
     found["url"] = (found["url"] or DEFAULT_URL).rstrip("/")
     found["json_output"] = bool(getattr(args, "json", False))
     return found

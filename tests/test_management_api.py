@@ -362,3 +362,10 @@ async def test_protocol_listeners_never_answer_the_api(api_config, url):
                 pass  # reset: closed with our request unread
         assert b'"op"' not in received and b"200 OK" not in received
         await stream.aclose()
+
+
+async def test_a_change_the_store_does_not_confirm_is_503(api):
+    port, fake = api
+    fake.fail = TimeoutError("storage did not confirm in time")
+    reply = await http(port, "DELETE", "/api/v1/queues/jobs/messages", headers=ADMIN)
+    assert (reply.status, reply.json()) == (503, {"error": "storage did not confirm in time"})

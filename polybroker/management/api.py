@@ -23,7 +23,8 @@ retained message's topic is the rest of the path::
     GET    /health/live, /health/ready       200, or 503 until ready
 
 Errors are ``{"error": "..."}`` with 400 (bad query or body), 401 (credentials), 404,
-405 (with ``Allow``), 413 and 500 (a bug: logged, the answer says nothing more).
+405 (with ``Allow``), 413, 503 (the store did not confirm a change in time) and 500 (a
+bug: logged, the answer says nothing more).
 """
 
 import base64
@@ -118,6 +119,9 @@ class ManagementApi:
             return error_response(404, str(exc))
         except Invalid as exc:
             return error_response(400, str(exc))
+        except TimeoutError as exc:  # the store did not confirm a change in time
+            log.error("management API: %s %s: %s", request.method, request.path, exc)
+            return error_response(503, str(exc) or "timed out")
         except Exception:
             log.exception("management API: %s %s failed", request.method, request.path)
             return error_response(500, "internal error")
