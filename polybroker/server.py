@@ -19,7 +19,8 @@ from .broker import Broker
 from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
-from .stats import ARRIVAL
+from .stats import ARRIVAL, broker_version
+from .sys_topics import SysTree
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -239,6 +240,9 @@ async def serve_listeners(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(running.broker.timers.run)
         nursery.start_soon(running.broker.stats.measure_lag)
+        interval = running.broker.config.broker.sys_interval
+        if interval:
+            nursery.start_soon(SysTree(running.broker, broker_version()).run, interval)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
             await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import trio
 
@@ -183,6 +184,13 @@ class Stats:
 
 def uptime(stats: Stats) -> float:
     return time.monotonic() - stats.started_monotonic
+
+
+def broker_version() -> str:
+    try:
+        return version("polybroker")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 # What a connection holds, for the management API. STOMP and AMQP keep their consumers

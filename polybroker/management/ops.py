@@ -10,7 +10,6 @@ acknowledgement would. The API user is an administrator: no ACL applies.
 import base64
 import time
 from collections.abc import Iterable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .. import stats as stats_module
@@ -47,7 +46,7 @@ def overview(running: RunningBroker) -> Json:
     stats = broker.stats
     traffic = stats.traffic()
     return {
-        "version": _version(),
+        "version": stats_module.broker_version(),
         "started": stats.started,
         "uptime": round(stats_module.uptime(stats), 3),
         "connections": len(stats.live),
@@ -335,10 +334,3 @@ def _message(message: Message, payload: bool = True) -> Json:
 async def _durable(running: RunningBroker) -> None:
     if not await running.broker.durability.wait_durable(DURABLE_TIMEOUT):
         raise TimeoutError("storage did not confirm in time")
-
-
-def _version() -> str:
-    try:
-        return version("polybroker")
-    except PackageNotFoundError:
-        return "unknown"
