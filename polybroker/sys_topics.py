@@ -113,6 +113,7 @@ class SysTree:
         now = self.clock()
         previous, self._previous = self._previous, counts
         initial = previous is None
+        previous = previous or counts
         elapsed = max(now - self._last_update, 1e-9)
         self._last_update = now
         for name in LOADS:

@@ -199,7 +199,8 @@ def retained(running: RunningBroker, topic_filter: str = "#", *, offset: int = 0
     """A page of the retained messages matching ``topic_filter``, by topic."""
     if not is_valid_topic_filter(topic_filter):
         raise Invalid(f"invalid topic filter {topic_filter!r}")
-    messages = sorted(running.broker.retained.match(topic_filter), key=lambda m: m.topic)
+    messages = sorted(_retained(running.broker.retained.match(topic_filter)),
+                      key=lambda m: m.topic)
     offset, limit = _page(offset, limit)
     return {"total": len(messages), "offset": offset, "limit": limit,
             "items": [_message(m, payload=False) for m in messages[offset:offset + limit]]}
@@ -207,7 +208,7 @@ def retained(running: RunningBroker, topic_filter: str = "#", *, offset: int = 0
 
 def retained_message(running: RunningBroker, topic: str) -> Json:
     message = running.broker.retained.get(topic)
-    if message is None:
+    if not isinstance(message, Message):
         raise NotFound(f"no retained message on {topic!r}")
     return _message(message)
 
@@ -259,6 +260,11 @@ def _matching(running: RunningBroker, protocol: str | None,
         if search and search not in info.id:
             continue
         yield info
+
+
+def _retained(values: list[object]) -> list[Message]:
+    """The retained store holds Messages (it is typed for any value)."""
+    return [value for value in values if isinstance(value, Message)]
 
 
 def _page(offset: int, limit: int) -> tuple[int, int]:
