@@ -103,6 +103,8 @@ def client(running: RunningBroker, client_id: str) -> Json:
     if info is not None:
         detail = _client_summary(info)
         detail["subscriptions"] = _subscriptions_of(info)
+        if info.session is not None:
+            detail.update(_session_counts(info.session))
         return detail
     session = running.broker.sessions.get(client_id)
     if session is None:
@@ -306,7 +308,7 @@ def _session_subscriptions(session: Session) -> list[Json]:
 
 def _session_counts(session: Session) -> Json:
     return {"queued": len(session.queued), "inflight": len(session.inflight),
-            "expiry_interval": session.expiry_interval}
+            "expiry_interval": session.expiry_interval, "dropped": dict(session.drops)}
 
 
 def _queue(running: RunningBroker, name: str) -> Queue:
