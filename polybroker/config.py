@@ -184,6 +184,15 @@ class StompSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """The broker as a whole (``[broker]``)."""
+
+    # Seconds between two publications of the $SYS topics (as Mosquitto's sys_interval);
+    # 0: no $SYS topics.
+    sys_interval: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """Where log lines go (``[log]``); with neither, to standard error."""
 
@@ -261,6 +270,7 @@ class BrokerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     management: ManagementConfig = field(default_factory=ManagementConfig)
     log: LogSettings = field(default_factory=LogSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
     # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
@@ -324,7 +334,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level", "log", "bridge", "management"},
+         "log_level", "log", "bridge", "management", "broker"},
         "",
     )
     config = BrokerConfig()
@@ -350,6 +360,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, log=_log(raw["log"]))
     if "bridge" in raw:
         config = replace(config, bridges=parse_bridges(raw["bridge"]))
+    if "broker" in raw:
+        config = replace(config, broker=_broker(raw["broker"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -600,6 +612,18 @@ def _stomp(raw: Any) -> StompSettings:
             raise ConfigError(f"stomp.{name}: must be between 0 and 2000000 seconds")
         values[name] = float(value)
     return StompSettings(**values)
+
+
+def _broker(raw: Any) -> BrokerSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("broker: must be a table")
+    _reject_unknown(raw, {"sys_interval"}, "broker.")
+    if "sys_interval" not in raw:
+        return BrokerSettings()
+    interval = _typed(raw, "sys_interval", int, "broker.")
+    if not 0 <= interval <= 86400:
+        raise ConfigError("broker.sys_interval: must be between 0 and 86400 seconds")
+    return BrokerSettings(sys_interval=interval)
 
 
 def _log(raw: Any) -> LogSettings:

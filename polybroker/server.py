@@ -22,7 +22,8 @@ from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerCon
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
 from .management.http import Handler, serve_http
-from .stats import ARRIVAL
+from .stats import ARRIVAL, broker_version
+from .sys_topics import SysTree
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -264,6 +265,9 @@ async def serve_listeners(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(running.broker.timers.run)
         nursery.start_soon(running.broker.stats.measure_lag)
+        interval = running.broker.config.broker.sys_interval
+        if interval:
+            nursery.start_soon(SysTree(running.broker, broker_version()).run, interval)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
             await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)

@@ -12,8 +12,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from .queues import Queue
+    from .sessions import Session
 
 # Where a connection came in (listener URL, transport): set by the listener before it
 # hands the stream to the adapter, read when the adapter registers the connection, so
@@ -42,7 +48,7 @@ class ConnectionInfo:
     """One live connection as an operator sees it. The adapter adds to the traffic counts
     and fills in ``id``, ``user`` and ``session`` once the client has logged in."""
 
-    connection: object
+    connection: Any  # the adapter's connection (``broker.Closable``)
     id: str  # the MQTT client id; a generated one (stomp-17, amqp-3) for STOMP and AMQP
     protocol: str
     transport: str
@@ -50,14 +56,15 @@ class ConnectionInfo:
     peer: str
     since: float  # wall clock (seconds since the epoch)
     user: str | None = None
-    session: object = None  # the MQTT session (sessions.Session), once connected
+    session: "Session | None" = None  # the MQTT session, once connected
     messages_in: int = 0  # application messages (PUBLISH, SEND, basic.publish)
     messages_out: int = 0  # deliveries written (PUBLISH, MESSAGE, basic.deliver / get-ok)
     bytes_in: int = 0
     bytes_out: int = 0
     close_reason: str | None = None  # set by whoever closes it; CLOSED if nobody says
 
-    def identify(self, client_id: str, user: str | None, session: object = None) -> None:
+    def identify(self, client_id: str, user: str | None,
+                 session: "Session | None" = None) -> None:
         """The client logged in: its id (MQTT), user and session."""
         self.id = client_id
         self.user = user
@@ -185,12 +192,19 @@ def uptime(stats: Stats) -> float:
     return time.monotonic() - stats.started_monotonic
 
 
+def broker_version() -> str:
+    try:
+        return version("polybroker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 # What a connection holds, for the management API. STOMP and AMQP keep their consumers
 # in the adapter (``subscriptions``; ``channels`` and their ``consumers``): read with
 # defaults, so that a connection shaped otherwise shows none rather than failing.
 
 
-def consumers_of(info: ConnectionInfo) -> list[dict]:
+def consumers_of(info: ConnectionInfo) -> list[dict[str, Any]]:
     """A STOMP or AMQP connection's subscriptions and consumers."""
     connection = info.connection
     rows = []
@@ -205,7 +219,7 @@ def consumers_of(info: ConnectionInfo) -> list[dict]:
     return rows
 
 
-def private_queues(stats: "Stats") -> list:
+def private_queues(stats: "Stats") -> "list[Queue]":
     """The queues of live STOMP topic subscriptions (not among the named queues)."""
     return [sub.queue for info in stats for sub in
             list(getattr(info.connection, "subscriptions", {}).values())
@@ -240,7 +254,7 @@ class Held:
     bytes: int = 0  # their payload bytes
 
 
-def held(sessions: Iterable, queues: Iterable) -> Held:
+def held(sessions: "Iterable[Session]", queues: "Iterable[Queue]") -> Held:
     total = Held()
     for session in sessions:
         # Not ``session.queued``: that would make the deque of every session that has none.

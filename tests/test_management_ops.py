@@ -96,6 +96,7 @@ async def test_disconnect_tells_a_5_0_client_administrative_action(serve_config)
         assert ops.disconnect(running, "kick-me")["disconnected"] is True
         packets = await client.receive_until_closed()
         assert packets == [Disconnect(rc.ADMINISTRATIVE_ACTION)]
+        await client.close()  # the broker waits for that (lingering close)
         await connections_until(running, lambda: running.broker.stats.find("kick-me") is None)
         assert "kick-me" in running.broker.sessions  # kept: not discarded
         assert running.broker.stats.closed["mqtt", running.listeners[0].url, "kicked"] == 1
@@ -112,6 +113,7 @@ async def test_disconnect_with_discard_ends_the_session(serve_config):
         await client.subscribe("t", 1)
         ops.disconnect(running, "gone", discard_session=True)
         await client.receive_until_closed()
+        await client.close()
         await connections_until(running, lambda: not running.broker.stats.live)
         assert "gone" not in running.broker.sessions
         assert ops.subscriptions(running)["total"] == 0
@@ -125,9 +127,16 @@ async def test_disconnect_many_by_ids_and_by_filter(serve_config):
             ops.disconnect_many(running)
         assert ops.disconnect_many(running, ids=["c0", "c2", "nope"])["disconnected"] == [
             "c0", "c2"]
+        for kicked in (clients[0], clients[2]):
+            await kicked.receive_until_closed()
+            await kicked.close()
         await connections_until(running, lambda: len(running.broker.stats.live) == 2)
         kicked = ops.disconnect_many(running, protocol="stomp")["disconnected"]
         assert len(kicked) == 1 and kicked[0].startswith("stomp-")
+        with trio.fail_after(5):
+            while await stream.receive_some(4096):
+                pass  # its ERROR, up to the broker's end of stream
+        await stream.aclose()
         await connections_until(running, lambda: [i.id for i in running.broker.stats] == ["c1"])
         for client in clients:
             await client.close()
@@ -251,3 +260,22 @@ async def test_connack_is_unchanged_by_the_registry(serve_config):
         client = RawClient(await trio.open_tcp_stream("127.0.0.1", running.port("mqtt")))
         assert await client.connect("plain") == ConnAck()
         await client.close()
+
+
+async def test_close_reasons_taken_over_shutdown_and_client(nursery, broker):
+    from .rawclient import connect_client
+
+    first = await connect_client(nursery, broker)
+    await first.connect("same")
+    second = await connect_client(nursery, broker)
+    await second.connect("same")  # takes the session over: the first is closed
+    await first.receive_until_closed()
+    await first.close()
+    third = await connect_client(nursery, broker)
+    await third.connect("other")
+    await third.send(Disconnect())
+    await third.receive_until_closed()
+    await broker.shutdown(0.5)  # lingers at most a quarter second for `second`
+    assert dict(broker.stats.closed) == {
+        ("mqtt", "", "taken_over"): 1, ("mqtt", "", "client"): 1, ("mqtt", "", "shutdown"): 1}
+    assert dict(broker.stats.opened) == {("mqtt", ""): 3}

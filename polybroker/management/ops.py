@@ -10,7 +10,6 @@ acknowledgement would. The API user is an administrator: no ACL applies.
 import base64
 import time
 from collections.abc import Iterable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .. import stats as stats_module
@@ -47,7 +46,7 @@ def overview(running: RunningBroker) -> Json:
     stats = broker.stats
     traffic = stats.traffic()
     return {
-        "version": _version(),
+        "version": stats_module.broker_version(),
         "started": stats.started,
         "uptime": round(stats_module.uptime(stats), 3),
         "connections": len(stats.live),
@@ -104,6 +103,8 @@ def client(running: RunningBroker, client_id: str) -> Json:
     if info is not None:
         detail = _client_summary(info)
         detail["subscriptions"] = _subscriptions_of(info)
+        if info.session is not None:
+            detail.update(_session_counts(info.session))
         return detail
     session = running.broker.sessions.get(client_id)
     if session is None:
@@ -200,7 +201,8 @@ def retained(running: RunningBroker, topic_filter: str = "#", *, offset: int = 0
     """A page of the retained messages matching ``topic_filter``, by topic."""
     if not is_valid_topic_filter(topic_filter):
         raise Invalid(f"invalid topic filter {topic_filter!r}")
-    messages = sorted(running.broker.retained.match(topic_filter), key=lambda m: m.topic)
+    messages = sorted(_retained(running.broker.retained.match(topic_filter)),
+                      key=lambda m: m.topic)
     offset, limit = _page(offset, limit)
     return {"total": len(messages), "offset": offset, "limit": limit,
             "items": [_message(m, payload=False) for m in messages[offset:offset + limit]]}
@@ -208,7 +210,7 @@ def retained(running: RunningBroker, topic_filter: str = "#", *, offset: int = 0
 
 def retained_message(running: RunningBroker, topic: str) -> Json:
     message = running.broker.retained.get(topic)
-    if message is None:
+    if not isinstance(message, Message):
         raise NotFound(f"no retained message on {topic!r}")
     return _message(message)
 
@@ -262,6 +264,11 @@ def _matching(running: RunningBroker, protocol: str | None,
         yield info
 
 
+def _retained(values: list[object]) -> list[Message]:
+    """The retained store holds Messages (it is typed for any value)."""
+    return [value for value in values if isinstance(value, Message)]
+
+
 def _page(offset: int, limit: int) -> tuple[int, int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise Invalid(f"invalid offset {offset!r}: a whole number from 0")
@@ -301,7 +308,7 @@ def _session_subscriptions(session: Session) -> list[Json]:
 
 def _session_counts(session: Session) -> Json:
     return {"queued": len(session.queued), "inflight": len(session.inflight),
-            "expiry_interval": session.expiry_interval}
+            "expiry_interval": session.expiry_interval, "dropped": dict(session.drops)}
 
 
 def _queue(running: RunningBroker, name: str) -> Queue:
@@ -335,10 +342,3 @@ def _message(message: Message, payload: bool = True) -> Json:
 async def _durable(running: RunningBroker) -> None:
     if not await running.broker.durability.wait_durable(DURABLE_TIMEOUT):
         raise TimeoutError("storage did not confirm in time")
-
-
-def _version() -> str:
-    try:
-        return version("polybroker")
-    except PackageNotFoundError:
-        return "unknown"

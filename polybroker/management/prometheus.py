@@ -7,7 +7,8 @@ counters end in ``_total``, units are seconds and bytes; labels are only ``proto
 """
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -97,15 +98,15 @@ class BrokerCollector(Collector):
 
     def _queues(self) -> Iterator[Metric]:
         queues = list(self.broker.queues)
-        for name, help_text, value in (
+        for name, help_text, attribute in (
             ("queue_messages_ready", "Messages ready for delivery, per named queue.",
-             lambda q: q.message_count),
+             "message_count"),
             ("queue_messages_unacknowledged", "Messages delivered and not yet acknowledged, "
-             "per named queue.", lambda q: q.unacked_count),
-            ("queue_consumers", "Consumers, per named queue.", lambda q: q.consumer_count),
+             "per named queue.", "unacked_count"),
+            ("queue_consumers", "Consumers, per named queue.", "consumer_count"),
         ):
             yield _family(GaugeMetricFamily, name, help_text, ("queue",),
-                          {(queue.name,): value(queue) for queue in queues})
+                          {(queue.name,): getattr(queue, attribute) for queue in queues})
 
     def _runtime(self) -> Iterator[Metric]:
         broker = self.broker
@@ -116,7 +117,7 @@ class BrokerCollector(Collector):
                      "event loop came (time other work held the loop).", stats.loop_lag)
         yield _gauge("event_loop_lag_max_seconds", "The longest event loop lag measured.",
                      stats.loop_lag_max)
-        store = broker.durability.store
+        store = getattr(broker.durability, "store", None)  # None: nothing stored
         size = store.stats().total_bytes if store is not None else 0
         yield _gauge("store_bytes", "Bytes of the store's segment files.", size)
         histogram = stats.fsync_seconds
@@ -141,11 +142,12 @@ def exposition(broker: Broker, accept: str | None = None) -> tuple[bytes, str]:
 
 
 def _family(kind: type, name: str, help_text: str, labels: tuple[str, ...],
-            values: dict | Counter) -> Metric:
+            values: Mapping[Any, float]) -> Metric:
+    """A labelled family; ``values`` maps each tuple of label values to its value."""
     family = kind(PREFIX + name, help_text, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key), value)
-    return family
+    return cast(Metric, family)
 
 
 def _gauge(name: str, help_text: str, value: float) -> Metric:
