@@ -27,8 +27,9 @@ LISTEN = ("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "amqp://127.0.0.1:0",
 @pytest.fixture
 def broker(tmp_path):
     (tmp_path / "tokens").write_text(f"# ctl\n{TOKEN}\n")
+    # No $SYS topics: the retained messages are the tests' own.
     (tmp_path / "broker.toml").write_text(
-        f'[management]\ntoken_file = "{tmp_path / "tokens"}"\n')
+        f'[broker]\nsys_interval = 0\n[management]\ntoken_file = "{tmp_path / "tokens"}"\n')
     proc = BrokerProcess(tmp_path / "data", "--config", str(tmp_path / "broker.toml"),
                          listen=LISTEN)
     proc.api = f"http://127.0.0.1:{proc.port_of('http')}"
