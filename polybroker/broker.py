@@ -35,6 +35,7 @@ from .retained import RetainedStore
 from .router import Subscriber, TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
 from .shared import SharedGroup, split_shared_filter
+from .stats import KICKED, SHUTDOWN, TAKEN_OVER, ConnectionInfo, Stats
 from .timers import TimerHandle, Timers
 
 log = logging.getLogger("polybroker.broker")
@@ -53,6 +54,8 @@ class Broker:
         self.config = config or BrokerConfig()
         self.limits = self.config.limits
         self.clock = clock
+        # What operators see: live connections and the broker-wide counters.
+        self.stats = Stats()
         # Messages dropped for full backlogs (and the like), per reason, broker-wide.
         self.drops: Counter[str] = Counter()
         self.timers = Timers(clock)
@@ -92,11 +95,15 @@ class Broker:
 
     # -- connections ----------------------------------------------------------------------
 
-    def connection_opened(self, connection: "Closable") -> None:
+    def connection_opened(self, connection: "Closable") -> ConnectionInfo:
+        """Register a connection; the adapter counts its traffic in what this returns."""
         self.connections.add(connection)
+        return self.stats.opening(connection, _protocol_of(connection),
+                                  getattr(connection, "peer", "?"))
 
     def connection_closed(self, connection: "Closable") -> None:
         self.connections.discard(connection)
+        self.stats.closing(connection)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
@@ -106,10 +113,27 @@ class Broker:
         self._all_closed = trio.Event()
         self.linger_deadline = trio.current_time() + grace / 2
         for connection in list(self.connections):
+            self._close_reason(connection, SHUTDOWN)
             connection.close_for_shutdown()
         if self.connections:
             with trio.move_on_after(grace):
                 await self._all_closed.wait()
+
+    def close_connection(self, connection: "Closable", discard_session: bool = False) -> None:
+        """Close a client's connection for the operator (``kicked``); with
+        ``discard_session`` its session ends with it instead of waiting for it."""
+        info = self.stats.live.get(connection)
+        session = info.session if info is not None else None
+        if discard_session and isinstance(session, Session):
+            session.expiry_interval = 0  # close_session then discards it
+        self._close_reason(connection, KICKED)
+        close = getattr(connection, "close_by_administrator", connection.close_for_shutdown)
+        close()
+
+    def _close_reason(self, connection: object, reason: str) -> None:
+        info = self.stats.live.get(connection)
+        if info is not None and info.close_reason is None:
+            info.close_reason = reason
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -132,6 +156,7 @@ class Broker:
         if session is not None and session.link is not None:
             previous = session.link
             session.detach()
+            self._close_reason(previous, TAKEN_OVER)
             log.info("client %s: session taken over by a new connection", client_id)
             previous.session_taken_over()
         if session is not None:
@@ -197,6 +222,7 @@ class Broker:
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:
             log.info("client %s: session expired", session.client_id)
+            self.stats.sessions_expired += 1
             self.discard_session(session)
 
     def discard_session(self, session: Session) -> None:
@@ -395,6 +421,15 @@ def _note(result: PublishResult, outcome: int, subscriber: Subscriber) -> None:
     backlog = subscriber.backlog  # a shared group's: the member that took it
     if backlog is not None:
         result.note(outcome, backlog)
+
+
+def _protocol_of(connection: object) -> str:
+    """The protocol of an adapter's connection: the adapter package's name
+    (polybroker.adapters.<protocol>...)."""
+    parts = type(connection).__module__.split(".")
+    if "adapters" in parts[:-1]:
+        return parts[parts.index("adapters") + 1]
+    return parts[-1]
 
 
 def _payload_size(message: Message) -> int:

@@ -41,6 +41,7 @@ import trio
 from .journal import Journal
 from .persistence import bulk_load, restore
 from .persistence.streams import DiskStreams
+from .stats import Histogram
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class Durability:
     Without a store (``persistence = false``, or the core on its own) everything counts as
     durable at once."""
 
-    def __init__(self, store: LogStore | None = None, policy: str = "never") -> None:
+    def __init__(self, store: LogStore | None = None, policy: str = "never",
+                 sync_seconds: Histogram | None = None) -> None:
         self.store = store
         self.policy = policy
         # The store whose records acknowledgements wait for (None: they wait for nothing).
@@ -72,6 +74,8 @@ class Durability:
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
         self.last_sync = 0.0  # seconds the last one took
+        # How long each took, for the operator (``Broker.stats``).
+        self.sync_seconds = sync_seconds if sync_seconds is not None else Histogram()
         self._kick = trio.Event()
         self._round_done = trio.Event()
         self._started = 0
@@ -140,6 +144,7 @@ class Durability:
             await trio.sleep(RETRY_AFTER)
             return
         self.last_sync = time.perf_counter() - started
+        self.sync_seconds.observe(self.last_sync)
         self.durable_seq = max(self.durable_seq, synced)
         self._finished = self._started
         self.syncs += 1
@@ -215,7 +220,8 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
     broker.queues.streams = streams
     try:
         journal = restore(store, broker, settings)
-        broker.durability = durability = Durability(store, settings.fsync)
+        broker.durability = durability = Durability(store, settings.fsync,
+                                                    broker.stats.fsync_seconds)
         stats = store.stats()
         issues = len(store.recovery_issues)
         log.info(

@@ -157,7 +157,7 @@ class MQTTClientConnection:
         "_stopped",
         "_taken_over", "_write_failed", "_writing",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
-        "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
+        "inbound_aliases", "info", "keep_alive", "level", "limits", "peer", "problem_information",
         "session", "stream", "throttle", "user", "will", "will_delay",
     )
 
@@ -218,7 +218,7 @@ class MQTTClientConnection:
     async def run(self) -> None:
         # The read loop is written out here rather than in a method of its own: a frame
         # less for as long as the connection lives.
-        self.broker.connection_opened(self)
+        self.info = self.broker.connection_opened(self)
         scope = self._read_scope
         stream = self.stream
         sock = self._socket
@@ -236,13 +236,16 @@ class MQTTClientConnection:
                             data = await stream.receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         log.info("client %s: connection lost", self.name)
+                        self.info.closed_by_client()
                         self._peer_done = True
                         break
                     if not data:
                         log.info("client %s: closed the connection without DISCONNECT",
                                  self.name)
+                        self.info.closed_by_client()
                         self._peer_done = True
                         break
+                    self.info.bytes_in += len(data)
                     try:
                         received = await self._receive(data)
                     except Closing as close:
@@ -292,6 +295,15 @@ class MQTTClientConnection:
         if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
             self.conn.send(Disconnect(rc.SERVER_SHUTTING_DOWN))
         log.info("client %s: closing: server shutting down", self.name)
+        self._stop_reading()
+
+    def close_by_administrator(self) -> None:
+        """Closed by the operator: a 5.0 client is told so (0x98), then the writer drains."""
+        if self._closing:
+            return
+        if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
+            self.conn.send(Disconnect(rc.ADMINISTRATIVE_ACTION))
+        log.info("client %s: closing: disconnected by the administrator", self.name)
         self._stop_reading()
 
     def _stop_reading(self) -> None:
@@ -366,6 +378,7 @@ class MQTTClientConnection:
         self._plain_bytes = 0
         try:
             sent = send_socket(self._socket, data)
+            self.info.bytes_out += sent
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._write_failed = True
             self._stop_reading()
@@ -409,6 +422,7 @@ class MQTTClientConnection:
                 if timer.cancelled_caught:
                     log.warning("client %s: closing: send timed out", self.name)
                     return False
+                self.info.bytes_out += len(data)
             data = self.conn.data_to_send()
             if not data:
                 return True  # and _writing is cleared in this same step: no gap
@@ -597,6 +611,7 @@ class MQTTClientConnection:
             self.will = self._will_message(packet.will, client_id)
         session, present = self.broker.open_session(client_id, packet.clean_session, expiry)
         self.session = session
+        self.info.identify(client_id, self.user, session)
         if v5:
             session.receive_maximum = min(
                 self.limits.max_inflight_messages, props.get(prop.RECEIVE_MAXIMUM, 65535)
@@ -655,6 +670,7 @@ class MQTTClientConnection:
     # -- publishing -----------------------------------------------------------------------
 
     def _on_publish(self, packet: Publish) -> bool:
+        self.info.messages_in += 1
         if self.throttle is not None:
             self.throttle.count()
         topic = packet.topic
@@ -887,6 +903,7 @@ class MQTTClientConnection:
         return True
 
     def _on_disconnect(self, packet: Disconnect) -> bool:
+        self.info.closed_by_client()
         if self.session is None:  # gave up during the authentication exchange
             self._peer_done = True
             return False
@@ -916,6 +933,7 @@ class MQTTClientConnection:
         if data is None:
             return False
         conn.send_bytes(data)
+        self.info.messages_out += 1
         if delivery.qos < 2:
             self._plain_bytes += len(data)
         if not self._in_batch:

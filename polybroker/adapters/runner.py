@@ -98,7 +98,7 @@ class ConnectionRunner:
 
     async def run(self) -> None:
         handler = self.handler
-        self.broker.connection_opened(handler)
+        self.info = self.broker.connection_opened(handler)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
@@ -153,7 +153,9 @@ class ConnectionRunner:
         while True:
             data = await receive_before(self.stream, deadline, handler.name, self.log)
             if data is None:
+                self.info.closed_by_client()
                 return
+            self.info.bytes_in += len(data)
             try:
                 if not data:
                     handler.read_timed_out()
@@ -204,6 +206,7 @@ class ConnectionRunner:
                         log.warning("client %s: closing: send timed out", handler.name)
                         self.linger = False
                         break
+                    self.info.bytes_out += len(data)
                     last_sent = trio.current_time()
                     self._drained.set()
                     handler.sent()

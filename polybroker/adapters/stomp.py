@@ -301,6 +301,7 @@ class StompClientConnection:
     def _on_connect(self, frame: Frame) -> bool:
         login = frame.get("login")
         self.login = login
+        self.runner.info.user = login
         self.host = frame.get("host")
         self.conn.send(self.conn.connected_frame(session=self.session_id, server=SERVER_NAME))
         self.connected = True
@@ -310,6 +311,7 @@ class StompClientConnection:
         return True
 
     def _on_send(self, frame: Frame) -> bool:
+        self.runner.info.messages_in += 1
         self.throttle.count()
         destination = self._destination(frame, subscribe=False)
         security, name = self.broker.security, destination.name
@@ -512,6 +514,7 @@ class StompClientConnection:
         return transaction
 
     def _on_disconnect(self, frame: Frame) -> bool:
+        self.runner.info.closed_by_client()
         log.info("client %s: disconnected", self.name)
         self.runner.linger = True
         return False
@@ -555,6 +558,7 @@ class StompClientConnection:
                 sub.queue.ack(tag)
             return
         self.conn.send_bytes(data)
+        self.runner.info.messages_out += 1
         if tag is not None:
             sub.pending[message_id] = tag
             self._unacked[message_id] = sub

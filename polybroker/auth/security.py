@@ -47,6 +47,7 @@ import enum
 import functools
 import ipaddress
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import trio
@@ -121,6 +122,8 @@ class Security:
         self.passwords: dict[str, str] | None = None  # None: no password file
         self.acl: AccessControlList | None = None  # None: no ACL file, all allowed
         self._hashing = trio.CapacityLimiter(HASHING_THREADS)
+        # Refused logins by (protocol, reason name), for the operator's counters.
+        self.refused: Counter[tuple[str, str]] = Counter()
 
     @classmethod
     def load(cls, config: AuthConfig) -> "Security":
@@ -187,8 +190,14 @@ class Security:
         check itself (an authentication mechanism of the protocol, such as SCRAM)."""
         log.warning("%s login refused from %s (client id %r, user %r): %s", protocol, peer,
                     client_id, username, refusal.value)
+        self.refused[protocol.lower(), refusal.name.lower()] += 1
         await trio.sleep(self.failure_delay)
         return Login(None, refusal)
+
+    async def password_ok(self, username: str, password: str | bytes) -> bool:
+        """Whether the password file has ``username`` with this password; nothing logged,
+        no delay (for a caller that answers refusals itself: the management API)."""
+        return self.passwords is not None and await self._password_ok(username, password)
 
     async def _password_ok(self, username: str, password: str | bytes | None) -> bool:
         # None if the file was dropped by a reload meanwhile: then every password is wrong.

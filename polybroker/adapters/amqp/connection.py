@@ -125,6 +125,7 @@ class AMQPClientConnection:
     # -- output -----------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        self.runner.info.messages_out += 1  # a delivery, get-ok or return
         self.amqp.send(data)
         self.runner.wake()
 
@@ -234,6 +235,7 @@ class AMQPClientConnection:
                 if kind is MethodFrame:
                     self.channels[event.channel].handle(event.method)
                 elif kind is Content:
+                    self.runner.info.messages_in += 1
                     self.channels[event.channel].handle(event.method,
                                                         (event.properties, event.body))
                 elif event is NEED_DATA or event is PAUSED:
@@ -267,6 +269,7 @@ class AMQPClientConnection:
             self.runner.linger = True
         elif kind is Closed:
             if event.by_client:
+                self.runner.info.closed_by_client()
                 log.info("client %s: closed the connection (%d %s)", self.name,
                          event.reply_code, event.reply_text)
             return False
@@ -312,6 +315,7 @@ class AMQPClientConnection:
         # The claimed name stays the connection's user (basic.properties user_id is
         # checked against it) even where anonymous clients are let in.
         self.user = login.user or user
+        self.runner.info.user = self.user
         self.client = Client(login.user, client_id)
         self.amqp.accept_login()
 
