@@ -61,6 +61,9 @@ class Broker:
         self.timers = Timers(clock)
         self.router: TopicTrie[Subscriber, SubscriptionOptions] = TopicTrie()
         self.retained: RetainedStore[Message] = RetainedStore(size_of=_payload_size)
+        # The broker's own $SYS topics (``sys_topics``), retained apart from the clients'
+        # messages: max_retained_* do not count them and they are never stored.
+        self.sys_retained: RetainedStore[Message] = RetainedStore(size_of=_payload_size)
         self.retained_bound = RetainedBound(
             self.limits.max_retained_messages, self.limits.max_retained_bytes, log
         )
@@ -268,7 +271,10 @@ class Broker:
             return
         options = session.subscriptions.get(topic_filter)
         ids = (options.subscription_id,) if options and options.subscription_id else ()
-        for message in self.retained.match(topic_filter):
+        matching = self.retained.match(topic_filter)
+        if topic_filter.startswith("$"):  # only such a filter matches a $SYS topic
+            matching += self.sys_retained.match(topic_filter)
+        for message in matching:
             session.deliver(message, min(qos, message.qos), True, ids)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:

@@ -10,7 +10,8 @@ the last interval, smoothed exponentially over 1, 5 and 15 minutes.
 The counts cover every protocol: clients are connections of any protocol (plus the
 disconnected MQTT sessions), messages are application messages (PUBLISH, SEND,
 basic.publish in; PUBLISH, MESSAGE, basic.deliver out). The messages are retained in
-memory only: never recorded in the store, so a restart starts afresh. ``#`` does not
+memory only, apart from the clients' retained messages (``Broker.sys_retained``): not
+bounded by max_retained_*, never recorded in the store, so a restart starts afresh. ``#`` does not
 match them ([MQTT-4.7.2-1]); the ACL decides who may subscribe to ``$SYS/#``.
 """
 
@@ -60,7 +61,9 @@ class SysTree:
         # Every value as it is before this round's own messages.
         counts = self._counts()
         backlog = held(broker.sessions.values(), [*broker.queues, *private_queues(stats)])
-        retained, retained_bytes = len(broker.retained), broker.retained.size
+        # Mosquitto counts its own $SYS messages among the retained ones.
+        retained = len(broker.retained) + len(broker.sys_retained)
+        retained_bytes = broker.retained.size + broker.sys_retained.size
         self._publish("uptime", f"{int(self.clock() - self._started)} seconds", always=True)
         self._clients()
         self._load(counts)
@@ -138,8 +141,8 @@ class SysTree:
             return
         self._published[topic] = payload
         message = Message(topic, payload.encode(), qos=0, retain=True, origin_protocol="$SYS")
-        # Retained in memory only (no journal record): fresh at every start.
-        self.broker.retained.set(topic, message)
+        # Retained in memory only, apart from the clients' (not bounded, never stored).
+        self.broker.sys_retained.set(topic, message)
         self.broker.route(message)
 
 

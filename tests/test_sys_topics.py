@@ -13,7 +13,7 @@ from .rawclient import connect_client
 
 
 def retained(broker) -> dict[str, str]:
-    return {m.topic: m.payload.decode() for m in broker.retained.match("$SYS/#")}
+    return {m.topic: m.payload.decode() for m in broker.sys_retained.match("$SYS/#")}
 
 
 def test_sys_interval_is_read_from_the_broker_table():
@@ -50,7 +50,8 @@ async def test_the_tree_is_published_retained_every_interval(nursery, broker, mo
     assert first["$SYS/broker/load/messages/received/1min"] == "0.00"
     assert first["$SYS/broker/load/connections/15min"] == "0.00"
     assert int(first["$SYS/broker/heap/current"]) > 0
-    assert all(m.retain and m.qos == 0 for m in broker.retained.match("$SYS/#"))
+    assert all(m.retain and m.qos == 0 for m in broker.sys_retained.match("$SYS/#"))
+    assert len(broker.retained) == 0  # apart from the clients' retained messages
     await trio.sleep(10)
     await trio.testing.wait_all_tasks_blocked()
     assert retained(broker)["$SYS/broker/uptime"] == "10 seconds"
@@ -131,3 +132,20 @@ async def test_unchanged_values_are_not_published_again(nursery, broker, mock_cl
     moving = ("$SYS/broker/heap/current", "$SYS/broker/heap/maximum",
               "$SYS/broker/store/messages/bytes")
     assert [topic for topic in seen if topic not in moving] == ["$SYS/broker/uptime"]
+
+
+@pytest.mark.parametrize("mock_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_the_tree_is_outside_the_clients_retained_bound(nursery, make_broker, mock_clock):
+    from polybroker.config import Limits
+
+    broker = make_broker(limits=Limits(max_retained_messages=1))
+    SysTree(broker, "x").update()
+    broker.publish(Message("a", b"kept", retain=True))
+    assert broker.retained.get("a") is not None  # the tree took none of the one place
+    late = await connect_client(nursery, broker)
+    await late.connect("late")
+    await late.subscribe("$SYS/broker/clients/+")
+    packets = await late.publishes_until_idle()
+    assert {p.topic for p in packets} >= {"$SYS/broker/clients/total",
+                                          "$SYS/broker/clients/connected"}
+    assert all(p.retain for p in packets)
