@@ -1,9 +1,9 @@
 """The web dashboard in headless Chromium (Debian's, driven by Playwright) against a real
 ``polybroker serve``: nothing before login; the message rate rising on the overview while
-paho-mqtt publishes; a client found, disconnected and gone; a queue filled by pika and
-purged; a test message published from the Topics page; logout. Each page is saved as a
-screenshot at 1280x800 and at 390x844 in the test's folder, and at 390 px wide no page
-is wider than the screen. Also: a wheel of the package carries the dashboard's files.
+paho-mqtt publishes; a client found, disconnected and gone; a queue filled by pika,
+purged and deleted; a test message published from the Topics page; logout. Each page is
+saved as a screenshot at 1280x800 and at 390x844 in the test's folder, and at 390 px wide
+no page is wider than the screen. Also: a wheel of the package carries the dashboard's files.
 """
 
 import re
@@ -202,6 +202,10 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
         page.wait_for_selector("#notice:has-text('Purged 25 messages from dash-jobs')")
         page.wait_for_selector(f"{row} td:nth-child(2):text-is('0')")
         assert channel.queue_declare("dash-jobs", passive=True).method.message_count == 0
+        page.click(f"{row} button.delete")
+        page.click("#confirm-ok")
+        page.wait_for_selector("#notice:has-text('Deleted dash-jobs')")
+        page.wait_for_selector("#queue-list:has-text('No named queues')")
     finally:
         connection.close()
 
