@@ -37,8 +37,7 @@ WIDE_ELEMENTS = """[...document.querySelectorAll("body *")]
     .map((e) => `${e.tagName}#${e.id}.${e.className}`).slice(0, 8).join(" ")"""
 
 
-@pytest.fixture
-def broker(tmp_path) -> Iterator[BrokerProcess]:
+def start_broker(tmp_path: Path, management: str = "") -> BrokerProcess:
     passwords = tmp_path / "passwords"
     for user, password in (("alice", "secret"), ("guest", "guest")):
         subprocess.run([sys.executable, "-m", "polybroker", "passwd", "--password-stdin",
@@ -48,10 +47,15 @@ def broker(tmp_path) -> Iterator[BrokerProcess]:
     config.write_text(
         '[broker]\nsys_interval = 0\n'
         f'[auth]\npassword_file = "{passwords}"\nfailure_delay = 0\n'
-        '[management]\nadmins = ["alice"]\n')
-    proc = BrokerProcess(tmp_path / "data", "--config", str(config),
+        f'[management]\nadmins = ["alice"]\n{management}')
+    return BrokerProcess(tmp_path / "data", "--config", str(config),
                          listen=("mqtt://127.0.0.1:0", "amqp://127.0.0.1:0",
                                  "http://127.0.0.1:0"))
+
+
+@pytest.fixture
+def broker(tmp_path) -> Iterator[BrokerProcess]:
+    proc = start_broker(tmp_path)
     try:
         yield proc
     finally:
@@ -231,6 +235,31 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
     for name in ("overview", "clients", "client", "queues", "topics"):
         for size in SIZES:
             assert (tmp_path / f"{name}-{size}.png").stat().st_size > 1000
+
+
+def log_in(page, broker: BrokerProcess) -> None:
+    page.goto(f"http://127.0.0.1:{broker.port_of('http')}/")
+    page.fill("input[name=user]", "alice")
+    page.fill("input[name=password]", "secret")
+    page.click("#login button")
+    page.wait_for_selector("#user:has-text('alice')")
+
+
+def test_an_idle_page_returns_to_the_login_form(page, tmp_path):
+    idle = 10  # the shortest idle timeout there is
+    broker = start_broker(tmp_path, f"dashboard_idle_timeout = {idle}\n")
+    try:
+        log_in(page, broker)
+        page.wait_for_selector("#rate-in")
+        page.wait_for_selector("#login-message:has-text('after a time without activity')",
+                               timeout=(idle + WAIT) * 1000)
+        assert page.is_hidden("#page") and page.inner_text("#page") == ""
+        page.reload()
+        page.wait_for_selector("#login")
+        assert page.is_hidden("#page")
+        broker.wait_for_log(r"dashboard session of 'alice' ended: idle")
+    finally:
+        broker.stop()
 
 
 def test_a_wheel_carries_the_dashboard(tmp_path):

@@ -2,6 +2,7 @@
 import {pages} from "./views.js";
 
 const state = {csrf: null, user: null, feed: null, samples: [], listeners: new Set()};
+let leave = null; // what the current page does when another is shown
 const HISTORY = 300; // seconds of samples kept for the chart (one a second)
 
 export class LoggedOut extends Error {}
@@ -84,6 +85,12 @@ function openFeed() {
     closeFeed();
     showLogin("Your session has ended after a time without activity: log in again.");
   });
+  source.addEventListener("error", async () => {
+    // Closed for good (a refusal, say after a broker restart): is the login still valid?
+    if (source.readyState !== EventSource.CLOSED || state.feed !== source) return;
+    const session = await fetch("/dashboard/session");
+    if (session.status === 401) showLogin("Your session has ended: log in again.");
+  });
   state.feed = source;
 }
 
@@ -94,6 +101,8 @@ function closeFeed() {
 
 function showLogin(message) {
   closeFeed();
+  if (leave) leave(); // the page's timers stop
+  leave = null;
   state.csrf = null;
   state.listeners.clear();
   document.getElementById("top").hidden = true;
@@ -113,8 +122,6 @@ function started(session) {
   openFeed();
   route();
 }
-
-let leave = null; // what the current page does when another is shown
 
 async function route() {
   if (state.csrf === null) return;
