@@ -159,12 +159,21 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
         publisher.client.client.loop_stop()
     assert publisher.sent > 0
 
-    # Clients: search, open, disconnect (after confirming), gone.
+    # Clients: paged, searched, opened, disconnected (after confirming), gone.
+    crowd = [PahoClient(broker.port, f"dash-crowd-{n:02}") for n in range(21)]
     victim = PahoClient(broker.port, "dash-victim")
-    victim.connect()
+    for client in [*crowd, victim]:
+        client.connect()
     victim.subscribe(("sensors/+/temp", 1))
     try:
         page.click("nav a[data-page=clients]")
+        page.fill("#client-search", "dash-")
+        page.press("#client-search", "Enter")
+        page.wait_for_selector("#client-count:text-is('1\u201320 of 22')")
+        assert page.locator("tr[data-client]").count() == 20
+        page.click(".pager button:has-text('Next')")
+        page.wait_for_selector("#client-count:text-is('21\u201322 of 22')")
+        assert page.locator("tr[data-client]").count() == 2
         page.fill("#client-search", "victim")
         page.press("#client-search", "Enter")
         row = page.wait_for_selector("tr[data-client='dash-victim']")
@@ -186,7 +195,9 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
         page.press("#client-search", "Enter")
         page.wait_for_selector("#client-list:has-text('No clients match')")
     finally:
-        victim.client.loop_stop()
+        for client in [*crowd, victim]:
+            client.client.disconnect()
+            client.client.loop_stop()
 
     # Queues: 25 messages put by pika, purged from the page.
     connection = pika.BlockingConnection(pika_params(broker.amqp_port))
@@ -213,18 +224,31 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
     finally:
         connection.close()
 
-    # Topics: publish a retained test message; it is listed under its filter.
-    page.click("nav a[data-page=topics]")
-    page.wait_for_selector("#retained")
-    page.fill("#publish-topic", "dash/test")
-    page.fill("#publish-payload", "hello from the dashboard")
-    page.check("#publish input[name=retain]")
-    page.click("#publish button")
-    page.wait_for_selector("#notice:has-text('Published to dash/test')")
-    page.fill("#topic-filter", "dash/#")
-    page.press("#topic-filter", "Enter")
-    page.wait_for_selector("#retained td:text-is('dash/test')")
-    screenshots(page, tmp_path, "topics", "#retained")
+    # Topics: a subscription listed by filter; a retained test message published to it.
+    listener = PahoClient(broker.port, "dash-listener")
+    listener.connect()
+    listener.subscribe(("dash/+", 0))
+    try:
+        page.click("nav a[data-page=topics]")
+        page.wait_for_selector("#subscriptions td:text-is('dash/+')")
+        page.fill("#publish-topic", "dash/test")
+        page.fill("#publish-payload", "hello from the dashboard")
+        page.check("#publish input[name=retain]")
+        page.click("#publish button")
+        page.wait_for_selector("#notice:has-text('Published to dash/test: 1 subscriber')")
+        received = listener.messages.get(timeout=WAIT)
+        assert (received.topic, received.payload) == ("dash/test", b"hello from the dashboard")
+        page.fill("#topic-filter", "other/#")
+        page.press("#topic-filter", "Enter")
+        page.wait_for_selector("#subscriptions:has-text('No subscriptions match')")
+        page.fill("#topic-filter", "dash/#")
+        page.press("#topic-filter", "Enter")
+        page.wait_for_selector("#retained td:text-is('dash/test')")
+        assert "dash-listener" in page.inner_text("#subscriptions")
+        screenshots(page, tmp_path, "topics", "#retained")
+    finally:
+        listener.client.disconnect()
+        listener.client.loop_stop()
 
     page.click("#logout")
     page.wait_for_selector("#login-message:has-text('Logged out')")
