@@ -11,11 +11,13 @@ import pytest
 import trio
 
 from polybroker.config import ConfigError, ManagementConfig, config_from_dict
-from polybroker.management import web
+from polybroker.management import ops, web
 from polybroker.management.api import ManagementApi
 from polybroker.management.http import Request, Response
 from polybroker.management.web import COOKIE, Sessions
 from polybroker.server import open_broker
+
+from .test_management_ops import mqtt
 
 IDLE = 900.0
 
@@ -277,3 +279,18 @@ def test_dashboard_idle_timeout_config():
         with pytest.raises(ConfigError, match=r"management\.dashboard_idle_timeout"):
             config_from_dict({"management": {"dashboard_idle_timeout": bad}})
     assert replace(config.management, admins=("a",)).dashboard_idle_timeout == 120.0
+
+
+async def test_the_overview_counts_connections_by_transport_and_the_store(serve_config):
+    """What the dashboard's overview shows besides the API's first overview."""
+    config = serve_config("mqtt://127.0.0.1:0", "mqtt+ws://127.0.0.1:0/mqtt")
+    async with open_broker(config) as running:
+        client = await mqtt(running, "t")
+        view = ops.overview(running)
+        assert view["connections_by_transport"] == {"tcp": 1}
+        await ops.publish(running, "kept", b"x" * 100, qos=1, retain=True)
+        assert ops.overview(running)["store_bytes"] > 100  # the retained message is stored
+        await client.close()
+    memory = replace(config, storage=replace(config.storage, persistence=False))
+    async with open_broker(memory) as running:
+        assert ops.overview(running)["store_bytes"] == 0
