@@ -229,6 +229,8 @@ class ManagementConfig:
     # False: /metrics, /health/live and /health/ready need the same credentials as /api/.
     open_metrics: bool = True
     open_health: bool = True
+    # The dashboard: a login session ends after this many seconds without a request.
+    dashboard_idle_timeout: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -691,6 +693,12 @@ def _management(raw: Any) -> ManagementConfig:
     for name in ("open_metrics", "open_health"):
         if name in raw:
             values[name] = _typed_bool(raw, name, "management.")
+    if "dashboard_idle_timeout" in raw:
+        idle = _typed(raw, "dashboard_idle_timeout", (int, float), "management.")
+        if not 10 <= idle <= 86400:
+            raise ConfigError("management.dashboard_idle_timeout: must be between 10 and "
+                              "86400 seconds")
+        values["dashboard_idle_timeout"] = float(idle)
     return ManagementConfig(**values)
 
 

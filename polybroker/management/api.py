@@ -21,6 +21,11 @@ retained message's topic is the rest of the path::
     GET    /api/v1/listeners
     GET    /metrics                          Prometheus text format
     GET    /health/live, /health/ready       200, or 503 until ready
+    GET    /api/v1/feed                      server-sent events (``web``)
+    GET    /, /dashboard/...                 the dashboard (``web``)
+
+Besides credentials, an ``/api/`` request may carry the dashboard's session cookie;
+one that changes something (not GET) must then carry its CSRF token too (403 without).
 
 Errors are ``{"error": "..."}`` with 400 (bad query or body), 401 (credentials), 404,
 405 (with ``Allow``), 413, 503 (the store did not confirm a change in time) and 500 (a
@@ -40,6 +45,7 @@ from .auth import CHALLENGES, ApiAccess
 from .http import Request, Response, error_response, json_response, path_segments
 from .operations import BrokerOperations
 from .ops import Invalid, NotFound
+from .web import Dashboard, csrf_ok, session_cookie
 
 log = logging.getLogger("polybroker.management")
 
@@ -85,13 +91,19 @@ class ManagementApi:
         self.config = config
         self.access = ApiAccess(config, running.broker.security)
         self.ops = BrokerOperations(running)
+        self.dashboard = Dashboard(self.access, config.dashboard_idle_timeout,
+                                   lambda: self.ops.overview())
 
     async def __call__(self, request: Request) -> Response:
         segments = path_segments(request.path)
-        if self._needs_credentials(segments) and not await self.access.allowed(
-                request.headers.get("authorization"), request.peer):
-            return error_response(401, "credentials required (an administrator or a token)",
-                                  CHALLENGES)
+        if request.path in ("/", "/dashboard"):
+            return Response(302, headers=(("location", "/dashboard/"),))
+        if segments[0] == "dashboard":
+            return await self.dashboard.handle(request, segments[1:])
+        if self._needs_credentials(segments):
+            refused = await self._check_access(request, segments)
+            if refused is not None:
+                return refused
         routes = [(route, params) for route in ROUTES
                   if (params := route.match(segments)) is not None]
         if not routes:
@@ -103,6 +115,22 @@ class ManagementApi:
         allowed = ", ".join(sorted({route.method for route, _ in routes}))
         return error_response(405, f"{request.method} not allowed here (allowed: {allowed})",
                               (("allow", allowed),))
+
+    async def _check_access(self, request: Request, segments: list[str]) -> Response | None:
+        """None if the request may go on: a dashboard session (with its CSRF token for a
+        change) or an administrator's or token's Authorization header."""
+        # Watching the feed is not activity: an open page alone does not keep a login.
+        session = self.dashboard.session_of(request, touch=segments != [*V1, "feed"])
+        if session is not None:
+            if request.method in ("GET", "HEAD") or csrf_ok(request, session):
+                return None
+            return error_response(403, "missing or wrong X-CSRF-Token")
+        if await self.access.allowed(request.headers.get("authorization"), request.peer):
+            return None
+        # The dashboard's own requests get no challenge: a browser would ask for a password.
+        challenges = () if session_cookie(request) else CHALLENGES
+        return error_response(401, "credentials required (an administrator or a token)",
+                              challenges)
 
     def _needs_credentials(self, segments: list[str]) -> bool:
         first = segments[0] if segments else ""
@@ -271,6 +299,10 @@ async def _metrics(api: ManagementApi, request: Request, params: Params) -> Resp
     return Response(200, body, content_type)
 
 
+async def _feed(api: ManagementApi, request: Request, params: Params) -> Response:
+    return api.dashboard.feed(api.dashboard.session_of(request, touch=False))
+
+
 async def _live(api: ManagementApi, request: Request, params: Params) -> Response:
     return _ok({"status": "live"})
 
@@ -298,6 +330,7 @@ ROUTES = (
     Route("DELETE", (*V1, "retained", "{topic*}"), _retained_delete),
     Route("POST", (*V1, "publish"), _publish),
     Route("GET", (*V1, "listeners"), _listeners),
+    Route("GET", (*V1, "feed"), _feed),
     Route("GET", ("metrics",), _metrics),
     Route("GET", ("health", "live"), _live),
     Route("GET", ("health", "ready"), _ready),

@@ -83,6 +83,15 @@ class ApiAccess:
                                    client_id="", protocol="http")
         return False
 
+    async def admin_login(self, user: str, password: str, peer: str) -> bool:
+        """Whether ``user`` is an administrator with this password (the dashboard's
+        login form); a refusal is logged and answered late, as for a request."""
+        if user and await self._admin_ok(user, password, peer):
+            return True
+        await self.security.refuse(Refusal.BAD_CREDENTIALS, username=user or None, peer=peer,
+                                   client_id="", protocol="http")
+        return False
+
     def _token_ok(self, offered: bytes) -> bool:
         found = False
         for token in self.token_file.tokens():  # every one compared: no early exit

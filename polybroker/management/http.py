@@ -9,7 +9,7 @@ traceback. What a request means is the handler's (``api.ManagementApi``).
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -35,6 +35,7 @@ class Request:
     headers: dict[str, str]  # lower-case names; a repeated header's last value
     body: bytes
     peer: str
+    tls: bool = False  # came over https (a session cookie is then marked Secure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = field(default=())
+    # A streamed body (server-sent events): sent chunk by chunk as it comes, after
+    # ``body``; the connection closes when it ends.
+    stream: Callable[[], AsyncGenerator[bytes, None]] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -72,10 +76,11 @@ async def serve_http(stream: trio.abc.Stream, handler: Handler, peer: str, where
 
     ``where`` names the listener in log lines."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    tls = isinstance(stream, trio.SSLStream)
     try:
         while True:
             try:
-                request = await _read_request(stream, conn, peer)
+                request = await _read_request(stream, conn, peer, tls)
             except RequestRefused as exc:
                 log.info("%s: request from %s refused: %s", where, peer, exc)
                 await _refuse(stream, conn, exc.status, str(exc))
@@ -86,6 +91,9 @@ async def serve_http(stream: trio.abc.Stream, handler: Handler, peer: str, where
             response = await handler(request)
             log.debug("%s: %s %s from %s: %d", where, request.method, request.path, peer,
                       response.status)
+            if response.stream is not None and request.method != "HEAD":
+                await _send_stream(stream, conn, response)
+                return
             if not await _send_response(stream, conn, response, request.method == "HEAD"):
                 return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
@@ -96,7 +104,7 @@ async def serve_http(stream: trio.abc.Stream, handler: Handler, peer: str, where
 
 
 async def _read_request(stream: trio.abc.Stream, conn: h11.Connection,
-                        peer: str) -> Request | None:
+                        peer: str, tls: bool = False) -> Request | None:
     """The next whole request; None when the peer closes (or idles) between requests."""
     head: h11.Request | None = None
     body = bytearray()
@@ -121,7 +129,7 @@ async def _read_request(stream: trio.abc.Stream, conn: h11.Connection,
                 if len(body) > MAX_BODY:
                     raise RequestRefused(413, f"request body over {MAX_BODY} bytes")
             elif isinstance(event, h11.EndOfMessage) and head is not None:
-                return _request(head, bytes(body), peer)
+                return _request(head, bytes(body), peer, tls)
             else:  # ConnectionClosed (or PAUSED, which a new cycle does not give)
                 return None
     if head is None and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
@@ -139,13 +147,13 @@ def _check_head(head: h11.Request) -> None:
             raise RequestRefused(413, f"request body over {MAX_BODY} bytes")
 
 
-def _request(head: h11.Request, body: bytes, peer: str) -> Request:
+def _request(head: h11.Request, body: bytes, peer: str, tls: bool) -> Request:
     target = head.target.decode("ascii", "replace")
     parts = urlsplit(target)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
     return Request(head.method.decode("ascii", "replace"), parts.path, query, headers, body,
-                   peer)
+                   peer, tls)
 
 
 async def _refuse(stream: trio.abc.Stream, conn: h11.Connection, status: int,
@@ -174,6 +182,28 @@ async def _send_response(stream: trio.abc.Stream, conn: h11.Connection, response
     except h11.LocalProtocolError:
         return False  # an exchange h11 will not finish: the connection closes
     return await _send(stream, data)
+
+
+async def _send_stream(stream: trio.abc.Stream, conn: h11.Connection,
+                       response: Response) -> None:
+    """Send a streamed response: its head, then each chunk as soon as it is made (no
+    length: chunked, or to the close on HTTP/1.0); stops when a write times out."""
+    assert response.stream is not None
+    headers = [("content-type", response.content_type), ("cache-control", "no-store"),
+               ("connection", "close"), *response.headers]
+    if not await _send(stream, conn.send(h11.Response(status_code=response.status,
+                                                      headers=headers))):
+        return
+    if response.body and not await _send(stream, conn.send(h11.Data(data=response.body))):
+        return
+    chunks = response.stream()
+    try:
+        async for chunk in chunks:
+            if not await _send(stream, conn.send(h11.Data(data=chunk))):
+                return
+    finally:
+        await chunks.aclose()
+    await _send(stream, conn.send(h11.EndOfMessage()))
 
 
 async def _send(stream: trio.abc.Stream, data: bytes | None) -> bool:

@@ -51,11 +51,13 @@ def overview(running: RunningBroker) -> Json:
         "uptime": round(stats_module.uptime(stats), 3),
         "connections": len(stats.live),
         "connections_by_protocol": {p: _count(stats, p) for p in PROTOCOLS},
+        "connections_by_transport": _by_transport(stats),
         "sessions": len(broker.sessions),
         "subscriptions": sum(len(s.subscriptions) for s in broker.sessions.values()),
         "queues": len(broker.queues),
         "retained_messages": len(broker.retained),
         "retained_bytes": broker.retained.size,
+        "store_bytes": _store_bytes(running),
         "messages_in": sum(t["messages_in"] for t in traffic.values()),
         "messages_out": sum(t["messages_out"] for t in traffic.values()),
         "bytes_in": sum(t["bytes_in"] for t in traffic.values()),
@@ -274,6 +276,18 @@ def _page(offset: int, limit: int) -> tuple[int, int]:
 
 def _count(stats: stats_module.Stats, protocol: str) -> int:
     return sum(1 for info in stats.live.values() if info.protocol == protocol)
+
+
+def _by_transport(stats: stats_module.Stats) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for info in stats.live.values():
+        counts[info.transport] = counts.get(info.transport, 0) + 1
+    return counts
+
+
+def _store_bytes(running: RunningBroker) -> int:
+    store = getattr(running.broker.durability, "store", None)  # None: nothing stored
+    return int(store.stats().total_bytes) if store is not None else 0
 
 
 def _client_summary(info: ConnectionInfo) -> Json:
