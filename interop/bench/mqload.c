@@ -754,6 +754,9 @@ static int run_sink(void) {
     inet_pton(AF_INET, C.host, &sa.sin_addr);
     if (bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind: %s", strerror(errno));
     listen(ls, 1024);
+    socklen_t sl = sizeof sa;
+    getsockname(ls, (struct sockaddr *)&sa, &sl);
+    fprintf(stderr, "sink: listening on %d\n", ntohs(sa.sin_port)); /* --port 0 picks one */
     int ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event e = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &e);
