@@ -96,8 +96,13 @@ start_rabbitmq() {
 }
 
 stop_broker() {
-  # RabbitMQ: the Erlang VM stops cleanly on SIGTERM, then its start script returns
-  [ -z "$RPID" ] || kill -TERM "$RPID" 2>/dev/null || true
+  # RabbitMQ: its start script waits for the Erlang VM (started before the pid file is
+  # written), which stops cleanly on SIGTERM
+  if [ -n "$EPID" ] && [ -z "$RPID" ]; then RPID=$(pgrep -P "$BPID" -x beam.smp || true); fi
+  if [ -n "$RPID" ]; then
+    kill -TERM "$RPID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$RPID" 2>/dev/null || break; sleep 0.1; done
+  fi
   kill -TERM "$BPID" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$BPID" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$BPID" 2>/dev/null || true
@@ -108,7 +113,8 @@ stop_broker() {
 }
 cleanup() { [ -z "$BPID" ] || stop_broker; }
 RPID="" EPID=""
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 row_args() { # row: generator arguments, the protocol first
   case $1 in
