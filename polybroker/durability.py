@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -56,6 +56,13 @@ IDLE_SYNC = 1.0  # seconds before records that nobody waits for are synced anywa
 RETRY_AFTER = 1.0  # seconds between attempts after an fsync failed
 COMPACTION_INTERVAL = 1.0  # seconds between looks for segments worth compacting
 COPY_STEP = 256  # records examined per compaction step on the loop
+
+
+class SideFile(Protocol):
+    """A file outside the store whose writes acknowledgements wait for too (a stream's
+    log): each fsync round syncs the ones written since the last."""
+
+    def sync(self) -> None: ...
 
 
 class Durability:
@@ -81,27 +88,40 @@ class Durability:
         self._started = 0
         self._finished = 0
         self._forced = False
+        # Side files written since the last round, and writes to them counted (all, and
+        # those known durable), so that ``mark`` and ``pending`` see them as records.
+        self._side_dirty: dict[SideFile, None] = {}
+        self._side_written = 0
+        self._side_durable = 0
+
+    def written_elsewhere(self, side_file: SideFile) -> None:
+        """``side_file`` was written: what is acknowledged from now on waits for its fsync."""
+        if self._awaited is None:
+            return
+        self._side_dirty[side_file] = None
+        self._side_written += 1
 
     def mark(self) -> int:
         """A position in the record sequence: when it changes around a call, that call
         wrote records that must be durable before its acknowledgement goes out."""
         store = self._awaited
-        return store.last_seq if store is not None else 0
+        return store.last_seq + self._side_written if store is not None else 0
 
     def pending(self) -> bool:
         """Whether some record is written but not yet known durable (and that matters)."""
         store = self._awaited
-        return store is not None and store.last_seq > self.durable_seq
+        return store is not None and (store.last_seq > self.durable_seq
+                                      or self._side_written > self._side_durable)
 
     async def wait_durable(self, timeout: float) -> bool:
         """Wait until every record written so far is durable; False if ``timeout`` seconds
         pass first. Returns at once, without a checkpoint, when nothing is pending."""
         store = self._awaited
-        if store is None or store.last_seq <= self.durable_seq:  # nothing pending
+        if store is None or not self.pending():
             return True
-        target = store.last_seq
+        target, side_target = store.last_seq, self._side_written
         with trio.move_on_after(timeout):
-            while self.durable_seq < target:
+            while self.durable_seq < target or self._side_durable < side_target:
                 self._kick.set()
                 await self._round_done.wait()
             return True
@@ -134,15 +154,19 @@ class Durability:
         if store is None:
             return  # not run without a store (``StorageTasks``)
         forced, self._forced = self._forced, False
+        side, side_target = list(self._side_dirty), self._side_written
+        self._side_dirty = {}
         self._started += 1
         started = time.perf_counter()
         try:
-            synced = await trio.to_thread.run_sync(store.sync)
+            synced = await trio.to_thread.run_sync(_sync_all, store, side)
         except StoreError as exc:
             log.error("STORAGE SYNC FAILED: %s; acknowledgements wait until it succeeds", exc)
             self._forced = self._forced or forced
+            self._side_dirty.update(dict.fromkeys(side))
             await trio.sleep(RETRY_AFTER)
             return
+        self._side_durable = max(self._side_durable, side_target)
         self.last_sync = time.perf_counter() - started
         self.sync_seconds.observe(self.last_sync)
         self.durable_seq = max(self.durable_seq, synced)
@@ -150,6 +174,17 @@ class Durability:
         self.syncs += 1
         done, self._round_done = self._round_done, trio.Event()
         done.set()
+
+
+def _sync_all(store: LogStore, side: list[SideFile]) -> int:
+    """One fsync round (in a worker thread): the store, then the side files written."""
+    synced = store.sync()
+    for side_file in side:
+        try:
+            side_file.sync()
+        except OSError as exc:
+            raise StoreError(f"sync of {side_file}: {exc}") from exc
+    return synced
 
 
 async def compact_once(store: LogStore, durability: Durability) -> bool:
@@ -222,6 +257,7 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
         journal = restore(store, broker, settings)
         broker.durability = durability = Durability(store, settings.fsync,
                                                     broker.stats.fsync_seconds)
+        streams.on_append = durability.written_elsewhere
         stats = store.stats()
         issues = len(store.recovery_issues)
         log.info(

@@ -226,6 +226,9 @@ class StreamBackend(Protocol):
 
     def decode(self, value: Any) -> Message: ...
 
+    def appended(self, stream_log: StreamLog) -> None:
+        """``stream_log`` was written to: acknowledgements wait until it is durable."""
+
     def wall_clock(self) -> float: ...
 
 
@@ -247,6 +250,10 @@ class MemoryStreams:
     @staticmethod
     def decode(value: Any) -> Message:
         return cast(Message, value)  # in memory the log keeps the Message itself
+
+    @staticmethod
+    def appended(stream_log: StreamLog) -> None:
+        pass  # nothing to make durable
 
 
 class _Reader:
@@ -325,6 +332,7 @@ class StreamQueue(Queue):
         value, size = self.backend.encode(message)
         try:
             self.log.append(value, size)
+            self.backend.appended(self.log)
         except OSError as exc:
             if self.drops.add(STREAM_WRITE_FAILED):
                 log.error("stream %s: STREAM WRITE FAILED, message dropped: %s", self.name,

@@ -34,6 +34,7 @@ when the log opens, so disk use stays below ``max_bytes`` plus one segment.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import shutil
 import struct
@@ -183,10 +184,16 @@ class StreamLog:
             os.write(self._offsets_fd, encode_checked_fields(PUT, offset, name.encode()))
 
     def sync(self) -> None:
-        """Make everything appended so far durable."""
-        for fd in (self.segments[-1].fd, self.segments[-1].index_fd, self._offsets_fd):
+        """Make everything appended so far durable. Safe to call from one worker thread
+        while the owner appends: a segment sealed meanwhile was synced when sealed."""
+        segment = self.segments[-1]
+        for fd in (segment.fd, segment.index_fd, self._offsets_fd):
             if fd is not None:
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    if exc.errno != errno.EBADF:  # EBADF: sealed and closed meanwhile
+                        raise
 
     def close(self) -> None:
         if self.directory is not None:

@@ -32,6 +32,8 @@ class DiskStreams:
         self.wall_clock = wall_clock
         self.logs: dict[str, StreamLog] = {}
         self._strings = StringCache()
+        # Told of every append, so that confirms wait for the log's fsync (``Durability``).
+        self.on_append: Callable[[StreamLog], None] | None = None
 
     def open(self, name: str, settings: StreamSettings) -> StreamLog:
         opened = self.logs.get(name)
@@ -49,6 +51,10 @@ class DiskStreams:
 
     def decode(self, value: bytes) -> Message:
         return decode_message(bytes(value), 0, self.clock() - self.wall_clock(), self._strings)
+
+    def appended(self, stream_log: StreamLog) -> None:
+        if self.on_append is not None:
+            self.on_append(stream_log)
 
     def close(self) -> None:
         """Close every open log (synced)."""
