@@ -240,3 +240,20 @@ def test_a_management_listener_on_a_public_address_stops_the_start(tmp_path):
     assert line.endswith(" ERROR cannot start: listener http://0.0.0.0:0: the management API "
                          "listens on loopback addresses only, unless the listener sets "
                          "allow_remote = true")
+
+
+def test_delayed_messages_listed_and_cancelled(broker):
+    for seconds, payload in (("600", "later"), ("300", "sooner")):
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-q", "1",
+                        "-t", f"$delayed/{seconds}/jobs/reminder", "-m", payload],
+                       check=True, timeout=WAIT)
+    listed = rows(api(broker, "delayed"))
+    assert [(row[2], row[3], row[4]) for row in listed] == [
+        ("jobs/reminder", "1", "6"), ("jobs/reminder", "1", "5")]
+    assert 0 < float(listed[0][1].rstrip("s")) <= 300 < float(listed[1][1].rstrip("s"))
+    later = listed[1][0]
+    assert api(broker, "cancel", later) == f"delayed message {later}: cancelled\n"
+    assert [item["id"] for item in api_json(broker, "delayed")["items"]] == [int(listed[0][0])]
+    again = ctl("cancel", later, "--url", broker.api, "--token", TOKEN, check=False)
+    assert again.returncode == 1
+    assert again.stderr == f"polybroker ctl: not found: no delayed message '{later}'\n"

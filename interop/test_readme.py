@@ -142,7 +142,11 @@ class Session:
         out = subprocess.run([tool, *shlex.split(command)[1:]], cwd=self.dir, env=self.env,
                              capture_output=True, text=True, timeout=WAIT)
         assert out.returncode == 0, f"{command}\n{out.stdout}{out.stderr}"
-        topic = re.sub(r"^\$delayed/\d+/", "", words[words.index("-t") + 1])  # when due
+        topic = words[words.index("-t") + 1]
+        delayed = re.match(r"^\$delayed/(\d+)/", topic)
+        if delayed and int(delayed.group(1)) > WAIT:
+            return  # due after the test ends: listed (and cancelled) by ctl, never received
+        topic = topic[delayed.end():] if delayed else topic  # when due
         self.published.append((topic, words[words.index("-m") + 1]))
 
     def check_deliveries(self) -> None:
@@ -198,7 +202,7 @@ def test_quick_start_is_two_commands_then_a_client(tmp_path):
 @pytest.mark.parametrize(("title", "count"), [
     ("TLS", 7), ("WebSocket", 2), ("Authentication and authorization", 4), ("Logging", 3),
     ("MQTT 5.0", 1), ("STOMP behaviour", 1), ("AMQP behaviour", 1), ("Delayed delivery", 3),
-    ("Streams", 3), ("Operating the broker", 14),
+    ("Streams", 3), ("Operating the broker", 17),
 ])
 def test_section_commands_run_in_a_fresh_directory(tmp_path, title, count):
     assert run_section(title, tmp_path) == count

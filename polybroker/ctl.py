@@ -74,6 +74,8 @@ def add_ctl_command(commands: "argparse._SubParsersAction[argparse.ArgumentParse
     retained = action("retained", "list the retained messages")
     retained.add_argument("filter", nargs="?", default="#",
                           help="topic filter (default #)")
+    action("delayed", "list the delayed messages, earliest due first")
+    action("cancel", "cancel a delayed message").add_argument("id")
     publish = action("publish", "publish a message")
     publish.add_argument("topic")
     publish.add_argument("message")
@@ -272,6 +274,29 @@ def _retained(api: ApiClient, args: argparse.Namespace) -> str:
     return _table(["TOPIC", "QOS", "SIZE"], rows) + _more(page, "retained messages")
 
 
+def _delayed(api: ApiClient, args: argparse.Namespace) -> str:
+    page = api.call("GET", f"/api/v1/delayed?limit={1000}")
+    if api.json_output:
+        return _json(page)
+    rows = [[m["id"], f"{m['due_in']:.1f}s", _delayed_target(m), m["qos"], m["size"]]
+            for m in page["items"]]
+    return _table(["ID", "DUE IN", "TO", "QOS", "SIZE"], rows) + _more(page, "delayed messages")
+
+
+def _delayed_target(message: dict[str, Any]) -> str:
+    target = message["target"]
+    if target["kind"] == "topic":
+        return str(message["topic"])
+    if target["kind"] == "queue":
+        return f"queue {target['name']}"
+    return f"exchange {target['name']} ({target['routing_key']})"
+
+
+def _cancel(api: ApiClient, args: argparse.Namespace) -> str:
+    done = api.call("DELETE", f"/api/v1/delayed/{_q(args.id)}")
+    return _json(done) if api.json_output else f"delayed message {args.id}: cancelled"
+
+
 def _publish(api: ApiClient, args: argparse.Namespace) -> str:
     done = api.call("POST", "/api/v1/publish", {"topic": args.topic, "payload": args.message,
                                                 "qos": args.qos, "retain": args.retain})
@@ -288,6 +313,7 @@ def _stats(api: ApiClient, args: argparse.Namespace) -> str:
 COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], str]] = {
     "clients": _clients, "client": _client, "kick": _kick, "queues": _queues,
     "purge": _purge, "retained": _retained, "publish": _publish, "stats": _stats,
+    "delayed": _delayed, "cancel": _cancel,
 }
 
 

@@ -73,3 +73,33 @@ async def test_listeners_overview_and_metrics(serve_config, tmp_path):
         open_metrics = await http(port, "GET", "/metrics",
                                   headers={"accept": "application/openmetrics-text"})
         assert open_metrics.header("content-type").startswith("application/openmetrics-text")
+
+
+async def test_delayed_messages_listed_read_and_cancelled_through_the_api(serve_config, tmp_path):
+    async with open_broker(config(serve_config, tmp_path), ManagementApi) as running:
+        port = running.port("http")
+        for seconds, payload in ((60, "later"), (30, "sooner")):
+            reply = await http(port, "POST", "/api/v1/publish", {
+                "topic": f"$delayed/{seconds}/jobs/t", "payload": payload, "qos": 1}, BEARER)
+            assert reply.status == 200
+        page = (await http(port, "GET", "/api/v1/delayed", headers=BEARER)).json()
+        assert page["total"] == 2
+        assert [(m["topic"], m["target"]["kind"]) for m in page["items"]] == [
+            ("jobs/t", "topic"), ("jobs/t", "topic")]
+        sooner, later = page["items"]
+        assert 0 < sooner["due_in"] <= 30 < later["due_in"] <= 60
+        one = (await http(port, "GET", f"/api/v1/delayed/{later['id']}", headers=BEARER)).json()
+        assert one["payload"] == "later"
+        cancelled = await http(port, "DELETE", f"/api/v1/delayed/{later['id']}", headers=BEARER)
+        assert cancelled.json() == {"id": later["id"], "cancelled": True}
+        again = await http(port, "DELETE", f"/api/v1/delayed/{later['id']}", headers=BEARER)
+        assert again.status == 404
+        assert (await http(port, "GET", "/api/v1/delayed/x", headers=BEARER)).status == 400
+        assert [m["id"] for m in (await http(port, "GET", "/api/v1/delayed",
+                                             headers=BEARER)).json()["items"]] == [sooner["id"]]
+        metrics = (await http(port, "GET", "/metrics")).body.decode()
+        values = {sample.name: sample.value
+                  for family in text_string_to_metric_families(metrics)
+                  for sample in family.samples}
+        assert values["polybroker_delayed_messages"] == 1
+        assert values["polybroker_delayed_bytes"] == len("sooner")

@@ -17,6 +17,9 @@ retained message's topic is the rest of the path::
     GET    /api/v1/retained?filter=&offset=&limit=
     GET    /api/v1/retained/{topic}
     DELETE /api/v1/retained/{topic}
+    GET    /api/v1/delayed?offset=&limit=
+    GET    /api/v1/delayed/{id}
+    DELETE /api/v1/delayed/{id}              cancel
     POST   /api/v1/publish                   {"topic", "payload", "encoding", "qos", "retain"}
     GET    /api/v1/listeners
     GET    /metrics                          Prometheus text format
@@ -269,6 +272,19 @@ async def _retained_delete(api: ManagementApi, request: Request, params: Params)
     return _ok(await api.ops.delete_retained(params["topic"]))
 
 
+async def _delayed_list(api: ManagementApi, request: Request, params: Params) -> Response:
+    offset, limit = _paging(request)
+    return _ok(await api.ops.delayed(offset=offset, limit=limit))
+
+
+async def _delayed_one(api: ManagementApi, request: Request, params: Params) -> Response:
+    return _ok(await api.ops.delayed_message(params["id"]))
+
+
+async def _delayed_cancel(api: ManagementApi, request: Request, params: Params) -> Response:
+    return _ok(await api.ops.cancel_delayed(params["id"]))
+
+
 async def _publish(api: ManagementApi, request: Request, params: Params) -> Response:
     body = _json_body(request)
     topic = _field(body, "topic", str, None)
@@ -328,6 +344,9 @@ ROUTES = (
     Route("GET", (*V1, "retained"), _retained_list),
     Route("GET", (*V1, "retained", "{topic*}"), _retained_one),
     Route("DELETE", (*V1, "retained", "{topic*}"), _retained_delete),
+    Route("GET", (*V1, "delayed"), _delayed_list),
+    Route("GET", (*V1, "delayed", "{id}"), _delayed_one),
+    Route("DELETE", (*V1, "delayed", "{id}"), _delayed_cancel),
     Route("POST", (*V1, "publish"), _publish),
     Route("GET", (*V1, "listeners"), _listeners),
     Route("GET", (*V1, "feed"), _feed),

@@ -58,6 +58,15 @@ class BrokerOperations:
     async def delete_retained(self, topic: str) -> Json:
         return await ops.delete_retained(self.running, topic)
 
+    async def delayed(self, *, offset: int, limit: int) -> Json:
+        return ops.delayed(self.running, offset=offset, limit=limit)
+
+    async def delayed_message(self, ident: str) -> Json:
+        return ops.delayed_message(self.running, ident)
+
+    async def cancel_delayed(self, ident: str) -> Json:
+        return await ops.cancel_delayed(self.running, ident)
+
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> Json:
         return await ops.publish(self.running, topic, payload, qos=qos, retain=retain)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import stats as stats_module
+from ..delayed import Pending
 from ..message import Message
 from ..protocols.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
 from ..queues import Queue
@@ -227,6 +228,50 @@ async def delete_retained(running: RunningBroker, topic: str) -> Json:
         broker.journal.retained_cleared(topic)
     await _durable(running)
     return {"topic": topic, "deleted": True}
+
+
+# -- delayed messages ---------------------------------------------------------------------
+
+
+def delayed(running: RunningBroker, *, offset: int = 0, limit: int = DEFAULT_LIMIT) -> Json:
+    """A page of the delayed messages, earliest due first; ``total`` counts them all."""
+    delayed_store = running.broker.delayed
+    offset, limit = _page(offset, limit)
+    page = delayed_store.pending(offset + limit)[offset:]
+    now = running.broker.clock()
+    return {"total": len(delayed_store), "offset": offset, "limit": limit,
+            "items": [_delayed(pending, now) for pending in page]}
+
+
+def delayed_message(running: RunningBroker, ident: str) -> Json:
+    pending = running.broker.delayed.get(_delayed_id(ident))
+    if pending is None:
+        raise NotFound(f"no delayed message {ident!r}")
+    return _delayed(pending, running.broker.clock(), payload=True)
+
+
+async def cancel_delayed(running: RunningBroker, ident: str) -> Json:
+    """Drop a delayed message before it is due (its record too)."""
+    broker = running.broker
+    with broker.storing():
+        if not broker.delayed.cancel(_delayed_id(ident)):
+            raise NotFound(f"no delayed message {ident!r}")
+    await _durable(running)
+    return {"id": int(ident), "cancelled": True}
+
+
+def _delayed_id(ident: str) -> int:
+    if not ident.isdigit():
+        raise Invalid(f"invalid delayed message id {ident!r}: a number")
+    return int(ident)
+
+
+def _delayed(pending: Pending, now: float, payload: bool = False) -> Json:
+    target = pending.target
+    return {"id": pending.id, "due_in": round(max(0.0, pending.due - now), 3),
+            "target": {"kind": target.kind, "name": target.name,
+                       "routing_key": target.routing_key},
+            **_message(pending.message, payload), "retain": pending.message.retain}
 
 
 # -- publishing ---------------------------------------------------------------------------

@@ -88,6 +88,10 @@ class BrokerCollector(Collector):
         yield _gauge("retained_messages", "Retained messages.", len(broker.retained))
         yield _gauge("retained_bytes", "Payload bytes of the retained messages.",
                      broker.retained.size)
+        yield _gauge("delayed_messages", "Delayed messages waiting until they are due.",
+                     len(broker.delayed))
+        yield _gauge("delayed_bytes", "Payload bytes of the delayed messages.",
+                     broker.delayed.bytes)
         backlog = held(sessions.values(), [*broker.queues, *private_queues(broker.stats)])
         yield _gauge("messages_queued", "Messages waiting for delivery (MQTT sessions' queues, "
                      "ready messages of queues).", backlog.queued)
