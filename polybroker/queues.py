@@ -46,42 +46,61 @@ expiry of idle queues). The rules:
   what the store kept, in arrival order.
 """
 
-import heapq
 import itertools
-import logging
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from .message import Message
-from .overflow import (
-    DROPPED,
-    DROPPED_OLDEST,
-    HELD,
-    QUEUE_FULL,
-    TAKEN,
-    DropCounter,
-    RoomSignal,
+from .overflow import DROPPED_OLDEST, DropCounter, RoomSignal
+from .queue_acks import QueueAcks
+from .queue_bounds import QueueBounds
+from .queue_entries import (
+    BLOCK,
+    DROP_HEAD,
+    DROP_NEW,
+    EXPIRED,
+    LIMIT_OVERFLOWS,
+    MAX_NAME_BYTES,
+    MAXLEN,
+    OVERFLOW_POLICIES,
+    QUEUE_OVERFLOW,
+    REJECT_PUBLISH,
+    REJECT_PUBLISH_DLX,
+    REJECTED,
+    QueueEntry,
+    check_queue_name,
 )
+from .queue_expiry import QueueExpiry
 from .refusals import AccessRefused, ResourceLocked
 from .timers import TimerHandle, Timers
 
-log = logging.getLogger("polybroker.queues")
-
-DROP_NEW = "drop-new"
-DROP_HEAD = "drop-head"
-BLOCK = "block"
-OVERFLOW_POLICIES = (DROP_NEW, DROP_HEAD, BLOCK)
-# limits.queue_overflow -> a queue's overflow policy
-QUEUE_OVERFLOW = {"drop-new": DROP_NEW, "drop-oldest": DROP_HEAD, "block": BLOCK}
-# x-overflow values (AMQP's own length bounds)
-REJECT_PUBLISH, REJECT_PUBLISH_DLX = "reject-publish", "reject-publish-dlx"
-LIMIT_OVERFLOWS = (DROP_HEAD, REJECT_PUBLISH, REJECT_PUBLISH_DLX)
-REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"  # dead-letter reasons
-MAX_NAME_BYTES = 255  # AMQP's short string; STOMP has no limit of its own
+# Where each part of a queue lives: the constants and QueueEntry in ``queue_entries``, the
+# bounds and dead-lettering in ``queue_bounds``, expiry in ``queue_expiry``, the
+# acknowledgements in ``queue_acks``; the names are imported from here.
+__all__ = [
+    "BLOCK",
+    "DROP_HEAD",
+    "DROP_NEW",
+    "EXPIRED",
+    "LIMIT_OVERFLOWS",
+    "MAXLEN",
+    "MAX_NAME_BYTES",
+    "OVERFLOW_POLICIES",
+    "QUEUE_OVERFLOW",
+    "REJECTED",
+    "REJECT_PUBLISH",
+    "REJECT_PUBLISH_DLX",
+    "Queue",
+    "QueueConsumer",
+    "QueueEntry",
+    "QueueLifecycle",
+    "QueueStore",
+    "SharedPrefetch",
+    "check_queue_name",
+]
 
 
 class QueueConsumer(Protocol):
@@ -111,20 +130,6 @@ class QueueStore(Protocol):
     def queue_declared(self, queue: "Queue") -> None: ...
 
     def queue_deleted(self, queue: "Queue") -> None: ...
-
-
-@dataclass(slots=True, eq=False)
-class QueueEntry:
-    """One message in one queue."""
-
-    message: Message
-    seq: int  # arrival order in the queue; requeued entries go back by it
-    persistent: bool = False  # kept by the store (a persistent message in a durable queue)
-    redelivered: bool = False  # handed out before and requeued
-    deliveries: int = 0  # times handed out (dead-lettering will bound it)
-    rejected_by: object = None  # the consumer that last nacked it: another is preferred
-    marked: bool = False  # the store knows it was handed out (``QueueStore.delivered``)
-    expires_at: float | None = None  # the message's expiry or the queue's TTL, the first
 
 
 class SharedPrefetch:
@@ -178,17 +183,7 @@ class _ConsumerState:
         return self.consumer.has_credit()
 
 
-def check_queue_name(name: str) -> None:
-    """Raise ValueError unless ``name`` can name a queue in every protocol."""
-    if not name:
-        raise ValueError("empty queue name")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise ValueError(f"queue name longer than {MAX_NAME_BYTES} bytes")
-    if "\0" in name:
-        raise ValueError("NUL in queue name")
-
-
-class Queue(RoomSignal):
+class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
     """One named queue: ready messages, consumers taking turns, unacknowledged deliveries."""
 
     client_id = None  # as a router subscriber: never the publisher (No Local)
@@ -304,42 +299,9 @@ class Queue(RoomSignal):
         persistent = message.amqp.persistent if message.amqp is not None else qos > 0
         return self.offer(message, qos, persistent=persistent)
 
-    def offer(self, message: Message, qos: int, *, persistent: bool = False) -> int:
-        """``put`` with the outcome a publisher needs: TAKEN, HELD (taken, and the queue is
-        full now: a blocking publisher waits for ``room``) or DROPPED. Under ``BLOCK`` a
-        QoS 0 message over the bound is dropped (nothing was promised for it)."""
-        if self.overflow == BLOCK and not qos and self._full(len(message.payload)):
-            self._overflowed()
-            return DROPPED
-        if not self.put(message, persistent=persistent):
-            return DROPPED
-        if self.overflow == BLOCK and not self.has_room():
-            return HELD
-        return TAKEN
-
     @property
     def backlog(self) -> "Queue":
         return self
-
-    @property
-    def dropped(self) -> int:
-        return self.drops.counts.total()
-
-    def has_room(self) -> bool:
-        """Whether one more message fits (or the queue is gone)."""
-        return self.deleted or not self._full(1)
-
-    def give_up_blocking(self) -> None:
-        """Publishers waited ``max_block_time`` (the caller logs it): drop new messages
-        until there is room."""
-        self._gave_up = True
-
-    def _signal_room(self) -> None:
-        if (self._room is not None or self._gave_up) and self.has_room():
-            if self._room is not None:
-                self._room.set()
-                self._room = None
-            self._gave_up = False
 
     def put(self, message: Message, *, persistent: bool = False) -> bool:
         """Append ``message`` and hand it out if a consumer can take it; False if a
@@ -373,33 +335,6 @@ class Queue(RoomSignal):
             self._arm_expiry(expiry)
         return True
 
-    def _make_room(self, entry: QueueEntry, size: int) -> bool | None:
-        """Apply x-max-length / x-max-length-bytes to a new message of ``size`` bytes:
-        None if it may enter, False if it is refused (reject-publish), True if it was
-        accepted but is itself the head that drop-head pushes out at once."""
-        length, nbytes = self.limit_length, self.limit_bytes
-        ready = self.ready
-
-        def over() -> bool:
-            return (length is not None and len(ready) + 1 > length) or (
-                nbytes is not None and self.ready_bytes + size > nbytes
-            )
-
-        if not over():
-            return None
-        if self.limit_overflow != DROP_HEAD:
-            self.drops.add(self.limit_overflow)
-            if self.limit_overflow == REJECT_PUBLISH_DLX:
-                self._dead_letter(entry, MAXLEN)
-            return False
-        while ready and over():
-            self.drops.add("x-max-length")  # drop-head: the oldest ready one goes
-            self._discard(ready.popleft(), MAXLEN)
-        if over():  # room for no message at all: the new one is the head that goes
-            self._dead_letter(entry, MAXLEN)
-            return True
-        return None
-
     def restore(self, entries: Iterable[QueueEntry]) -> int:
         """Put back entries the store kept (ascending ``seq``) without recording them
         again; new messages follow them. Entries beyond ``max_length`` are dropped (and
@@ -432,20 +367,6 @@ class Queue(RoomSignal):
     def entries(self) -> list[QueueEntry]:
         """Every message in the queue: ready ones, then unacknowledged ones."""
         return [*self.ready, *(held[0] for held in self._unacked.values())]
-
-    def _full(self, size: int) -> bool:
-        """Would one more message of ``size`` payload bytes break a bound?"""
-        if len(self.ready) + len(self._unacked) >= self.max_length:
-            return True
-        return bool(self.max_bytes) and self.bytes + size > self.max_bytes
-
-    def _overflowed(self, reason: str = QUEUE_FULL) -> None:
-        if self.drops.add(reason):
-            log.warning(
-                "queue %s: full (%d messages or %d bytes), message dropped (%s); dropped "
-                "so far: %s", self.name, self.max_length, self.max_bytes, reason,
-                self.drops.summary(),
-            )
 
     # -- consumers ------------------------------------------------------------------------
 
@@ -598,163 +519,7 @@ class Queue(RoomSignal):
             return entry, self._track(entry, holder)
         return None
 
-    def _expired(self, entry: QueueEntry) -> bool:
-        expiry = entry.expires_at
-        return expiry is not None and expiry <= self.clock()
-
-    def _arm_expiry(self, deadline: float) -> None:
-        timer = self._expiry_timer
-        if self.timers is None or self.deleted:
-            return
-        if timer is not None and not timer.cancelled and timer.deadline <= deadline:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._expiry_timer = self.timers.call_at(deadline, self._expire_head)
-
-    def _expire_head(self) -> None:
-        """Drop (or dead-letter) the expired messages at the head; wait for the next."""
-        self._expiry_timer = None
-        if self.deleted:
-            return
-        ready = self.ready
-        while ready and self._expired(ready[0]):
-            self._discard(ready.popleft(), EXPIRED)
-        if ready and ready[0].expires_at is not None:
-            self._arm_expiry(ready[0].expires_at)
-
-    # -- acknowledgements -----------------------------------------------------------------
-
-    def ack(self, tag: int) -> bool:
-        """The message under ``tag`` was consumed; False if the tag is not pending."""
-        return self.ack_many((tag,)) == 1
-
-    def ack_many(self, tags: Iterable[int]) -> int:
-        count = 0
-        freed: set[SharedPrefetch] = set()
-        unacked = self._unacked
-        for tag in tags:
-            held = unacked.get(tag)
-            if held is None:
-                continue
-            if held[2] is not None:
-                freed.add(held[2])
-            self._settled(self._untrack(tag))
-            count += 1
-        if count:
-            self.dispatch()
-            for shared in freed:  # the room may be for a consumer of another queue
-                shared.dispatch()
-        return count
-
-    def nack(self, tag: int, *, requeue: bool = True) -> bool:
-        """The message under ``tag`` was not consumed: requeue it (for another consumer
-        if one can take it) or drop it. False if the tag is not pending."""
-        return self.nack_many((tag,), requeue=requeue) == 1
-
-    def reject(self, tag: int, *, requeue: bool = True) -> bool:
-        """AMQP's basic.reject: ``nack`` of one message."""
-        return self.nack(tag, requeue=requeue)
-
-    def nack_many(self, tags: Iterable[int], *, requeue: bool = True) -> int:
-        return self._take_back(tags, requeue=requeue, rejected=True)
-
-    def _take_back(self, tags: Iterable[int], *, requeue: bool, rejected: bool) -> int:
-        entries = []
-        freed: set[SharedPrefetch] = set()
-        for tag in tags:
-            held = self._unacked.get(tag)
-            if held is None:
-                continue
-            entry = self._untrack(tag)
-            if held[2] is not None:
-                freed.add(held[2])
-            if rejected:
-                entry.rejected_by = held[1]  # so that another consumer gets it next
-            entries.append(entry)
-        if requeue:
-            self._requeue(entries)
-        else:
-            for entry in entries:
-                self._discard(entry, REJECTED if rejected else None)
-        if entries:
-            self.dispatch()
-            for shared in freed:
-                shared.dispatch()
-        return len(entries)
-
-    def purge(self) -> int:
-        """Drop every ready message (not dead-lettered); return how many."""
-        count = len(self.ready)
-        while self.ready:
-            self._discard(self.ready.popleft())
-        return count
-
-    # -- bookkeeping ----------------------------------------------------------------------
-
-    def _track(self, entry: QueueEntry, holder: object) -> int:
-        if entry.persistent and not entry.marked and self.store is not None:
-            self.store.delivered(self, entry)
-            entry.marked = True
-        tag = next(self._tags)
-        state = self._consumers.get(holder)
-        shared = None
-        if state is not None:
-            state.unacked += 1
-            shared = state.shared
-            if shared is not None:
-                shared.unacked += 1
-        self._unacked[tag] = (entry, holder, shared)
-        self._unacked_bytes += len(entry.message.payload)
-        return tag
-
-    def _untrack(self, tag: int) -> QueueEntry | None:
-        held = self._unacked.pop(tag, None)
-        if held is None:
-            return None
-        entry, holder, shared = held
-        self._unacked_bytes -= len(entry.message.payload)
-        state = self._consumers.get(holder)
-        if state is not None:
-            state.unacked -= 1
-        if shared is not None:
-            shared.unacked -= 1
-        return entry
-
-    def _requeue(self, entries: list[QueueEntry]) -> None:
-        """Put ``entries`` back where they were by arrival order, flagged redelivered."""
-        if not entries:
-            return
-        for entry in entries:
-            entry.redelivered = True
-        entries.sort(key=_by_seq)
-        ready = self.ready
-        last = entries[-1].seq
-        head = []
-        while ready and ready[0].seq < last:  # only the ready head can precede them
-            head.append(ready.popleft())
-        merged = list(heapq.merge(entries, head, key=_by_seq))
-        ready.extendleft(reversed(merged))
-
-    def _settled(self, entry: QueueEntry) -> None:
-        self.bytes -= len(entry.message.payload)
-        if entry.persistent and self.store is not None:
-            self.store.removed(self, entry)
-        if self._room is not None or self._gave_up:
-            self._signal_room()
-
-    def _discard(self, entry: QueueEntry, reason: str | None = None) -> None:
-        """``entry`` leaves the queue unconsumed: dead-lettered for ``reason`` when the
-        queue has a dead-letter exchange, else dropped."""
-        self._settled(entry)
-        if reason == EXPIRED:
-            self.drops.add(EXPIRED)  # counted like a session's expired message
-        if reason is not None:
-            self._dead_letter(entry, reason)
-
-    def _dead_letter(self, entry: QueueEntry, reason: str) -> None:
-        if self.dead_letter_exchange is not None and self.dead_letterer is not None:
-            self.dead_letterer(self, entry, reason)
+    # -- deletion -------------------------------------------------------------------------
 
     def drop_everything(self) -> int:
         """The queue is being deleted: forget every message (nothing is dead-lettered; the
@@ -782,10 +547,6 @@ class Queue(RoomSignal):
         for shared in freed:  # their room goes to the channel's other queues
             shared.dispatch()
         return count
-
-
-def _by_seq(entry: QueueEntry) -> int:
-    return entry.seq
 
 
 class QueueLifecycle(Protocol):
