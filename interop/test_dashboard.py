@@ -210,11 +210,18 @@ def test_dashboard_in_chromium(broker, page, tmp_path):
         page.click("nav a[data-page=queues]")
         row = "tr[data-queue='dash-jobs']"
         page.wait_for_selector(f"{row} td:nth-child(2):text-is('25')")
+        # 25 more while the page watches: its in-rate (from the queue's counters) rises.
+        for n in range(25, 50):
+            channel.basic_publish("", "dash-jobs", f"job {n}".encode())
+        page.wait_for_function(
+            f"() => parseFloat(document.querySelector(\"{row} td.in-rate\").textContent) > 0")
+        page.wait_for_selector(f"{row} td:nth-child(2):text-is('50')")
+        assert page.inner_text(f"{row} td.out-rate") == "0.0"  # no consumer
         screenshots(page, tmp_path, "queues", row)
         page.click(f"{row} button.purge")
         assert "Purge the ready messages of dash-jobs?" in page.inner_text("#confirm-text")
         page.click("#confirm-ok")
-        page.wait_for_selector("#notice:has-text('Purged 25 messages from dash-jobs')")
+        page.wait_for_selector("#notice:has-text('Purged 50 messages from dash-jobs')")
         page.wait_for_selector(f"{row} td:nth-child(2):text-is('0')")
         assert channel.queue_declare("dash-jobs", passive=True).method.message_count == 0
         page.click(f"{row} button.delete")

@@ -40,6 +40,7 @@ class QueueAcks:
             self._settled(self._untrack(tag))
             count += 1
         if count:
+            self.acknowledged += count
             self.dispatch()
             for shared in freed:  # the room may be for a consumer of another queue
                 shared.dispatch()

@@ -234,6 +234,11 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
         self.ready: deque[QueueEntry] = deque()
         # Messages refused or pushed out by a length bound, per reason; and the broker's.
         self.drops = DropCounter(drop_totals)
+        # Messages taken in, handed to consumers (or basic.get) and acknowledged, for the
+        # operator's rates; plain integers on the hot path.
+        self.published = 0
+        self.delivered = 0
+        self.acknowledged = 0
         self._room: trio.Event | None = None  # made when a publisher waits (BLOCK)
         self._gave_up = False  # BLOCK: publishers waited too long; drop new until room
         self._consumers: dict[Hashable, _ConsumerState] = {}
@@ -319,6 +324,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
             self._overflowed()
             return False
         self.bytes += size
+        self.published += 1
         entry.seq = next(self._seq)
         expiry = message.expiry
         if self.message_ttl is not None:
@@ -494,6 +500,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
 
     def _hand_out(self, state: _ConsumerState, entry: QueueEntry) -> None:
         entry.deliveries += 1
+        self.delivered += 1
         if state.ack_required:
             tag = self._track(entry, state.consumer)
         else:
@@ -513,6 +520,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
                 self._discard(entry, EXPIRED)
                 continue
             entry.deliveries += 1
+            self.delivered += 1
             if holder is None:
                 self._settled(entry)
                 return entry, None

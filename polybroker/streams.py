@@ -333,6 +333,7 @@ class StreamQueue(Queue):
         try:
             self.log.append(value, size)
             self.backend.appended(self.log)
+            self.published += 1
         except OSError as exc:
             if self.drops.add(STREAM_WRITE_FAILED):
                 log.error("stream %s: STREAM WRITE FAILED, message dropped: %s", self.name,
@@ -449,6 +450,7 @@ class StreamQueue(Queue):
             if reader.shared is not None:
                 reader.shared.unacked += 1
         entry.deliveries = 1
+        self.delivered += 1
         reader.consumer.deliver_from_queue(self, entry, tag)
         if tag is None and reader.name is not None:
             self.log.store_offset(reader.name, entry.seq + 1)
@@ -464,7 +466,9 @@ class StreamQueue(Queue):
     # -- acknowledgements -------------------------------------------------------------------
 
     def ack_many(self, tags: Iterable[int]) -> int:
-        return self._settle(tags)
+        count = self._settle(tags)
+        self.acknowledged += count
+        return count
 
     def nack_many(self, tags: Iterable[int], *, requeue: bool = True) -> int:
         # Nothing is requeued (the message stays in the log); one the client asked to

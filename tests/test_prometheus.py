@@ -133,6 +133,9 @@ async def test_counters_follow_paho_stomp_py_and_pika_traffic(serve_config):
     assert value(metrics, "polybroker_retained_messages") == 1
     assert value(metrics, "polybroker_retained_bytes") == 1
     assert value(metrics, "polybroker_queue_messages_ready", queue="work") == 0
+    for counter, count in (("published", 6), ("delivered", 6), ("acknowledged", 0)):
+        name = f"polybroker_queue_messages_{counter}"  # 2 by stomp.py, 4 by pika; basic.get
+        assert value(metrics, name, name + "_total", queue="work") == count
     assert value(metrics, "polybroker_sessions") == 0  # clean sessions end with their client
     # The store fsynced the retained message and the confirms: the histogram saw it.
     fsync = "polybroker_store_fsync_seconds"

@@ -161,6 +161,20 @@ def test_ack_settles_once_and_unknown_tags_are_refused():
     assert queue.unacked_count == 0 and queue.message_count == 0
 
 
+def test_the_queue_counts_what_it_takes_in_hands_out_and_is_acknowledged():
+    queue = make_queue()
+    consumer = Consumer("a")
+    queue.add_consumer(consumer)
+    put_all(queue, "1", "2")
+    first, second = consumer.tags()
+    queue.ack(first)
+    queue.nack(second)  # requeued to the same consumer: a second delivery
+    queue.remove_consumer(consumer, requeue=True)
+    put_all(queue, "3")
+    assert queue.get() is not None
+    assert (queue.published, queue.delivered, queue.acknowledged) == (3, 4, 1)
+
+
 def test_tags_are_unique_and_increasing():
     queue = make_queue()
     a, b = Consumer("a"), Consumer("b")

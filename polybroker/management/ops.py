@@ -378,6 +378,8 @@ def _queue_summary(queue: Queue) -> Json:
         "auto_delete": queue.auto_delete, "ready": queue.message_count,
         "unacknowledged": queue.unacked_count, "consumers": queue.consumer_count,
         "bytes": queue.bytes, "dropped": dict(queue.drops.counts),
+        "published": queue.published, "delivered": queue.delivered,
+        "acknowledged": queue.acknowledged,
     }
 
 

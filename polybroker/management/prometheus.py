@@ -111,6 +111,15 @@ class BrokerCollector(Collector):
         ):
             yield _family(GaugeMetricFamily, name, help_text, ("queue",),
                           {(queue.name,): getattr(queue, attribute) for queue in queues})
+        for name, help_text, attribute in (
+            ("queue_messages_published", "Messages taken into the named queue.", "published"),
+            ("queue_messages_delivered", "Messages handed to the named queue's consumers "
+             "(redeliveries too).", "delivered"),
+            ("queue_messages_acknowledged", "Deliveries of the named queue acknowledged.",
+             "acknowledged"),
+        ):
+            yield _family(CounterMetricFamily, name, help_text, ("queue",),
+                          {(queue.name,): getattr(queue, attribute) for queue in queues})
 
     def _runtime(self) -> Iterator[Metric]:
         broker = self.broker

@@ -203,16 +203,18 @@ async function queues(main) {
     const now = Date.now() / 1000;
     const rows = page.items.map((q) => {
       const before = previous.get(q.name);
-      const rate = before ? (q.ready - before.ready) / Math.max(now - before.t, 0.001) : 0;
+      // Rates from the queue's counters: messages taken in, and handed to consumers.
+      const per = (key) => before ? Math.max(0, (q[key] - before[key]) / Math.max(now - before.t, 0.001)) : 0;
       return h("tr", {"data-queue": q.name}, cell(q.name), num(q.ready), num(q.unacknowledged),
-        num(q.consumers), cell(`${rate > 0 ? "+" : ""}${rate.toFixed(1)}`, "num"),
+        num(q.consumers), cell(per("published").toFixed(1), "num in-rate"),
+        cell(per("delivered").toFixed(1), "num out-rate"),
         cell(bytes(q.bytes), "num"),
         h("td", {class: "row-actions"},
           h("button", {type: "button", class: "purge", onclick: () => change(q.name, "purge")}, "Purge"),
           h("button", {type: "button", class: "danger delete", onclick: () => change(q.name, "delete")}, "Delete")));
     });
-    previous = new Map(page.items.map((q) => [q.name, {ready: q.ready, t: now}]));
-    list.replaceChildren(table(["queue", "ready", "unacked", "consumers", "ready /s", "bytes", ""],
+    previous = new Map(page.items.map((q) => [q.name, {published: q.published, delivered: q.delivered, t: now}]));
+    list.replaceChildren(table(["queue", "ready", "unacked", "consumers", "in /s", "out /s", "bytes", ""],
                                rows, "No named queues."));
   }
   async function change(name, what) {
