@@ -154,11 +154,11 @@ async def test_send_socket_on_a_closed_or_reset_socket_raises():
 
 
 def writer_tasks() -> list[trio.lowlevel.Task]:
-    """Every running MQTT connection writer task, wherever it runs in the task tree."""
+    """Every running connection writer task, wherever it runs in the task tree."""
     found, todo = [], [trio.lowlevel.current_root_task()]
     while todo:
         task = todo.pop()
-        if task.coro.__qualname__ == "MQTTClientConnection._write_loop":
+        if task.coro.__qualname__ == "ConnectionRunner._write_loop":
             found.append(task)
         for nursery in task.child_nurseries:
             todo.extend(nursery.child_tasks)

@@ -1,10 +1,10 @@
 """MQTT adapter (3.1, 3.1.1, 5.0): one connection's packets in, broker core calls out.
 
-One task per connection, and a second one while there is something to send: the
-reader parses whatever one receive returns and handles every packet in it synchronously
-(no task switch per message); the writer, started when bytes are buffered and gone when
-the buffer is empty, sends whatever the connection has buffered, so all deliveries made
-to a connection between two of its writes go out in one system call.
+The I/O is the ``runner``'s (one task per idle connection, a writer only while there is
+something to send, the keep-alive deadline, the durability gate, the lingering close):
+it hands whatever one receive returns to ``receive``, which parses it and handles every
+packet in it synchronously (no task switch per message); all deliveries made to a
+connection between two of its writes go out in one system call.
 """
 
 import logging
@@ -19,7 +19,7 @@ from ..broker import Broker
 from ..journal import StoreFull
 from ..limits import PublishThrottle
 from ..message import Message
-from ..overflow import SLOW_READER_QOS0, Backlog, Holdback, excluding_own
+from ..overflow import SLOW_READER_QOS0, Backlog, excluding_own
 from ..protocols.mqtt import (
     CONNACK_IDENTIFIER_REJECTED,
     MQTT_3_1,
@@ -55,9 +55,9 @@ from ..sessions import (
     SubscriptionOptions,
 )
 from ..shared import is_valid_shared_filter, split_shared_filter
-from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
 from .mqtt_connack import fit_connack, imposed_keep_alive
 from .mqtt_outbound import PublishEncoder
+from .runner import ConnectionRunner
 
 log = logging.getLogger("polybroker.mqtt")
 
@@ -82,68 +82,8 @@ class Closing(Exception):
         self.reason = reason
 
 
-class _Outbox:
-    """Connections with bytes to send over plain sockets (``_send_soon``), sent by one
-    task per run once the tasks running when they were added have run: all a
-    connection is given by the readers of one scheduling round goes out in one write."""
-
-    __slots__ = ("_parked", "_pending", "_task")
-
-    def __init__(self) -> None:
-        self._pending: list[MQTTClientConnection] = []
-        self._task: trio.lowlevel.Task | None = None
-        self._parked = False
-
-    def add(self, connection: "MQTTClientConnection") -> None:
-        self._pending.append(connection)
-        if self._parked:
-            self._parked = False
-            trio.lowlevel.reschedule(self._task)
-
-    async def run(self) -> None:
-        self._task = trio.lowlevel.current_task()
-        while True:
-            if not self._pending:
-                self._parked = True
-                await trio.lowlevel.wait_task_rescheduled(_abort)
-            else:
-                # Once per round even when busy: readers that run after it this round
-                # add to the next batch.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            batch, self._pending = self._pending, []
-            for connection in batch:
-                try:
-                    connection._send_batched()
-                except Exception:
-                    log.exception("client %s: internal error while sending, connection "
-                                  "closed", connection.name)
-                    connection._write_failed = True
-                    connection._stop_reading()
-
-
-def _abort(_: object) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.SUCCEEDED
-
-
-_OUTBOX: trio.lowlevel.RunVar[_Outbox] = trio.lowlevel.RunVar("polybroker.mqtt.outbox")
-
-
-def _outbox() -> _Outbox:
-    """This run's outbox, and its task, made on first use."""
-    try:
-        return _OUTBOX.get()
-    except LookupError:
-        outbox = _Outbox()
-        _OUTBOX.set(outbox)
-        trio.lowlevel.spawn_system_task(outbox.run, name="mqtt outbox")
-        return outbox
-
 # The encoder of every 3.1 / 3.1.1 connection: without topic aliases it keeps no state.
 _V3_ENCODER = PublishEncoder(4, UNBOUNDED, 0)
-
-# Seconds the closing handshake of the transport (TLS close_notify, WebSocket close)
-# may take before the connection is dropped regardless.
-CLOSE_TIMEOUT = 2.0
 
 
 class MQTTClientConnection:
@@ -151,20 +91,17 @@ class MQTTClientConnection:
 
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_auth", "_auth_failed", "_closing", "_closing_slow", "_drained", "_holdback",
-        "_in_batch", "_peer_done", "_pending_connect", "_plain_bytes", "_read_scope", "_socket",
-        "_stopped",
-        "_taken_over", "_write_failed", "_writing",
+        "_auth", "_auth_failed", "_closing_slow", "_packets_read", "_pending_connect",
+        "_plain_bytes", "_taken_over",
         "allow_anonymous", "broker", "client", "client_id", "conn", "encoder", "identity",
         "inbound_aliases", "keep_alive", "level", "limits", "peer", "problem_information",
-        "session", "stream", "throttle", "user", "will", "will_delay",
+        "runner", "session", "throttle", "user", "will", "will_delay",
     )
 
     def __init__(
         self, stream: trio.abc.Stream, broker: Broker, peer: str, identity: str | None = None,
         allow_anonymous: bool = True,
     ) -> None:
-        self.stream = stream
         self.broker = broker
         self.limits = limits = broker.limits
         self.peer = peer
@@ -183,9 +120,6 @@ class MQTTClientConnection:
         self.encoder = _V3_ENCODER
         self.inbound_aliases: dict[int, str] = {}
         self.problem_information = True  # MQTT 5.0 Request Problem Information
-        # queue_overflow "block": the full backlogs this read's messages went to, and the
-        # acknowledgements withheld until they have room (None: not held back).
-        self._holdback: Holdback | None = None
         # max_publish_rate; None when there is none (no bucket to keep per connection).
         self.throttle = (PublishThrottle(limits.max_publish_rate, limits.max_publish_burst)
                          if limits.max_publish_rate > 0 else None)
@@ -194,109 +128,88 @@ class MQTTClientConnection:
         self._auth_failed = False  # the enhanced authentication exchange failed
         self._taken_over = False
         self._closing_slow = False
-        self._closing = False
         self._plain_bytes = 0  # buffered QoS 0/1 deliveries, which need not wait for the disk
-        # The writer task runs only while there is something to send (see _send_soon).
-        self._writing = False
-        self._in_batch = False  # in the batch of connections a reader sends to (_send_soon)
-        # Plain TCP: the socket is read and written directly (io.py), until run() closes it.
-        self._socket = plain_socket_fd(stream)
-        self._drained: trio.Event | None = None  # set when the writer ends, once closing
-        self._write_failed = False
-        # Bounds the reads: its deadline is the keep-alive (or CONNECT) deadline while a
-        # read waits; _stop_reading cancels it.
-        self._read_scope = trio.CancelScope()
-        self._stopped = False  # _stop_reading was called (as opposed to the deadline)
-        # The client ended the connection (DISCONNECT, close, reset): no lingering close.
-        self._peer_done = False
+        self._packets_read = 0  # whole packets in the last read (they restart the keep alive)
+        self.runner = ConnectionRunner(stream, broker, self, log, self.throttle,
+                                       bound_replies=False)
+        # Our last word (DISCONNECT, a refusing CONNACK) must be read, unless the client
+        # ended the connection itself (DISCONNECT, close, reset).
+        self.runner.linger = True
 
     @property
     def name(self) -> str:
         return f"{self.client_id or '<no id>'} ({self.peer})"
 
-    async def run(self) -> None:
-        # The read loop is written out here rather than in a method of its own: a frame
-        # less for as long as the connection lives.
-        self.broker.connection_opened(self)
-        scope = self._read_scope
-        stream = self.stream
-        sock = self._socket
-        deadline = trio.current_time() + self.limits.connect_timeout
-        try:
-            with scope:
-                while True:
-                    # Only the wait for bytes is bounded by the deadline, not their
-                    # handling (the waits in it lift it: a login may take its time).
-                    scope.deadline = deadline
-                    try:
-                        if sock is not None:
-                            data = await receive_socket(sock)
-                        else:
-                            data = await stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        log.info("client %s: connection lost", self.name)
-                        self._peer_done = True
-                        break
-                    if not data:
-                        log.info("client %s: closed the connection without DISCONNECT",
-                                 self.name)
-                        self._peer_done = True
-                        break
-                    try:
-                        received = await self._receive(data)
-                    except Closing as close:
-                        self._disconnect(close.reason_code, close.reason)
-                        break
-                    if received is None:
-                        break
-                    if received and self.session is not None:
-                        # Only a whole Control Packet restarts the keep-alive period, not
-                        # stray bytes [MQTT-3.1.2-24]: one and a half times the keep
-                        # alive, 0 is none.
-                        keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
-                        deadline = trio.current_time() + keep_alive
-                    if self._holdback is not None:
-                        scope.deadline = math.inf
-                        deadline += await self._wait_for_room()  # queue_overflow "block"
-                    if self.throttle is not None:
-                        scope.deadline = math.inf
-                        deadline += await self.throttle.settle()  # max_publish_rate
-            if scope.cancelled_caught and not self._stopped:
-                # The deadline passed while waiting for bytes.
-                if self.session is None:
-                    self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
-                else:  # [MQTT-3.1.2-22]
-                    self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
-        finally:
-            try:
-                self._end()
-                self._closing = True
-                if self.conn.pending_bytes and not self._writing and not self._write_failed:
-                    self._start_writer(b"")  # what is still buffered (a DISCONNECT, say)
-                if self._writing:
-                    self._drained = trio.Event()
-                    await self._drained.wait()  # bounded: the writer gives up in send_timeout
-                if not self._peer_done and not self._write_failed:
-                    # Our last word (DISCONNECT, a refusing CONNACK) must be read.
-                    await linger(stream, self.broker.linger_deadline)
-            finally:
-                self.broker.connection_closed(self)
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await stream.aclose()  # closed even when cancelled, as trio promises
+    def run(self) -> Coroutine[Any, Any, None]:
+        return self.runner.run()
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a 5.0 client is told so (0x8B), then the writer drains."""
-        if self._closing:
+        if self.runner.finished:
             return  # already ended (it disconnected just before the shutdown)
         if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
             self.conn.send(Disconnect(rc.SERVER_SHUTTING_DOWN))
         log.info("client %s: closing: server shutting down", self.name)
-        self._stop_reading()
+        self.runner.stop_reading()
 
-    def _stop_reading(self) -> None:
-        """End the read loop (the connection then closes after sending what is buffered)."""
-        self._stopped = True
-        self._read_scope.cancel()
+    # -- what the runner calls ------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.conn.pending_bytes
+
+    def data_to_send(self) -> bytes:
+        self._plain_bytes = 0
+        return self.conn.data_to_send()
+
+    async def receive(self, data: bytes) -> bool:
+        """Handle one read's worth of packets; False ends the connection."""
+        try:
+            received = await self._receive(data)
+        except Closing as close:
+            self._disconnect(close.reason_code, close.reason)
+            return False
+        if received is None:
+            return False
+        self._packets_read = received
+        # Acknowledgements (and QoS 2 deliveries) go out once the records they vouch for
+        # are on disk; QoS 0/1 deliveries alone need not.
+        if self.conn.pending_bytes > self._plain_bytes:
+            self.runner.hold_durable()
+        return True
+
+    def read_deadline(self, deadline: float) -> float:
+        if self._packets_read and self.session is not None:
+            # Only a whole Control Packet restarts the keep-alive period, not stray bytes
+            # [MQTT-3.1.2-24]: one and a half times the keep alive, 0 is none.
+            keep_alive = self.keep_alive * 1.5 if self.keep_alive else math.inf
+            return trio.current_time() + keep_alive
+        return deadline
+
+    def read_timed_out(self) -> None:
+        if self.session is None:
+            self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
+        else:  # [MQTT-3.1.2-22]
+            self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
+
+    def heartbeat_interval(self) -> float:
+        return 0  # the client keeps the connection alive (PINGREQ), never the server
+
+    def send_heartbeat(self) -> None:
+        pass
+
+    def release(self, held: list) -> None:
+        """queue_overflow "block": the backlogs this client filled have room (or
+        ``max_block_time`` passed): send the acknowledgements withheld meanwhile."""
+        for first_byte, packet_id, reason in held:
+            self._ack(first_byte, packet_id, reason)
+        self.runner.hold_durable()
+
+    def sent(self) -> None:
+        pass  # sessions bound deliveries by their own windows
+
+    def end(self) -> None:
+        self._end()
 
     # -- I/O ------------------------------------------------------------------------------
 
@@ -314,12 +227,12 @@ class MQTTClientConnection:
             if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
                 raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
             if type(packet) is Connect:
-                self._read_scope.deadline = math.inf
+                self.runner.lift_deadline()
                 if not await self._login(packet):
                     return None
             if not handler(self, packet):
                 if self._auth_failed:
-                    self._read_scope.deadline = math.inf
+                    self.runner.lift_deadline()
                     await self._refuse_enhanced()
                 return None
         if self.conn.error_pending:
@@ -329,95 +242,7 @@ class MQTTClientConnection:
                 self.conn.receive_data(b"")
             except MQTTError as exc:
                 raise Closing(exc.reason_code, exc.reason) from None
-        if self.conn.pending_bytes:
-            self._send_soon()
         return len(packets)
-
-    def _send_soon(self) -> None:
-        """Have what is buffered sent.
-
-        Over a plain socket the connection joins the run's outbox: once the tasks that
-        are running now have run, it sends everything buffered for it meanwhile (by any
-        of them) in one system call, directly if the socket takes it all
-        (``_send_batched``). The writer task sends what the socket does not take, and
-        everything on other streams; it runs only while there is something to send, so
-        an idle connection costs only its reader."""
-        if self._writing or self._write_failed or self._closing:
-            return  # the writer will see the new bytes (or nothing is sent any more)
-        if self._socket is None:
-            self._start_writer(b"")
-        elif not self._in_batch:
-            self._in_batch = True
-            _outbox().add(self)
-
-    def _send_batched(self) -> None:
-        """The outbox's turn: send what is buffered directly, or have the writer send it
-        (the part the socket does not take, or all of it when it must wait for the disk
-        first)."""
-        self._in_batch = False
-        conn = self.conn
-        if self._writing or self._write_failed or self._closing or not conn.pending_bytes:
-            return
-        if conn.pending_bytes > self._plain_bytes and self.broker.durability.pending():
-            self._start_writer(b"")
-            return
-        data = conn.data_to_send()
-        self._plain_bytes = 0
-        try:
-            sent = send_socket(self._socket, data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._write_failed = True
-            self._stop_reading()
-            return
-        if sent < len(data):
-            self._start_writer(data[sent:])
-
-    def _start_writer(self, unsent: bytes) -> None:
-        """Start the writer task; ``unsent``: bytes taken from the buffer to send first.
-
-        It is a system task rather than a child of a nursery of the connection's own,
-        which would cost every idle connection a cancel scope and its bookkeeping:
-        ``run`` waits for it before closing the stream instead, and it catches whatever
-        it raises."""
-        self._writing = True
-        trio.lowlevel.spawn_system_task(self._write_loop, unsent, name="mqtt writer")
-
-    async def _write_loop(self, unsent: bytes) -> None:
-        try:
-            if await self._write_all(unsent):
-                return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
-            log.exception("client %s: internal error while sending, connection closed",
-                          self.name)
-        finally:
-            self._writing = False
-            if self._drained is not None:
-                self._drained.set()
-        self._write_failed = True
-        self._stop_reading()
-
-    async def _write_all(self, data: bytes) -> bool:
-        """Send ``data``, then what is buffered, until nothing is (True), or give up
-        (False, logged)."""
-        while True:
-            if data:
-                with trio.move_on_after(self.limits.send_timeout) as timer:
-                    await self.stream.send_all(data)
-                if timer.cancelled_caught:
-                    log.warning("client %s: closing: send timed out", self.name)
-                    return False
-            data = self.conn.data_to_send()
-            if not data:
-                return True  # and _writing is cleared in this same step: no gap
-            # Acknowledgements (and QoS 2 deliveries) go out once the records they
-            # vouch for are on disk (durability); QoS 0/1 deliveries alone need not.
-            plain, self._plain_bytes = self._plain_bytes, 0
-            durability = self.broker.durability
-            if len(data) > plain and not await durability.wait_durable(self.limits.send_timeout):
-                log.error("client %s: closing: storage did not confirm in time", self.name)
-                return False
 
     def _refuse_connect(self, exc: MQTTError) -> None:
         """A bad CONNECT: answer with a CONNACK where the spec asks for one, then close."""
@@ -702,9 +527,10 @@ class MQTTClientConnection:
 
     def _ack(self, first_byte: int, packet_id: int, reason: int) -> None:
         """Send PUBACK/PUBREC/PUBREL/PUBCOMP; 3.1.1 has no reason codes. While the
-        publisher is held back (``_holdback``) its PUBACKs and PUBRECs wait, in order."""
-        if self._holdback is not None and first_byte in (PUBACK, PUBREC):
-            self._holdback.acks.append((first_byte, packet_id, reason))
+        publisher is held back (``runner.hold_back``) its PUBACKs and PUBRECs wait, in
+        order."""
+        if first_byte in (PUBACK, PUBREC) and self.runner.withhold(
+                (first_byte, packet_id, reason)):
             return
         if reason == rc.SUCCESS or self.level < MQTT_5:
             self.conn.send_bytes(encode_ack(first_byte, packet_id))
@@ -782,24 +608,8 @@ class MQTTClientConnection:
         waited for (it could not read its acknowledgements meanwhile): new messages for it
         are dropped until it has room."""
         full = excluding_own(full, (self.session,), self.name, "its own session", log)
-        if not full:
-            return
-        if self._holdback is None:
-            self._holdback = Holdback()
-        self._holdback.add(full)
-
-    async def _wait_for_room(self) -> float:
-        """Wait (not reading) until every backlog this client filled has room, at most
-        ``max_block_time``; then send the withheld acknowledgements. Returns the seconds
-        waited, which do not count against the keep alive."""
-        start = trio.current_time()
-        held = await self._holdback.wait(self.limits.max_block_time, self.name, log)
-        self._holdback = None
-        for first_byte, packet_id, reason in held:
-            self._ack(first_byte, packet_id, reason)
-        if self.conn.pending_bytes:
-            self._send_soon()
-        return trio.current_time() - start
+        if full:
+            self.runner.hold_back(full)
 
     def _on_puback(self, packet: PubAck) -> bool:
         self.session.puback(packet.packet_id)
@@ -880,8 +690,8 @@ class MQTTClientConnection:
         return True
 
     def _on_disconnect(self, packet: Disconnect) -> bool:
+        self.runner.linger = False  # the client ended it: nobody waits for our last word
         if self.session is None:  # gave up during the authentication exchange
-            self._peer_done = True
             return False
         if self.level >= MQTT_5:
             expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
@@ -889,10 +699,8 @@ class MQTTClientConnection:
                 self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
             if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
                 log.info("client %s: disconnected with will", self.name)
-                self._peer_done = True
                 return False
         self.will = None  # [MQTT-3.14.4-3]: a clean disconnect discards the will
-        self._peer_done = True
         log.info("client %s: disconnected", self.name)
         return False
 
@@ -911,25 +719,27 @@ class MQTTClientConnection:
         conn.send_bytes(data)
         if delivery.qos < 2:
             self._plain_bytes += len(data)
-        if not self._in_batch:
-            self._send_soon()
+        else:
+            self.runner.hold_durable()
+        self.runner.wake()
         if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large
             # messages is disconnected; what it did not acknowledge stays in its session.
             self._closing_slow = True
             self._disconnect(rc.QUOTA_EXCEEDED, "outgoing quota exceeded: client does not read")
-            self._stop_reading()
+            self.runner.stop_reading()
         return True
 
     def send_pubrel(self, packet_id: int) -> None:
         self.conn.send_bytes(encode_ack(PUBREL, packet_id))
-        self._send_soon()
+        self.runner.hold_durable()
+        self.runner.wake()
 
     def session_taken_over(self) -> None:
         self._taken_over = True
         if self.level >= MQTT_5:
             self.conn.send(Disconnect(rc.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
-        self._stop_reading()
+        self.runner.stop_reading()
 
 
 _HANDLERS = {
@@ -955,6 +765,6 @@ def serve_mqtt(
 ) -> Coroutine[Any, Any, None]:
     """Serve one MQTT client until it goes away (``server.ProtocolHandler``).
 
-    Returns the connection's coroutine itself rather than awaiting it: one coroutine
-    frame less per connection, for as long as it lives."""
-    return MQTTClientConnection(stream, broker, peer, identity, allow_anonymous).run()
+    Returns the runner's coroutine itself rather than awaiting it: one coroutine frame
+    less per connection, for as long as it lives."""
+    return MQTTClientConnection(stream, broker, peer, identity, allow_anonymous).runner.run()

@@ -243,6 +243,7 @@ class StompClientConnection:
     async def _login(self, frame: Frame) -> None:
         """Check ``login`` and ``passcode``; ProtocolError "access refused" if refused."""
         client_id = frame.get("client-id") or self.session_id
+        self.runner.lift_deadline()  # the connect timeout bounds the wait for bytes only
         login = await self.broker.security.login(
             frame.get("login"), frame.get("passcode"), allow_anonymous=self.allow_anonymous,
             identity=self.identity, peer=self.peer, client_id=client_id, protocol="STOMP",

@@ -295,6 +295,7 @@ class AMQPClientConnection:
         assert login_request is not None
         user, client_id = login_request.user, login_request.client_name
         security = self.broker.security
+        self.runner.lift_deadline()  # the connect timeout bounds the wait for bytes only
         if user is None:  # unknown mechanism or an unreadable response
             login = await security.refuse(Refusal.BAD_CREDENTIALS, username=None,
                                           peer=self.peer, client_id=client_id, protocol="AMQP")
