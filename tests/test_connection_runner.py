@@ -111,7 +111,7 @@ class EchoHandler:
 
 async def start(nursery, broker, handler):
     client, server = trio.testing.memory_stream_pair()
-    runner = ConnectionRunner(server, broker, handler, log)
+    runner = ConnectionRunner(server, broker, handler, log, "test")
     handler.runner = runner
     nursery.start_soon(runner.run)
     return client, runner
@@ -152,7 +152,7 @@ async def test_storage_that_does_not_confirm_closes_the_connection(
     await client.send_all(b"sync")
     handler.runner.broker.durability.synced.set()
     assert await client.receive_some() == b""  # closed, never the unconfirmed answer
-    assert "storage did not confirm in time" in caplog.text
+    assert "test client echo (test) disconnected: storage timeout" in caplog.text
 
 
 async def test_heartbeats_fill_write_silence(nursery, autojump_clock):
@@ -209,7 +209,7 @@ async def start_over_tcp(nursery, broker, handler):
     client = await trio.testing.open_stream_to_socket_listener(listeners[0])
     server = await listeners[0].accept()
     await listeners[0].aclose()
-    runner = ConnectionRunner(server, broker, handler, log)
+    runner = ConnectionRunner(server, broker, handler, log, "test")
     handler.runner = runner
     nursery.start_soon(runner.run)
     return client, runner

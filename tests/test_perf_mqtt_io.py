@@ -198,7 +198,7 @@ async def test_a_client_that_does_not_read_is_closed_after_the_send_timeout(
             while "slow" in broker.sessions:  # clean session: gone with the connection
                 await trio.sleep(0.5)  # ok: mock clock, polling virtual time
     assert 5 <= trio.current_time() - start <= 7
-    assert "client slow (memory): closing: send timed out" in caplog.text
+    assert "mqtt client slow (memory) disconnected: send timeout" in caplog.text
     assert writer_tasks() == []
 
 

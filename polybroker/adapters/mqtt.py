@@ -74,12 +74,14 @@ _REFUSAL_CODES = {
 
 
 class Closing(Exception):
-    """Close the connection; at 5.0 send DISCONNECT with ``reason_code`` first."""
+    """Close the connection; at 5.0 send DISCONNECT with ``reason_code`` first.
+    ``ending``: why, as ``runner.END_REASONS`` says it."""
 
-    def __init__(self, reason_code: int, reason: str) -> None:
+    def __init__(self, reason_code: int, reason: str, ending: str = "protocol_error") -> None:
         super().__init__(reason)
         self.reason_code = reason_code
         self.reason = reason
+        self.ending = ending
 
 
 # The encoder of every 3.1 / 3.1.1 connection: without topic aliases it keeps no state.
@@ -130,7 +132,7 @@ class MQTTClientConnection:
         self._closing_slow = False
         self._plain_bytes = 0  # buffered QoS 0/1 deliveries, which need not wait for the disk
         self._packets_read = 0  # whole packets in the last read (they restart the keep alive)
-        self.runner = ConnectionRunner(stream, broker, self, log, self.throttle,
+        self.runner = ConnectionRunner(stream, broker, self, log, "mqtt", self.throttle,
                                        bound_replies=False)
         # Our last word (DISCONNECT, a refusing CONNACK) must be read, unless the client
         # ended the connection itself (DISCONNECT, close, reset).
@@ -149,7 +151,7 @@ class MQTTClientConnection:
             return  # already ended (it disconnected just before the shutdown)
         if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
             self.conn.send(Disconnect(rc.SERVER_SHUTTING_DOWN))
-        log.info("client %s: closing: server shutting down", self.name)
+        self.runner.ending("shutdown")
         self.runner.stop_reading()
 
     # -- what the runner calls ------------------------------------------------------------
@@ -167,7 +169,7 @@ class MQTTClientConnection:
         try:
             received = await self._receive(data)
         except Closing as close:
-            self._disconnect(close.reason_code, close.reason)
+            self._disconnect(close.reason_code, close.reason, close.ending)
             return False
         if received is None:
             return False
@@ -188,9 +190,9 @@ class MQTTClientConnection:
 
     def read_timed_out(self) -> None:
         if self.session is None:
-            self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
+            self._disconnect(rc.MAXIMUM_CONNECT_TIME, "no CONNECT in time", "connect_timeout")
         else:  # [MQTT-3.1.2-22]
-            self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
+            self._disconnect(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout", "keepalive_timeout")
 
     def heartbeat_interval(self) -> float:
         return 0  # the client keeps the connection alive (PINGREQ), never the server
@@ -251,12 +253,12 @@ class MQTTClientConnection:
             self.conn.send(ConnAck(return_code=exc.reason_code))
         elif exc.connack_code is not None:
             self.conn.send(ConnAck(return_code=exc.connack_code))
-        log.warning("client %s: refused: %s", self.name, exc.reason)
+        self.runner.ending("protocol_error", exc.reason)
 
-    def _disconnect(self, reason_code: int, reason: str) -> None:
+    def _disconnect(self, reason_code: int, reason: str, ending: str = "protocol_error") -> None:
         """Close from the server side; a 5.0 client is told why [MQTT-4.13.1-1]. Before
         CONNACK only a CONNACK may say it, and no DISCONNECT is sent [MQTT-3.14.0-1]."""
-        log.warning("client %s: closing: %s", self.name, reason)
+        self.runner.ending(ending, reason)
         if self.level < MQTT_5:
             return
         if self.session is None:
@@ -305,6 +307,7 @@ class MQTTClientConnection:
             self.user = login.user
             return True
         old, new = _REFUSAL_CODES[login.refusal]
+        self.runner.ending("login_refused")
         self._refuse_with(new if packet.protocol_level >= MQTT_5 else old, packet)
         return False
 
@@ -314,6 +317,7 @@ class MQTTClientConnection:
             Refusal.NOT_AUTHORIZED, username=None, peer=self.peer,
             client_id=self._pending_connect.client_id, protocol=f"MQTT {method}",
         )
+        self.runner.ending("login_refused", f"authentication method {method}")
         self._refuse_with(rc.NOT_AUTHORIZED, self._pending_connect)
 
     def _refuse_with(self, code: int, packet: Connect | None) -> None:
@@ -337,8 +341,7 @@ class MQTTClientConnection:
         authenticator = self.broker.authenticators.get(method)
         if authenticator is None:
             self._refuse_with(rc.BAD_AUTHENTICATION_METHOD, packet)
-            log.warning("client %s: refused: unknown authentication method %r",
-                        self.name, method)
+            self.runner.ending("login_refused", f"unknown authentication method {method!r}")
             return False
         self._pending_connect = packet
         self._auth = authenticator.start()
@@ -378,8 +381,7 @@ class MQTTClientConnection:
             if not packet.clean_session and not v5:
                 # [MQTT-3.1.3-8]: empty id needs clean session; CONNACK 0x02, then close.
                 self.conn.send(ConnAck(return_code=CONNACK_IDENTIFIER_REJECTED))
-                log.warning("client (%s): refused: empty client id without clean session",
-                            self.peer)
+                self.runner.ending("connect_refused", "empty client id without clean session")
                 return False
             client_id = self.broker.generate_client_id()  # [MQTT-3.1.3-6]
             if v5:
@@ -388,8 +390,8 @@ class MQTTClientConnection:
             # The broker's own sessions (a bridge's backlog) are not for a client to take.
             self._refuse_with(
                 rc.CLIENT_IDENTIFIER_NOT_VALID if v5 else CONNACK_IDENTIFIER_REJECTED, packet)
-            log.warning("client (%s): refused: client id %r is reserved for the broker",
-                        self.peer, client_id)
+            self.runner.ending("connect_refused",
+                               f"client id {client_id!r} is reserved for the broker")
             return False
         self.client_id = client_id
         self.client = Client(self.user, client_id)
@@ -398,8 +400,8 @@ class MQTTClientConnection:
         if imposed is not None and not v5:
             # 3.1.1 cannot be told another keep alive: refused, as Mosquitto does.
             self.conn.send(ConnAck(return_code=CONNACK_IDENTIFIER_REJECTED))
-            log.warning("client %s: refused: keep alive %ds above max_keepalive %ds",
-                        self.name, packet.keep_alive, imposed)
+            self.runner.ending("connect_refused", f"keep alive {packet.keep_alive}s above "
+                                                  f"max_keepalive {imposed}s")
             return False
         if v5:
             expiry = props.get(prop.SESSION_EXPIRY_INTERVAL, 0)
@@ -410,9 +412,9 @@ class MQTTClientConnection:
             connack = fit_connack(ConnAck(properties=connack_props),
                                   props.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED))
             if connack is None:
-                log.warning("client %s: closing: no CONNACK fits the client's Maximum "
-                            "Packet Size %d [MQTT-3.1.2-24]", self.name,
-                            props[prop.MAXIMUM_PACKET_SIZE])
+                self.runner.ending(
+                    "connect_refused", f"no CONNACK fits the client's Maximum Packet Size "
+                                       f"{props[prop.MAXIMUM_PACKET_SIZE]} [MQTT-3.1.2-24]")
                 return False
             connack_props = connack.properties
         else:
@@ -542,8 +544,8 @@ class MQTTClientConnection:
         3.1.1 can only close without acknowledging, so that the client sends it again (a
         QoS 2 resend then finds its packet id and is not routed twice)."""
         if self.level < MQTT_5:
-            raise Closing(rc.QUOTA_EXCEEDED, f"storage full: message to {packet.topic!r} "
-                                             "not acknowledged")
+            raise Closing(rc.QUOTA_EXCEEDED, f"message to {packet.topic!r} not acknowledged",
+                          "storage_full")
         log.error("client %s: message to %s refused: storage full", self.name, packet.topic)
         if packet.qos == 2:
             self.session.inbound_qos2.discard(packet.packet_id)  # 0x97 ends the exchange
@@ -692,16 +694,17 @@ class MQTTClientConnection:
     def _on_disconnect(self, packet: Disconnect) -> bool:
         self.runner.linger = False  # the client ended it: nobody waits for our last word
         if self.session is None:  # gave up during the authentication exchange
+            self.runner.ending("client_disconnect", "during authentication")
             return False
         if self.level >= MQTT_5:
             expiry = packet.properties.get(prop.SESSION_EXPIRY_INTERVAL)
             if expiry is not None:  # not set from zero: the codec checked (3.14.2.2.2)
                 self.session.expiry_interval = expiry  # [MQTT-3.14.2-2]
             if packet.reason_code == rc.DISCONNECT_WITH_WILL_MESSAGE:
-                log.info("client %s: disconnected with will", self.name)
+                self.runner.ending("client_disconnect", "with will")
                 return False
         self.will = None  # [MQTT-3.14.4-3]: a clean disconnect discards the will
-        log.info("client %s: disconnected", self.name)
+        self.runner.ending("client_disconnect")
         return False
 
     # -- the session's link: deliveries to the client ---------------------------------------
@@ -726,7 +729,8 @@ class MQTTClientConnection:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large
             # messages is disconnected; what it did not acknowledge stays in its session.
             self._closing_slow = True
-            self._disconnect(rc.QUOTA_EXCEEDED, "outgoing quota exceeded: client does not read")
+            self._disconnect(rc.QUOTA_EXCEEDED, "outgoing quota exceeded: client does not read",
+                             "slow_reader")
             self.runner.stop_reading()
         return True
 
@@ -737,6 +741,7 @@ class MQTTClientConnection:
 
     def session_taken_over(self) -> None:
         self._taken_over = True
+        self.runner.ending("taken_over")
         if self.level >= MQTT_5:
             self.conn.send(Disconnect(rc.SESSION_TAKEN_OVER))  # [MQTT-3.1.4-3]
         self.runner.stop_reading()

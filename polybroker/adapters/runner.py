@@ -24,7 +24,10 @@ else:
   are on disk;
 - when the reader is done, ``Handler.end`` releases what the connection held, the
   buffer is flushed, and a lingering close (``io.linger``) lets the client read our
-  last words when ``linger`` is set.
+  last words when ``linger`` is set;
+- why the connection ended is one word of ``END_REASONS`` (``end_reason``, given by
+  ``ending``: the first reason counts), and one log line says it, the same for every
+  protocol: ``mqtt client c1 (127.0.0.1:5555) disconnected: keep-alive timeout``.
 """
 
 import logging
@@ -38,6 +41,32 @@ from ..broker import Broker
 from ..limits import PublishThrottle
 from ..overflow import Backlog, Holdback
 from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
+
+# Why a connection ended: the word kept on the runner (``end_reason``, for counting)
+# and the words of the log line.
+END_REASONS = {
+    "client_disconnect": "client disconnect",  # DISCONNECT, connection.close
+    "peer_closed": "peer closed",  # end of stream or reset, without a goodbye
+    "protocol_error": "protocol error",
+    "connect_refused": "connect refused",  # a CONNECT the broker cannot accept
+    "login_refused": "login refused",
+    "connect_timeout": "connect timeout",
+    "keepalive_timeout": "keep-alive timeout",
+    "heartbeat_timeout": "heart-beat timeout",
+    "send_timeout": "send timeout",
+    "slow_reader": "slow reader",  # more buffered for the client than it may have
+    "storage_full": "storage full",
+    "storage_timeout": "storage timeout",  # the disk did not confirm in send_timeout
+    "taken_over": "taken over",  # a new connection took the session
+    "shutdown": "shutdown",
+    "kicked": "kicked",  # an operator closed it
+    "internal_error": "internal error",
+}
+# Reasons an operator should look at; the others are logged at INFO.
+_WARNING_REASONS = frozenset((
+    "protocol_error", "connect_timeout", "keepalive_timeout", "heartbeat_timeout",
+    "send_timeout", "slow_reader", "storage_full", "storage_timeout", "internal_error",
+))
 
 # Seconds the closing handshake of the transport (TLS close_notify, WebSocket close)
 # may take before the connection is dropped regardless.
@@ -125,8 +154,9 @@ class _Outbox:
                 try:
                     runner._send_batched()
                 except Exception:
-                    runner.log.exception("client %s: internal error while sending, "
-                                         "connection closed", runner.handler.name)
+                    runner.log.exception("client %s: internal error while sending",
+                                         runner.handler.name)
+                    runner.ending("internal_error", "while sending")
                     runner._write_failed = True
                     runner.stop_reading()
 
@@ -156,12 +186,14 @@ class ConnectionRunner:
     __slots__ = (
         "_flushed", "_hold", "_in_batch", "_last_sent", "_read_scope", "_room", "_socket",
         "_stop_by", "_stopped", "_write_failed", "_writing", "bound_replies", "broker",
-        "finished", "handler", "holdback", "limits", "linger", "log", "stream", "throttle",
+        "end_detail", "end_reason", "finished", "handler", "holdback", "limits", "linger",
+        "log", "protocol", "stream", "throttle",
     )
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, handler: Handler,
-                 log: logging.Logger, throttle: PublishThrottle | None = None,
+                 log: logging.Logger, protocol: str, throttle: PublishThrottle | None = None,
                  bound_replies: bool = True) -> None:
+        self.protocol = protocol  # "mqtt", "stomp", "amqp": the first word of the end line
         self.stream = stream
         self.broker = broker
         self.limits = broker.limits
@@ -173,6 +205,8 @@ class ConnectionRunner:
         self.bound_replies = bound_replies
         self.linger = False  # our last words (an error, a close) must reach the client
         self.finished = False  # the reader is done: what is buffered is flushed, then closed
+        self.end_reason = ""  # a key of END_REASONS, once the connection is ending
+        self.end_detail = ""  # what the reason's words leave out ("topic alias 0", say)
         # queue_overflow "block": the full backlogs this read's publishes went to, and the
         # acknowledgements withheld until they have room (None: not held back).
         self.holdback: Holdback | None = None
@@ -219,12 +253,8 @@ class ConnectionRunner:
                                 # Every stream of ours returns bytes (never a bytearray).
                                 data = cast(bytes, await stream.receive_some(RECEIVE_SIZE))
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            self.log.info("client %s: connection lost", handler.name)
+                            self.ending("peer_closed", "connection lost")
                             data = None
-                        else:
-                            if not data:
-                                self.log.info("client %s: closed the connection without "
-                                              "DISCONNECT", handler.name)
                         if not data:
                             self._peer_closed()
                             break
@@ -244,15 +274,21 @@ class ConnectionRunner:
                     elif now >= deadline:
                         self._stopped = True
                         handler.read_timed_out()
+                        self.ending("connect_timeout")  # unless the handler said otherwise
                     elif interval and now >= self._last_sent + interval:
                         self._last_sent = now  # the next one counts from this one
                         handler.send_heartbeat()
                         self.wake()
+        except BaseException as exc:
+            self.ending("shutdown" if isinstance(exc, trio.Cancelled) else "internal_error")
+            raise
         finally:
             try:
                 self._stopped = True
                 handler.end()
                 self.finished = True
+                self._log_end()  # the reason is known: the flush and linger that follow
+                # end what has ended already (our last words reach the client, or not)
                 if handler.pending_bytes and not self._writing and not self._write_failed:
                     self._start_writer(b"")  # what is still buffered (a DISCONNECT, say)
                 if self._writing:
@@ -289,8 +325,19 @@ class ConnectionRunner:
 
     def _peer_closed(self) -> None:
         """The client closed or broke the connection: nobody is left to linger for."""
+        self.ending("peer_closed")
         self._stopped = True
         self.linger = False
+
+    def _log_end(self) -> None:
+        """The one line that says why the connection ended."""
+        reason = self.end_reason or "protocol_error"
+        words = END_REASONS[reason]
+        if self.end_detail:
+            words = f"{words}: {self.end_detail}"
+        level = logging.WARNING if reason in _WARNING_REASONS else logging.INFO
+        self.log.log(level, "%s client %s disconnected: %s", self.protocol, self.handler.name,
+                     words)
 
     async def _wait_for_room(self) -> None:
         assert self.holdback is not None
@@ -302,6 +349,15 @@ class ConnectionRunner:
             self.wake()
 
     # -- what handlers call ---------------------------------------------------------------
+
+    def ending(self, reason: str, detail: str = "") -> None:
+        """Why the connection ends (a key of ``END_REASONS``); the first reason given
+        counts, later ones are consequences of it."""
+        if self.end_reason:
+            return
+        assert reason in END_REASONS, reason
+        self.end_reason = reason
+        self.end_detail = "" if detail == END_REASONS[reason] else detail
 
     def wake(self) -> None:
         """Output was buffered: have it sent (see the module's description)."""
@@ -365,7 +421,9 @@ class ConnectionRunner:
         try:
             sent = send_socket(self._socket, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ending("peer_closed", "connection lost")
             self._write_failed = True
+            self.linger = False
             self.stop_reading()
             return
         if sent < len(data):
@@ -394,10 +452,10 @@ class ConnectionRunner:
             if await self._write_all(unsent):
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            self.ending("peer_closed", "connection lost")
         except Exception:
-            self.log.exception("client %s: internal error while sending, connection closed",
-                               self.handler.name)
+            self.log.exception("client %s: internal error while sending", self.handler.name)
+            self.ending("internal_error", "while sending")
         finally:
             self._writing = False
             if self._flushed is not None:
@@ -415,7 +473,7 @@ class ConnectionRunner:
                 with trio.move_on_after(self.limits.send_timeout) as timer:
                     await self.stream.send_all(data)
                 if timer.cancelled_caught:
-                    self.log.warning("client %s: closing: send timed out", handler.name)
+                    self.ending("send_timeout")
                     return False
                 self._wrote()
             if not handler.pending_bytes:
@@ -423,6 +481,5 @@ class ConnectionRunner:
             hold, self._hold = self._hold, False
             data = handler.data_to_send()
             if hold and not await self.broker.durability.wait_durable(self.limits.send_timeout):
-                self.log.error("client %s: closing: storage did not confirm in time",
-                               handler.name)
+                self.ending("storage_timeout", "storage did not confirm in time")
                 return False

@@ -172,7 +172,7 @@ class StompClientConnection:
         self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
-        self.runner = ConnectionRunner(stream, broker, self, log, self.throttle)
+        self.runner = ConnectionRunner(stream, broker, self, log, "stomp", self.throttle)
 
     @property
     def name(self) -> str:
@@ -195,7 +195,7 @@ class StompClientConnection:
         if self.connected:
             self.conn.send(StompError("server shutting down").to_frame())
             self.runner.linger = True
-        log.info("client %s: closing: server shutting down", self.name)
+        self.runner.ending("shutdown")
         self.runner.stop_reading()
 
     # -- I/O loops ------------------------------------------------------------------------
@@ -218,9 +218,11 @@ class StompClientConnection:
 
     def read_timed_out(self) -> None:
         if not self.connected:
+            self.runner.ending("connect_timeout")
             self._fail(ProtocolError("no CONNECT frame in time"))
             return
         silent = HEART_BEAT_TOLERANCE * self.conn.heart_beat[1] / 1000
+        self.runner.ending("heartbeat_timeout", f"nothing received for {silent:g}s")
         self._fail(ProtocolError(f"heart-beat timeout: nothing received for {silent:g}s"))
 
     def heartbeat_interval(self) -> float:
@@ -249,6 +251,7 @@ class StompClientConnection:
             identity=self.identity, peer=self.peer, client_id=client_id, protocol="STOMP",
         )
         if not login.ok:
+            self.runner.ending("login_refused")
             raise ProtocolError("access refused")  # never which part was wrong
         self.client = Client(login.user, client_id)
 
@@ -256,7 +259,7 @@ class StompClientConnection:
         """Send the ERROR frame for ``exc``; the connection closes after it."""
         self.conn.send(exc.to_frame())
         self.runner.linger = True
-        log.warning("client %s: error: %s", self.name, exc.message)
+        self.runner.ending("protocol_error", exc.message)
 
     def end(self) -> None:
         """The connection is over: abort its transactions, end its subscriptions."""
@@ -493,7 +496,7 @@ class StompClientConnection:
         return transaction
 
     def _on_disconnect(self, frame: Frame) -> bool:
-        log.info("client %s: disconnected", self.name)
+        self.runner.ending("client_disconnect")
         self.runner.linger = True
         return False
 

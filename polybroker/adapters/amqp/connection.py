@@ -92,7 +92,7 @@ class AMQPClientConnection:
         self.tx_bytes = 0  # message bodies held by open transactions, all channels
         self._to_dispatch: list[Queue] = []
         self._starved = False  # a delivery waited for the send buffer to drain
-        self.runner = ConnectionRunner(stream, broker, self, log)
+        self.runner = ConnectionRunner(stream, broker, self, log, "amqp")
 
     @property
     def name(self) -> str:
@@ -115,8 +115,8 @@ class AMQPClientConnection:
     def close_for_shutdown(self) -> None:
         """The broker is stopping: connection.close 320, then close-ok or a timeout."""
         state = self.amqp.state
+        self.runner.ending("shutdown")
         if state is OPEN:
-            log.info("client %s: closing: server shutting down", self.name)
             self._close(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
             self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
         elif state is not CLOSING:
@@ -207,14 +207,14 @@ class AMQPClientConnection:
 
     def read_timed_out(self) -> None:
         amqp = self.amqp
-        if amqp.state is CLOSING:
-            log.info("client %s: no close-ok within %gs", self.name, CLOSE_TIMEOUT)
+        if amqp.state is CLOSING:  # the reason is the close's (the first one counts)
+            self.runner.ending("protocol_error", f"no close-ok within {CLOSE_TIMEOUT:g}s")
         elif amqp.state is OPEN:
-            log.info("client %s: dropped: heartbeat timeout (nothing received for %ds)",
-                     self.name, HEARTBEAT_TOLERANCE * amqp.heartbeat)
+            self.runner.ending("heartbeat_timeout", "nothing received for "
+                                                    f"{HEARTBEAT_TOLERANCE * amqp.heartbeat}s")
         else:
-            log.info("client %s: connection not opened within %gs", self.name,
-                     self.limits.connect_timeout)
+            self.runner.ending("connect_timeout", "connection not opened within "
+                                                  f"{self.limits.connect_timeout:g}s")
 
     def heartbeat_interval(self) -> float:
         amqp = self.amqp
@@ -262,16 +262,15 @@ class AMQPClientConnection:
                      "channel_max %d)", self.name, self.amqp.heartbeat, self.amqp.frame_max,
                      self.amqp.channel_max)
         elif kind is Fault:
-            log.warning("client %s: connection error %d: %s", self.name, event.code,
-                        event.text)
+            self.runner.ending("protocol_error", f"{event.code} {event.text}")
             self.runner.linger = True
         elif kind is Closed:
             if event.by_client:
-                log.info("client %s: closed the connection (%d %s)", self.name,
-                         event.reply_code, event.reply_text)
+                self.runner.ending("client_disconnect",
+                                   f"{event.reply_code} {event.reply_text}")
             return False
         elif kind is HeaderMismatch:
-            log.info("connection from %s closed: %s", self.peer, event.text)
+            self.runner.ending("protocol_error", event.text)
             self.runner.linger = True
             return False
         return True
@@ -307,6 +306,7 @@ class AMQPClientConnection:
                                          client_id=client_id, protocol="AMQP")
         self._login = None
         if not login.ok:
+            self.runner.ending("login_refused")
             self.amqp.refuse_login()
             self.runner.linger = True
             return
@@ -319,7 +319,7 @@ class AMQPClientConnection:
     # -- closing ----------------------------------------------------------------------------
 
     def _fault(self, code: int, text: str, class_id: int, method_id: int) -> None:
-        log.warning("client %s: connection error %d: %s", self.name, code, text)
+        self.runner.ending("protocol_error", f"{code} {text}")
         self.amqp.fault(code, text, class_id, method_id)
         self.runner.linger = True
 
