@@ -266,7 +266,12 @@ class ConnectionRunner:
                         if not carry_on:
                             self._stopped = True
                             break
-                        deadline = await self._after_read(deadline)
+                        if (self.holdback is not None or self.throttle is not None
+                                or (self.bound_replies and handler.pending_bytes
+                                    > self.limits.max_outgoing_bytes)):
+                            deadline = await self._after_read(deadline)
+                        else:  # the common case, without a coroutine of its own
+                            deadline = handler.read_deadline(deadline)
                 if scope.cancelled_caught and not self._stopped:
                     now = trio.current_time()
                     if now >= self._stop_by:
