@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from polybroker import __version__
-from polybroker.adapters import stomp as stomp_adapter
+from polybroker.adapters.stomp import subscribe as stomp_subscribe
+from polybroker.adapters.stomp import transactions as stomp_transactions
 from polybroker.config import Limits, StompSettings
 from polybroker.message import Message
 from polybroker.protocols.mqtt import Publish
@@ -486,7 +487,7 @@ async def test_subscribe_ack_header_invalid_value_is_an_error(nursery, broker):
 
 
 async def test_subscribe_count_is_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_SUBSCRIPTIONS", 1)
+    monkeypatch.setattr(stomp_subscribe, "MAX_SUBSCRIPTIONS", 1)
     client = await connected(nursery, broker)
     await client.subscribe("/topic/a", "1")
     await client.send("SUBSCRIBE", {"destination": "/topic/b", "id": "2"})
@@ -868,7 +869,7 @@ async def test_begin_transaction_ack_already_covered_by_a_cumulative_ack(nursery
 
 
 async def test_begin_transaction_size_is_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_TRANSACTION_FRAMES", 2)
+    monkeypatch.setattr(stomp_transactions, "MAX_TRANSACTION_FRAMES", 2)
     client = await connected(nursery, broker)
     await client.request("BEGIN", {"transaction": "t"})
     for _ in range(2):
@@ -878,7 +879,7 @@ async def test_begin_transaction_size_is_bounded(nursery, broker, monkeypatch):
 
 
 async def test_begin_open_transactions_are_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_TRANSACTIONS", 1)
+    monkeypatch.setattr(stomp_transactions, "MAX_TRANSACTIONS", 1)
     client = await connected(nursery, broker)
     await client.request("BEGIN", {"transaction": "t1"})
     await client.send("BEGIN", {"transaction": "t2"})
