@@ -1,6 +1,8 @@
 """MQTT CONNECT and AUTH: the login, enhanced authentication, the CONNACK and what a
 5.0 one tells the client, the will."""
 
+from typing import Any, cast
+
 from ...auth import Client, Refusal
 from ...message import Message
 from ...protocols.mqtt import (
@@ -15,7 +17,7 @@ from ...protocols.mqtt import (
 )
 from ...protocols.mqtt import properties as prop
 from ...protocols.mqtt import reason_codes as rc
-from ...sessions import NEVER_EXPIRES, RESERVED_CLIENT_ID_PREFIX
+from ...sessions import NEVER_EXPIRES, RESERVED_CLIENT_ID_PREFIX, SessionLink
 from .connack import fit_connack, imposed_keep_alive
 from .outbound import PublishEncoder
 from .state import UNBOUNDED, ClientState, Closing, log
@@ -46,16 +48,19 @@ class Connecting(ClientState):
         if login.ok:
             self.user = login.user
             return True
+        assert login.refusal is not None  # a refused login says why
         old, new = _REFUSAL_CODES[login.refusal]
         self.runner.ending("login_refused")
         self._refuse_with(new if packet.protocol_level >= MQTT_5 else old, packet)
         return False
 
     async def _refuse_enhanced(self) -> None:
-        method = self._pending_connect.properties[prop.AUTHENTICATION_METHOD]
+        pending = self._pending_connect
+        assert pending is not None  # the exchange that failed began with it
+        method = pending.properties[prop.AUTHENTICATION_METHOD]
         await self.broker.security.refuse(
             Refusal.NOT_AUTHORIZED, username=None, peer=self.peer,
-            client_id=self._pending_connect.client_id, protocol=f"MQTT {method}",
+            client_id=pending.client_id, protocol=f"MQTT {method}",
         )
         self.runner.ending("login_refused", f"authentication method {method}")
         self._refuse_with(rc.NOT_AUTHORIZED, self._pending_connect)
@@ -93,10 +98,12 @@ class Connecting(ClientState):
         return self._auth_step(packet.properties.get(prop.AUTHENTICATION_DATA))
 
     def _auth_step(self, data: bytes | None) -> bool:
-        step = self._auth.step(data)
-        method = self._pending_connect.properties[prop.AUTHENTICATION_METHOD]
+        exchange, pending = self._auth, self._pending_connect
+        assert exchange is not None and pending is not None  # begun by the CONNECT
+        step = exchange.step(data)
+        method = pending.properties[prop.AUTHENTICATION_METHOD]
         if not step.done:
-            props = {prop.AUTHENTICATION_METHOD: method}
+            props: dict[int, object] = {prop.AUTHENTICATION_METHOD: method}
             if step.data is not None:
                 props[prop.AUTHENTICATION_DATA] = step.data
             self.conn.send(Auth(rc.CONTINUE_AUTHENTICATION, props))
@@ -104,14 +111,14 @@ class Connecting(ClientState):
         if not step.ok:
             self._auth_failed = True  # answered by _refuse_enhanced, after the delay
             return False
-        extra = {prop.AUTHENTICATION_METHOD: method}
+        extra: dict[int, object] = {prop.AUTHENTICATION_METHOD: method}
         if step.data is not None:
             extra[prop.AUTHENTICATION_DATA] = step.data
-        packet, self._pending_connect, self._auth = self._pending_connect, None, None
+        self._pending_connect, self._auth = None, None
         self.user = step.username
-        return self._accept(packet, extra)
+        return self._accept(pending, extra)
 
-    def _accept(self, packet: Connect, extra: dict | None = None) -> bool:
+    def _accept(self, packet: Connect, extra: dict[int, object] | None = None) -> bool:
         v5 = self.level >= MQTT_5
         props = packet.properties
         client_id = packet.client_id
@@ -175,7 +182,7 @@ class Connecting(ClientState):
         # 3.1 has no session-present flag; 3.1.1 sets it only for a resumed session.
         present = present and packet.protocol_level != MQTT_3_1
         self.conn.send(ConnAck(session_present=present, properties=connack_props))
-        session.attach(self)
+        session.attach(cast(SessionLink, self))  # MQTTClientConnection is the link
         log.info("client %s: connected (MQTT level %d, clean session %d, keep alive %ds%s)",
                  self.name, packet.protocol_level, packet.clean_session, self.keep_alive,
                  (f", session expiry {expiry}s" if v5 else "")
@@ -183,7 +190,7 @@ class Connecting(ClientState):
                  + (f", certificate identity {self.identity}" if self.identity else ""))
         return True
 
-    def _server_properties(self, props: dict) -> dict[int, object]:
+    def _server_properties(self, props: dict[int, Any]) -> dict[int, object]:
         """What a 5.0 CONNACK tells the client about this server [MQTT-3.2.2-*]."""
         limits = self.limits
         result: dict[int, object] = {

@@ -117,7 +117,7 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
     def send_heartbeat(self) -> None:
         pass
 
-    def release(self, held: list) -> None:
+    def release(self, held: list[Any]) -> None:
         """queue_overflow "block": the backlogs this client filled have room (or
         ``max_block_time`` passed): send the acknowledgements withheld meanwhile."""
         for first_byte, packet_id, reason in held:
@@ -167,7 +167,7 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
         session, will = self.session, self.will
         self.will = None
-        if will is not None and not self.broker.security.may_publish(self.client, will.topic):
+        if will is not None and not self.broker.security.may_publish(self._client, will.topic):
             log.info("client %s: will to %s not published: not authorized", self.name, will.topic)
             will = None
         if will is not None and self.will_delay:
@@ -205,7 +205,7 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
     def send_publish(self, delivery: Delivery, packet_id: int | None, dup: bool) -> bool:
         conn = self.conn
         if delivery.qos == 0 and conn.pending_bytes > self.limits.max_outgoing_bytes:
-            self.session.count_drop(SLOW_READER_QOS0)
+            self._session.count_drop(SLOW_READER_QOS0)
             return True  # dropped for a slow reader; counted, not an error
         # Only 5.0 forwards a remaining expiry: 3.1.1 needs no clock reading per message.
         now = self.broker.clock() if self.level >= MQTT_5 else 0.0

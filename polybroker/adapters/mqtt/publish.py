@@ -23,15 +23,16 @@ class Publishing(ClientState):
         if self.level >= MQTT_5:
             topic = self._resolve_alias(packet)
             reason = self._check_publish5(packet)
-        if reason == rc.SUCCESS and not self.broker.security.may_publish(self.client, topic):
+        if reason == rc.SUCCESS and not self.broker.security.may_publish(self._client, topic):
             # Dropped; acknowledged all the same (3.1.1 has no way to say it, 5.0: 0x87).
             log.info("client %s: publish to %s denied", self.name, topic)
             if packet.qos == 0:
                 return True
             reason = rc.NOT_AUTHORIZED
+        packet_id = packet.packet_id or 0  # the codec requires one at QoS 1 and 2
         if packet.qos == 2:
-            inbound = self.session.inbound_qos2
-            if packet.packet_id not in inbound:  # a resent PUBLISH is not routed again
+            inbound = self._session.inbound_qos2
+            if packet_id not in inbound:  # a resent PUBLISH is not routed again
                 if len(inbound) >= self.limits.receive_maximum and self.level >= MQTT_5:
                     raise Closing(rc.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")
                 if reason == rc.SUCCESS:
@@ -42,10 +43,10 @@ class Publishing(ClientState):
                         with self.broker.storing(atomic=True):
                             reason = self._route(packet, topic)
                             if reason < 0x80:  # a refusal (0x97) ends the exchange
-                                inbound.add(packet.packet_id)
+                                inbound.add(packet_id)
                     except StoreFull:
                         reason = self._not_stored(packet)
-            self._ack(PUBREC, packet.packet_id, reason)
+            self._ack(PUBREC, packet_id, reason)
             return True
         if reason == rc.SUCCESS:
             if packet.qos:
@@ -57,7 +58,7 @@ class Publishing(ClientState):
             else:
                 reason = self._route(packet, topic)
         if packet.qos == 1:
-            self._ack(PUBACK, packet.packet_id, reason)
+            self._ack(PUBACK, packet_id, reason)
         elif reason >= 0x80:
             raise Closing(reason, "invalid payload")  # QoS 0 has no ack to carry it
         return True
@@ -71,7 +72,7 @@ class Publishing(ClientState):
                           "storage_full")
         log.error("client %s: message to %s refused: storage full", self.name, packet.topic)
         if packet.qos == 2:
-            self.session.inbound_qos2.discard(packet.packet_id)  # 0x97 ends the exchange
+            self._session.inbound_qos2.discard(packet.packet_id)  # 0x97 ends the exchange
         return rc.QUOTA_EXCEEDED
 
     def _resolve_alias(self, packet: Publish) -> str:
@@ -137,20 +138,20 @@ class Publishing(ClientState):
             self.runner.hold_back(full)
 
     def _on_puback(self, packet: PubAck) -> bool:
-        self.session.puback(packet.packet_id)
+        self._session.puback(packet.packet_id)
         return True
 
     def _on_pubrec(self, packet: PubRec) -> bool:
         if packet.reason_code >= 0x80:
-            self.session.drop_inflight(packet.packet_id)  # refused: no PUBREL [MQTT-4.3.3-4]
+            self._session.drop_inflight(packet.packet_id)  # refused: no PUBREL [MQTT-4.3.3-4]
             return True
-        known = self.session.pubrec(packet.packet_id)
+        known = self._session.pubrec(packet.packet_id)
         reason = rc.SUCCESS if known else rc.PACKET_IDENTIFIER_NOT_FOUND
         self._ack(PUBREL, packet.packet_id, reason)
         return True
 
     def _on_pubrel(self, packet: PubRel) -> bool:
-        inbound = self.session.inbound_qos2
+        inbound = self._session.inbound_qos2
         known = packet.packet_id in inbound
         inbound.discard(packet.packet_id)
         reason = rc.SUCCESS if known else rc.PACKET_IDENTIFIER_NOT_FOUND
@@ -158,6 +159,6 @@ class Publishing(ClientState):
         return True
 
     def _on_pubcomp(self, packet: PubComp) -> bool:
-        self.session.pubcomp(packet.packet_id)
+        self._session.pubcomp(packet.packet_id)
         return True
 

@@ -34,7 +34,9 @@ MAX_QOS = 2
 UNBOUNDED = 268_435_460  # larger than any MQTT packet
 # First bytes of the acknowledgement packets (PUBREL has its required flag bits set).
 PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
-_ACK_TYPES = {PUBACK: PubAck, PUBREC: PubRec, PUBREL: PubRel, PUBCOMP: PubComp}
+_ACK_TYPES: dict[int, type[PubAck | PubRec | PubRel | PubComp]] = {
+    PUBACK: PubAck, PUBREC: PubRec, PUBREL: PubRel, PUBCOMP: PubComp,
+}
 
 
 class Closing(Exception):
@@ -105,6 +107,19 @@ class ClientState:
     def name(self) -> str:
         return f"{self.client_id or '<no id>'} ({self.peer})"
 
+    # The packet table lets only CONNECT, AUTH and DISCONNECT through before the CONNACK:
+    # every other handler runs with a session and a client.
+
+    @property
+    def _session(self) -> Session:
+        assert self.session is not None
+        return self.session
+
+    @property
+    def _client(self) -> Client:
+        assert self.client is not None
+        return self.client
+
     def _disconnect(self, reason_code: int, reason: str, ending: str = "protocol_error") -> None:
         """Close from the server side; a 5.0 client is told why [MQTT-4.13.1-1]. Before
         CONNACK only a CONNACK may say it, and no DISCONNECT is sent [MQTT-3.14.0-1]."""
@@ -126,10 +141,11 @@ class ClientState:
     def _refuse_with(self, code: int, packet: Connect | None) -> None:
         """A refusing CONNACK, unless even it is larger than the 5.0 client's Maximum
         Packet Size [MQTT-3.1.2-24] (the connection then closes without one)."""
-        connack: ConnAck | None = ConnAck(return_code=code)
+        refusal = ConnAck(return_code=code)
+        connack: ConnAck | None = refusal
         if packet is not None and packet.protocol_level >= MQTT_5:
             limit = packet.properties.get(prop.MAXIMUM_PACKET_SIZE, UNBOUNDED)
-            connack = fit_connack(connack, limit)
+            connack = fit_connack(refusal, limit)
         if connack is not None:
             self.conn.send(connack)
 

@@ -24,7 +24,7 @@ class Subscribing(ClientState):
                 codes.append(rc.TOPIC_FILTER_INVALID if self.level >= MQTT_5 else 0x80)
                 continue
             limit = self.limits.max_subscriptions_per_client
-            subscriptions = self.session.subscriptions
+            subscriptions = self._session.subscriptions
             if limit and len(subscriptions) >= limit and sub.topic_filter not in subscriptions:
                 codes.append(rc.QUOTA_EXCEEDED if self.level >= MQTT_5 else 0x80)
                 log.warning("client %s: subscription to %s refused: limit of %d reached",
@@ -36,24 +36,24 @@ class Subscribing(ClientState):
                 continue
             qos = min(sub.qos, MAX_QOS)
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
-            existed = self.broker.subscribe(self.session, sub.topic_filter, options)
+            existed = self.broker.subscribe(self._session, sub.topic_filter, options)
             codes.append(qos)
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never.
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
                 retained.append((sub.topic_filter, qos))
         self.conn.send(SubAck(packet.packet_id, tuple(codes)))
         for topic_filter, qos in retained:
-            self.broker.send_retained(self.session, topic_filter, qos)
+            self.broker.send_retained(self._session, topic_filter, qos)
         return True
 
     def _may_subscribe(self, topic_filter: str) -> bool:
         shared = split_shared_filter(topic_filter)  # a shared one: its inner filter
         inner = topic_filter if shared is None else shared[1]
-        return self.broker.security.may_subscribe(self.client, inner)
+        return self.broker.security.may_subscribe(self._client, inner)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> bool:
         codes = tuple(
-            rc.SUCCESS if self.broker.unsubscribe(self.session, f) else rc.NO_SUBSCRIPTION_EXISTED
+            rc.SUCCESS if self.broker.unsubscribe(self._session, f) else rc.NO_SUBSCRIPTION_EXISTED
             for f in packet.topic_filters
         )
         # An UNSUBACK even when nothing matched [MQTT-3.10.4-5]; 3.1.1 has no codes.

@@ -45,6 +45,7 @@ ACK and NACK), ``transactions``; deliveries in ``consumer``.
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -182,7 +183,7 @@ class StompClientConnection(Sending, Subscribing):
         if durable:
             self.runner.hold_durable()  # it goes out once those records are on disk
 
-    def release(self, held: list[object]) -> None:
+    def release(self, held: list[Any]) -> None:
         """Queue_overflow "block": the backlogs this client's SENDs filled have room (or
         ``max_block_time`` passed): send the RECEIPTs withheld meanwhile."""
         for receipt, durable in held:

@@ -55,6 +55,7 @@ class Delivering(ClientState):
     def _encode(self, destination: str, message_id: str, sub_id: str,
                 headers: tuple[tuple[str, str], ...], body: bytes, ack: str | None) -> bytes | None:
         version = self.conn.version
+        assert version is not None  # connected
         try:
             return encode_message(destination, message_id, sub_id, headers, body, version, ack)
         except ValueError:

@@ -135,7 +135,8 @@ class ClientState:
 
     def _destination(self, frame: Frame, *, subscribe: bool) -> Destination:
         try:
-            return parse_destination(frame.get("destination"), subscribe=subscribe)
+            # The codec requires the header on SEND and SUBSCRIBE.
+            return parse_destination(frame.get("destination", ""), subscribe=subscribe)
         except DestinationError as exc:
             raise error(frame, f"{frame.command}: {exc}") from None
 

@@ -1,6 +1,8 @@
 """STOMP SUBSCRIBE, UNSUBSCRIBE, ACK and NACK: every subscription is a consumer of a
 queue (a named one, or its own bound to a topic filter)."""
 
+from functools import partial
+
 from ...protocols.stomp import V1_2, Frame
 from .consumer import Delivering
 from .state import StompSubscription, error, log
@@ -18,7 +20,7 @@ class Subscribing(Transactions, Delivering):
         version = self.conn.version
         sub_id = frame.get("id")
         if sub_id is None:  # 1.0 only (the connection requires it from 1.1 on)
-            sub_id = frame.get("destination")
+            sub_id = frame.get("destination", "")  # required by the codec
         if sub_id in self.subscriptions:
             raise error(frame, f"subscription id {sub_id!r} already in use [SUBSCRIBE id Header]")
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
@@ -78,7 +80,7 @@ class Subscribing(Transactions, Delivering):
         command = frame.command
         version = self.conn.version
         id_header = "id" if version == V1_2 else "message-id"
-        message_id = frame.get(id_header)
+        message_id = frame.get(id_header, "")  # required by the codec
         sub = self._unacked.get(message_id)
         if sub is None:
             raise error(frame, f"{command} of {id_header} {message_id!r}: no such message "
@@ -88,7 +90,7 @@ class Subscribing(Transactions, Delivering):
             raise error(frame, f"{command}: message {message_id!r} did not come through "
                                 f"subscription {named!r} [{command}]")
         requeue = frame.get("requeue", "true") != "false"
-        action = lambda: self._settle(sub, message_id, positive, requeue)  # noqa: E731
+        action = partial(self._settle, sub, message_id, positive, requeue)
         if not self._in_transaction(frame, action):
             action()
         return True

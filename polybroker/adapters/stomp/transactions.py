@@ -32,7 +32,7 @@ class Transactions(ClientState):
         return True
 
     def _on_begin(self, frame: Frame) -> bool:
-        name = frame.get("transaction")
+        name = frame.get("transaction", "")  # required by the codec
         if name in self._transactions:
             raise error(frame, f"transaction {name!r} already begun [BEGIN]")
         if len(self._transactions) >= MAX_TRANSACTIONS:
@@ -50,7 +50,7 @@ class Transactions(ClientState):
         return True
 
     def _end_transaction(self, frame: Frame) -> Transaction:
-        name = frame.get("transaction")
+        name = frame.get("transaction", "")  # required by the codec
         transaction = self._transactions.pop(name, None)
         if transaction is None:
             raise error(frame, f"{frame.command} of unknown transaction {name!r} "
