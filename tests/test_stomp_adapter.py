@@ -103,6 +103,16 @@ async def test_connecting_operation_before_connect_is_an_error(nursery, broker):
     await assert_error_and_close(client, "before CONNECT", receipt_id="7")
 
 
+@pytest.mark.parametrize("bad", [b"\r\x00", b"MESSAGE\n\n\x00", b"CONNECT\n"])
+async def test_connecting_a_bad_frame_in_the_read_of_the_connect_comes_after_connected(
+        nursery, broker, bad):
+    client = await connect_client(nursery, broker)
+    await client.send_raw(b"CONNECT\naccept-version:1.2\nhost:h\n\n\x00" + bad)
+    frames = await client.receive_until_closed()
+    assert [f.command for f in frames] == ["CONNECTED", "ERROR"]  # never the ERROR alone
+    assert frames[1].get("message")
+
+
 async def test_connecting_second_connect_is_an_error(nursery, broker):
     client = await connected(nursery, broker)
     await client.send("CONNECT", {"accept-version": "1.2", "host": "h"})

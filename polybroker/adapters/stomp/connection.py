@@ -130,6 +130,10 @@ class StompClientConnection(Sending, Subscribing):
                 await self._login(event)
             if not self._handle(event):
                 return False
+        if self.conn.error_pending:
+            # A bad frame after these in the same read: judged only now that they are
+            # answered (a CONNECT has its CONNECTED, then the ERROR says what was wrong).
+            self.conn.receive_data(b"")
         return True
 
     async def _login(self, frame: Frame) -> None:
