@@ -184,10 +184,10 @@ class ConnectionRunner:
 
     # Thousands of these live at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_flushed", "_hold", "_in_batch", "_last_sent", "_read_scope", "_room", "_socket",
+        "_beating", "_flushed", "_hold", "_last_sent", "_read_scope", "_room", "_socket",
         "_stop_by", "_stopped", "_write_failed", "_writing", "bound_replies", "broker",
         "end_detail", "end_reason", "finished", "handler", "holdback", "limits", "linger",
-        "log", "protocol", "stream", "throttle",
+        "log", "protocol", "queued", "stream", "throttle",
     )
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, handler: Handler,
@@ -214,7 +214,10 @@ class ConnectionRunner:
         self._socket = plain_socket_fd(stream)
         self._hold = False  # buffered output vouches for records not yet durable
         self._writing = False  # the writer task runs (only while there is something to send)
-        self._in_batch = False  # in the outbox's batch (``wake``)
+        # In the outbox's batch: what is buffered now goes out with it (``wake`` need
+        # not be called; a caller that buffers often may skip the call).
+        self.queued = False
+        self._beating = False  # heart-beats are due: writes note when they went out
         self._write_failed = False
         self._last_sent = 0.0  # when a write last went out, for heart-beats
         # Bounds the wait for bytes; its deadline is the read deadline (or the next
@@ -243,7 +246,13 @@ class ConnectionRunner:
                 with scope:
                     while True:
                         interval = handler.heartbeat_interval()
-                        beat_at = self._last_sent + interval if interval else math.inf
+                        if interval:
+                            if not self._beating:  # the first: counted from now
+                                self._beating = True
+                                self._last_sent = trio.current_time()
+                            beat_at = self._last_sent + interval
+                        else:
+                            beat_at = math.inf
                         scope.deadline = min(deadline, beat_at, self._stop_by)
                         data: bytes | None
                         try:
@@ -366,12 +375,12 @@ class ConnectionRunner:
 
     def wake(self) -> None:
         """Output was buffered: have it sent (see the module's description)."""
-        if self._writing or self._in_batch or self._write_failed or self.finished:
+        if self._writing or self.queued or self._write_failed or self.finished:
             return  # the writer will see the new bytes (or nothing is sent any more)
         if self._socket is None:
             self._start_writer(b"")
         else:
-            self._in_batch = True
+            self.queued = True
             _outbox().add(self)
 
     def hold_durable(self) -> None:
@@ -413,7 +422,7 @@ class ConnectionRunner:
         """The outbox's turn: send what is buffered directly, or have the writer send it
         (the part the socket does not take, or all of it when it must wait for the disk
         first)."""
-        self._in_batch = False
+        self.queued = False
         handler = self.handler
         if self._writing or self._write_failed or self.finished or not handler.pending_bytes:
             return
@@ -437,7 +446,8 @@ class ConnectionRunner:
             self._wrote()
 
     def _wrote(self) -> None:
-        self._last_sent = trio.current_time()
+        if self._beating:
+            self._last_sent = trio.current_time()
         if self._room is not None:
             self._room.set()
         self.handler.sent()

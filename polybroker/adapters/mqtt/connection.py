@@ -82,18 +82,46 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         return self.conn.data_to_send()
 
     async def receive(self, data: bytes) -> bool:
-        """Handle one read's worth of packets; False ends the connection."""
+        """Handle one read's worth of packets; False ends the connection. (One coroutine
+        for the whole read, without a helper of its own: it runs once per read.)"""
+        conn = self.conn
         try:
-            received = await self._receive(data)
+            try:
+                packets = conn.receive_data(data)
+            except MQTTError as exc:
+                if self.session is None and self._pending_connect is None:
+                    self._refuse_connect(exc)
+                    return False
+                raise Closing(exc.reason_code, exc.reason) from None
+            for packet in packets:
+                handler = _HANDLERS.get(type(packet))
+                if handler is None or (self.session is None
+                                       and type(packet) not in _BEFORE_CONNACK):
+                    raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
+                if type(packet) is Connect:
+                    self.runner.lift_deadline()
+                    if not await self._login(packet):
+                        return False
+                if not handler(self, packet):
+                    if self._auth_failed:
+                        self.runner.lift_deadline()
+                        await self._refuse_enhanced()
+                    return False
+            if conn.error_pending:
+                # A bad packet after these in the same read: judged only now that they
+                # are answered (a CONNECT has its CONNACK, then DISCONNECT says what was
+                # wrong).
+                try:
+                    conn.receive_data(b"")
+                except MQTTError as exc:
+                    raise Closing(exc.reason_code, exc.reason) from None
         except Closing as close:
             self._disconnect(close.reason_code, close.reason, close.ending)
             return False
-        if received is None:
-            return False
-        self._packets_read = received
+        self._packets_read = len(packets)
         # Acknowledgements (and QoS 2 deliveries) go out once the records they vouch for
         # are on disk; QoS 0/1 deliveries alone need not.
-        if self.conn.pending_bytes > self._plain_bytes:
+        if conn.pending_bytes > self._plain_bytes:
             self.runner.hold_durable()
         return True
 
@@ -131,37 +159,6 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         self._end()
 
     # -- I/O ------------------------------------------------------------------------------
-
-    async def _receive(self, data: bytes) -> int | None:
-        """Handle one read's worth of packets; return how many, or None to close."""
-        try:
-            packets = self.conn.receive_data(data)
-        except MQTTError as exc:
-            if self.session is None and self._pending_connect is None:
-                self._refuse_connect(exc)
-                return None
-            raise Closing(exc.reason_code, exc.reason) from None
-        for packet in packets:
-            handler = _HANDLERS.get(type(packet))
-            if handler is None or (self.session is None and type(packet) not in _BEFORE_CONNACK):
-                raise Closing(rc.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
-            if type(packet) is Connect:
-                self.runner.lift_deadline()
-                if not await self._login(packet):
-                    return None
-            if not handler(self, packet):
-                if self._auth_failed:
-                    self.runner.lift_deadline()
-                    await self._refuse_enhanced()
-                return None
-        if self.conn.error_pending:
-            # A bad packet after these in the same read: judged only now that they are
-            # answered (a CONNECT has its CONNACK, then DISCONNECT says what was wrong).
-            try:
-                self.conn.receive_data(b"")
-            except MQTTError as exc:
-                raise Closing(exc.reason_code, exc.reason) from None
-        return len(packets)
 
     def _end(self) -> None:
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
@@ -213,11 +210,13 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         if data is None:
             return False
         conn.send_bytes(data)
+        runner = self.runner
         if delivery.qos < 2:
             self._plain_bytes += len(data)
         else:
-            self.runner.hold_durable()
-        self.runner.wake()
+            runner.hold_durable()
+        if not runner.queued:  # one call per batch of deliveries, not one per delivery
+            runner.wake()
         if conn.pending_bytes > 2 * self.limits.max_outgoing_bytes and not self._closing_slow:
             # QoS 1/2 are bounded in count, not bytes: a client that does not read large
             # messages is disconnected; what it did not acknowledge stays in its session.
