@@ -156,11 +156,6 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         pass  # sessions bound deliveries by their own windows
 
     def end(self) -> None:
-        self._end()
-
-    # -- I/O ------------------------------------------------------------------------------
-
-    def _end(self) -> None:
         """The connection is over: publish the will unless DISCONNECT came, free the session."""
         session, will = self.session, self.will
         self.will = None
@@ -176,6 +171,8 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         elif will is not None and self.will_delay == 0:
             # Taken over: the session goes on, but this connection ended without DISCONNECT.
             self.broker.publish(will)
+
+    # -- packets of no other concern ------------------------------------------------------
 
     def _on_pingreq(self, packet: PingReq) -> bool:
         self.conn.send(PingResp())

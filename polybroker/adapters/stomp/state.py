@@ -36,7 +36,6 @@ class Transaction:
     size: int = 0  # SEND body bytes buffered
 
 
-
 class StompSubscription:
     """One SUBSCRIBE of one connection: a consumer of its queue."""
 
@@ -132,7 +131,6 @@ class ClientState:
     def name(self) -> str:
         return f"{self.session_id} ({self.peer})"
 
-
     def _destination(self, frame: Frame, *, subscribe: bool) -> Destination:
         try:
             # The codec requires the header on SEND and SUBSCRIBE.
@@ -141,11 +139,9 @@ class ClientState:
             raise error(frame, f"{frame.command}: {exc}") from None
 
 
-
 def error(frame: Frame, message: str) -> ProtocolError:
     """The error for a frame at fault, carrying its receipt ("ERROR")."""
     return ProtocolError(message, receipt_id=frame.get("receipt"))
-
 
 
 def ms(seconds: float) -> int:
