@@ -221,8 +221,8 @@ class ConnectionRunner:
         self._write_failed = False
         self._last_sent = 0.0  # when a write last went out, for heart-beats
         # Bounds the wait for bytes; its deadline is the read deadline (or the next
-        # heart-beat) while a read waits; stop_reading cancels it.
-        self._read_scope = trio.CancelScope()
+        # heart-beat) while a read waits; stop_reading cancels it. Made by run().
+        self._read_scope: trio.CancelScope | None = None
         self._stopped = False  # stop_reading was called, or the reader is done
         self._stop_by = math.inf  # stop_reading_by
         self._flushed: trio.Event | None = None  # set when the writer ends, once finished
@@ -278,7 +278,7 @@ class ConnectionRunner:
                         if (self.holdback is not None or self.throttle is not None
                                 or (self.bound_replies and handler.pending_bytes
                                     > self.limits.max_outgoing_bytes)):
-                            deadline = await self._after_read(deadline)
+                            deadline = await self._after_read(scope, deadline)
                         else:  # the common case, without a coroutine of its own
                             deadline = handler.read_deadline(deadline)
                 if scope.cancelled_caught and not self._stopped:
@@ -315,14 +315,14 @@ class ConnectionRunner:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await stream.aclose()  # closed even when cancelled, as trio promises
 
-    async def _after_read(self, deadline: float) -> float:
+    async def _after_read(self, scope: trio.CancelScope, deadline: float) -> float:
         """The waits between two reads (not idle time: they extend ``deadline``), then
         the next read's deadline."""
         waited = 0.0
         if self.holdback is not None or (
                 self.bound_replies
                 and self.handler.pending_bytes > self.limits.max_outgoing_bytes):
-            self._read_scope.deadline = math.inf
+            scope.deadline = math.inf
             start = trio.current_time()
             if self.holdback is not None:
                 await self._wait_for_room()
@@ -333,7 +333,7 @@ class ConnectionRunner:
             waited = trio.current_time() - start
         deadline = self.handler.read_deadline(deadline + waited)
         if self.throttle is not None:
-            self._read_scope.deadline = math.inf
+            scope.deadline = math.inf
             deadline += await self.throttle.settle()  # max_publish_rate
         return deadline
 
@@ -404,17 +404,20 @@ class ConnectionRunner:
     def lift_deadline(self) -> None:
         """The handler is about to wait (a login check): the read deadline does not bound
         it (the next read gets its deadline again)."""
-        self._read_scope.deadline = math.inf
+        if self._read_scope is not None:
+            self._read_scope.deadline = math.inf
 
     def stop_reading(self) -> None:
         """End the read loop (the connection then closes after sending what is buffered)."""
         self._stopped = True
-        self._read_scope.cancel()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
     def stop_reading_by(self, deadline: float) -> None:
         self._stop_by = min(self._stop_by, deadline)
         scope = self._read_scope
-        scope.deadline = min(scope.deadline, deadline)
+        if scope is not None:
+            scope.deadline = min(scope.deadline, deadline)
 
     # -- writing --------------------------------------------------------------------------
 
