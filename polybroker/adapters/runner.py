@@ -186,13 +186,13 @@ class ConnectionRunner:
     __slots__ = (
         "_beating", "_flushed", "_hold", "_last_sent", "_read_scope", "_room", "_socket",
         "_stop_by", "_stopped", "_write_failed", "_writing", "bound_replies", "broker",
-        "end_detail", "end_reason", "finished", "handler", "holdback", "limits", "linger",
-        "log", "protocol", "queued", "stream", "throttle",
+        "end_detail", "end_reason", "finished", "handler", "heartbeats", "holdback", "limits",
+        "linger", "log", "protocol", "queued", "stream", "throttle",
     )
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, handler: Handler,
                  log: logging.Logger, protocol: str, throttle: PublishThrottle | None = None,
-                 bound_replies: bool = True) -> None:
+                 bound_replies: bool = True, heartbeats: bool = True) -> None:
         self.protocol = protocol  # "mqtt", "stomp", "amqp": the first word of the end line
         self.stream = stream
         self.broker = broker
@@ -203,6 +203,9 @@ class ConnectionRunner:
         # Replies (receipts, returns, confirms) are not bounded by the deliveries' credit
         # in STOMP and AMQP: while more than max_outgoing_bytes wait, read no more.
         self.bound_replies = bound_replies
+        # Whether the server sends heart-beats at all (Handler.heartbeat_interval); MQTT
+        # does not, and its reads skip asking.
+        self.heartbeats = heartbeats
         self.linger = False  # our last words (an error, a close) must reach the client
         self.finished = False  # the reader is done: what is buffered is flushed, then closed
         self.end_reason = ""  # a key of END_REASONS, once the connection is ending
@@ -244,16 +247,17 @@ class ConnectionRunner:
                 # cannot be used again), the next pass starts after the heart-beat.
                 scope = self._read_scope = trio.CancelScope()
                 with scope:
+                    interval = 0.0
                     while True:
-                        interval = handler.heartbeat_interval()
-                        if interval:
-                            if not self._beating:  # the first: counted from now
-                                self._beating = True
-                                self._last_sent = trio.current_time()
-                            beat_at = self._last_sent + interval
-                        else:
-                            beat_at = math.inf
-                        scope.deadline = min(deadline, beat_at, self._stop_by)
+                        wait_until = deadline if deadline < self._stop_by else self._stop_by
+                        if self.heartbeats:
+                            interval = handler.heartbeat_interval()
+                            if interval:
+                                if not self._beating:  # the first: counted from now
+                                    self._beating = True
+                                    self._last_sent = trio.current_time()
+                                wait_until = min(wait_until, self._last_sent + interval)
+                        scope.deadline = wait_until
                         data: bytes | None
                         try:
                             if sock is not None:

@@ -54,7 +54,7 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
     ) -> None:
         super().__init__(broker, peer, identity, allow_anonymous)
         self.runner = ConnectionRunner(stream, broker, self, log, "mqtt", self.throttle,
-                                       bound_replies=False)
+                                       bound_replies=False, heartbeats=False)
         # Our last word (DISCONNECT, a refusing CONNACK) must be read, unless the client
         # ended the connection itself (DISCONNECT, close, reset).
         self.runner.linger = True
