@@ -14,7 +14,8 @@ class Sending(Transactions):
     """SEND frames of one connection."""
 
     def _on_send(self, frame: Frame) -> bool:
-        self.throttle.count()
+        if self.throttle is not None:
+            self.throttle.count()
         destination = self._destination(frame, subscribe=False)
         security, name = self.broker.security, destination.name
         if not (security.may_write_queue(self.client, name) if destination.is_queue

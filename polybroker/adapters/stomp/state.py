@@ -123,7 +123,11 @@ class ClientState:
         self._transactions: dict[str, Transaction] = {}
         self._transaction_bytes = 0
         self._message_count = 0
-        self.throttle = PublishThrottle(self.limits.max_publish_rate, self.limits.max_publish_burst)
+        # max_publish_rate; None when there is none (the runner then has nothing to wait
+        # for between two reads).
+        limits = self.limits
+        self.throttle = (PublishThrottle(limits.max_publish_rate, limits.max_publish_burst)
+                         if limits.max_publish_rate > 0 else None)
         self._to_dispatch: list[Queue] = []  # new consumers: dispatch after the RECEIPT
         self._starved = False  # a delivery waited for the send buffer to drain
 
