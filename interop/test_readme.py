@@ -27,7 +27,8 @@ from .conftest import require_tool
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 COMMANDS = ("polybroker", "mosquitto_sub", "mosquitto_pub", "echo", "make")
-CUSTOMARY_PORTS = (1883, 8883, 8083, 8084, 61613, 61612, 61614, 61615, 5672, 5671)
+CUSTOMARY_PORTS = (1883, 8883, 8083, 8084, 61613, 61612, 61614, 61615, 5672, 5671,
+                   18083, 18084)
 
 
 # -- reading the README ---------------------------------------------------------------------
@@ -141,7 +142,8 @@ class Session:
         out = subprocess.run([tool, *shlex.split(command)[1:]], cwd=self.dir, env=self.env,
                              capture_output=True, text=True, timeout=WAIT)
         assert out.returncode == 0, f"{command}\n{out.stdout}{out.stderr}"
-        self.published.append((words[words.index("-t") + 1], words[words.index("-m") + 1]))
+        topic = re.sub(r"^\$delayed/\d+/", "", words[words.index("-t") + 1])  # when due
+        self.published.append((topic, words[words.index("-m") + 1]))
 
     def check_deliveries(self) -> None:
         for subscriber in self.subscribers:
@@ -195,7 +197,8 @@ def test_quick_start_is_two_commands_then_a_client(tmp_path):
 
 @pytest.mark.parametrize(("title", "count"), [
     ("TLS", 7), ("WebSocket", 2), ("Authentication and authorization", 4), ("Logging", 3),
-    ("MQTT 5.0", 1), ("STOMP behaviour", 1), ("AMQP behaviour", 1),
+    ("MQTT 5.0", 1), ("STOMP behaviour", 1), ("AMQP behaviour", 1), ("Delayed delivery", 3),
+    ("Streams", 3), ("Operating the broker", 14),
 ])
 def test_section_commands_run_in_a_fresh_directory(tmp_path, title, count):
     assert run_section(title, tmp_path) == count

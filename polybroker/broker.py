@@ -11,6 +11,7 @@ core (``journal``) that ``persistence`` implements over the store; the defaults 
 nothing.
 """
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -22,6 +23,7 @@ import trio
 
 from .auth import Authenticator, Security
 from .config import BrokerConfig
+from .delayed import DELAYED_PREFIX, EXCHANGE, QUEUE, DelayedStore, Pending, split_delayed_topic
 from .exchanges import ExchangeRegistry
 from .journal import AlwaysDurable, Durability, Journal, Storing
 from .limits import RetainedBound
@@ -30,10 +32,11 @@ from .overflow import NOTHING_MATCHED, PublishResult, all_taken
 from .queue_registry import QueueRegistry
 from .queues import QUEUE_OVERFLOW, Queue
 from .retained import RetainedStore
-from .router import TopicTrie
+from .router import Subscriber, TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
 from .shared import SharedGroup, split_shared_filter
-from .timers import Timers
+from .stats import KICKED, SHUTDOWN, TAKEN_OVER, ConnectionInfo, Stats
+from .timers import TimerHandle, Timers
 
 log = logging.getLogger("polybroker.broker")
 
@@ -51,11 +54,16 @@ class Broker:
         self.config = config or BrokerConfig()
         self.limits = self.config.limits
         self.clock = clock
+        # What operators see: live connections and the broker-wide counters.
+        self.stats = Stats()
         # Messages dropped for full backlogs (and the like), per reason, broker-wide.
         self.drops: Counter[str] = Counter()
         self.timers = Timers(clock)
-        self.router = TopicTrie()
-        self.retained = RetainedStore(size_of=_payload_size)
+        self.router: TopicTrie[Subscriber, SubscriptionOptions] = TopicTrie()
+        self.retained: RetainedStore[Message] = RetainedStore(size_of=_payload_size)
+        # The broker's own $SYS topics (``sys_topics``), retained apart from the clients'
+        # messages: max_retained_* do not count them and they are never stored.
+        self.sys_retained: RetainedStore[Message] = RetainedStore(size_of=_payload_size)
         self.retained_bound = RetainedBound(
             self.limits.max_retained_messages, self.limits.max_retained_bytes, log
         )
@@ -84,14 +92,21 @@ class Broker:
         # In memory only until ``durability.open_durable_state`` attaches the store.
         self.journal: Journal = Journal()
         self.durability: Durability = AlwaysDurable()
+        # Messages held until they are due (``delayed``): $delayed/ topics, STOMP delay
+        # headers, AMQP x-delayed-message exchanges.
+        self.delayed = DelayedStore(self)
 
     # -- connections ----------------------------------------------------------------------
 
-    def connection_opened(self, connection: "Closable") -> None:
+    def connection_opened(self, connection: "Closable") -> ConnectionInfo:
+        """Register a connection; the adapter counts its traffic in what this returns."""
         self.connections.add(connection)
+        return self.stats.opening(connection, _protocol_of(connection),
+                                  getattr(connection, "peer", "?"))
 
     def connection_closed(self, connection: "Closable") -> None:
         self.connections.discard(connection)
+        self.stats.closing(connection)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
@@ -101,10 +116,27 @@ class Broker:
         self._all_closed = trio.Event()
         self.linger_deadline = trio.current_time() + grace / 2
         for connection in list(self.connections):
+            self._close_reason(connection, SHUTDOWN)
             connection.close_for_shutdown()
         if self.connections:
             with trio.move_on_after(grace):
                 await self._all_closed.wait()
+
+    def close_connection(self, connection: "Closable", discard_session: bool = False) -> None:
+        """Close a client's connection for the operator (``kicked``); with
+        ``discard_session`` its session ends with it instead of waiting for it."""
+        info = self.stats.live.get(connection)
+        session = info.session if info is not None else None
+        if discard_session and isinstance(session, Session):
+            session.expiry_interval = 0  # close_session then discards it
+        self._close_reason(connection, KICKED)
+        close = getattr(connection, "close_by_administrator", connection.close_for_shutdown)
+        close()
+
+    def _close_reason(self, connection: object, reason: str) -> None:
+        info = self.stats.live.get(connection)
+        if info is not None and info.close_reason is None:
+            info.close_reason = reason
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -127,6 +159,7 @@ class Broker:
         if session is not None and session.link is not None:
             previous = session.link
             session.detach()
+            self._close_reason(previous, TAKEN_OVER)
             log.info("client %s: session taken over by a new connection", client_id)
             previous.session_taken_over()
         if session is not None:
@@ -149,17 +182,20 @@ class Broker:
     def close_session(
         self,
         session: Session,
-        link: SessionLink,
+        link: SessionLink | None,
         will: Message | None = None,
         will_delay: int = 0,
     ) -> None:
         """The connection behind ``link`` ended: publish or schedule its will, and end the
-        session now or when its expiry interval has passed."""
+        session now or when its expiry interval has passed. (``link`` None: a session
+        no connection holds.)"""
         if session.link is not link:
             return  # already taken over by another connection
         session.detach()
         for delivery in session.take_shared_deliveries():
             group = delivery.group
+            if group is None:
+                continue  # not taken: only shared deliveries are
             member = group.choose(exclude=session)
             if member is not None:
                 group.deliver_to(member, delivery.message)
@@ -189,6 +225,7 @@ class Broker:
     def _expire(self, session: Session) -> None:
         if session.link is None and self.sessions.get(session.client_id) is session:
             log.info("client %s: session expired", session.client_id)
+            self.stats.sessions_expired += 1
             self.discard_session(session)
 
     def discard_session(self, session: Session) -> None:
@@ -234,7 +271,10 @@ class Broker:
             return
         options = session.subscriptions.get(topic_filter)
         ids = (options.subscription_id,) if options and options.subscription_id else ()
-        for message in self.retained.match(topic_filter):
+        matching = self.retained.match(topic_filter)
+        if topic_filter.startswith("$"):  # only such a filter matches a $SYS topic
+            matching += self.sys_retained.match(topic_filter)
+        for message in matching:
             session.deliver(message, min(qos, message.qos), True, ids)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -279,7 +319,11 @@ class Broker:
 
     def publish(self, message: Message) -> PublishResult:
         """Store it if retained (an empty payload clears; a new topic beyond the retained
-        bounds is not stored), then route it to subscribers; return what came of it."""
+        bounds is not stored), then route it to subscribers; return what came of it. A
+        ``$delayed/{seconds}/{topic}`` message is held until due (``delayed``), retained
+        flag and all; the caller checked the real topic (``Security.may_publish``)."""
+        if message.topic.startswith(DELAYED_PREFIX):
+            return self._publish_delayed(message)
         if message.retain:
             if message.payload:
                 if self.retained_bound.admits(self.retained, message):
@@ -288,6 +332,27 @@ class Broker:
             elif self.retained.clear(message.topic):
                 self.journal.retained_cleared(message.topic)
         return self.route(message)
+
+    def _publish_delayed(self, message: Message) -> PublishResult:
+        parsed = split_delayed_topic(message.topic)
+        if parsed is None:  # may_publish refuses these: a caller that did not ask
+            log.info("client %s: malformed delayed topic %s: message dropped",
+                     message.origin_client, message.topic)
+            return NOTHING_MATCHED
+        seconds, topic = parsed
+        message = dataclasses.replace(message, topic=topic, wire_cache={})
+        return self.delayed.schedule(message, seconds, client=message.origin_client or "?")
+
+    def deliver_delayed(self, pending: Pending) -> None:
+        """A delayed message is due: publish it to its target, as if published now (its
+        message expiry still counts from when it was first published)."""
+        message, target = pending.message, pending.target
+        if target.kind == QUEUE:
+            self.queues.declare(target.name).offer(message, 1, persistent=target.persistent)
+        elif target.kind == EXCHANGE:
+            self.exchanges.deliver_delayed(target.name, target.routing_key, message)
+        else:
+            self.publish(message)
 
     def route(self, message: Message) -> PublishResult:
         """Deliver to every matching subscriber once; return what came of it (how many
@@ -309,7 +374,7 @@ class Broker:
                 if outcome:  # not TAKEN: rare, so the common case allocates nothing
                     if result is None:
                         result = PublishResult()
-                    result.note(outcome, subscriber.backlog)
+                    _note(result, outcome, subscriber)
                 count += 1
             if result is None:
                 return all_taken(count)
@@ -318,36 +383,65 @@ class Broker:
         return self._route_overlapping(message, matches, origin)
 
     def _route_overlapping(
-        self, message: Message, matches: list[dict], origin: str | None
+        self, message: Message, matches: list[dict[Subscriber, SubscriptionOptions]],
+        origin: str | None,
     ) -> PublishResult:
         # One subscriber matched by several filters gets one copy, at the highest QoS
         # granted, with every matching subscription identifier [MQTT-3.3.4-2, -3].
-        merged: dict[object, list] = {}
+        merged: dict[Subscriber, _Merged] = {}
         for subscribers in matches:
             for subscriber, options in subscribers.items():
                 if options.no_local and subscriber.client_id == origin:
                     continue
                 entry = merged.get(subscriber)
                 if entry is None:
-                    entry = merged[subscriber] = [-1, False, []]
-                entry[0] = max(entry[0], options.qos)
-                entry[1] = entry[1] or (message.retain and options.retain_as_published)
+                    entry = merged[subscriber] = _Merged()
+                entry.qos = max(entry.qos, options.qos)
+                entry.retain = entry.retain or (message.retain and options.retain_as_published)
                 if options.subscription_id:
-                    entry[2].append(options.subscription_id)
+                    entry.ids.append(options.subscription_id)
         result = None
-        for subscriber, (granted, retain, ids) in merged.items():
-            outcome = subscriber.deliver(message, min(granted, message.qos), retain, tuple(ids))
+        for subscriber, entry in merged.items():
+            outcome = subscriber.deliver(
+                message, min(entry.qos, message.qos), entry.retain, tuple(entry.ids)
+            )
             if outcome:
                 if result is None:
                     result = PublishResult(len(merged))
-                result.note(outcome, subscriber.backlog)
+                _note(result, outcome, subscriber)
         return all_taken(len(merged)) if result is None else result
+
+
+class _Merged:
+    """One subscriber's subscriptions that match a topic, merged."""
+
+    __slots__ = ("ids", "qos", "retain")
+
+    def __init__(self) -> None:
+        self.qos = -1
+        self.retain = False
+        self.ids: list[int] = []
+
+
+def _note(result: PublishResult, outcome: int, subscriber: Subscriber) -> None:
+    backlog = subscriber.backlog  # a shared group's: the member that took it
+    if backlog is not None:
+        result.note(outcome, backlog)
+
+
+def _protocol_of(connection: object) -> str:
+    """The protocol of an adapter's connection: the adapter package's name
+    (polybroker.adapters.<protocol>...)."""
+    parts = type(connection).__module__.split(".")
+    if "adapters" in parts[:-1]:
+        return parts[parts.index("adapters") + 1]
+    return parts[-1]
 
 
 def _payload_size(message: Message) -> int:
     return len(message.payload)
 
 
-def _cancel(handle: object) -> None:
+def _cancel(handle: TimerHandle | None) -> None:
     if handle is not None:
         handle.cancel()

@@ -17,7 +17,9 @@ from . import __version__, certs
 from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
+from .ctl import add_ctl_command, run_ctl
 from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
+from .management.api import ManagementApi
 from .server import RunningBroker, serve_with_storage, start_listeners
 from .storage import StoreLockedError
 
@@ -81,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     scram.add_argument("user")
     add_passwd_command(commands)
     add_certs_command(commands)
+    add_ctl_command(commands)
     return parser
 
 
-def add_passwd_command(commands: argparse._SubParsersAction) -> None:
+def add_passwd_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     tool = commands.add_parser(
         "passwd", help="add a user to a password file ([auth] password_file), change its "
                        "password, or remove it",
@@ -99,7 +102,7 @@ def add_passwd_command(commands: argparse._SubParsersAction) -> None:
                       help="read the password from the first line of standard input")
 
 
-def add_certs_command(commands: argparse._SubParsersAction) -> None:
+def add_certs_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     tool = commands.add_parser(
         "certs", help="create development certificates: a CA, a server and client certificates",
         description="Create (or reuse) a development CA in DIR and sign certificates with it. "
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return _make_certs(args)
     if args.command == "passwd":
         return _passwd(args)
+    if args.command == "ctl":
+        return run_ctl(args)
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -302,7 +307,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                               reread: Callable[[], BrokerConfig] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
-        running = await start_listeners(config)
+        running = await start_listeners(config, ManagementApi)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_with_storage, running)
             if port_file is not None:
@@ -318,6 +323,7 @@ async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                         _reload_bridges(running, reread)
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                running.serving = False  # /health/ready: 503 from now on
                 await running.broker.shutdown(grace=SHUTDOWN_GRACE)
                 nursery.cancel_scope.cancel()
                 break

@@ -7,20 +7,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bridge.config import parse_bridges
-from .config_checks import ConfigError
+from .bridge.config import BridgeConfig, parse_bridges
+from .config_checks import ConfigError as ConfigError  # re-exported: callers catch it from here
 from .config_checks import nonempty as _nonempty
 from .config_checks import reject_unknown as _reject_unknown
 from .config_checks import typed as _typed
 from .config_checks import typed_bool as _typed_bool
 
-PROTOCOLS = ("mqtt", "stomp", "amqp", "auto")
+PROTOCOLS = ("mqtt", "stomp", "amqp", "auto", "http")
 TRANSPORTS = ("tcp", "tls", "ws", "wss")
 SECURE_TRANSPORTS = frozenset(("tls", "wss"))
 WEBSOCKET_TRANSPORTS = frozenset(("ws", "wss"))
 # AMQP 0-9-1 has no WebSocket binding.
 _ALLOWED_TRANSPORTS = {
     "mqtt": TRANSPORTS, "stomp": TRANSPORTS, "auto": TRANSPORTS, "amqp": ("tcp", "tls"),
+    "http": ("tcp", "tls"),  # the management API (``polybroker.management``)
 }
 
 # URL scheme -> (protocol, transport): "PROTOCOL" is TCP, "PROTOCOL+TRANSPORT" the rest,
@@ -28,7 +29,7 @@ _ALLOWED_TRANSPORTS = {
 SCHEMES: dict[str, tuple[str, str]] = {
     (p if t == "tcp" else f"{p}+{t}"): (p, t)
     for p, allowed in _ALLOWED_TRANSPORTS.items() for t in allowed
-} | {"mqtts": ("mqtt", "tls"), "amqps": ("amqp", "tls")}
+} | {"mqtts": ("mqtt", "tls"), "amqps": ("amqp", "tls"), "https": ("http", "tls")}
 
 # The customary ports: IANA's for MQTT and AMQP, ActiveMQ's for STOMP, EMQX's for MQTT
 # over WebSocket. `auto` serves MQTT among others, so it takes MQTT's.
@@ -36,6 +37,7 @@ _PORTS_BY_TRANSPORT = {
     "mqtt": {"tcp": 1883, "tls": 8883, "ws": 8083, "wss": 8084},
     "stomp": {"tcp": 61613, "tls": 61612, "ws": 61614, "wss": 61615},
     "amqp": {"tcp": 5672, "tls": 5671},
+    "http": {"tcp": 18083, "tls": 18084},  # EMQX's dashboard ports
 }
 DEFAULT_PORTS: dict[tuple[str, str], int] = {
     (p, t): port for p, ports in _PORTS_BY_TRANSPORT.items() for t, port in ports.items()
@@ -84,10 +86,14 @@ class ListenerConfig:
     # default one second's worth); beyond it a connection is closed right after accept.
     max_connection_rate: float | None = None  # None: no limit
     max_connection_burst: int | None = None
+    # http only: serve the management API on a non-loopback address too.
+    allow_remote: bool = False
 
     @property
     def url(self) -> str:
         scheme = self.protocol if self.transport == "tcp" else f"{self.protocol}+{self.transport}"
+        if self.protocol == "http":
+            scheme = "https" if self.transport == "tls" else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}{self.path or ''}"
 
@@ -153,6 +159,13 @@ class Limits:
     # replacing or clearing a retained message is always allowed.
     max_retained_messages: int = 1_000_000
     max_retained_bytes: int = 1024 * 1024 * 1024
+    # Delayed messages pending (``delayed``: $delayed/ topics, STOMP delay headers, AMQP
+    # x-delayed-message exchanges), their payload bytes, and the longest delay in seconds
+    # (EMQX's 4294967 at most). A delayed message over one of them is refused (MQTT 5.0:
+    # 0x97, 3.1.1 QoS 1/2: disconnected; STOMP: ERROR; AMQP: nack or channel.close).
+    max_delayed_messages: int = 1_000_000
+    max_delayed_bytes: int = 1024 * 1024 * 1024
+    max_delay: float = 4294967.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +191,15 @@ class StompSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """The broker as a whole (``[broker]``)."""
+
+    # Seconds between two publications of the $SYS topics (as Mosquitto's sys_interval);
+    # 0: no $SYS topics.
+    sys_interval: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """Where log lines go (``[log]``); with neither, to standard error."""
 
@@ -194,6 +216,21 @@ class AuthConfig:
     # Default for listeners without their own; None: only loopback listeners allow it.
     allow_anonymous: bool | None = None
     failure_delay: float = 1.0  # seconds before a refused login is answered
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementConfig:
+    """Who may use the management API of the http(s) listeners (``[management]``)."""
+
+    # Users of [auth] password_file who may use /api/ (HTTP basic).
+    admins: tuple[str, ...] = ()
+    # Bearer tokens, one a line (``#`` comments); re-read when the file changes.
+    token_file: Path | None = None
+    # False: /metrics, /health/live and /health/ready need the same credentials as /api/.
+    open_metrics: bool = True
+    open_health: bool = True
+    # The dashboard: a login session ends after this many seconds without a request.
+    dashboard_idle_timeout: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +277,13 @@ class BrokerConfig:
     amqp: AmqpSettings = field(default_factory=AmqpSettings)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    management: ManagementConfig = field(default_factory=ManagementConfig)
     log: LogSettings = field(default_factory=LogSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     data_dir: Path = Path("data")
     log_level: str = "info"
     # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
-    bridges: tuple = ()
+    bridges: tuple[BridgeConfig, ...] = ()
 
 
 def default_listeners() -> tuple[ListenerConfig, ...]:
@@ -304,7 +343,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level", "log", "bridge"},
+         "log_level", "log", "bridge", "management", "broker"},
         "",
     )
     config = BrokerConfig()
@@ -324,10 +363,14 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, storage=_storage(raw["storage"]))
     if "auth" in raw:
         config = replace(config, auth=_auth(raw["auth"]))
+    if "management" in raw:
+        config = replace(config, management=_management(raw["management"]))
     if "log" in raw:
         config = replace(config, log=_log(raw["log"]))
     if "bridge" in raw:
         config = replace(config, bridges=parse_bridges(raw["bridge"]))
+    if "broker" in raw:
+        config = replace(config, broker=_broker(raw["broker"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:
@@ -388,7 +431,7 @@ _ADDRESS_KEYS = {"protocol", "transport", "host", "port"}
 _WEBSOCKET_KEYS = {"path", "allowed_origins"}
 _RATE_KEYS = {"max_connection_rate", "max_connection_burst"}
 _LISTENER_KEYS = (
-    {"url", "max_connections", "allow_anonymous"} | _RATE_KEYS | _ADDRESS_KEYS
+    {"url", "max_connections", "allow_anonymous", "allow_remote"} | _RATE_KEYS | _ADDRESS_KEYS
     | _WEBSOCKET_KEYS | set(_TLS_KEYS)
 )
 
@@ -430,6 +473,10 @@ def _listener(table: dict[str, Any], tls: TLSConfig, prefix: str) -> ListenerCon
     if "allow_anonymous" in table:
         allow = _typed_bool(table, "allow_anonymous", prefix)
         listener = replace(listener, allow_anonymous=allow)
+    if "allow_remote" in table:
+        if listener.protocol != "http":
+            raise ConfigError(f"{prefix}allow_remote: only for http and https listeners")
+        listener = replace(listener, allow_remote=_typed_bool(table, "allow_remote", prefix))
     for name in sorted(table.keys() & _RATE_KEYS):
         value = _typed(table, name, (int, float) if name == "max_connection_rate" else int,
                        prefix)
@@ -516,6 +563,8 @@ def _limits(raw: Any) -> Limits:
         raise ConfigError("limits.max_packet_size: at most 268435455 (MQTT's limit)")
     if values.get("max_keepalive", 0) > MAX_KEEPALIVE:
         raise ConfigError(f"limits.max_keepalive: at most {MAX_KEEPALIVE} (MQTT's limit)")
+    if values.get("max_delay", 0) > 4294967:
+        raise ConfigError("limits.max_delay: at most 4294967 (EMQX's longest $delayed/)")
     return Limits(**values)
 
 
@@ -576,6 +625,18 @@ def _stomp(raw: Any) -> StompSettings:
     return StompSettings(**values)
 
 
+def _broker(raw: Any) -> BrokerSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("broker: must be a table")
+    _reject_unknown(raw, {"sys_interval"}, "broker.")
+    if "sys_interval" not in raw:
+        return BrokerSettings()
+    interval = _typed(raw, "sys_interval", int, "broker.")
+    if not 0 <= interval <= 86400:
+        raise ConfigError("broker.sys_interval: must be between 0 and 86400 seconds")
+    return BrokerSettings(sys_interval=interval)
+
+
 def _log(raw: Any) -> LogSettings:
     if not isinstance(raw, dict):
         raise ConfigError("log: must be a table")
@@ -615,6 +676,30 @@ def _storage(raw: Any) -> StorageConfig:
             if values[name] <= 0:
                 raise ConfigError(f"storage.{name}: must be greater than 0")
     return StorageConfig(**values)
+
+
+def _management(raw: Any) -> ManagementConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("management: must be a table")
+    _reject_unknown(raw, {f.name for f in fields(ManagementConfig)}, "management.")
+    values: dict[str, Any] = {}
+    if "admins" in raw:
+        admins = raw["admins"]
+        if not isinstance(admins, list) or not all(isinstance(a, str) and a for a in admins):
+            raise ConfigError("management.admins: expected a list of user names")
+        values["admins"] = tuple(admins)
+    if "token_file" in raw:
+        values["token_file"] = Path(_nonempty(raw, "token_file", "management."))
+    for name in ("open_metrics", "open_health"):
+        if name in raw:
+            values[name] = _typed_bool(raw, name, "management.")
+    if "dashboard_idle_timeout" in raw:
+        idle = _typed(raw, "dashboard_idle_timeout", (int, float), "management.")
+        if not 10 <= idle <= 86400:
+            raise ConfigError("management.dashboard_idle_timeout: must be between 10 and "
+                              "86400 seconds")
+        values["dashboard_idle_timeout"] = float(idle)
+    return ManagementConfig(**values)
 
 
 def _auth(raw: Any) -> AuthConfig:

@@ -30,7 +30,7 @@ def typed_bool(table: dict[str, Any], key: str, prefix: str) -> bool:
 
 
 def nonempty(table: dict[str, Any], key: str, prefix: str) -> str:
-    value = typed(table, key, str, prefix)
+    value: str = typed(table, key, str, prefix)
     if not value:
         raise ConfigError(f"{prefix}{key}: must not be empty")
     return value

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
+AMQ_QUEUE_PREFIX = "/amq/queue/"
 
 
 class DestinationError(ValueError):
@@ -87,8 +88,8 @@ def parse_destination(value: str, *, subscribe: bool = False) -> Destination:
         elif not is_valid_topic_name(topic):
             raise DestinationError(f"invalid topic {topic[:60]!r} (empty, or with + or #)")
         return Destination(False, topic)
-    if value.startswith(QUEUE_PREFIX):
-        name = value[len(QUEUE_PREFIX):]
+    if value.startswith((QUEUE_PREFIX, AMQ_QUEUE_PREFIX)):  # RabbitMQ's name for one too
+        name = value[len(QUEUE_PREFIX if value.startswith(QUEUE_PREFIX) else AMQ_QUEUE_PREFIX):]
         try:
             check_queue_name(name)
         except ValueError as exc:
@@ -148,8 +149,8 @@ def amqp_address(message: "Message", queue_name: str) -> tuple[str, str]:
     from queue ``queue_name``: where an AMQP publisher sent it; ``amq.topic`` and the
     dotted topic for a message from the topic space (MQTT, STOMP ``/topic/``); the
     default exchange and the queue's name for a STOMP ``/queue/`` send."""
-    if message.routing_key is not None:
-        return message.exchange or "", message.routing_key
+    if message.amqp is not None:
+        return message.amqp.exchange, message.amqp.routing_key
     if message.origin_protocol == "stomp" and message.topic == queue_name:
         return "", queue_name
     return AMQ_TOPIC, topic_to_routing_key(message.topic)

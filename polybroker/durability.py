@@ -34,12 +34,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from .journal import Journal
 from .persistence import bulk_load, restore
+from .persistence.streams import DiskStreams
+from .stats import Histogram
 from .storage import LogStore, StoreError
 
 if TYPE_CHECKING:
@@ -56,42 +58,70 @@ COMPACTION_INTERVAL = 1.0  # seconds between looks for segments worth compacting
 COPY_STEP = 256  # records examined per compaction step on the loop
 
 
+class SideFile(Protocol):
+    """A file outside the store whose writes acknowledgements wait for too (a stream's
+    log): each fsync round syncs the ones written since the last."""
+
+    def sync(self) -> None: ...
+
+
 class Durability:
     """Tracks which records are durable; ``run`` is the group-commit task.
 
     Without a store (``persistence = false``, or the core on its own) everything counts as
     durable at once."""
 
-    def __init__(self, store: LogStore | None = None, policy: str = "never") -> None:
+    def __init__(self, store: LogStore | None = None, policy: str = "never",
+                 sync_seconds: Histogram | None = None) -> None:
         self.store = store
         self.policy = policy
-        self.waits = store is not None and policy != "never"
+        # The store whose records acknowledgements wait for (None: they wait for nothing).
+        self._awaited = store if policy != "never" else None
+        self.waits = self._awaited is not None
         self.durable_seq = store.synced_seq if store is not None else 0
         self.syncs = 0  # fsync rounds completed
         self.last_sync = 0.0  # seconds the last one took
+        # How long each took, for the operator (``Broker.stats``).
+        self.sync_seconds = sync_seconds if sync_seconds is not None else Histogram()
         self._kick = trio.Event()
         self._round_done = trio.Event()
         self._started = 0
         self._finished = 0
         self._forced = False
+        # Side files written since the last round, and writes to them counted (all, and
+        # those known durable), so that ``mark`` and ``pending`` see them as records.
+        self._side_dirty: dict[SideFile, None] = {}
+        self._side_written = 0
+        self._side_durable = 0
+
+    def written_elsewhere(self, side_file: SideFile) -> None:
+        """``side_file`` was written: what is acknowledged from now on waits for its fsync."""
+        if self._awaited is None:
+            return
+        self._side_dirty[side_file] = None
+        self._side_written += 1
 
     def mark(self) -> int:
         """A position in the record sequence: when it changes around a call, that call
         wrote records that must be durable before its acknowledgement goes out."""
-        return self.store.last_seq if self.waits else 0
+        store = self._awaited
+        return store.last_seq + self._side_written if store is not None else 0
 
     def pending(self) -> bool:
         """Whether some record is written but not yet known durable (and that matters)."""
-        return self.waits and self.store.last_seq > self.durable_seq
+        store = self._awaited
+        return store is not None and (store.last_seq > self.durable_seq
+                                      or self._side_written > self._side_durable)
 
     async def wait_durable(self, timeout: float) -> bool:
         """Wait until every record written so far is durable; False if ``timeout`` seconds
         pass first. Returns at once, without a checkpoint, when nothing is pending."""
-        if not self.pending():
+        store = self._awaited
+        if store is None or not self.pending():
             return True
-        target = self.store.last_seq
+        target, side_target = store.last_seq, self._side_written
         with trio.move_on_after(timeout):
-            while self.durable_seq < target:
+            while self.durable_seq < target or self._side_durable < side_target:
                 self._kick.set()
                 await self._round_done.wait()
             return True
@@ -120,22 +150,41 @@ class Durability:
             await self._sync_round()
 
     async def _sync_round(self) -> None:
+        store = self.store
+        if store is None:
+            return  # not run without a store (``StorageTasks``)
         forced, self._forced = self._forced, False
+        side, side_target = list(self._side_dirty), self._side_written
+        self._side_dirty = {}
         self._started += 1
         started = time.perf_counter()
         try:
-            synced = await trio.to_thread.run_sync(self.store.sync)
+            synced = await trio.to_thread.run_sync(_sync_all, store, side)
         except StoreError as exc:
             log.error("STORAGE SYNC FAILED: %s; acknowledgements wait until it succeeds", exc)
             self._forced = self._forced or forced
+            self._side_dirty.update(dict.fromkeys(side))
             await trio.sleep(RETRY_AFTER)
             return
+        self._side_durable = max(self._side_durable, side_target)
         self.last_sync = time.perf_counter() - started
+        self.sync_seconds.observe(self.last_sync)
         self.durable_seq = max(self.durable_seq, synced)
         self._finished = self._started
         self.syncs += 1
         done, self._round_done = self._round_done, trio.Event()
         done.set()
+
+
+def _sync_all(store: LogStore, side: list[SideFile]) -> int:
+    """One fsync round (in a worker thread): the store, then the side files written."""
+    synced = store.sync()
+    for side_file in side:
+        try:
+            side_file.sync()
+        except OSError as exc:
+            raise StoreError(f"sync of {side_file}: {exc}") from exc
+    return synced
 
 
 async def compact_once(store: LogStore, durability: Durability) -> bool:
@@ -166,20 +215,21 @@ async def compact_once(store: LogStore, durability: Durability) -> bool:
 class StorageTasks:
     """The background tasks of an open store: group commit and compaction."""
 
-    def __init__(self, store: LogStore | None, durability: Durability) -> None:
+    def __init__(self, store: LogStore | None = None, durability: Durability | None = None) -> None:
         self.store = store
         self.durability = durability
 
     def start(self, nursery: trio.Nursery) -> None:
-        if self.store is None:
-            return
+        if self.store is None or self.durability is None:
+            return  # in memory: nothing to do
         nursery.start_soon(self.durability.run)
-        nursery.start_soon(self._compact_forever)
+        nursery.start_soon(self._compact_forever, self.store, self.durability)
 
-    async def _compact_forever(self) -> None:
+    @staticmethod
+    async def _compact_forever(store: LogStore, durability: Durability) -> None:
         while True:
             await trio.sleep(COMPACTION_INTERVAL)
-            while await compact_once(self.store, self.durability):
+            while await compact_once(store, durability):
                 pass
 
 
@@ -191,7 +241,7 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
     settings = broker.config.storage
     if not settings.persistence:
         log.info("storage: persistence is off; state is kept in memory only")
-        yield StorageTasks(None, broker.durability)
+        yield StorageTasks()
         return
     directory = broker.config.data_dir / "store"
     started = time.perf_counter()
@@ -200,9 +250,14 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
             LogStore.open, directory, segment_size=settings.segment_size,
             compaction_threshold=settings.compaction_threshold, keep_values=True,
         ))
+    durability: Durability | None = None
+    streams = DiskStreams(broker.config.data_dir / "streams", broker.clock)
+    broker.queues.streams = streams
     try:
         journal = restore(store, broker, settings)
-        broker.durability = Durability(store, settings.fsync)
+        broker.durability = durability = Durability(store, settings.fsync,
+                                                    broker.stats.fsync_seconds)
+        streams.on_append = durability.written_elsewhere
         stats = store.stats()
         issues = len(store.recovery_issues)
         log.info(
@@ -211,12 +266,13 @@ async def open_durable_state(broker: Broker) -> AsyncIterator[StorageTasks]:
             journal.summary, directory, stats.records, stats.segments, issues,
             time.perf_counter() - started, settings.fsync,
         )
-        yield StorageTasks(store, broker.durability)
+        yield StorageTasks(store, durability)
     finally:
-        syncs = broker.durability.syncs
+        syncs = durability.syncs if durability is not None else 0
         broker.journal = Journal()
         broker.queues.attach_store(None)
         broker.durability = Durability()
+        streams.close()
         store.close()
         stats = store.stats()
         log.info("storage: closed (%d live keys, %d bytes in %d segments, %d fsyncs)",

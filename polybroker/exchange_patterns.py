@@ -3,8 +3,8 @@ and headers bindings against a message's headers (``headers_match``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from .queues import Queue
@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 __all__ = ["TopicPatterns", "count_in", "headers_match", "split_words"]
 
 
-def count_in(counts: dict, item: object, add: bool) -> None:
+_Item = TypeVar("_Item", bound=Hashable)
+
+
+def count_in(counts: dict[_Item, int], item: _Item, add: bool) -> None:
     """Count ``item`` in or out of ``counts``; gone at zero."""
     if add:
         counts[item] = counts.get(item, 0) + 1
@@ -24,7 +27,7 @@ def count_in(counts: dict, item: object, add: bool) -> None:
             counts.pop(item, None)
 
 
-def headers_match(arguments: Mapping, headers: Mapping) -> bool:
+def headers_match(arguments: Mapping[str, object], headers: Mapping[str, object]) -> bool:
     """Does a headers-exchange binding with ``arguments`` match a message's ``headers``?
 
     ``x-match`` is ``all`` (default: every non-``x-`` argument must match) or ``any``
@@ -34,7 +37,7 @@ def headers_match(arguments: Mapping, headers: Mapping) -> bool:
     mode = arguments.get("x-match", "all")
     if isinstance(mode, bytes):
         mode = mode.decode(errors="replace")
-    want_any = mode.startswith("any")
+    want_any = isinstance(mode, str) and mode.startswith("any")
     for name, value in arguments.items():
         if name.startswith("x-"):
             continue
@@ -86,17 +89,18 @@ class TopicPatterns:
 
     def remove(self, pattern: str, queue: Queue) -> None:
         path: list[tuple[_PatternNode, str]] = []
-        node: _PatternNode | None = self._root
+        node = self._root
         for word in split_words(pattern):
             path.append((node, word))
             if word == "*":
-                node = node.star
+                child = node.star
             elif word == "#":
-                node = node.hash
+                child = node.hash
             else:
-                node = node.children.get(word)
-            if node is None:
+                child = node.children.get(word)
+            if child is None:
                 return
+            node = child
         count_in(node.queues, queue, False)
         for parent, word in reversed(path):  # prune what became empty
             if node.queues or node.children or node.star or node.hash:

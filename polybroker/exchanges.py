@@ -24,6 +24,10 @@ RabbitMQ's semantics, the de-facto reference for AMQP 0-9-1:
   messages it rejects, expires or pushes out to that exchange, as a copy carrying a
   ``Death`` record; a message that would die in the same queue again without having
   been rejected in between (a cycle) is dropped, as RabbitMQ does.
+- Delayed (RabbitMQ's delayed-message plugin): an exchange of type ``x-delayed-message``
+  with the argument ``x-delayed-type`` (one of the kinds above) holds a message whose
+  ``x-delay`` header is a positive number of milliseconds in ``Broker.delayed`` and routes
+  it by that type when due; without the header (or with 0 or less) at once.
 - Durability: durable exchanges and the bindings between a durable exchange and a
   durable queue are recorded in the store (``broker.journal``) and restored at start-up
   (``persistence``).
@@ -38,9 +42,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .destinations import AMQ_TOPIC, binding_key_to_filter, routing_key_to_topic
+from .delayed import EXCHANGE, DelayedStore, Target
+from .destinations import AMQ_TOPIC as AMQ_TOPIC  # re-exported: the AMQP channel names it here
+from .destinations import binding_key_to_filter, routing_key_to_topic
 from .exchange_patterns import TopicPatterns, count_in, headers_match
-from .message import Death, Message
+from .message import AmqpPart, Death, Message
 from .overflow import DROPPED, PublishResult
 from .queues import Queue, QueueEntry
 from .refusals import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
@@ -48,7 +54,7 @@ from .sessions import SubscriptionOptions
 
 if TYPE_CHECKING:
     from .queue_registry import QueueRegistry
-    from .router import TopicTrie
+    from .router import Subscriber, TopicTrie
 
 __all__ = [
     "DEFAULT", "DIRECT", "FANOUT", "HEADERS", "KINDS", "TOPIC", "Binding", "Exchange",
@@ -59,6 +65,7 @@ log = logging.getLogger("polybroker.exchanges")
 
 DIRECT, FANOUT, TOPIC, HEADERS = "direct", "fanout", "topic", "headers"
 KINDS = (DIRECT, FANOUT, TOPIC, HEADERS)
+DELAYED = "x-delayed-message"  # routes by its ``x-delayed-type`` argument, when due
 DEFAULT = ""  # the default exchange's name
 PREDECLARED = {
     "amq.direct": DIRECT, "amq.fanout": FANOUT, AMQ_TOPIC: TOPIC, "amq.headers": HEADERS,
@@ -67,7 +74,7 @@ _ANY_QOS = SubscriptionOptions(qos=2)  # how a queue sits in the router
 MAX_NAME_BYTES = 255
 
 
-def arguments_key(arguments: Mapping | None) -> str:
+def arguments_key(arguments: Mapping[str, object] | None) -> str:
     """A binding's arguments as part of its identity (tables may hold unhashable values)."""
     if not arguments:
         return ""
@@ -81,7 +88,9 @@ class Binding:
     exchange: str
     queue: str
     routing_key: str
-    arguments: Mapping = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    arguments: Mapping[str, object] = dataclasses.field(
+        default_factory=dict, compare=False, hash=False
+    )
 
 
 class Exchange:
@@ -95,7 +104,7 @@ class Exchange:
         durable: bool = False,
         auto_delete: bool = False,
         internal: bool = False,
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -104,6 +113,8 @@ class Exchange:
         self.internal = internal
         self.arguments = dict(arguments or {})
         self.predeclared = name == DEFAULT or name in PREDECLARED
+        # How it routes: its kind, or for a delayed exchange its ``x-delayed-type``.
+        self.route_kind = self.arguments.get("x-delayed-type") if kind == DELAYED else kind
         # (queue name, routing key, arguments key) -> binding
         self.bindings: dict[tuple[str, str, str], Binding] = {}
         self.had_binding = False  # auto_delete applies only after a first binding
@@ -112,7 +123,7 @@ class Exchange:
         self._direct: dict[str, dict[Queue, int]] = {}
         self._fanout: dict[Queue, int] = {}
         self._topic = TopicPatterns()
-        self._headers: dict[tuple[Queue, str, str], Mapping] = {}
+        self._headers: dict[tuple[Queue, str, str], Mapping[str, object]] = {}
 
     def __repr__(self) -> str:
         return f"Exchange({self.name!r}, {self.kind!r})"
@@ -122,13 +133,14 @@ class Exchange:
     def index(self, queue: Queue, binding: Binding, add: bool) -> None:
         """Add ``binding`` of ``queue`` to (or remove it from) the routing index."""
         key = binding.routing_key
-        if self.kind == DIRECT:
+        kind = self.route_kind
+        if kind == DIRECT:
             count_in(self._direct.setdefault(key, {}), queue, add)
             if not self._direct[key]:
                 del self._direct[key]
-        elif self.kind == FANOUT:
+        elif kind == FANOUT:
             count_in(self._fanout, queue, add)
-        elif self.kind == TOPIC:
+        elif kind == TOPIC:
             if add:
                 self._topic.add(key, queue)
             else:
@@ -143,13 +155,15 @@ class Exchange:
     def match(self, routing_key: str, message: Message) -> list[Queue]:
         """The queues a message published with ``routing_key`` goes to, each once, in a
         stable order."""
-        if self.kind == DIRECT:
+        kind = self.route_kind
+        if kind == DIRECT:
             return list(self._direct.get(routing_key, ()))
-        if self.kind == FANOUT:
+        if kind == FANOUT:
             return list(self._fanout)
-        if self.kind == TOPIC:
+        if kind == TOPIC:
             return self._topic.match(routing_key)
-        headers = message.amqp_headers
+        amqp = message.amqp
+        headers = amqp.headers if amqp is not None else None
         if headers is None:
             headers = dict(message.headers)
         found: dict[Queue, None] = {}
@@ -174,9 +188,17 @@ class ExchangeStore(Protocol):
 class Core(Protocol):
     """What exchanges use of the broker they belong to."""
 
-    journal: ExchangeStore
-    queues: QueueRegistry
-    router: TopicTrie
+    @property
+    def journal(self) -> ExchangeStore: ...
+
+    @property
+    def queues(self) -> QueueRegistry: ...
+
+    @property
+    def router(self) -> TopicTrie[Subscriber, SubscriptionOptions]: ...
+
+    @property
+    def delayed(self) -> DelayedStore: ...
 
     def publish(self, message: Message) -> PublishResult: ...
 
@@ -222,7 +244,7 @@ class ExchangeRegistry:
         durable: bool = False,
         auto_delete: bool = False,
         internal: bool = False,
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> Exchange:
         """exchange.declare: the exchange called ``name``, created if it does not exist.
 
@@ -238,8 +260,11 @@ class ExchangeRegistry:
         if name == DEFAULT:
             raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
                                 "exchange")
-        if kind not in KINDS:
+        if kind not in KINDS and kind != DELAYED:
             raise CommandInvalid(f"COMMAND_INVALID - unknown exchange type '{kind}'")
+        if kind == DELAYED and (arguments or {}).get("x-delayed-type") not in KINDS:
+            raise PreconditionFailed("PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' "
+                                     "must be an existing exchange type")
         if existing is not None:
             if (existing.kind, existing.durable, existing.auto_delete, existing.internal) != (
                 kind, durable, auto_delete, internal
@@ -295,7 +320,7 @@ class ExchangeRegistry:
         queue: str | Queue,
         exchange: str,
         routing_key: str = "",
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> bool:
         """queue.bind; True if the binding is new (binding again changes nothing).
 
@@ -334,7 +359,7 @@ class ExchangeRegistry:
         queue: str | Queue,
         exchange: str,
         routing_key: str = "",
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> bool:
         """queue.unbind; True if the binding existed (unbinding a missing binding is no
         error). Raises NotFound and AccessRefused as ``bind`` does."""
@@ -367,6 +392,8 @@ class ExchangeRegistry:
         # Several bindings may map onto one filter (same key, other arguments): the router
         # holds it while any of them does.
         topic_filter = binding_key_to_filter(routing_key)
+        if topic_filter is None:
+            return  # ``bind`` refuses such a key on amq.topic: never in the router
         counts = self._router_refs
         ref = (queue, topic_filter)
         count_in(counts, ref, add)
@@ -380,11 +407,10 @@ class ExchangeRegistry:
             raise AccessRefused("ACCESS_REFUSED - operation not permitted on the default "
                                 "exchange")
         if isinstance(queue, Queue):
-            target = queue
-        else:
-            target = self.broker.queues.get(queue)
-            if target is None:
-                raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'")
+            return queue, self._existing(exchange)
+        target = self.broker.queues.get(queue)
+        if target is None:
+            raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'")
         return target, self._existing(exchange)
 
     def bindings_of(self, queue: Queue) -> list[Binding]:
@@ -419,9 +445,10 @@ class ExchangeRegistry:
         """basic.publish: route ``message`` through ``exchange``; return how many queues
         (and, through ``amq.topic``, subscribers of the topic space) it reached: 0 means
         unroutable (basic.return 312 for a mandatory publish). What is routed carries
-        ``exchange`` and ``routing_key`` (and, through ``amq.topic``, the topic they map
-        to): ``message`` itself when it already does (an AMQP adapter builds it so), else a
-        copy (a message is never changed). A persistent message (``message.persistent``) is
+        ``exchange`` and ``routing_key`` in its ``amqp`` part (and, through ``amq.topic``,
+        the topic they map to): ``message`` itself when it already does (an AMQP adapter
+        builds it so), else a copy (a message is never changed). A persistent message
+        (``message.amqp.persistent``) is
         recorded in each durable queue it enters. Queues that turned it away (``x-overflow``
         ``reject-publish``) still count as reached and are appended to ``refused`` (for a
         negative publisher confirm). ``admit``, when given, picks the queues the publisher
@@ -433,11 +460,38 @@ class ExchangeRegistry:
         if ex.internal:
             raise AccessRefused(f"ACCESS_REFUSED - cannot publish to internal exchange "
                                 f"'{exchange}'")
-        if message.exchange != exchange or message.routing_key != routing_key:
+        amqp = message.amqp
+        if amqp is None:
             message = dataclasses.replace(
-                message, exchange=exchange, routing_key=routing_key, wire_cache={}
+                message, amqp=AmqpPart(exchange, routing_key), wire_cache={}
             )
+        elif amqp.exchange != exchange or amqp.routing_key != routing_key:
+            part = dataclasses.replace(amqp, exchange=exchange, routing_key=routing_key)
+            message = dataclasses.replace(message, amqp=part, wire_cache={})
+        if ex.kind == DELAYED:
+            delay = _x_delay(message)
+            if delay > 0:
+                # The ACL cannot be asked once the publisher is gone: it must be allowed to
+                # write to every queue the message would reach now.
+                if admit is not None and not all(map(admit, ex.match(routing_key, message))):
+                    raise AccessRefused(f"ACCESS_REFUSED - write access to a queue bound to "
+                                        f"'{exchange}' refused")
+                target = Target(EXCHANGE, exchange, routing_key)
+                held = self.broker.delayed.schedule(message, delay, target,
+                                                    client=message.origin_client or "?")
+                if result is not None:
+                    result.merge(held)
+                return 1  # whether it will be routable is not known yet (as RabbitMQ)
         return self._route(ex, routing_key, message, refused, admit, result)
+
+    def deliver_delayed(self, exchange: str, routing_key: str, message: Message) -> int:
+        """Route a delayed message that is due through its exchange (by its
+        ``x-delayed-type``); an exchange deleted meanwhile drops it."""
+        ex = self._exchanges.get(exchange)
+        if ex is None:
+            log.info("exchange %s: gone, delayed message dropped", exchange)
+            return 0
+        return self._route(ex, routing_key, message, None)
 
     def _route(
         self, ex: Exchange, routing_key: str, message: Message, refused: list[Queue] | None,
@@ -462,7 +516,7 @@ class ExchangeRegistry:
             targets = ex.match(routing_key, message)
         if admit is not None:
             targets = [queue for queue in targets if admit(queue)]
-        persistent = message.persistent
+        persistent = message.amqp is not None and message.amqp.persistent
         for queue in targets:
             # Into a named queue every message waits for an acknowledgement, persistent
             # or not: a full one under "block" holds its publisher back either way.
@@ -491,31 +545,41 @@ class ExchangeRegistry:
                       queue.name, target)
             return
         message = entry.message
-        deaths = message.deaths
+        amqp = message.amqp
+        deaths = amqp.deaths if amqp is not None else ()
         if reason != "rejected" and any(d.queue == queue.name for d in deaths) and not any(
             d.reason == "rejected" for d in deaths
         ):
             return  # a cycle without a rejection in it: dropped
-        old_key = message.routing_key
-        if old_key is None:
-            old_key = message.topic.replace("/", ".")
-        death = _death(message, queue.name, reason, old_key)
+        old_key = amqp.routing_key if amqp is not None else message.topic.replace("/", ".")
+        death = _death(amqp, queue.name, reason, old_key)
         rest = tuple(d for d in deaths if (d.queue, d.reason) != (queue.name, reason))
         key = queue.dead_letter_routing_key
         if key is None:
             key = old_key
-        copy = dataclasses.replace(
-            message, exchange=ex.name, routing_key=key, expiry=None, deaths=(death, *rest),
-            wire_cache={},
-        )
+        deaths = (death, *rest)
+        part = (AmqpPart(ex.name, key, deaths=deaths) if amqp is None else
+                dataclasses.replace(amqp, exchange=ex.name, routing_key=key, deaths=deaths))
+        copy = dataclasses.replace(message, amqp=part, expiry=None, wire_cache={})
         self._route(ex, key, copy, None)
 
 
-def _death(message: Message, queue: str, reason: str, routing_key: str) -> Death:
-    for old in message.deaths:
+def _x_delay(message: Message) -> float:
+    """The ``x-delay`` header in seconds (0: none, or not a number)."""
+    headers = message.amqp.headers if message.amqp is not None else None
+    value = headers.get("x-delay") if headers else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return value / 1000
+
+
+def _death(amqp: AmqpPart | None, queue: str, reason: str, routing_key: str) -> Death:
+    if amqp is None:  # its first death, and it was never published to an exchange
+        return Death(queue, reason, "", (routing_key,), 1, time.time())
+    for old in amqp.deaths:
         if (old.queue, old.reason) == (queue, reason):
             return dataclasses.replace(old, count=old.count + 1)
-    return Death(queue, reason, message.exchange or "", (routing_key,), 1, time.time())
+    return Death(queue, reason, amqp.exchange, (routing_key,), 1, time.time())
 
 
 def _describe(exchange: Exchange) -> str:

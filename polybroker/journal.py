@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from .delayed import Pending
     from .exchanges import Binding, Exchange
     from .message import Message
     from .sessions import Session, SubscriptionOptions
@@ -57,6 +58,10 @@ class Journal:
 
     def binding_removed(self, binding: Binding) -> None: ...
 
+    def delayed_added(self, pending: Pending) -> None: ...
+
+    def delayed_removed(self, pending: Pending) -> None: ...
+
 
 class Storing:
     """The writes of one client request (``Broker.storing``): ``StoreFull`` at the end if
@@ -75,12 +80,11 @@ class Storing:
             self._group.__enter__()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> bool:
+                 traceback: TracebackType | None) -> None:
         if self._group is not None:
             self._group.__exit__(kind, value, traceback)
         if kind is None and self._journal.failures != self._failures:
             raise StoreFull("a record could not be written")
-        return False
 
 
 class Durability(Protocol):

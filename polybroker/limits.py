@@ -168,7 +168,7 @@ class RetainedBound:
         self.refused = 0
         self._log = RateLimitedLog(logger)
 
-    def admits(self, store: RetainedStore, message: Message) -> bool:
+    def admits(self, store: RetainedStore[Message], message: Message) -> bool:
         if len(store) < self.max_messages and store.size + len(message.payload) <= self.max_bytes:
             return True
         if store.get(message.topic) is not None:

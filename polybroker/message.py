@@ -1,6 +1,8 @@
 """The one normalized message type that every protocol adapter produces and consumes."""
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,22 @@ class Death:
     routing_keys: tuple[str, ...]
     count: int = 1
     time: float = 0.0
+
+
+@dataclass(slots=True)
+class AmqpPart:
+    """What only a message routed through an AMQP exchange has: one object, so that
+    messages of the other protocols carry a single None for all of it.
+
+    Never changed after it is built, as its Message (not frozen for the same reason: it
+    is built per AMQP publish, and a frozen one costs three times as much)."""
+
+    exchange: str  # where it was published (``exchanges.publish``)
+    routing_key: str  # the publish's routing key
+    properties: bytes | None = None  # raw content-header property bytes, passed through
+    headers: Mapping[str, object] | None = None  # the parsed ``headers`` table (headers exchanges)
+    persistent: bool = False  # delivery_mode 2: stored when it enters a durable queue
+    deaths: tuple[Death, ...] = ()  # dead-letter history, most recent first
 
 
 @dataclass(slots=True, eq=False)
@@ -44,11 +62,7 @@ class Message:
     headers: tuple[tuple[str, str], ...] = ()  # MQTT 5.0 user properties, in order
     origin_protocol: str = ""
     origin_client: str | None = None
-    # AMQP (None / defaults for the other protocols, so their paths pay nothing):
-    exchange: str | None = None  # where it was published (``exchanges.publish``)
-    routing_key: str | None = None  # the publish's routing key
-    amqp_properties: bytes | None = None  # raw content-header property bytes, passed through
-    amqp_headers: dict | None = None  # parsed ``headers`` table, for headers exchanges
-    persistent: bool = False  # delivery_mode 2: stored when it enters a durable queue
-    deaths: tuple[Death, ...] = ()  # dead-letter history, most recent first
-    wire_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    amqp: AmqpPart | None = None  # set once it went through an AMQP exchange
+    # Any: each wire form's encoder owns its keys and the type of what it keeps under
+    # them (bytes, header tuples); the cache itself knows none of them.
+    wire_cache: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -59,7 +59,7 @@ class RoomSignal:
     """``Backlog.room`` for a backlog that keeps its event in ``_room``, made only when a
     publisher first waits (and set, and dropped, by the backlog once it has room)."""
 
-    __slots__ = ()
+    __slots__ = ("_room",)
     _room: trio.Event | None
 
     def has_room(self) -> bool:
@@ -94,14 +94,17 @@ def excluding_own(full: Iterable[Backlog], own: Iterable[object], name: str, wha
 
 class PublishResult:
     """What one publish came to: subscribers matched, messages dropped because a backlog
-    was full, and the full backlogs a blocking publisher waits for (None: none)."""
+    was full, the full backlogs a blocking publisher waits for (None: none), and why the
+    core refused it outright (``refusal``: a delayed message over its bounds), which the
+    adapter tells its client."""
 
-    __slots__ = ("dropped", "full", "matched")
+    __slots__ = ("dropped", "full", "matched", "refusal")
 
     def __init__(self, matched: int = 0) -> None:
         self.matched = matched
         self.dropped = 0
         self.full: list[Backlog] | None = None
+        self.refusal: str | None = None
 
     def __repr__(self) -> str:
         return f"PublishResult(matched={self.matched}, dropped={self.dropped}, full={self.full})"
@@ -129,6 +132,7 @@ class PublishResult:
     def merge(self, other: "PublishResult") -> None:
         self.matched += other.matched
         self.dropped += other.dropped
+        self.refusal = self.refusal or other.refusal
         for backlog in other.full or ():
             self.note(HELD, backlog)
 
@@ -196,7 +200,9 @@ class Holdback:
             if backlog not in self.waiting:
                 self.waiting.append(backlog)
 
-    async def wait(self, max_block_time: float, name: str, logger: logging.Logger) -> list:
+    async def wait(
+        self, max_block_time: float, name: str, logger: logging.Logger
+    ) -> list[object]:
         """Wait for room (at most ``max_block_time``), log backlogs still full, and return
         the withheld acknowledgements (emptied)."""
         still_full = await wait_for_room(self.waiting, max_block_time)

@@ -22,6 +22,9 @@ STOMP declares a queue by using it (``declare``). AMQP declares explicitly
 - ``delete_queue``: ``if_unused`` (406 while it has consumers), ``if_empty`` (406 while
   it has ready messages); returns the number of ready messages deleted; every consumer
   is told (``QueueConsumer.queue_deleted``). Deleting a missing queue is no error.
+- ``x-queue-type = stream`` declares a stream (``streams``), kept in a log from
+  ``streams`` (in memory unless the store gives it a directory); STOMP declares one with
+  ``declare_stream``.
 - Durable (and not exclusive) queues are recorded with their flags and arguments when
   declared (``QueueStore.queue_declared``) and come back at start-up (``persistence``).
 """
@@ -43,6 +46,13 @@ from .queues import (
     check_queue_name,
 )
 from .refusals import AccessRefused, NotFound, PreconditionFailed, Refused
+from .streams import (
+    MemoryStreams,
+    StreamBackend,
+    StreamQueue,
+    is_stream,
+    parse_stream_arguments,
+)
 from .timers import TimerHandle, Timers
 
 __all__ = ["QueueRegistry", "QueueSettings", "parse_arguments"]
@@ -162,6 +172,7 @@ class QueueRegistry:
         self._queues: dict[str, Queue] = {}
         self._owned: dict[object, dict[str, None]] = {}  # owner -> its exclusive queues
         self._expiry: dict[Queue, TimerHandle] = {}  # x-expires timers
+        self.streams: StreamBackend = MemoryStreams()  # where streams keep their logs
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -182,12 +193,18 @@ class QueueRegistry:
         for queue in self._queues.values():
             queue.store = store
 
-    def _new(self, name: str, durable: bool) -> Queue:
-        queue = Queue(
-            name, clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
-            overflow=self.overflow, durable=durable, store=self.store, timers=self.timers,
-            drop_totals=self.drop_totals,
-        )
+    def _new(self, name: str, durable: bool, stream: dict | None = None) -> Queue:
+        """A new queue; with ``stream`` (its checked arguments), a stream."""
+        common = dict(clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
+                      overflow=self.overflow, durable=durable, store=self.store,
+                      timers=self.timers, drop_totals=self.drop_totals)
+        if stream is None:
+            queue = Queue(name, **common)
+        else:
+            settings = parse_stream_arguments(name, stream, durable=True, exclusive=False,
+                                              auto_delete=False)
+            queue = StreamQueue(name, stream_log=self.streams.open(name, settings),
+                                backend=self.streams, settings=settings, **common)
         queue.registry = self
         queue.dead_letterer = self.dead_letterer
         self._queues[name] = queue
@@ -204,6 +221,16 @@ class QueueRegistry:
             queue = self._new(name, durable)
             log.info("queue %s: created", name)
         return queue
+
+    def declare_stream(self, name: str) -> Queue:
+        """The stream called ``name`` for STOMP (``x-queue-type: stream`` on SUBSCRIBE),
+        declared durable if new. PreconditionFailed if a plain queue has that name."""
+        queue = self._queues.get(name)
+        if queue is not None and not isinstance(queue, StreamQueue):
+            raise PreconditionFailed(f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' "
+                                     f"for queue '{name}' in vhost '/'")
+        return queue or self.declare_queue(name, durable=True,
+                                           arguments={"x-queue-type": "stream"})
 
     def delete(self, name: str) -> Queue | None:
         """Delete the queue called ``name`` with its messages; its consumers must be gone
@@ -257,11 +284,18 @@ class QueueRegistry:
             check_queue_name(name)
         except ValueError as exc:
             raise PreconditionFailed(f"PRECONDITION_FAILED - {exc}") from None
-        settings = parse_arguments(name, arguments)
+        stream = is_stream(arguments)
+        if stream:
+            parse_stream_arguments(name, arguments, durable=durable, exclusive=exclusive,
+                                   auto_delete=auto_delete)
+            if queue is not None:  # STOMP used it as a plain queue first
+                raise PreconditionFailed(f"PRECONDITION_FAILED - inequivalent arg "
+                                         f"'x-queue-type' for queue '{name}' in vhost '/'")
+        settings = parse_arguments(name, {} if stream else arguments)
         if exclusive and owner is None:
             raise ValueError("an exclusive queue needs an owner")
         if queue is None:
-            queue = self._new(name, durable)
+            queue = self._new(name, durable, arguments if stream else None)
             log.info("queue %s: declared%s%s%s", name, " durable" if durable else "",
                      " exclusive" if exclusive else "", " auto_delete" if auto_delete else "")
         else:  # created by STOMP's use: its first declaration sets it up
@@ -275,9 +309,11 @@ class QueueRegistry:
         self, name: str, *, auto_delete: bool, arguments: Mapping, declared: bool = True
     ) -> Queue:
         """Recreate a durable queue the store kept, without recording it again."""
-        queue = self._queues.get(name) or self._new(name, True)
+        stream = is_stream(arguments)
+        queue = self._queues.get(name) or self._new(name, True, dict(arguments) if stream
+                                                    else None)
         if declared:
-            settings = parse_arguments(name, arguments)
+            settings = parse_arguments(name, {} if stream else arguments)
             self._set_up(queue, settings, None, auto_delete, dict(arguments))
         return queue
 

@@ -301,7 +301,7 @@ class Queue(RoomSignal):
 
         Persistent: an AMQP persistent message, or a QoS 1/2 one from the topic space
         (MQTT, STOMP ``/topic/``), as RabbitMQ's MQTT plugin makes them."""
-        persistent = message.persistent or (message.routing_key is None and qos > 0)
+        persistent = message.amqp.persistent if message.amqp is not None else qos > 0
         return self.offer(message, qos, persistent=persistent)
 
     def offer(self, message: Message, qos: int, *, persistent: bool = False) -> int:

@@ -6,27 +6,37 @@ the trie the filter covers, not to the size of the whole store.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
 
 __all__ = ["RetainedStore"]
 
-# Distinguishes "no value" from a stored None.
-_MISSING: object = object()
+_V = TypeVar("_V")
 
 
-class _Node:
+class _Missing(enum.Enum):
+    """Distinguishes "no value" from a stored None."""
+
+    MISSING = enum.auto()
+
+
+_MISSING: Literal[_Missing.MISSING] = _Missing.MISSING
+
+
+class _Node(Generic[_V]):
     __slots__ = ("children", "value")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] | None = None
-        self.value: object = _MISSING
+        self.children: dict[str, _Node[_V]] | None = None
+        self.value: _V | Literal[_Missing.MISSING] = _MISSING
 
 
-class RetainedStore:
+class RetainedStore(Generic[_V]):
     """Topic -> value. The root itself never holds a value (a topic has at least one level)."""
 
-    def __init__(self, size_of: Callable[[object], int] = lambda value: 0) -> None:
-        self._root = _Node()
+    def __init__(self, size_of: Callable[[_V], int] = lambda value: 0) -> None:
+        self._root: _Node[_V] = _Node()
         self._count = 0
         # The total ``size_of`` the stored values (payload bytes, for max_retained_bytes).
         self._size_of = size_of
@@ -35,7 +45,7 @@ class RetainedStore:
     def __len__(self) -> int:
         return self._count
 
-    def set(self, topic: str, value: object) -> None:
+    def set(self, topic: str, value: _V) -> None:
         """Store ``value`` as the retained value of ``topic``, replacing any previous one."""
         node = self._root
         for level in topic.split("/"):
@@ -52,7 +62,7 @@ class RetainedStore:
         self.size += self._size_of(value)
         node.value = value
 
-    def get(self, topic: str) -> object | None:
+    def get(self, topic: str) -> _V | None:
         """The retained value of ``topic``, or None."""
         node = self._find(topic)
         if node is None or node.value is _MISSING:
@@ -62,7 +72,7 @@ class RetainedStore:
     def clear(self, topic: str) -> bool:
         """Drop the retained value of ``topic``; True if there was one. Prunes empty nodes."""
         node = self._root
-        path: list[tuple[_Node, str]] = []
+        path: list[tuple[_Node[_V], str]] = []
         for level in topic.split("/"):
             child = node.children.get(level) if node.children else None
             if child is None:
@@ -84,7 +94,7 @@ class RetainedStore:
             node = parent
         return True
 
-    def match(self, topic_filter: str) -> list[object]:
+    def match(self, topic_filter: str) -> list[_V]:
         """Values of all stored topics matching ``topic_filter``, in no particular order.
 
         A ``+`` or ``#`` first level does not match topics starting with "$" [MQTT-4.7.2-1];
@@ -92,9 +102,9 @@ class RetainedStore:
         """
         levels = topic_filter.split("/")
         depth = len(levels)
-        out: list[object] = []
+        out: list[_V] = []
         # Explicit stack instead of recursion: topics may be deep.
-        stack: list[tuple[_Node, int]] = [(self._root, 0)]
+        stack: list[tuple[_Node[_V], int]] = [(self._root, 0)]
         while stack:
             node, i = stack.pop()
             if i == depth:
@@ -117,12 +127,12 @@ class RetainedStore:
                             continue
                         stack.append((child, i + 1))
             elif node.children:
-                child = node.children.get(level)
-                if child is not None:
-                    stack.append((child, i + 1))
+                next_node = node.children.get(level)
+                if next_node is not None:
+                    stack.append((next_node, i + 1))
         return out
 
-    def _find(self, topic: str) -> _Node | None:
+    def _find(self, topic: str) -> _Node[_V] | None:
         node = self._root
         for level in topic.split("/"):
             if not node.children:
@@ -134,7 +144,7 @@ class RetainedStore:
         return node
 
     @staticmethod
-    def _collect(node: _Node, out: list[object]) -> None:
+    def _collect(node: _Node[_V], out: list[_V]) -> None:
         """Append every value in the subtree rooted at ``node`` (node included)."""
         stack = [node]
         while stack:

@@ -9,20 +9,47 @@ for its ``+`` and ``#`` children.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-__all__ = ["TopicTrie"]
+if TYPE_CHECKING:
+    from .message import Message
+    from .overflow import Backlog
+
+__all__ = ["Subscriber", "TopicTrie"]
+
+_S = TypeVar("_S", bound=Hashable)  # a subscriber
+_V = TypeVar("_V")  # what it subscribed with
 
 
-class _Node:
+class Subscriber(Protocol):
+    """What the broker's router delivers to: a session, a shared group, a queue."""
+
+    def __hash__(self) -> int: ...
+
+    @property
+    def client_id(self) -> str | None:
+        """Whose subscription it is (No Local); None for none of a client's own."""
+
+    @property
+    def backlog(self) -> Backlog | None:
+        """Where a message it took waits (the one a blocking publisher waits for)."""
+
+    def deliver(
+        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
+    ) -> int:
+        """TAKEN, HELD or DROPPED (``overflow``)."""
+
+
+class _Node(Generic[_S, _V]):
     """One filter level. Dicts are created lazily: most nodes are leaves or pass-throughs."""
 
     __slots__ = ("children", "hash", "plus", "subscribers")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] | None = None
-        self.plus: _Node | None = None
-        self.hash: _Node | None = None
-        self.subscribers: dict[Hashable, object] | None = None
+        self.children: dict[str, _Node[_S, _V]] | None = None
+        self.plus: _Node[_S, _V] | None = None
+        self.hash: _Node[_S, _V] | None = None
+        self.subscribers: dict[_S, _V] | None = None
 
     def is_empty(self) -> bool:
         return not (self.children or self.plus or self.hash or self.subscribers)
@@ -31,7 +58,7 @@ class _Node:
 ROUTE_CACHE_SIZE = 4096  # topics whose matches are kept; the cache starts again when full
 
 
-class TopicTrie:
+class TopicTrie(Generic[_S, _V]):
     """Maps (topic filter, subscriber) pairs to arbitrary values.
 
     ``generation`` is bumped on every change. ``match`` keeps the result for recently
@@ -40,16 +67,16 @@ class TopicTrie:
     """
 
     def __init__(self) -> None:
-        self._root = _Node()
+        self._root: _Node[_S, _V] = _Node()
         self._count = 0
         self.generation = 0
-        self._routes: dict[str, list[dict[Hashable, object]]] = {}
+        self._routes: dict[str, list[dict[_S, _V]]] = {}
         self._routes_generation = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def add(self, topic_filter: str, subscriber: Hashable, value: object) -> bool:
+    def add(self, topic_filter: str, subscriber: _S, value: _V) -> bool:
         """Store or replace the value for (filter, subscriber); True if the pair is new."""
         node = self._root
         for level in topic_filter.split("/"):
@@ -80,11 +107,11 @@ class TopicTrie:
         self.generation += 1
         return is_new
 
-    def remove(self, topic_filter: str, subscriber: Hashable) -> bool:
+    def remove(self, topic_filter: str, subscriber: _S) -> bool:
         """Remove (filter, subscriber); True if it existed. Empty nodes are pruned."""
         node = self._root
         # (parent, level) for each step, so empty nodes can be unlinked bottom-up.
-        path: list[tuple[_Node, str]] = []
+        path: list[tuple[_Node[_S, _V], str]] = []
         for level in topic_filter.split("/"):
             if level == "+":
                 child = node.plus
@@ -120,7 +147,7 @@ class TopicTrie:
             node = parent
         return True
 
-    def match(self, topic: str) -> list[dict[Hashable, object]]:
+    def match(self, topic: str) -> list[dict[_S, _V]]:
         """Subscriber dicts of every filter matching ``topic`` (a topic name, no wildcards).
 
         The returned list and dicts are the trie's own (hot path: no copies, and the list
@@ -138,12 +165,12 @@ class TopicTrie:
             found = routes[topic] = self._walk(topic)
         return found
 
-    def _walk(self, topic: str) -> list[dict[Hashable, object]]:
+    def _walk(self, topic: str) -> list[dict[_S, _V]]:
         levels = topic.split("/")
-        out: list[dict[Hashable, object]] = []
+        out: list[dict[_S, _V]] = []
         root = self._root
         first = levels[0]
-        nodes: list[_Node] = []
+        nodes: list[_Node[_S, _V]] = []
         # First level handled apart: wildcards at the root skip "$" topics [MQTT-4.7.2-1].
         if root.children:
             child = root.children.get(first)
@@ -158,7 +185,7 @@ class TopicTrie:
             if not nodes:
                 return out
             level = levels[i]
-            nxt: list[_Node] = []
+            nxt: list[_Node[_S, _V]] = []
             for node in nodes:
                 # "#" matches this level and everything below it.
                 if node.hash is not None and node.hash.subscribers:

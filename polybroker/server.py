@@ -2,8 +2,9 @@
 (TLS, WebSocket upgrade, protocol sniffing) and hand it to its protocol's adapter.
 """
 
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol
@@ -14,11 +15,21 @@ from .adapters.amqp import serve_amqp
 from .adapters.mqtt import serve_mqtt
 from .adapters.stomp import serve_stomp
 from .auth import ScramSha256, ScramUserStore, anonymous_allowed
+from .auth.security import is_loopback
 from .bridge.bridge import BridgeManager
 from .broker import Broker
-from .config import WEBSOCKET_TRANSPORTS, BrokerConfig, ConfigError, ListenerConfig
+from .config import (
+    DEFAULT_PATHS,
+    WEBSOCKET_TRANSPORTS,
+    BrokerConfig,
+    ConfigError,
+    ListenerConfig,
+)
 from .durability import open_durable_state
 from .limits import ConnectionRate, RateLimitedLog
+from .management.http import Handler, serve_http
+from .stats import ARRIVAL, broker_version
+from .sys_topics import SysTree
 from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
@@ -58,6 +69,7 @@ class Listener:
         self.tls = tls
         self.sockets = sockets
         self.connections = 0
+        self.http: Handler | None = None  # http(s) listeners: the management API
         self._refusals = RateLimitedLog(log)  # a flood must not flood the log
         rate = self.config.max_connection_rate
         self.rate = (None if rate is None else
@@ -65,6 +77,7 @@ class Listener:
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer_name(tcp)
+        ARRIVAL.set((self.config.url, self.config.transport))  # for the connection's stats
         if self.rate is not None and not self.rate.admit(peer):
             await trio.aclose_forcefully(tcp)
             return
@@ -77,7 +90,9 @@ class Listener:
         self.connections += 1
         try:
             opened = await self._open(tcp, peer)
-            if opened is not None:
+            if opened is not None and opened[0] == "http" and self.http is not None:
+                await serve_http(opened[1], self.http, peer, self.config.url)
+            elif opened is not None:
                 protocol, stream, identity = opened
                 handler = self._handler(protocol, peer)
                 if handler is None:
@@ -112,11 +127,12 @@ class Listener:
             try:
                 if self.tls is not None:
                     tls_stream = await accept_tls(tcp, self.tls.context)
-                    if config.tls.use_identity_as_username:
+                    if config.tls is not None and config.tls.use_identity_as_username:
                         identity = certificate_identity(tls_stream.getpeercert())
                     stream = tls_stream
                 if config.transport in WEBSOCKET_TRANSPORTS:
-                    policy = UpgradePolicy(protocol, config.path, config.allowed_origins)
+                    path = config.path or DEFAULT_PATHS[protocol]  # parse_listen_url sets one
+                    policy = UpgradePolicy(protocol, path, config.allowed_origins)
                     protocol, stream = await accept_websocket(stream, policy, peer)
                 if protocol == "auto":
                     protocol, stream = await sniff(stream)
@@ -151,6 +167,13 @@ class RunningBroker:
         self.broker = broker
         self.bound = bound
         self.bridges = BridgeManager(broker)
+        self.restored = False  # the durable state is back (or there is none)
+        self.serving = False  # every listener accepts connections
+
+    @property
+    def ready(self) -> bool:
+        """Ready for clients: the store is restored and every listener accepts."""
+        return self.restored and self.serving
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -185,7 +208,12 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
     """Refuse listeners no adapter serves; load TLS files. Index -> context for TLS ones."""
     contexts = {}
     for index, listener in enumerate(config.listeners):
-        if listener.protocol != "auto" and listener.protocol not in PROTOCOL_HANDLERS:
+        if listener.protocol == "http":
+            if not (listener.allow_remote or is_loopback(listener.host)):
+                raise ConfigError(f"listener {listener.url}: the management API listens on "
+                                  "loopback addresses only, unless the listener sets "
+                                  "allow_remote = true")
+        elif listener.protocol != "auto" and listener.protocol not in PROTOCOL_HANDLERS:
             served = ", ".join([*sorted(PROTOCOL_HANDLERS), "auto"])
             raise ConfigError(f"listener {listener.url}: this broker does not serve "
                               f"{listener.protocol} yet (it serves {served})")
@@ -197,12 +225,20 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
     return contexts
 
 
-async def start_listeners(config: BrokerConfig) -> RunningBroker:
+# Builds the request handler of the http(s) listeners for a running broker: the
+# management API (``management.api.ManagementApi``), which is built on this module.
+HttpApp = Callable[[RunningBroker], Handler]
+
+
+async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None) -> RunningBroker:
     """Check the configuration and bind every listener; nothing is served yet.
 
     Raises ConfigError or OSError (an address in use, say), with nothing left bound.
     """
     contexts = check_listeners(config)
+    if http_app is None and any(lc.protocol == "http" for lc in config.listeners):
+        raise ConfigError("http listeners need the management API: start the broker with "
+                          "`polybroker serve`, or pass http_app=ManagementApi")
     broker = make_broker(config)
     bound: list[Listener] = []
     try:
@@ -213,12 +249,18 @@ async def start_listeners(config: BrokerConfig) -> RunningBroker:
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
             bound.append(Listener(listener, broker, contexts.get(index), sockets))
+        running = RunningBroker(broker, tuple(bound))
+        http = [served for served in bound if served.config.protocol == "http"]
+        if http and http_app is not None:
+            api = http_app(running)  # reads the token file: may fail the start
+            for served in http:
+                served.http = api
     except BaseException:
         for done in bound:
             for sock in done.sockets:
                 await trio.aclose_forcefully(sock)
         raise
-    return RunningBroker(broker, tuple(bound))
+    return running
 
 
 async def serve_listeners(
@@ -229,20 +271,26 @@ async def serve_listeners(
     """Accept connections on every bound listener until cancelled."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(running.broker.timers.run)
+        nursery.start_soon(running.broker.stats.measure_lag)
+        interval = running.broker.config.broker.sys_interval
+        if interval:
+            nursery.start_soon(SysTree(running.broker, broker_version()).run, interval)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
-            nursery.start_soon(trio.serve_listeners, listener.handle, listener.sockets)
+            await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)
+        running.serving = True
         task_status.started(running)
 
 
 async def serve(
-    config: BrokerConfig, *, task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED
+    config: BrokerConfig, *, http_app: HttpApp | None = None,
+    task_status: trio.TaskStatus[RunningBroker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until cancelled; ``task_status.started`` reports the bound ports.
 
     The durable state is restored before any connection is accepted, and the store is
     closed after the last connection has ended."""
-    running = await start_listeners(config)
+    running = await start_listeners(config, http_app)
     await serve_with_storage(running, task_status=task_status)
 
 
@@ -256,16 +304,20 @@ async def serve_with_storage(
     async with open_durable_state(running.broker) as storage_tasks, \
             trio.open_nursery() as nursery:
         storage_tasks.start(nursery)
+        running.restored = True
         # After the restore: a bridge takes up its stored session and what waits in it.
         await nursery.start(running.bridges.run, running.broker.config.bridges)
         await serve_listeners(running, task_status=task_status)
 
 
 @asynccontextmanager
-async def open_broker(config: BrokerConfig) -> AsyncIterator[RunningBroker]:
-    """Run a broker for the duration of an ``async with`` block (for embedding and tests)."""
+async def open_broker(
+    config: BrokerConfig, http_app: HttpApp | None = None
+) -> AsyncIterator[RunningBroker]:
+    """Run a broker for the duration of an ``async with`` block (for embedding and tests);
+    ``http_app`` serves its http(s) listeners (``management.api.ManagementApi``)."""
     async with trio.open_nursery() as nursery:
-        running = await nursery.start(serve, config)
+        running = await nursery.start(functools.partial(serve, config, http_app=http_app))
         try:
             yield running
         finally:

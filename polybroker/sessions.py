@@ -95,6 +95,9 @@ class SessionStore(Protocol):
     def has_room(self, size: int) -> bool:
         """Whether one more message of ``size`` payload bytes is within the bounds."""
 
+    def tighten_bounds(self, max_messages: int, max_bytes: int) -> None:
+        """Bounds of the session's own (a bridge's backlog), within the store's."""
+
     def message_added(self, delivery: "Delivery") -> None: ...
 
     def message_sent(self, delivery: "Delivery", packet_id: int) -> bool:
@@ -146,7 +149,6 @@ class Session(RoomSignal):
         "_inbound_qos2",
         "_next_id",
         "_queued",
-        "_room",
         "client_id",
         "clock",
         "drop_totals",

@@ -66,10 +66,13 @@ class SharedGroup:
         return member.deliver(message, min(options.qos, message.qos), retain, ids, group=self)
 
     def choose(self, exclude: "Session | None" = None) -> "Session | None":
-        """The next member in turn, preferring members that are connected."""
+        """The next member in turn, preferring members that are connected, and among those
+        the ones with room: a message goes to a full member (whose overflow policy then
+        applies) only when every member is full."""
         candidates = [m for m in self.members if m is not exclude]
         if not candidates:
             return None
         connected = [m for m in candidates if m.link is not None] or candidates
+        with_room = [m for m in connected if m.has_room()] or connected
         self._turn += 1
-        return connected[self._turn % len(connected)]
+        return with_room[self._turn % len(with_room)]

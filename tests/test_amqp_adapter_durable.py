@@ -15,6 +15,8 @@ from polybroker.protocols.amqp import (
     ExchangeDeclareOk,
     QueueBind,
     QueueBindOk,
+    QueueDeclare,
+    QueueDeclareOk,
     encode_properties,
 )
 
@@ -93,3 +95,34 @@ async def test_durable_exchange_queue_binding_and_messages_survive_a_restart(tmp
         assert [(g.method.exchange, g.method.routing_key) for g in got] == [
             ("orders", "new")] * 4
         await client.close_connection()
+
+
+async def test_confirm_of_a_message_into_a_stream_waits_for_the_stream_logs_fsync(tmp_path):
+    async with running(tmp_path, fsync="batch") as broker:
+        client = await open_client(broker.nursery, broker)
+        await client.send(1, QueueDeclare(queue="s", durable=True,
+                                          arguments={"x-queue-type": "stream"}))
+        await client.expect(1, QueueDeclareOk)
+        await client.send(1, ConfirmSelect())
+        await client.expect(1, ConfirmSelectOk)
+        await client.publish(1, "", "s", b"first")
+        assert await confirmed(client) == 1
+        stream_log = broker.queues.streams.logs["s"]
+        release = threading.Event()
+        real_sync = stream_log.sync
+        synced = []
+
+        def slow_sync() -> None:
+            release.wait(10)
+            real_sync()
+            synced.append(True)
+
+        stream_log.sync = slow_sync
+        await client.publish(1, "", "s", b"appended")
+        with trio.move_on_after(0.3) as early:
+            await client.event()
+        assert early.cancelled_caught, "confirm before the stream's log was synced"
+        assert broker.durability.pending()
+        release.set()
+        assert await confirmed(client) == 2
+        assert synced and not broker.durability.pending()

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from polybroker.adapters.runner import ConnectionRunner
+from polybroker.stats import Stats
 
 log = logging.getLogger("polybroker.test-runner")
 
@@ -35,7 +36,8 @@ def make_broker(durability: Durability | None = None) -> SimpleNamespace:
                              max_outgoing_bytes=1000, max_block_time=1.0)
     return SimpleNamespace(
         limits=limits, durability=durability or Durability(), linger_deadline=math.inf,
-        connection_opened=lambda handler: None, connection_closed=lambda handler: None,
+        connection_opened=lambda handler: Stats().opening(handler, "test", "peer"),
+        connection_closed=lambda handler: None,
     )
 
 

@@ -12,7 +12,7 @@ from polybroker.broker import Broker
 from polybroker.config import BrokerConfig, StorageConfig
 from polybroker.durability import open_durable_state
 from polybroker.journal import StoreFull
-from polybroker.message import Message
+from polybroker.message import AmqpPart, Message
 from polybroker.sessions import SubscriptionOptions
 from polybroker.storage import StoreFullError
 
@@ -154,26 +154,30 @@ def test_core_reaches_are_found(tmp_path):
 
 @pytest.fixture
 def frozen_messages():
-    """Any change to a built Message raises (a write-once guard; not on by default, as
-    a frozen dataclass costs four times as much to build)."""
+    """Any change to a built Message or its AmqpPart raises (a write-once guard; not on by
+    default, as a frozen dataclass costs several times as much to build)."""
 
-    def write_once(message: Message, name: str, value: object) -> None:
+    def write_once(built: object, name: str, value: object) -> None:
         try:
-            getattr(message, name)
+            getattr(built, name)
         except AttributeError:  # being built
-            object.__setattr__(message, name, value)
+            object.__setattr__(built, name, value)
             return
-        raise AttributeError(f"Message.{name} changed after it was built")
+        raise AttributeError(f"{type(built).__name__}.{name} changed after it was built")
 
-    Message.__setattr__ = write_once
+    for kind in (Message, AmqpPart):
+        kind.__setattr__ = write_once
     yield
-    del Message.__setattr__
+    for kind in (Message, AmqpPart):
+        del kind.__setattr__
 
 
 def test_the_guard_catches_a_change(frozen_messages):
-    message = Message("t", b"x")
+    message = Message("t", b"x", amqp=AmqpPart("", "t"))
     with pytest.raises(AttributeError):
         message.topic = "u"
+    with pytest.raises(AttributeError):
+        message.amqp.routing_key = "u"
 
 
 async def test_routing_never_changes_a_message(frozen_messages, tmp_path):
@@ -187,13 +191,14 @@ async def test_routing_never_changes_a_message(frozen_messages, tmp_path):
         exchanges.declare("dlx", "fanout", durable=True)
         exchanges.bind("dead", "dlx", "")
         exchanges.bind("work", "amq.topic", "t")
-        exchanges.publish("", "work", Message("", b"direct", persistent=True))
-        exchanges.publish("amq.topic", "t", Message("", b"topic", persistent=True))
+        persistent = AmqpPart("", "", persistent=True)  # as a publish makes it
+        exchanges.publish("", "work", Message("", b"direct", amqp=persistent))
+        exchanges.publish("amq.topic", "t", Message("", b"topic", amqp=persistent))
         work = queues.get("work")
         while (taken := work.get(holder=link)) is not None:
             work.reject(taken[1], requeue=False)  # dead-lettered: a copy with its death
         dead = [entry.message for entry in queues.get("dead").ready]
-        assert [(m.payload, m.deaths[0].reason) for m in dead] == [
+        assert [(m.payload, m.amqp.deaths[0].reason) for m in dead] == [
             (b"direct", "rejected"), (b"topic", "rejected"),
         ]
         assert link.sent == [b"mqtt", b"topic"]

@@ -15,7 +15,7 @@ from polybroker.destinations import (
     topic_to_routing_key,
 )
 from polybroker.exchanges import TopicPatterns, headers_match
-from polybroker.message import Message
+from polybroker.message import AmqpPart, Message
 from polybroker.protocols.mqtt import Publish
 from polybroker.queues import REJECT_PUBLISH
 from polybroker.refusals import (
@@ -55,7 +55,9 @@ def core() -> Broker:
 
 
 def amqp(body: bytes = b"x", **fields) -> Message:
-    return Message("", body, origin_protocol="amqp", **fields)
+    """A message as an AMQP publish makes it; ``fields`` of its AMQP part (the exchange
+    and routing key are set by ``exchanges.publish``)."""
+    return Message("", body, origin_protocol="amqp", amqp=AmqpPart("", "", **fields))
 
 
 def queue(core: Broker, name: str, **kwargs):
@@ -169,7 +171,8 @@ def test_default_exchange_routes_by_queue_name(core):
     assert core.exchanges.publish("", "celery", amqp(b"task")) == 1
     assert core.exchanges.publish("", "nobody", amqp(b"lost")) == 0
     assert bodies(q) == [b"task"]
-    assert (q.ready[0].message.exchange, q.ready[0].message.routing_key) == ("", "celery")
+    part = q.ready[0].message.amqp
+    assert (part.exchange, part.routing_key) == ("", "celery")
 
 
 def test_direct_exchange_routes_by_exact_key(core):
@@ -291,10 +294,10 @@ def test_headers_exchange_all_and_any(core):
                         {"x-match": "any", "format": "pdf", "type": "report"})
     core.exchanges.bind("p", "amq.headers", "", {"trace": None})  # void: presence only
     publish = core.exchanges.publish
-    assert publish("amq.headers", "", amqp(b"1", amqp_headers={"format": "pdf"})) == 1
-    assert publish("amq.headers", "", amqp(b"2", amqp_headers={
+    assert publish("amq.headers", "", amqp(b"1", headers={"format": "pdf"})) == 1
+    assert publish("amq.headers", "", amqp(b"2", headers={
         "format": "pdf", "type": "report", "trace": 7})) == 3
-    assert publish("amq.headers", "", amqp(b"3", amqp_headers={"type": "log"})) == 0
+    assert publish("amq.headers", "", amqp(b"3", headers={"type": "log"})) == 0
     assert publish("amq.headers", "", amqp(b"4")) == 0
     assert (bodies(everything), bodies(either), bodies(present)) == (
         [b"2"], [b"1", b"2"], [b"2"])
@@ -366,7 +369,7 @@ def test_routing_keys_map_onto_mqtt_topics(key, topic):
 
 
 def test_amqp_address_of_messages_from_each_protocol():
-    from_amqp = Message("", b"", exchange="logs", routing_key="k")
+    from_amqp = Message("", b"", amqp=AmqpPart("logs", "k"))
     from_mqtt = Message("sensors/t1", b"", origin_protocol="mqtt")
     stomp_queue = Message("jobs", b"", origin_protocol="stomp")
     assert amqp_address(from_amqp, "q") == ("logs", "k")
@@ -426,7 +429,7 @@ async def test_mqtt_and_amqp_meet_on_amq_topic(nursery, broker):
     await device.connect("device")
     await device.subscribe("cmd/+", qos=1)
     reached = broker.exchanges.publish("amq.topic", "cmd.dev1", Message(
-        "", b"reboot", qos=1, origin_protocol="amqp", persistent=True))
+        "", b"reboot", qos=1, origin_protocol="amqp", amqp=AmqpPart("", "", persistent=True)))
     assert reached == 1
     [publish] = await device.publishes_until_idle()
     assert (publish.topic, publish.payload) == ("cmd/dev1", b"reboot")

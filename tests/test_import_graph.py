@@ -24,7 +24,7 @@ CORE = {
     "polybroker.exchanges", "polybroker.journal", "polybroker.limits", "polybroker.message",
     "polybroker.overflow", "polybroker.queue_registry", "polybroker.queues",
     "polybroker.refusals", "polybroker.retained", "polybroker.router", "polybroker.sessions",
-    "polybroker.shared", "polybroker.timers",
+    "polybroker.shared", "polybroker.timers", "polybroker.delayed",
 }
 # What the core may not import: the layers above it, and the store's implementation.
 ABOVE_CORE = (

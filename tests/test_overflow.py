@@ -107,6 +107,24 @@ async def test_a_full_session_under_block_takes_the_message_and_says_held():
     assert session.drops == {"queue-full": 1}
 
 
+async def test_a_shared_message_goes_to_a_member_with_room_before_a_full_one():
+    broker = Broker(BrokerConfig(limits=Limits(max_queued_messages=2, queue_overflow="drop-new")))
+    full, _ = broker.open_session("full", clean=False)
+    free, _ = broker.open_session("free", clean=False)
+    for session in (full, free):
+        broker.subscribe(session, "$share/g/t", broker_options(1))
+    broker.subscribe(full, "other", broker_options(1))
+    for n in range(2):
+        broker.publish(Message("other", b"%d" % n, 1))
+    assert not full.has_room()
+    results = [broker.publish(Message("t", b"%d" % n, 1)) for n in range(2)]
+    assert [r.dropped for r in results] == [0, 0]
+    assert len(free.queued) == 2 and len(full.queued) == 2
+    # Every member full: the policy of the one in turn applies, and the drop is counted.
+    assert broker.publish(Message("t", b"x", 1)).dropped == 1
+    assert broker.drops == {"queue-full": 1}
+
+
 class FakeLink:
     def send_publish(self, delivery, packet_id, dup) -> bool:
         return True

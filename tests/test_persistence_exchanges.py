@@ -5,7 +5,7 @@ queues (in order, with their properties); everything else vanishes."""
 import pytest
 
 from polybroker import persistence
-from polybroker.message import Death, Message
+from polybroker.message import AmqpPart, Death, Message
 from polybroker.persistence import decode_message, encode_message
 from polybroker.refusals import PreconditionFailed
 
@@ -15,9 +15,11 @@ from .test_persistence import crash_image, running
 PROPERTIES = b"\x90\x00\x10application/json\x02"  # raw content properties, passed through
 
 
-def amqp(body: bytes, persistent: bool = True, **fields) -> Message:
+def amqp(body: bytes, persistent: bool = True) -> Message:
+    """A message as an AMQP publish makes it (its exchange and routing key are set by
+    ``exchanges.publish``)."""
     return Message("", body, qos=1, origin_protocol="amqp", origin_client="c1",
-                   amqp_properties=PROPERTIES, persistent=persistent, **fields)
+                   amqp=AmqpPart("", "", PROPERTIES, persistent=persistent))
 
 
 def keys(broker, prefix: bytes) -> list[bytes]:
@@ -27,18 +29,46 @@ def keys(broker, prefix: bytes) -> list[bytes]:
 def test_amqp_fields_round_trip_through_the_stored_form():
     death = Death("work", "rejected", "", ("work",), 2, 1.7e9)
     message = Message(
-        "cmd/x", b"body", qos=1, expiry=50.0, origin_protocol="amqp", exchange="logs",
-        routing_key="a.b", amqp_properties=b"\x00\x01", persistent=True, deaths=(death,),
+        "cmd/x", b"body", qos=1, expiry=50.0, origin_protocol="amqp",
+        amqp=AmqpPart("logs", "a.b", b"\x00\x01", persistent=True, deaths=(death,)),
         headers=(("k", "v"),), content_type="text/plain",
     )
     decoded = decode_message(encode_message(message, 1000.0), 0, -1000.0)
-    for name in ("topic", "payload", "qos", "expiry", "origin_protocol", "exchange",
-                 "routing_key", "amqp_properties", "persistent", "deaths", "headers",
+    for name in ("topic", "payload", "qos", "expiry", "origin_protocol", "amqp", "headers",
                  "content_type"):
         assert getattr(decoded, name) == getattr(message, name), name
     plain = Message("t", b"p", origin_protocol="mqtt", origin_client="c")
     assert encode_message(plain, 0.0)[0] == persistence.FORMAT  # MQTT keeps format 1
-    assert decode_message(encode_message(plain, 0.0), 0, 0.0).routing_key is None
+    assert decode_message(encode_message(plain, 0.0), 0, 0.0).amqp is None
+
+
+# Stored by the version whose Message carried the AMQP fields flat (exchange,
+# routing_key, amqp_properties, persistent, deaths): the record format is unchanged.
+WRITTEN_BEFORE = {
+    "dead-lettered": bytes.fromhex(
+        "0201e40000000300000007612f627061796c6f61640000000a746578742f706c61696e00000004616d"
+        "717000000002633100000001000000016800000001761f0000000a616d712e6469726563740000000"
+        "26b310000000d80000a746578742f706c61696e0000000100000004776f726b0000000872656a6563"
+        "7465640000000a616d712e64697265637400000002000000026b31000000026b320000000341d954fc"
+        "40200000"),
+    "transient": bytes.fromhex(
+        "0200600000000100000001787000000004616d717000000002633207000000000000000178000000"
+        "020000"),
+}
+
+
+def test_amqp_messages_stored_before_the_amqp_part_read_back_the_same():
+    dead = decode_message(WRITTEN_BEFORE["dead-lettered"], 0, 0.0)
+    assert (dead.topic, dead.payload, dead.qos, dead.content_type, dead.headers) == (
+        "a/b", b"payload", 1, "text/plain", (("h", "v"),))
+    assert dead.amqp == AmqpPart(
+        "amq.direct", "k1", b"\x80\x00\x0atext/plain", persistent=True,
+        deaths=(Death("work", "rejected", "amq.direct", ("k1", "k2"), 3, 1700000000.5),))
+    transient = decode_message(WRITTEN_BEFORE["transient"], 0, 0.0)
+    assert (transient.origin_protocol, transient.origin_client) == ("amqp", "c2")
+    assert transient.amqp == AmqpPart("", "x", b"\x00\x00")
+    for name, record in WRITTEN_BEFORE.items():  # and written again, byte for byte
+        assert encode_message(decode_message(record, 0, 0.0), 0.0) == record, name
 
 
 async def test_durable_exchanges_queues_bindings_and_persistent_messages_survive(tmp_path):
@@ -75,8 +105,8 @@ async def test_durable_exchanges_queues_bindings_and_persistent_messages_survive
             queues.declare_queue("celery", durable=True)
         entries = list(queue.ready)
         assert [e.message.payload for e in entries] == [b"p0", b"p1", b"p2"]
-        first = entries[0].message
-        assert (first.exchange, first.routing_key, first.amqp_properties, first.persistent) == (
+        first = entries[0].message.amqp
+        assert (first.exchange, first.routing_key, first.properties, first.persistent) == (
             "celery", "celery", PROPERTIES, True)
         # the bindings route again, amq.topic's through the router
         assert exchanges.publish("events", "worker.online", amqp(b"e")) == 1
@@ -177,8 +207,7 @@ def amqp_state(broker) -> dict:
     queues = {}
     for queue in broker.queues:
         if queue.durable and not queue.exclusive:
-            messages = [(e.message.payload, e.message.exchange, e.message.routing_key,
-                         e.message.amqp_properties, e.message.deaths)
+            messages = [(e.message.payload, e.message.amqp)
                         for e in sorted(queue.entries(), key=lambda e: e.seq) if e.persistent]
             queues[queue.name] = (queue.auto_delete, queue.arguments, messages)
     return {"exchanges": exchanges, "queues": queues}

@@ -331,8 +331,8 @@ def test_rejected_messages_are_dead_lettered_with_their_history(core):
     work.nack(second, requeue=True)  # requeued: not dead
     assert ready(dead) == [b"bad"]
     message = dead.ready[0].message
-    assert (message.exchange, message.routing_key) == ("dlx", "work")
-    [death] = message.deaths
+    assert (message.amqp.exchange, message.amqp.routing_key) == ("dlx", "work")
+    [death] = message.amqp.deaths
     assert (death.queue, death.reason, death.exchange, death.routing_keys, death.count) == (
         "work", "rejected", "", ("work",), 1)
 
@@ -342,7 +342,7 @@ def test_expired_and_pushed_out_messages_are_dead_lettered(core, clock):
     publish(core, "work", b"pushed", b"expires")
     advance(core, clock, 2)
     assert ready(dead) == [b"pushed", b"expires"]
-    assert [m.message.deaths[0].reason for m in dead.ready] == ["maxlen", "expired"]
+    assert [m.message.amqp.deaths[0].reason for m in dead.ready] == ["maxlen", "expired"]
     assert dead.ready[1].message.expiry is None  # the expiration does not follow it
 
 
@@ -355,7 +355,7 @@ def test_dead_letter_routing_key_and_what_is_not_dead_lettered(core):
     work.add_consumer(consumer)
     work.reject(consumer.tags[0], requeue=False)
     assert ready(dead) == [b"c"]
-    assert dead.ready[0].message.routing_key == "elsewhere"
+    assert dead.ready[0].message.amqp.routing_key == "elsewhere"
     publish(core, "work", b"d")
     core.queues.delete_queue("work")  # deleted: not dead-lettered
     assert ready(dead) == [b"c"]
@@ -368,7 +368,7 @@ def test_dead_letter_cycles_without_rejection_are_dropped(core, clock):
     publish(core, "loop", b"m")
     advance(core, clock, 1.5)
     assert ready(queue) == [b"m"]
-    assert [(d.queue, d.reason, d.count) for d in queue.ready[0].message.deaths] == [
+    assert [(d.queue, d.reason, d.count) for d in queue.ready[0].message.amqp.deaths] == [
         ("loop", "expired", 1)]
     advance(core, clock, 1.5)
     assert queue.message_count == 0
@@ -379,7 +379,7 @@ def test_dead_letter_cycles_without_rejection_are_dropped(core, clock):
     queue.nack(consumer.tags[-1], requeue=False)
     queue.nack(consumer.tags[-1], requeue=False)
     assert consumer.payloads == [b"r", b"r", b"r"]
-    assert [(d.reason, d.count) for d in queue.entries()[0].message.deaths] == [
+    assert [(d.reason, d.count) for d in queue.entries()[0].message.amqp.deaths] == [
         ("rejected", 2)]
 
 
@@ -500,7 +500,7 @@ def test_x_overflow_reject_publish_dlx_refuses_and_dead_letters(core):
     core.exchanges.publish("", "work", msg(b"1"), refused=refused)
     core.exchanges.publish("", "work", msg(b"2"), refused=refused)
     assert (ready(work), ready(dead), refused) == ([b"1"], [b"2"], [work])
-    assert dead.ready[0].message.deaths[0].reason == "maxlen"
+    assert dead.ready[0].message.amqp.deaths[0].reason == "maxlen"
 
 
 def test_ttl_zero_reaches_a_ready_consumer_and_nobody_else(core, clock):

@@ -40,6 +40,7 @@ import trio
 from ..broker import Broker
 from ..limits import PublishThrottle
 from ..overflow import Backlog, Holdback
+from ..stats import ConnectionInfo
 from .io import RECEIVE_SIZE, linger, plain_socket_fd, receive_socket, send_socket
 
 # Why a connection ended: the word kept on the runner (``end_reason``, for counting)
@@ -186,9 +187,11 @@ class ConnectionRunner:
     __slots__ = (
         "_beating", "_flushed", "_hold", "_last_sent", "_read_scope", "_room", "_socket",
         "_stop_by", "_stopped", "_write_failed", "_writing", "bound_replies", "broker",
-        "end_detail", "end_reason", "finished", "handler", "heartbeats", "holdback", "limits",
-        "linger", "log", "protocol", "queued", "stream", "throttle",
+        "end_detail", "end_reason", "finished", "handler", "heartbeats", "holdback", "info",
+        "limits", "linger", "log", "protocol", "queued", "stream", "throttle",
     )
+
+    info: ConnectionInfo  # the broker's record of the connection, made by run()
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, handler: Handler,
                  log: logging.Logger, protocol: str, throttle: PublishThrottle | None = None,
@@ -238,7 +241,7 @@ class ConnectionRunner:
         broker = self.broker
         stream = self.stream
         sock = self._socket
-        broker.connection_opened(handler)
+        info = self.info = broker.connection_opened(handler)
         now = self._last_sent = trio.current_time()
         deadline = now + self.limits.connect_timeout
         try:
@@ -271,6 +274,7 @@ class ConnectionRunner:
                         if not data:
                             self._peer_closed()
                             break
+                        info.bytes_in += len(data)
                         try:
                             carry_on = await handler.receive(data)
                         finally:
@@ -376,6 +380,8 @@ class ConnectionRunner:
         assert reason in END_REASONS, reason
         self.end_reason = reason
         self.end_detail = "" if detail == END_REASONS[reason] else detail
+        if reason in ("client_disconnect", "peer_closed"):
+            self.info.closed_by_client()
 
     def wake(self) -> None:
         """Output was buffered: have it sent (see the module's description)."""
@@ -441,6 +447,7 @@ class ConnectionRunner:
         assert self._socket is not None
         try:
             sent = send_socket(self._socket, data)
+            self.info.bytes_out += sent
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.ending("peer_closed", "connection lost")
             self._write_failed = True
@@ -497,6 +504,7 @@ class ConnectionRunner:
                 if timer.cancelled_caught:
                     self.ending("send_timeout")
                     return False
+                self.info.bytes_out += len(data)
                 self._wrote()
             if not handler.pending_bytes:
                 return True  # and _writing is cleared in this same step: no gap

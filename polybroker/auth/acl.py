@@ -74,7 +74,7 @@ class AccessControlList:
 
     general: list[Rule] = field(default_factory=list)  # every client
     sections: dict[str | None, list[Rule]] = field(default_factory=dict)  # None: anonymous
-    _resolved: dict[tuple, Resolved] = field(default_factory=dict, repr=False)
+    _resolved: dict[tuple[str, str | None, str], Resolved] = field(default_factory=dict, repr=False)
 
     def rules(self, kind: str, user: str | None, client_id: str) -> Resolved:
         """The targets of the rules of ``kind`` that apply to this client."""

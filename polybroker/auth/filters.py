@@ -59,8 +59,8 @@ def covers(grant: str, topic_filter: str) -> bool:
 def overlaps(first: str, second: str) -> bool:
     """Whether some topic is matched by both filters."""
     a, b = _levels(first), _levels(second)
-    for x, y in ((a, b), (b, a)):
-        if x[0] in ("+", "#") and y[0] not in ("+", "#") and _is_system(y[0]):
+    for one, other in ((a, b), (b, a)):
+        if one[0] in ("+", "#") and other[0] not in ("+", "#") and _is_system(other[0]):
             return False
     for index in range(max(len(a), len(b))):
         x = a[index] if index < len(a) else None

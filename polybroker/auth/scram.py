@@ -145,6 +145,8 @@ class _ScramExchange:
         proof = base64.b64decode(proof_field, validate=True)
         auth_message = self._auth_message + b"," + without_proof.encode()
         credential = self._credential
+        if credential is None:  # client-final before client-first
+            return AuthStep(done=True, ok=False)
         signature = _hmac(credential.stored_key, auth_message)
         client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=False))
         valid = len(proof) == len(signature) and hmac.compare_digest(

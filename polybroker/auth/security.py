@@ -33,7 +33,8 @@ An adapter (MQTT, STOMP, AMQP, ...) uses ``broker.security`` (a ``Security``):
    Each is a quick synchronous check against the ACL file (``acl``); without one
    every answer is yes, except that no client may publish to a topic starting with
    ``$`` (the server's, [MQTT-4.7.2-1]) unless an ACL rule names that ``$`` topic, and
-   to ``$SYS`` never. An AMQP ``amq.topic`` publish is ``may_publish`` on the
+   to ``$SYS`` never. ``$delayed/{seconds}/{topic}`` (``delayed``) is checked on the
+   real topic. An AMQP ``amq.topic`` publish is ``may_publish`` on the
    MQTT-form topic, a queue declare/consume ``may_read_queue``.
 
 Password rule: with a password file, a user name must be listed and its password
@@ -46,11 +47,13 @@ import enum
 import functools
 import ipaddress
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import trio
 
 from ..config import AuthConfig, ConfigError, ListenerConfig
+from ..delayed import DELAYED_PREFIX, split_delayed_topic
 from .acl import AccessControlList, ACLError, load_acl
 from .passwords import PasswordFileError, hash_password, load_password_file, verify_password
 
@@ -119,6 +122,8 @@ class Security:
         self.passwords: dict[str, str] | None = None  # None: no password file
         self.acl: AccessControlList | None = None  # None: no ACL file, all allowed
         self._hashing = trio.CapacityLimiter(HASHING_THREADS)
+        # Refused logins by (protocol, reason name), for the operator's counters.
+        self.refused: Counter[tuple[str, str]] = Counter()
 
     @classmethod
     def load(cls, config: AuthConfig) -> "Security":
@@ -185,11 +190,18 @@ class Security:
         check itself (an authentication mechanism of the protocol, such as SCRAM)."""
         log.warning("%s login refused from %s (client id %r, user %r): %s", protocol, peer,
                     client_id, username, refusal.value)
+        self.refused[protocol.lower(), refusal.name.lower()] += 1
         await trio.sleep(self.failure_delay)
         return Login(None, refusal)
 
+    async def password_ok(self, username: str, password: str | bytes) -> bool:
+        """Whether the password file has ``username`` with this password; nothing logged,
+        no delay (for a caller that answers refusals itself: the management API)."""
+        return self.passwords is not None and await self._password_ok(username, password)
+
     async def _password_ok(self, username: str, password: str | bytes | None) -> bool:
-        encoded = self.passwords.get(username)
+        # None if the file was dropped by a reload meanwhile: then every password is wrong.
+        encoded = self.passwords.get(username) if self.passwords is not None else None
         secret = password if password is not None else b""
         ok = await trio.to_thread.run_sync(
             verify_password, encoded or _dummy_hash(), secret, limiter=self._hashing
@@ -211,6 +223,11 @@ class Security:
         whose filter starts with that very ``$`` level grants it)."""
         if topic == "$SYS" or topic.startswith("$SYS/"):
             return False
+        if topic.startswith(DELAYED_PREFIX):
+            # Held until due, then published to the real topic: that is what is checked.
+            # A malformed prefix (seconds not an integer, no topic) is refused.
+            parsed = split_delayed_topic(topic)
+            return parsed is not None and self.may_publish(client, parsed[1])
         acl = self.acl
         return acl is not None and acl.may_publish(client.user, client.client_id, topic)
 

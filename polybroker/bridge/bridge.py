@@ -93,8 +93,7 @@ class Bridge:
             max_inflight_messages=config.max_inflight_messages, queue_overflow=DROP_NEW)
         journal = session.journal
         if journal is not None:  # on disk: the bridge's bounds within the store's
-            journal.max_messages = min(journal.owner.max_messages, config.max_queued_messages)
-            journal.max_bytes = min(journal.owner.max_bytes, config.max_queued_bytes)
+            journal.tighten_bounds(config.max_queued_messages, config.max_queued_bytes)
         wanted: dict[str, int] = {}
         for rule in config.rules:
             if rule.outbound:
@@ -201,7 +200,7 @@ class Bridge:
                         failures, others = group.split(_FAILURES)
                         if others is not None:
                             raise others from None
-                        reason = _describe(failures)
+                        reason = _describe(failures if failures is not None else group)
                 self._connection_scope = None
                 if self.status.state == "connected":
                     connected_before = True

@@ -29,6 +29,7 @@ from ..protocols.mqtt import (
     Connect,
     Disconnect,
     MQTTError,
+    Packet,
     PacketParser,
     PingReq,
     PubAck,
@@ -241,8 +242,8 @@ class RemoteConnection:
                     session.attach(self)  # resends what the remote has not acknowledged
                     self._wake.set()
                     while True:
-                        for packet in await self._read():
-                            self._handle(packet)
+                        for received in await self._read():
+                            self._handle(received)
             except BaseException as exc:
                 # Cancelled (reload, shutdown, return to the first remote): the stream still
                 # works, unless a write was cut short; anything else broke it.
@@ -254,13 +255,13 @@ class RemoteConnection:
         if self._taken_over:
             raise RemoteError("the local session was taken by another connection")
 
-    async def _read(self) -> list:
+    async def _read(self) -> list[Packet]:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
             raise RemoteError("connection closed by the remote")
         self.last_received = trio.current_time()
         try:
-            return self.parser.feed(data)
+            return self.parser.feed(bytes(data))
         except MQTTError as exc:
             raise RemoteError(f"protocol error from the remote: {exc}") from None
 
@@ -286,7 +287,7 @@ class RemoteConnection:
                 raise RemoteError(f"no answer from the remote within {interval * 1.5:g} s")
             self._send(PingReq())
 
-    def _send(self, packet: object) -> None:
+    def _send(self, packet: Packet) -> None:
         self.out += encode(packet, self.level)
         self._wake.set()
 
@@ -361,12 +362,11 @@ class RemoteConnection:
             else:
                 bridge.broker.publish(self._message(packet, topic))
                 bridge.status.received += 1
-            if packet.qos == 2:
+            if packet.qos == 2 and packet.packet_id is not None:
                 session.inbound_qos2.add(packet.packet_id)
-        if packet.qos == 1:
-            self._send(PubAck(packet.packet_id))
-        elif packet.qos == 2:
-            self._send(PubRec(packet.packet_id))
+        if packet.packet_id is not None:  # QoS 1 or 2
+            ack = PubAck(packet.packet_id) if packet.qos == 1 else PubRec(packet.packet_id)
+            self._send(ack)
 
     def _message(self, packet: Publish, topic: str) -> Message:
         props = packet.properties

@@ -29,6 +29,10 @@ records sort together (``\\0`` cannot occur in MQTT strings [MQTT-1.5.4-2])::
                              order in the queue, so a scan replays the queue in order
     e/<queue>\\0<seq:8>\\1   that message was handed out awaiting an acknowledgement:
                              after a restart it is ready again, flagged redelivered
+    d/<id:8>                 a pending delayed message (``delayed``): its due time
+                             (wall clock), its target (topic, queue, or exchange and
+                             routing key) and the message; deleted when delivered or
+                             cancelled, in one atomic group with what its delivery stored
 
 QoS 2 exactly once, across crashes. Each packet below leaves only once the record before it
 is durable (``durability`` holds the connection's writes until then), and a crash may fall

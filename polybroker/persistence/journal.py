@@ -20,6 +20,7 @@ from ..storage import DELETE, LogStore, StoreError
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..config import StorageConfig
+    from ..delayed import Pending
     from ..exchanges import Binding, Exchange
 
 from .records import (
@@ -35,7 +36,9 @@ from .records import (
     SESSION,
     SUBSCRIPTION,
     binding_key,
+    delayed_key,
     encode_binding,
+    encode_delayed,
     encode_delivery,
     encode_exchange,
     encode_message,
@@ -61,6 +64,7 @@ class RestoreSummary:
     queue_messages: int = 0
     exchanges: int = 0
     bindings: int = 0
+    delayed: int = 0
     expired_sessions: int = 0
     dropped_records: int = 0  # undecodable, or belonging to no session: deleted
 
@@ -69,7 +73,7 @@ class RestoreSummary:
                 f"{self.messages} messages, {self.inbound_qos2} inbound QoS 2 ids, "
                 f"{self.retained} retained, {self.queues} queues with "
                 f"{self.queue_messages} persistent messages, {self.exchanges} exchanges, "
-                f"{self.bindings} bindings")
+                f"{self.bindings} bindings, {self.delayed} delayed messages")
         if self.expired_sessions:
             text += f", {self.expired_sessions} sessions expired while stopped"
         if self.dropped_records:
@@ -160,24 +164,26 @@ class StoreJournal(Journal):
     # -- sessions --------------------------------------------------------------------------
 
     def session_opened(self, session: Session) -> None:
+        journal = journal_of(session)
         if session.expiry_interval == 0:
-            if session.journal is not None:
-                self._forget_session(session)  # no longer persistent
+            if journal is not None:
+                self._forget_session(session, journal)  # no longer persistent
             return
-        if session.journal is None:
-            SessionJournal.attach(self, session)
-        self.put(SESSION + session.journal.client, encode_session(session, None))
+        if journal is None:
+            journal = SessionJournal.attach(self, session)
+        self.put(SESSION + journal.client, encode_session(session, None))
 
     def session_closed(self, session: Session) -> None:
-        if session.journal is not None:
-            self.put(SESSION + session.journal.client, encode_session(session, time.time()))
+        journal = journal_of(session)
+        if journal is not None:
+            self.put(SESSION + journal.client, encode_session(session, time.time()))
 
     def session_discarded(self, session: Session) -> None:
-        if session.journal is not None:
-            self._forget_session(session)
+        journal = journal_of(session)
+        if journal is not None:
+            self._forget_session(session, journal)
 
-    def _forget_session(self, session: Session) -> None:
-        journal = session.journal
+    def _forget_session(self, session: Session, journal: SessionJournal) -> None:
         for topic_filter in session.subscriptions:
             self.delete(journal.subscription_key(topic_filter))
         for delivery in (*session.inflight.values(), *session.queued):
@@ -195,13 +201,14 @@ class StoreJournal(Journal):
     def subscription_set(
         self, session: Session, topic_filter: str, options: SubscriptionOptions
     ) -> None:
-        if session.journal is not None:
-            self.put(session.journal.subscription_key(topic_filter),
-                     encode_subscription(options))
+        journal = journal_of(session)
+        if journal is not None:
+            self.put(journal.subscription_key(topic_filter), encode_subscription(options))
 
     def subscription_removed(self, session: Session, topic_filter: str) -> None:
-        if session.journal is not None:
-            self.delete(session.journal.subscription_key(topic_filter))
+        journal = journal_of(session)
+        if journal is not None:
+            self.delete(journal.subscription_key(topic_filter))
 
     def retained_set(self, message: Message) -> None:
         self.put(RETAINED + message.topic.encode(), self.message_body(message))
@@ -260,6 +267,14 @@ class StoreJournal(Journal):
     def binding_removed(self, binding: Binding) -> None:
         self.delete(binding_key(binding))
 
+    # -- delayed messages -------------------------------------------------------------------
+
+    def delayed_added(self, pending: Pending) -> None:
+        self.put(delayed_key(pending), encode_delayed(pending, self.to_wall()))
+
+    def delayed_removed(self, pending: Pending) -> None:
+        self.delete(delayed_key(pending))
+
     def message_body(self, message: Message) -> bytes:
         """The stored form of a message, made once however many sessions keep it."""
         cache = message.wire_cache
@@ -268,6 +283,12 @@ class StoreJournal(Journal):
             to_wall = 0.0 if message.expiry is None else self.to_wall()
             body = cache["store"] = encode_message(message, to_wall)
         return body
+
+
+def journal_of(session: Session) -> SessionJournal | None:
+    """The session's records when they are kept in this store (it is persistent)."""
+    journal = session.journal
+    return journal if isinstance(journal, SessionJournal) else None
 
 
 class SessionJournal:
@@ -291,6 +312,10 @@ class SessionJournal:
         journal = session.journal = cls(owner, session.client_id.encode())
         session.inbound_qos2 = JournaledPacketIds(journal, session.inbound_qos2)
         return journal
+
+    def tighten_bounds(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = min(self.owner.max_messages, max_messages)
+        self.max_bytes = min(self.owner.max_bytes, max_bytes)
 
     def message_key(self, store_id: int) -> bytes:
         return self.prefix + store_id.to_bytes(8, "big")
@@ -351,7 +376,7 @@ class SessionJournal:
         self.nbytes -= len(delivery.message.payload)
 
 
-class JournaledPacketIds(set):
+class JournaledPacketIds(set[int]):
     """A persistent session's inbound QoS 2 packet ids (``Session.inbound_qos2``): a set
     that records its changes, so a PUBLISH resent after a restart is not routed twice."""
 
@@ -366,8 +391,8 @@ class JournaledPacketIds(set):
             super().add(packet_id)
             self.journal.owner.put(self.journal.inbound_key(packet_id), b"")
 
-    def discard(self, packet_id: int) -> None:
-        if packet_id in self:
+    def discard(self, packet_id: object) -> None:
+        if isinstance(packet_id, int) and packet_id in self:
             super().discard(packet_id)
             self.journal.owner.delete(self.journal.inbound_key(packet_id))
 

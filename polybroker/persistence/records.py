@@ -7,10 +7,14 @@ from __future__ import annotations
 import ast
 import math
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..delayed import EXCHANGE as EXCHANGE_TARGET
+from ..delayed import QUEUE as QUEUE_TARGET
+from ..delayed import TOPIC, Pending, Target
 from ..exchanges import arguments_key
-from ..message import Death, Message
+from ..message import AmqpPart, Death, Message
 from ..queues import Queue
 from ..sessions import Delivery, Session, SubscriptionOptions
 
@@ -32,8 +36,10 @@ SEP = b"\0"
 SESSION, SUBSCRIPTION, MESSAGE, INBOUND_QOS2, RETAINED = b"s/", b"u/", b"m/", b"q2/", b"r/"
 QUEUE, QUEUE_MESSAGE, HANDED_OUT = b"Q/", b"e/", b"\1"
 EXCHANGE, BINDING = b"X/", b"B/"
-AMQP_FORMAT = 2  # a message with AMQP fields (``encode_message``)
-# AMQP fields present in a format 2 message, after the format 1 ones.
+DELAYED = b"d/"  # a pending delayed message: d/<id:8>
+AMQP_FORMAT = 2  # a message with an AMQP part (``encode_message``)
+# Fields of the AMQP part present in a format 2 message, after the format 1 ones (exchange
+# and routing key are always written: the bits are there for records of older versions).
 _HAS_EXCHANGE, _HAS_ROUTING_KEY, _HAS_PROPERTIES, _PERSISTENT, _HAS_DEATHS = 1, 2, 4, 8, 16
 _DECLARED, _AUTO_DELETE, _INTERNAL = 1, 2, 4  # queue / exchange record flags
 
@@ -79,12 +85,24 @@ class _Reader:
             raise ValueError("truncated value")
         return self.data[start : self.pos]
 
+    def required_field(self) -> bytes:
+        value = self.field()
+        if value is None:
+            raise ValueError("missing field")
+        return value
+
     def text(self) -> str | None:
         value = self.field()
         return None if value is None else value.decode()
 
+    def required_text(self) -> str:
+        value = self.text()
+        if value is None:
+            raise ValueError("missing text")
+        return value
+
     def u32(self) -> int:
-        (value,) = _U32.unpack_from(self.data, self.pos)
+        value: int = _U32.unpack_from(self.data, self.pos)[0]
         self.pos += 4
         return value
 
@@ -121,33 +139,26 @@ def encode_message(message: Message, to_wall: float) -> bytes:
             parts.append(_text(name))
             parts.append(_text(value))
     fmt = FORMAT
-    if message.routing_key is not None or message.amqp_properties is not None or (
-        message.persistent or message.deaths
-    ):
+    if message.amqp is not None:
         fmt = AMQP_FORMAT
-        parts.append(_encode_amqp(message))
+        parts.append(_encode_amqp(message.amqp))
     qos_retain = message.qos | (0x80 if message.retain else 0)
     parts[0] = _MESSAGE_HEAD.pack(fmt, qos_retain, bits, len(topic), len(payload))
     return b"".join(parts)
 
 
-def _encode_amqp(message: Message) -> bytes:
-    bits = 0
-    parts = [b""]
-    for bit, value in (
-        (_HAS_EXCHANGE, message.exchange),
-        (_HAS_ROUTING_KEY, message.routing_key),
-        (_HAS_PROPERTIES, message.amqp_properties),
-    ):
-        if value is not None:
-            bits |= bit
-            parts.append(_field(value.encode() if isinstance(value, str) else value))
-    if message.persistent:
+def _encode_amqp(amqp: AmqpPart) -> bytes:
+    bits = _HAS_EXCHANGE | _HAS_ROUTING_KEY
+    parts = [b"", _text(amqp.exchange), _text(amqp.routing_key)]
+    if amqp.properties is not None:
+        bits |= _HAS_PROPERTIES
+        parts.append(_field(amqp.properties))
+    if amqp.persistent:
         bits |= _PERSISTENT
-    if message.deaths:
+    if amqp.deaths:
         bits |= _HAS_DEATHS
-        parts.append(_U32.pack(len(message.deaths)))
-        for death in message.deaths:
+        parts.append(_U32.pack(len(amqp.deaths)))
+        for death in amqp.deaths:
             parts += [_text(death.queue), _text(death.reason), _text(death.exchange),
                       _U32.pack(len(death.routing_keys))]
             parts += [_text(key) for key in death.routing_keys]
@@ -156,30 +167,33 @@ def _encode_amqp(message: Message) -> bytes:
     return b"".join(parts)
 
 
-def _decode_amqp(reader: _Reader) -> dict:
+def _decode_amqp(reader: _Reader) -> AmqpPart:
     bits = reader.data[reader.pos]
     reader.pos += 1
-    fields: dict = {"persistent": bool(bits & _PERSISTENT)}
-    if bits & _HAS_EXCHANGE:
-        fields["exchange"] = reader.text()
-    if bits & _HAS_ROUTING_KEY:
-        fields["routing_key"] = reader.text()
-    if bits & _HAS_PROPERTIES:
-        fields["amqp_properties"] = reader.field()
+    # Every message with AMQP fields had been routed by an exchange, so has its routing
+    # key (a missing exchange was read as the default one, "", before as now).
+    exchange = reader.required_text() if bits & _HAS_EXCHANGE else ""
+    if not bits & _HAS_ROUTING_KEY:
+        raise ValueError("AMQP message without a routing key")
+    routing_key = reader.required_text()
+    properties = reader.field() if bits & _HAS_PROPERTIES else None
+    deaths: tuple[Death, ...] = ()
     if bits & _HAS_DEATHS:
-        deaths = []
+        died = []
         for _ in range(reader.u32()):
-            queue, reason, exchange = reader.text(), reader.text(), reader.text()
-            keys = tuple(reader.text() for _ in range(reader.u32()))
+            queue, reason = reader.required_text(), reader.required_text()
+            published_to = reader.required_text()
+            keys = tuple(reader.required_text() for _ in range(reader.u32()))
             count = reader.u32()
             (when,) = _F64.unpack_from(reader.data, reader.pos)
             reader.pos += 8
-            deaths.append(Death(queue, reason, exchange, keys, count, when))
-        fields["deaths"] = tuple(deaths)
-    return fields
+            died.append(Death(queue, reason, published_to, keys, count, when))
+        deaths = tuple(died)
+    return AmqpPart(exchange, routing_key, properties, persistent=bool(bits & _PERSISTENT),
+                    deaths=deaths)
 
 
-class StringCache(dict):
+class StringCache(dict[bytes, str]):
     """bytes -> str, decoding each distinct value once: the topics and client ids of a
     replay repeat, and one shared ``str`` per value also saves memory."""
 
@@ -224,15 +238,17 @@ def decode_message(
         payload_format = data[pos]
         pos += 1
     reader = _Reader(data, pos)
-    optional: dict[int, bytes | None] = {}
+    optional: dict[int, bytes] = {}
     for bit in (_HAS_CONTENT_TYPE, _HAS_CORRELATION, _HAS_RESPONSE_TOPIC, _HAS_PROTOCOL,
                 _HAS_CLIENT):
         if bits & bit:
-            optional[bit] = reader.field()
+            optional[bit] = reader.required_field()
     headers: tuple[tuple[str, str], ...] = ()
     if bits & _HAS_HEADERS:
-        headers = tuple((reader.text(), reader.text()) for _ in range(reader.u32()))
-    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else {}
+        headers = tuple(
+            (reader.required_text(), reader.required_text()) for _ in range(reader.u32())
+        )
+    amqp = _decode_amqp(reader) if fmt == AMQP_FORMAT else None
     if reader.pos > len(data):
         raise ValueError("truncated value")
     text = {bit: strings[value] for bit, value in optional.items() if bit != _HAS_CORRELATION}
@@ -242,7 +258,7 @@ def decode_message(
         correlation_data=optional.get(_HAS_CORRELATION),
         response_topic=text.get(_HAS_RESPONSE_TOPIC), headers=headers,
         origin_protocol=text.get(_HAS_PROTOCOL) or "", origin_client=text.get(_HAS_CLIENT),
-        **amqp,
+        amqp=amqp,
     )
 
 
@@ -281,7 +297,8 @@ def decode_delivery(
     if count or flags & _GROUP:
         reader = _Reader(data, pos)
         ids = tuple(reader.u32() for _ in range(count))
-        group = (reader.text(), reader.text()) if flags & _GROUP else None
+        if flags & _GROUP:
+            group = (reader.required_text(), reader.required_text())
         pos = reader.pos
     message = decode_message(data, pos, to_clock, strings)
     return Delivery(message, qos, retain == 1, ids), packet_id, group
@@ -324,11 +341,11 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def encode_arguments(arguments: dict) -> bytes:
+def encode_arguments(arguments: Mapping[str, object]) -> bytes:
     return _text(repr(_plain(dict(arguments))) if arguments else None)
 
 
-def decode_arguments(reader: _Reader) -> dict:
+def decode_arguments(reader: _Reader) -> dict[str, object]:
     text = reader.text()
     if text is None:
         return {}
@@ -343,7 +360,7 @@ def encode_queue(queue: Queue) -> bytes:
     return bytes((FORMAT, flags)) + encode_arguments(queue.arguments)
 
 
-def decode_queue(value: bytes) -> tuple[bool, bool, dict]:
+def decode_queue(value: bytes) -> tuple[bool, bool, dict[str, object]]:
     """A ``Q/`` value: (declared by AMQP, auto_delete, arguments)."""
     if not value or value[0] != FORMAT:
         raise ValueError("unknown queue format")
@@ -360,7 +377,7 @@ def encode_exchange(exchange: Exchange) -> bytes:
     return bytes((FORMAT, flags)) + _text(exchange.kind) + encode_arguments(exchange.arguments)
 
 
-def decode_exchange(value: bytes) -> tuple[str, bool, bool, dict]:
+def decode_exchange(value: bytes) -> tuple[str, bool, bool, dict[str, object]]:
     """A ``X/`` value: (type, auto_delete, internal, arguments)."""
     if len(value) < 2 or value[0] != FORMAT:
         raise ValueError("unknown exchange format")
@@ -380,7 +397,7 @@ def encode_binding(binding: Binding) -> bytes:
             + _text(binding.routing_key) + encode_arguments(binding.arguments))
 
 
-def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
+def decode_binding(value: bytes) -> tuple[str, str, str, dict[str, object]]:
     """A ``B/`` value: (exchange, queue, routing key, arguments)."""
     if not value or value[0] != FORMAT:
         raise ValueError("unknown binding format")
@@ -391,3 +408,31 @@ def decode_binding(value: bytes) -> tuple[str, str, str, dict]:
     return exchange, queue, key, decode_arguments(reader)
 
 
+# A delayed message: format, target kind, persistent, due (wall-clock seconds), then the
+# target's name and routing key and the message.
+_DELAYED_HEAD = struct.Struct(">BBBd")
+_TARGET_KINDS = (TOPIC, QUEUE_TARGET, EXCHANGE_TARGET)
+
+
+def delayed_key(pending: Pending) -> bytes:
+    return DELAYED + pending.id.to_bytes(8, "big")
+
+
+def encode_delayed(pending: Pending, to_wall: float) -> bytes:
+    target = pending.target
+    head = _DELAYED_HEAD.pack(FORMAT, _TARGET_KINDS.index(target.kind), target.persistent,
+                              pending.due + to_wall)
+    return (head + _text(target.name) + _text(target.routing_key)
+            + encode_message(pending.message, to_wall))
+
+
+def decode_delayed(value: bytes, to_clock: float) -> tuple[float, Target, Message]:
+    """A ``d/`` value: (due on the broker's clock, target, message)."""
+    fmt, kind, persistent, due = _DELAYED_HEAD.unpack_from(value, 0)
+    if fmt != FORMAT or kind >= len(_TARGET_KINDS):
+        raise ValueError("unknown delayed message format")
+    reader = _Reader(value, _DELAYED_HEAD.size)
+    name, routing_key = reader.text() or "", reader.text() or ""
+    message = decode_message(value, reader.pos, to_clock)
+    target = Target(_TARGET_KINDS[kind], name, routing_key, bool(persistent))
+    return due + to_clock, target, message

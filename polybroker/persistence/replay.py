@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from .journal import RestoreSummary, SessionJournal, StoreJournal
 from .records import (
     BINDING,
+    DELAYED,
     EXCHANGE,
     HANDED_OUT,
     INBOUND_QOS2,
@@ -36,6 +37,7 @@ from .records import (
     SUBSCRIPTION,
     StringCache,
     decode_binding,
+    decode_delayed,
     decode_delivery,
     decode_exchange,
     decode_message,
@@ -92,6 +94,7 @@ class _Replay:
         self.to_clock = broker.clock() - time.time()
         self.strings = StringCache()
         self.sessions: dict[bytes, Session] = {}
+        self.journals: dict[Session, SessionJournal] = {}  # the sessions' records
         self.remaining: dict[Session, float] = {}  # seconds left before expiry
         self.unusable: list[bytes] = []
         # Messages whose shared subscription is gone: recorded again without it, so that
@@ -107,12 +110,13 @@ class _Replay:
         self._exchanges()
         self._queues()
         self._bindings()
+        self._delayed()
         for key in self.unusable:
             self.journal.delete(key)
         self.summary.dropped_records = len(self.unusable)
         for session, delivery, packet_id in self.ungrouped:
             body = self.journal.message_body(delivery.message)
-            self.journal.put(session.journal.message_key(delivery.store_id),
+            self.journal.put(self.journals[session].message_key(delivery.store_id),
                              encode_delivery(delivery, packet_id, body))
 
     def _records(self, prefix: bytes) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
@@ -137,7 +141,7 @@ class _Replay:
                 self._unusable(key, str(exc))
                 continue
             session = Session(client_id, broker.limits, broker.clock, interval, broker.drops)
-            SessionJournal.attach(self.journal, session)
+            self.journals[session] = SessionJournal.attach(self.journal, session)
             broker.sessions[client_id] = session
             self.sessions[client] = session
             if interval != NEVER_EXPIRES:
@@ -178,7 +182,7 @@ class _Replay:
                 if delivery.group is None:
                     self.ungrouped.append((session, delivery, pid))
             self.journal.next_id = max(self.journal.next_id, delivery.store_id + 1)
-            journal = session.journal
+            journal = self.journals[session]
             journal.count += 1
             journal.nbytes += len(delivery.message.payload)
             if not pid:
@@ -246,6 +250,20 @@ class _Replay:
                 continue
             self.summary.bindings += 1
 
+    def _delayed(self) -> None:
+        """Pending delayed messages; those due while the broker was stopped go out as soon
+        as the timers run, in due order."""
+        delayed = self.broker.delayed
+        for key, value in self.store.scan(DELAYED):
+            try:
+                ident = int.from_bytes(key[len(DELAYED):], "big")
+                due, target, message = decode_delayed(value, self.to_clock)
+            except (ValueError, struct.error, IndexError) as exc:
+                self._unusable(key, str(exc))
+                continue
+            delayed.restore(due, message, target, ident)
+            self.summary.delayed += 1
+
     def _queues(self) -> None:
         registry = self.broker.queues
         for key, value in self.store.scan(QUEUE):
@@ -262,10 +280,10 @@ class _Replay:
             self.journal.queues.add(name)
             self.summary.queues += 1
         current: tuple[bytes, list[QueueEntry]] | None = None
-        for key, name, rest, value in self._records(QUEUE_MESSAGE):
-            if current is None or current[0] != name:
+        for key, queue_name, rest, value in self._records(QUEUE_MESSAGE):
+            if current is None or current[0] != queue_name:
                 self._refill(current)
-                current = (name, [])
+                current = (queue_name, [])
             entries = current[1]
             if len(rest) == 9 and rest[8:] == HANDED_OUT:
                 if entries and entries[-1].seq == int.from_bytes(rest[:8], "big"):
@@ -273,7 +291,7 @@ class _Replay:
                 else:
                     self._unusable(key, "no such queued message")
                 continue
-            if len(rest) != 8 or name.decode(errors="replace") not in self.journal.queues:
+            if len(rest) != 8 or queue_name.decode(errors="replace") not in self.journal.queues:
                 self._unusable(key, "no such queue")
                 continue
             try:
@@ -287,7 +305,8 @@ class _Replay:
     def _refill(self, batch: tuple[bytes, list[QueueEntry]] | None) -> None:
         if batch is not None and batch[1]:
             queue = self.broker.queues.get(batch[0].decode())
-            self.summary.queue_messages += queue.restore(batch[1])
+            if queue is not None:  # it is: its messages are read only if it was restored
+                self.summary.queue_messages += queue.restore(batch[1])
 
     def expire_sessions(self) -> None:
         """Start the expiry clocks; sessions whose time ran out while stopped end now."""

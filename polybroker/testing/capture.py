@@ -13,6 +13,7 @@ import trio
 from ..protocols.mqtt import (
     ConnAck,
     Connect,
+    Packet,
     PacketParser,
     PubAck,
     PubComp,
@@ -49,7 +50,8 @@ class Capture:
         self._closed = False
         self._sock = socket.create_connection((host, port), timeout=TIMEOUT)
         self._parser = PacketParser()
-        self._pending: list = []  # parsed, not yet handled (a retained PUBLISH after SUBACK)
+        # Parsed, not yet handled (a retained PUBLISH after SUBACK).
+        self._pending: list[Packet] = []
         try:
             self._handshake(f"polybroker-capture-{next(_ids)}")
         except BaseException:
@@ -97,10 +99,9 @@ class Capture:
 
     def _handle(self, packet: object) -> None:
         if isinstance(packet, Publish):
-            if packet.qos == 1:
-                self._sock.sendall(encode(PubAck(packet.packet_id)))
-            elif packet.qos == 2:
-                self._sock.sendall(encode(PubRec(packet.packet_id)))
+            if packet.packet_id is not None:  # QoS 1 or 2
+                ack = PubAck(packet.packet_id) if packet.qos == 1 else PubRec(packet.packet_id)
+                self._sock.sendall(encode(ack))
             with self._changed:
                 self.messages.append(
                     Captured(packet.topic, packet.payload, packet.qos, packet.retain))

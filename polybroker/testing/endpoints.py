@@ -1,5 +1,6 @@
 """What a test broker offers its test: the bound URLs and where its files are."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ class Endpoints:
     data_dir: Path
     certs_dir: Path | None = None
     host: str = HOST
-    _closers: list = field(default_factory=list, repr=False)
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def url(self, scheme: str) -> str:
         """The first bound URL of ``scheme`` (``mqtt``, ``mqtt+ws``, ``amqps``, ...)."""
@@ -37,7 +38,10 @@ class Endpoints:
         raise KeyError(f"no {scheme} listener (listening on {', '.join(self.urls)})")
 
     def port(self, scheme: str) -> int:
-        return urlsplit(self.url(scheme)).port
+        port = urlsplit(self.url(scheme)).port
+        if port is None:  # every URL of a running broker names its bound port
+            raise KeyError(f"no port in {self.url(scheme)}")
+        return port
 
     @property
     def mqtt_port(self) -> int:

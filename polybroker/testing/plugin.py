@@ -15,6 +15,8 @@ Each gives an ``Endpoints``: ``url("mqtt")``, ``mqtt_port``, ``stomp_port``,
 """
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -28,37 +30,51 @@ def pytest_configure(config: pytest.Config) -> None:
                    "fixtures for this test")
 
 
-def _options(request: pytest.FixtureRequest) -> dict[str, bool]:
+class Options(TypedDict, total=False):
+    """What ``@pytest.mark.polybroker(...)`` may set."""
+
+    tls: bool
+    persistence: bool
+
+
+def _options(request: pytest.FixtureRequest) -> Options:
     marker = request.node.get_closest_marker("polybroker")
-    options = dict(marker.kwargs) if marker is not None else {}
-    unknown = set(options) - {"tls", "persistence"}
+    given = marker.kwargs if marker is not None else {}
+    unknown = set(given) - set(Options.__annotations__)
     if unknown:
         raise pytest.UsageError(f"polybroker marker: unknown options {sorted(unknown)}")
+    options = Options()
+    if "tls" in given:
+        options["tls"] = bool(given["tls"])
+    if "persistence" in given:
+        options["persistence"] = bool(given["persistence"])
     return options
 
 
 @pytest.fixture
-def polybroker(request: pytest.FixtureRequest, tmp_path) -> Iterator[Endpoints]:
+def polybroker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Endpoints]:
     with ThreadedBroker(tmp_path / "polybroker" / "data", **_options(request)) as endpoints:
         yield endpoints
 
 
 @pytest.fixture(scope="session")
-def polybroker_session(tmp_path_factory) -> Iterator[Endpoints]:
+def polybroker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
     directory = tmp_path_factory.mktemp("polybroker")
     with ThreadedBroker(directory / "data") as endpoints:
         yield endpoints
 
 
 @pytest.fixture
-async def polybroker_trio(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Endpoints]:
+async def polybroker_trio(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Endpoints]:
     async with open_test_broker(tmp_path / "polybroker" / "data",
                                 **_options(request)) as endpoints:
         yield endpoints
 
 
 @pytest.fixture
-def polybroker_process(request: pytest.FixtureRequest, tmp_path) -> Iterator[Endpoints]:
+def polybroker_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Endpoints]:
     broker = SubprocessBroker(tmp_path / "polybroker" / "data", **_options(request))
     try:
         yield broker.start()

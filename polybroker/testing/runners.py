@@ -78,8 +78,9 @@ class ThreadedBroker:
     def stop(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close_captures()
-        if self._token is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        stop = self._stop
+        if self._token is not None and stop is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(stop.set, trio_token=self._token)
         self._thread.join(STARTUP_TIMEOUT)
         if self._error is not None and not isinstance(self._error, trio.Cancelled):
             raise self._error

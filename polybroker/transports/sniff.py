@@ -95,7 +95,7 @@ class PrefixedStream(trio.abc.Stream):
         self._replaying = False  # a task is taking from the prefix (the stream's own
         # receive_some refuses a second receiver by itself)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if not self._prefix:
             return await self.stream.receive_some(max_bytes)
         if self._replaying:

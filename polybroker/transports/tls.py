@@ -24,6 +24,8 @@ def build_context(tls: TLSConfig) -> ssl.SSLContext:
     """A server context from the settings; ConfigError names the file or key at fault."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _MINIMUM_VERSIONS[tls.tls_version]
+    if tls.certfile is None:  # the config's checks require one for TLS listeners
+        raise ConfigError("certfile: required for a TLS listener")
     try:
         context.load_cert_chain(tls.certfile, tls.keyfile)
     except OSError as exc:  # ssl.SSLError is an OSError too, with a library reason
@@ -68,7 +70,9 @@ class ReloadableContext:
         return True
 
 
-async def accept_tls(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.SSLStream:
+async def accept_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
     """The server side of the handshake; raises trio.BrokenResourceError if it fails.
 
     Not https_compatible: closing sends close_notify, which clients such as paho wait
@@ -93,9 +97,9 @@ def certificate_identity(cert: dict[str, Any] | None) -> str | None:
         return None
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
-            if key == "commonName":
+            if key == "commonName" and isinstance(value, str):
                 return value
     for kind, value in cert.get("subjectAltName", ()):
-        if kind in _IDENTITY_SAN_KINDS:
+        if kind in _IDENTITY_SAN_KINDS and isinstance(value, str):
             return value
     return None

@@ -14,6 +14,7 @@ and stops; the adapter's own parser decides what the bytes mean.
 import logging
 import struct
 from collections.abc import Callable
+from typing import NoReturn
 
 import trio
 
@@ -22,7 +23,7 @@ from ..protocols.amqp.methods import METHODS
 log = logging.getLogger("polybroker.packets")
 
 HEAD_LIMIT = 64 * 1024  # bytes buffered to find a STOMP frame's headers
-MQTT_NAMES = (None, "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
+MQTT_NAMES = ("reserved", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
               "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
               "DISCONNECT", "AUTH")
 _MQTT_WITH_ID = frozenset((4, 5, 6, 7, 8, 9, 10, 11))  # packet id first in the variable header
@@ -42,7 +43,7 @@ class _Tracer:
         self._skip = 0  # bytes of the current packet still to pass unseen
         self.broken = False
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes | bytearray) -> list[str]:
         if self.broken:
             return []
         view = memoryview(data)
@@ -159,7 +160,7 @@ def describe_stomp(buf: bytearray) -> tuple[int, str] | None:
     return size, f"{' '.join(words)} ({body_length} bytes)"
 
 
-def _raise(reason: str) -> None:
+def _raise(reason: str) -> NoReturn:
     raise Untraceable(reason)
 
 
@@ -225,7 +226,7 @@ class TracedStream(trio.abc.Stream):
         self._received = _Tracer(DESCRIBERS[protocol])
         self._sent = _Tracer(DESCRIBERS[protocol])
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.inner.receive_some(max_bytes)
         for line in self._received.feed(data):
             log.debug("%s: received %s", self._name, line)

@@ -83,7 +83,7 @@ async def _next_request_event(stream: trio.abc.Stream, conn: h11.Connection) -> 
             return event
         if event is not h11.NEED_DATA:
             raise UpgradeRefused(None, "closed before sending a request")
-        conn.receive_data(await stream.receive_some(RECEIVE_SIZE))  # b"": the end
+        conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))  # b"": the end
 
 
 async def _read_to_end_of_request(stream: trio.abc.Stream, conn: h11.Connection) -> None:
@@ -94,7 +94,7 @@ async def _read_to_end_of_request(stream: trio.abc.Stream, conn: h11.Connection)
                 data = await stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     raise UpgradeRefused(None, "closed during the upgrade request")
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
     except h11.RemoteProtocolError as exc:
         raise UpgradeRefused(None, f"bad HTTP request: {exc}") from None
 
@@ -207,7 +207,7 @@ async def connect_websocket(
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+            conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
         elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
             answer = dict(event.headers)
             if answer.get(b"sec-websocket-accept") != generate_accept_token(key):

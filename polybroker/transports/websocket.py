@@ -98,7 +98,7 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
         if not data:
             self._eof = True  # closed without a close frame (1006): an end all the same
             return
-        self._conn.receive_data(data)
+        self._conn.receive_data(bytes(data))
         for event in self._conn.events():
             await self._handle(event)
             if self._eof:
@@ -153,7 +153,7 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    def _message(self, data: bytes) -> Message:
+    def _message(self, data: bytes) -> TextMessage | BytesMessage:
         if self._text_replies:
             try:
                 return TextMessage(data=data.decode())
@@ -226,6 +226,6 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
             data = await self.transport.receive_some(RECEIVE_SIZE)
             if not data:
                 return
-            self._conn.receive_data(data)
+            self._conn.receive_data(bytes(data))
             for _event in self._conn.events():
                 pass

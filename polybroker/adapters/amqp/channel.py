@@ -40,11 +40,10 @@ RabbitMQ's semantics (the de-facto reference for 0-9-1; ``shared/AMQP-LITE.md``)
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from ...destinations import amqp_address, binding_key_to_filter, routing_key_to_topic
+from ...destinations import binding_key_to_filter, routing_key_to_topic
 from ...exchanges import AMQ_TOPIC, DEFAULT
 from ...overflow import PublishResult
 from ...protocols.amqp import (
@@ -57,17 +56,12 @@ from ...protocols.amqp import (
     BasicCancel,
     BasicCancelOk,
     BasicConsume,
-    BasicConsumeOk,
     BasicGet,
-    BasicGetEmpty,
-    BasicGetOk,
     BasicNack,
     BasicPublish,
     BasicQos,
-    BasicQosOk,
     BasicRecover,
     BasicRecoverAsync,
-    BasicRecoverOk,
     BasicReject,
     BasicReturn,
     ChannelClose,
@@ -99,47 +93,17 @@ from ...protocols.amqp import (
     TxSelect,
     TxSelectOk,
     encode_content,
-    encode_deliver,
 )
-from ...queues import Queue, QueueEntry, SharedPrefetch
+from ...queues import Queue, SharedPrefetch
 from ...refusals import AccessRefused, NotFound, PreconditionFailed, Refused
-from .convert import delivery_properties, message_from_publish
+from .channel_support import AMQPClientConnection, ConnectionFault
+from .consuming import AmqpConsumer, Consuming
+from .convert import message_from_publish
 
 if TYPE_CHECKING:
-    from ...auth import Client
-    from ...broker import Broker
-    from ...overflow import Backlog
-    from ...protocols.amqp.connection import AMQPConnection
+    pass
 
 
-class AMQPClientConnection(Protocol):
-    """What a channel uses of its connection (``connection.AMQPClientConnection``)."""
-
-    amqp: AMQPConnection
-    broker: Broker
-    client: Client
-    user: str | None
-    tx_bytes: int  # message bodies held by open transactions, all channels
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def frame_max(self) -> int: ...
-
-    def can_send(self) -> bool: ...
-
-    def send(self, data: bytes) -> None: ...
-
-    def send_method(self, channel: int, method: Method) -> None: ...
-
-    def confirm(self, channel: int, method: Method) -> None: ...
-
-    def close_channel(self, number: int, method: Method) -> None: ...
-
-    def dispatch_later(self, queue: Queue) -> None: ...
-
-    def hold_back(self, full: list[Backlog]) -> None: ...
 
 log = logging.getLogger("polybroker.amqp")
 
@@ -151,42 +115,11 @@ MAX_TX_ACTIONS = 100_000  # publishes and acknowledgements held by one transacti
 MAX_TX_BYTES = 64 * 1024 * 1024  # message bodies held by a connection's open transactions
 
 
-class ConnectionFault(Exception):
-    """Close the connection with connection.close(code, text, class_id, method_id)."""
-
-    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.class_id = class_id
-        self.method_id = method_id
 
 
-class AmqpConsumer:
-    """One basic.consume: a consumer of its queue."""
-
-    __slots__ = ("channel", "no_ack", "queue", "tag")
-
-    def __init__(self, channel: Channel, tag: str, queue: Queue, no_ack: bool) -> None:
-        self.channel = channel
-        self.tag = tag
-        self.queue = queue
-        self.no_ack = no_ack
-
-    def __repr__(self) -> str:
-        return f"AmqpConsumer({self.tag!r} on {self.queue.name!r})"
-
-    def deliver_from_queue(self, queue: Queue, entry: QueueEntry, tag: int | None) -> None:
-        self.channel.deliver(self, entry, tag)
-
-    def has_credit(self) -> bool:
-        return self.channel.can_deliver()
-
-    def queue_deleted(self, queue: Queue) -> None:
-        self.channel.cancelled_by_broker(self)
 
 
-class Channel:
+class Channel(Consuming):
     """An open channel of one connection."""
 
     def __init__(self, connection: AMQPClientConnection, number: int) -> None:
@@ -318,154 +251,6 @@ class Channel:
         if not m.nowait:
             self._reply(QueueDeleteOk(message_count=count))
 
-    # -- consuming --------------------------------------------------------------------------
-
-    def _on_qos(self, m: BasicQos) -> None:
-        self._reply(BasicQosOk())  # before the deliveries a larger bound lets through
-        if m.global_:
-            self.shared.set_limit(m.prefetch_count)
-        else:
-            self.prefetch = m.prefetch_count
-            for consumer in list(self.consumers.values()):
-                if not consumer.no_ack:
-                    consumer.queue.set_prefetch(consumer, m.prefetch_count)
-
-    def _on_consume(self, m: BasicConsume) -> None:
-        queue = self._readable(self._queue_name(m.queue, m))
-        tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
-        if tag in self.consumers:
-            raise ConnectionFault(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag "
-                                               f"'{tag}'", m.CLASS_ID, m.METHOD_ID)
-        consumer = AmqpConsumer(self, tag, queue, m.no_ack)
-        queue.add_consumer(
-            consumer, ack_required=not m.no_ack, prefetch=self.prefetch, dispatch=False,
-            owner=self.connection, shared=self.shared, exclusive=m.exclusive,
-        )
-        self.consumers[tag] = consumer
-        if not m.nowait:
-            self._reply(BasicConsumeOk(consumer_tag=tag))
-        self.connection.dispatch_later(queue)
-
-    def _on_cancel(self, m: BasicCancel) -> None:
-        consumer = self.consumers.pop(m.consumer_tag, None)
-        if consumer is not None:
-            # What it holds stays pending until settled or the channel closes.
-            consumer.queue.remove_consumer(consumer, settle=False)
-        if not m.nowait:
-            self._reply(BasicCancelOk(consumer_tag=m.consumer_tag))
-
-    def _on_cancel_ok(self, m: BasicCancelOk) -> None:
-        """A client's answer to our basic.cancel: nothing to do."""
-
-    def cancelled_by_broker(self, consumer: AmqpConsumer) -> None:
-        """The consumer's queue was deleted: tell the client (consumer_cancel_notify)."""
-        if self.consumers.get(consumer.tag) is not consumer:
-            return
-        del self.consumers[consumer.tag]
-        if not self.closing:
-            self._reply(BasicCancel(consumer_tag=consumer.tag, nowait=True))
-
-    def can_deliver(self) -> bool:
-        return self.active and not self.closing and self.connection.can_send()
-
-    def deliver(self, consumer: AmqpConsumer, entry: QueueEntry, queue_tag: int | None) -> None:
-        """basic.deliver of ``entry`` to ``consumer`` (the queue's consumer callback)."""
-        queue = consumer.queue
-        tag = self._take_tag(queue, queue_tag)
-        message = entry.message
-        exchange, routing_key = amqp_address(message, queue.name)
-        try:
-            data = encode_deliver(
-                self.number, consumer.tag, tag, entry.redelivered, exchange, routing_key,
-                delivery_properties(message), message.payload, self.connection.frame_max,
-            )
-        except ValueError:  # a topic longer than a routing key may be
-            log.warning("client %s: message on %s dropped: its routing key is too long for "
-                        "AMQP", self.connection.name, message.topic[:80])
-            self._settle_now(tag, positive=True)
-            return
-        self.connection.send(data)
-
-    def _take_tag(self, queue: Queue, queue_tag: int | None) -> int:
-        tag = self._next_tag
-        self._next_tag += 1
-        if queue_tag is not None:
-            self.unacked[tag] = (queue, queue_tag)
-        return tag
-
-    def _on_get(self, m: BasicGet) -> None:
-        queue = self._readable(self._queue_name(m.queue, m))
-        got = queue.get(None if m.no_ack else self)
-        if got is None:
-            self._reply(BasicGetEmpty())
-            return
-        entry, queue_tag = got
-        tag = self._take_tag(queue, queue_tag)
-        message = entry.message
-        exchange, routing_key = amqp_address(message, queue.name)
-        get_ok = BasicGetOk(delivery_tag=tag, redelivered=entry.redelivered, exchange=exchange,
-                            routing_key=routing_key, message_count=queue.message_count)
-        self.connection.send(encode_content(
-            self.number, get_ok, delivery_properties(message), message.payload,
-            self.connection.frame_max,
-        ))
-
-    # -- acknowledgements -------------------------------------------------------------------
-
-    def _on_ack(self, m: BasicAck) -> None:
-        self._settle(m, m.delivery_tag, m.multiple, positive=True, requeue=False)
-
-    def _on_reject(self, m: BasicReject) -> None:
-        self._settle(m, m.delivery_tag, False, positive=False, requeue=m.requeue)
-
-    def _on_nack(self, m: BasicNack) -> None:
-        self._settle(m, m.delivery_tag, m.multiple, positive=False, requeue=m.requeue)
-
-    def _settle(self, m: Method, tag: int, multiple: bool, *, positive: bool,
-                requeue: bool) -> None:
-        if self.tx is not None:
-            self._check_tag(tag, multiple)
-            self._hold(lambda: self._settle_tags(self._take_tags(tag, multiple), positive,
-                                                 requeue))
-            return
-        self._settle_tags(self._take_tags(tag, multiple), positive, requeue)
-
-    def _check_tag(self, tag: int, multiple: bool) -> None:
-        if not (multiple and tag == 0) and tag not in self.unacked:
-            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
-
-    def _take_tags(self, tag: int, multiple: bool) -> list[tuple[Queue, int]]:
-        self._check_tag(tag, multiple)
-        if not multiple:
-            return [self.unacked.pop(tag)]
-        taken = []
-        for held in list(self.unacked):
-            if tag and held > tag:
-                break
-            taken.append(self.unacked.pop(held))
-        return taken
-
-    def _settle_now(self, tag: int, positive: bool) -> None:
-        held = self.unacked.pop(tag, None)
-        if held is not None:
-            self._settle_tags([held], positive, requeue=False)
-
-    @staticmethod
-    def _settle_tags(held: list[tuple[Queue, int]], positive: bool, requeue: bool) -> None:
-        by_queue: dict[Queue, list[int]] = {}
-        for queue, queue_tag in held:
-            by_queue.setdefault(queue, []).append(queue_tag)
-        for queue, tags in by_queue.items():
-            if positive:
-                queue.ack_many(tags)
-            else:
-                queue.nack_many(tags, requeue=requeue)
-
-    def _on_recover(self, m: BasicRecover | BasicRecoverAsync) -> None:
-        """Put every unacknowledged delivery back (redelivered), whatever ``requeue``."""
-        self._settle_tags(self._take_tags(0, True), positive=False, requeue=True)
-        if isinstance(m, BasicRecover):
-            self._reply(BasicRecoverOk())
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -492,6 +277,8 @@ class Channel:
         reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
                                                 refused=refused, admit=self._writable(),
                                                 result=result)
+        if result.refusal is not None and not self.confirm:  # over the delayed limits
+            raise PreconditionFailed(f"PRECONDITION_FAILED - {result.refusal}")
         if result.full is not None:
             self.connection.hold_back(result.full)  # queue_overflow "block"
         if not reached and m.mandatory:
@@ -499,7 +286,7 @@ class Channel:
                 self.number,
                 BasicReturn(reply_code=NO_ROUTE, reply_text="NO_ROUTE", exchange=m.exchange,
                             routing_key=m.routing_key),
-                message.amqp_properties, message.payload, self.connection.frame_max,
+                message.amqp.properties, message.payload, self.connection.frame_max,
             ))
         if self.confirm:
             self._published += 1

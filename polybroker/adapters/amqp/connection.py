@@ -30,6 +30,7 @@ What the adapter adds to the protocol's life cycle:
 
 import logging
 import math
+from typing import Any, cast
 
 import trio
 
@@ -40,6 +41,7 @@ from ...protocols.amqp import (
     CONNECTION_FORCED,
     HEARTBEAT_FRAME,
     AMQPError,
+    ChannelClose,
     Content,
     Method,
     MethodFrame,
@@ -62,7 +64,8 @@ from ...protocols.amqp.connection import (
 )
 from ...queues import Queue
 from ..runner import ConnectionRunner
-from .channel import Channel, ConnectionFault
+from .channel import Channel
+from .channel_support import ConnectionFault
 from .negotiation import connection_start, connection_tune
 
 log = logging.getLogger("polybroker.amqp")
@@ -125,6 +128,7 @@ class AMQPClientConnection:
     # -- output -----------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        self.runner.info.messages_out += 1  # a delivery, get-ok or return
         self.amqp.send(data)
         self.runner.wake()
 
@@ -157,7 +161,7 @@ class AMQPClientConnection:
         if waiting:
             self.runner.hold_back(waiting)
 
-    def release(self, held: list) -> None:
+    def release(self, held: list[Any]) -> None:
         """The backlogs this client filled have room (or ``max_block_time`` passed): send
         the withheld confirms, once durable."""
         for channel, method in held:
@@ -231,11 +235,15 @@ class AMQPClientConnection:
             event = amqp.next_event()
             kind = type(event)
             try:
+                # ``kind is`` rather than isinstance: exact types, the cheapest test per frame.
                 if kind is MethodFrame:
-                    self.channels[event.channel].handle(event.method)
+                    frame = cast(MethodFrame, event)
+                    self.channels[frame.channel].handle(frame.method)
                 elif kind is Content:
-                    self.channels[event.channel].handle(event.method,
-                                                        (event.properties, event.body))
+                    content = cast(Content, event)
+                    self.runner.info.messages_in += 1
+                    self.channels[content.channel].handle(content.method,
+                                                          (content.properties, content.body))
                 elif event is NEED_DATA or event is PAUSED:
                     return True
                 elif not self._on_event(event):
@@ -248,28 +256,27 @@ class AMQPClientConnection:
 
     def _on_event(self, event: object) -> bool:
         """One connection-level event; False ends the connection."""
-        kind = type(event)
-        if kind is ChannelOpened:
+        if isinstance(event, ChannelOpened):
             self.channels[event.channel] = Channel(self, event.channel)
-        elif kind is ChannelClosed:
+        elif isinstance(event, ChannelClosed):
             self.channels.pop(event.channel).close_down()
-        elif kind is ChannelCloseConfirmed:
+        elif isinstance(event, ChannelCloseConfirmed):
             del self.channels[event.channel]
-        elif kind is LoginRequested:
+        elif isinstance(event, LoginRequested):
             self._login = event
-        elif kind is Opened:
+        elif isinstance(event, Opened):
             log.info("client %s: connected (AMQP 0-9-1, heartbeat %ds, frame_max %d, "
                      "channel_max %d)", self.name, self.amqp.heartbeat, self.amqp.frame_max,
                      self.amqp.channel_max)
-        elif kind is Fault:
+        elif isinstance(event, Fault):
             self.runner.ending("protocol_error", f"{event.code} {event.text}")
             self.runner.linger = True
-        elif kind is Closed:
+        elif isinstance(event, Closed):
             if event.by_client:
                 self.runner.ending("client_disconnect",
                                    f"{event.reply_code} {event.reply_text}")
             return False
-        elif kind is HeaderMismatch:
+        elif isinstance(event, HeaderMismatch):
             self.runner.ending("protocol_error", event.text)
             self.runner.linger = True
             return False
@@ -313,6 +320,7 @@ class AMQPClientConnection:
         # The claimed name stays the connection's user (basic.properties user_id is
         # checked against it) even where anonymous clients are let in.
         self.user = login.user or user
+        self.runner.info.user = self.user
         self.client = Client(login.user, client_id)
         self.amqp.accept_login()
 
@@ -325,6 +333,7 @@ class AMQPClientConnection:
 
     def close_channel(self, number: int, method: Method) -> None:
         """Send channel.close (a channel error); the channel then takes only close-ok."""
+        assert isinstance(method, ChannelClose)
         self.amqp.close_channel(number, method)
         self.runner.wake()
 

@@ -1,7 +1,7 @@
 """AMQP contents and the core's Message, both ways.
 
 - A basic.publish becomes one Message that keeps the raw property bytes
-  (``amqp_properties``) for AMQP receivers, so that every property and header type
+  (``Message.amqp.properties``) for AMQP receivers, so that every property and header type
   reaches them unchanged. For the other protocols it also carries what they can read:
   ``content_type``, the string-valued headers (MQTT 5.0 user properties, STOMP
   headers), ``correlation_id`` as correlation data, ``delivery_mode`` 2 as QoS 1
@@ -15,7 +15,7 @@
 
 from datetime import UTC, datetime
 
-from ...message import Message
+from ...message import AmqpPart, Death, Message
 from ...protocols.amqp import BasicProperties, decode_properties, encode_properties
 from ...refusals import PreconditionFailed
 
@@ -52,27 +52,29 @@ def message_from_publish(
         content_type=props.content_type,
         correlation_data=correlation.encode() if correlation is not None else None,
         headers=tuple((k, v) for k, v in headers.items() if isinstance(v, str)),
-        origin_protocol="amqp", origin_client=client, exchange=exchange, routing_key=routing_key,
-        amqp_properties=raw_properties, amqp_headers=headers, persistent=persistent,
+        origin_protocol="amqp", origin_client=client,
+        amqp=AmqpPart(exchange, routing_key, raw_properties, headers, persistent),
     )
 
 
 def delivery_properties(message: Message) -> bytes:
     """The raw basic.properties an AMQP receiver gets for ``message`` (cached on it)."""
-    raw = message.amqp_properties
-    if raw is not None and not message.deaths:
+    amqp = message.amqp
+    raw = amqp.properties if amqp is not None else None
+    deaths = amqp.deaths if amqp is not None else ()
+    if raw is not None and not deaths:
         return raw
-    cached = message.wire_cache.get(_CACHE_KEY)
+    cached: bytes | None = message.wire_cache.get(_CACHE_KEY)
     if cached is None:
         if raw is not None:
-            cached = _with_deaths(decode_properties(raw), message)
+            cached = _with_deaths(decode_properties(raw), deaths)
         else:
-            cached = _foreign_properties(message)
+            cached = _foreign_properties(message, deaths)
         message.wire_cache[_CACHE_KEY] = cached
     return cached
 
 
-def _foreign_properties(message: Message) -> bytes:
+def _foreign_properties(message: Message, deaths: tuple[Death, ...]) -> bytes:
     correlation = None
     if message.correlation_data is not None:
         try:
@@ -82,16 +84,17 @@ def _foreign_properties(message: Message) -> bytes:
     props = BasicProperties(
         content_type=message.content_type,
         headers=dict(message.headers) if message.headers else None,
-        delivery_mode=PERSISTENT if message.qos > 0 or message.persistent else TRANSIENT,
+        delivery_mode=PERSISTENT if message.qos > 0 or (
+            message.amqp is not None and message.amqp.persistent) else TRANSIENT,
         correlation_id=correlation if correlation is not None and len(correlation) < 256
         else None,
     )
-    if message.deaths:
-        return _with_deaths(props, message)
+    if deaths:
+        return _with_deaths(props, deaths)
     return encode_properties(props)
 
 
-def _with_deaths(props: BasicProperties, message: Message) -> bytes:
+def _with_deaths(props: BasicProperties, deaths: tuple[Death, ...]) -> bytes:
     headers = dict(props.headers or {})
     headers["x-death"] = [
         {
@@ -102,9 +105,9 @@ def _with_deaths(props: BasicProperties, message: Message) -> bytes:
             "exchange": death.exchange,
             "routing-keys": list(death.routing_keys),
         }
-        for death in message.deaths
+        for death in deaths
     ]
-    first = message.deaths[-1]
+    first = deaths[-1]
     headers.setdefault("x-first-death-reason", first.reason)
     headers.setdefault("x-first-death-queue", first.queue)
     headers.setdefault("x-first-death-exchange", first.exchange)

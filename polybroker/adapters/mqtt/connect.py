@@ -169,6 +169,7 @@ class Connecting(ClientState):
             self.will = self._will_message(packet.will, client_id)
         session, present = self.broker.open_session(client_id, packet.clean_session, expiry)
         self.session = session
+        self.runner.info.identify(client_id, self.user, session)
         if v5:
             session.receive_maximum = min(
                 self.limits.max_inflight_messages, props.get(prop.RECEIVE_MAXIMUM, 65535)

@@ -71,6 +71,15 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
         self.runner.ending("shutdown")
         self.runner.stop_reading()
 
+    def close_by_administrator(self) -> None:
+        """Closed by the operator: a 5.0 client is told so (0x98), then the writer drains."""
+        if self.runner.finished:
+            return
+        if self.session is not None and self.level >= MQTT_5 and not self._taken_over:
+            self.conn.send(Disconnect(rc.ADMINISTRATIVE_ACTION))
+        self.runner.ending("kicked")
+        self.runner.stop_reading()
+
     # -- what the runner calls ------------------------------------------------------------
 
     @property
@@ -208,6 +217,7 @@ class MQTTClientConnection(Connecting, Publishing, Subscribing):
             return False
         conn.send_bytes(data)
         runner = self.runner
+        runner.info.messages_out += 1
         if delivery.qos < 2:
             self._plain_bytes += len(data)
         else:

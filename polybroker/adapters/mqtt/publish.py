@@ -16,6 +16,7 @@ class Publishing(ClientState):
     __slots__ = ()
 
     def _on_publish(self, packet: Publish) -> bool:
+        self.runner.info.messages_in += 1
         if self.throttle is not None:
             self.throttle.count()
         topic = packet.topic
@@ -116,6 +117,8 @@ class Publishing(ClientState):
             origin_protocol="mqtt", origin_client=self.client_id,
         )
         result = self.broker.publish(message)
+        if result.refusal is not None and packet.qos and self.level < MQTT_5:
+            raise Closing(rc.QUOTA_EXCEEDED, result.refusal)  # 3.1.1 cannot say it otherwise
         if not result.matched:
             return rc.NO_MATCHING_SUBSCRIBERS
         if result.full is not None:

@@ -5,6 +5,7 @@ from ...protocols.mqtt import properties as prop
 from ...protocols.mqtt import reason_codes as rc
 from ...sessions import SubscriptionOptions
 from ...shared import is_valid_shared_filter, split_shared_filter
+from ...stream_replay import replay_history
 from .state import MAX_QOS, ClientState, Closing, log
 
 
@@ -15,7 +16,7 @@ class Subscribing(ClientState):
 
     def _on_subscribe(self, packet: Subscribe) -> bool:
         sub_id = packet.properties.get(prop.SUBSCRIPTION_IDENTIFIER)
-        codes, retained = [], []
+        codes, retained, granted = [], [], []
         for sub in packet.subscriptions:
             if sub.no_local and sub.topic_filter.startswith("$share/"):
                 raise Closing(rc.PROTOCOL_ERROR, "No Local on a shared subscription")
@@ -38,12 +39,16 @@ class Subscribing(ClientState):
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published, sub_id)
             existed = self.broker.subscribe(self._session, sub.topic_filter, options)
             codes.append(qos)
+            granted.append((sub.topic_filter, qos))
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never.
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
                 retained.append((sub.topic_filter, qos))
         self.conn.send(SubAck(packet.packet_id, tuple(codes)))
         for topic_filter, qos in retained:
             self.broker.send_retained(self._session, topic_filter, qos)
+        if self.level >= MQTT_5:  # history from a stream (user properties x-stream...)
+            replay_history(self.broker, self._session, self._client,
+                           packet.properties.get(prop.USER_PROPERTY, ()), granted, sub_id)
         return True
 
     def _may_subscribe(self, topic_filter: str) -> bool:

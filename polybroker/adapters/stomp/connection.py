@@ -196,6 +196,7 @@ class StompClientConnection(Sending, Subscribing):
     def _on_connect(self, frame: Frame) -> bool:
         login = frame.get("login")
         self.login = login
+        self.runner.info.user = login
         self.host = frame.get("host")
         self.conn.send(self.conn.connected_frame(session=self.session_id, server=SERVER_NAME))
         self.connected = True

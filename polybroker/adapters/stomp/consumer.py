@@ -4,6 +4,7 @@ from ...destinations import topic_destination
 from ...message import Message
 from ...protocols.stomp import V1_2, Frame, encode_frame, encode_message
 from ...queues import QueueEntry
+from ...streams import StreamQueue
 from .state import RESERVED_HEADERS, ClientState, StompSubscription, log
 
 _REDELIVERED = (("redelivered", "true"),)
@@ -36,6 +37,8 @@ class Delivering(ClientState):
         destination = sub.destination.wire if sub.destination.is_queue else topic_destination(
             message.topic)
         headers = _message_headers(message)
+        if isinstance(sub.queue, StreamQueue):
+            headers += (("x-stream-offset", str(entry.seq)),)
         if entry.redelivered:
             headers = _REDELIVERED + headers
         ack = message_id if tag is not None and self.conn.version == V1_2 else None
@@ -47,6 +50,7 @@ class Delivering(ClientState):
                 sub.queue.ack(tag)
             return
         self.conn.send_bytes(data)
+        self.runner.info.messages_out += 1
         if tag is not None:
             sub.pending[message_id] = tag
             self._unacked[message_id] = sub

@@ -1,6 +1,7 @@
 """STOMP SEND: access, a topic's router or a queue, the store's answer, queue_overflow
 "block"."""
 
+from ...delayed import QUEUE, TO_TOPIC, Target, stomp_delay
 from ...destinations import Destination
 from ...journal import StoreFull
 from ...message import Message
@@ -14,6 +15,7 @@ class Sending(Transactions):
     """SEND frames of one connection."""
 
     def _on_send(self, frame: Frame) -> bool:
+        self.runner.info.messages_in += 1
         if self.throttle is not None:
             self.throttle.count()
         destination = self._destination(frame, subscribe=False)
@@ -31,7 +33,17 @@ class Sending(Transactions):
             destination.name, frame.body, qos=1, content_type=frame.get("content-type"),
             headers=headers, origin_protocol="stomp", origin_client=self.session_id,
         )
-        if destination.is_queue:
+        try:
+            delay = stomp_delay(frame.headers)  # AMQ_SCHEDULED_DELAY, delay, x-delay (ms)
+        except ValueError as exc:
+            raise error(frame, str(exc)) from None
+        if delay is not None:  # held by the core until due (``delayed``), recorded
+            target = (Target(QUEUE, destination.name, persistent=frame.get("persistent")
+                             == "true") if destination.is_queue else TO_TOPIC)
+            result = self.broker.delayed.schedule(message, delay, target, self.name)
+            if result.refusal is not None:
+                raise error(frame, result.refusal)
+        elif destination.is_queue:
             queue = self.broker.queues.declare(destination.name)
             # persistent:true: recorded in the store (``persistence``), kept across a restart.
             persistent = frame.get("persistent") == "true"

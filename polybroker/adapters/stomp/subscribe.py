@@ -2,8 +2,11 @@
 queue (a named one, or its own bound to a topic filter)."""
 
 from functools import partial
+from typing import Any
 
 from ...protocols.stomp import V1_2, Frame
+from ...refusals import Refused
+from ...streams import queue_for_subscription
 from .consumer import Delivering
 from .state import StompSubscription, error, log
 from .transactions import Transactions
@@ -32,8 +35,14 @@ class Subscribing(Transactions, Delivering):
             raise error(frame, f"access refused: SUBSCRIBE to {destination.wire}")
         prefetch = _prefetch(frame)
         ack_mode = frame.get("ack", "auto")
+        stream: dict[str, Any] = {}
         if destination.is_queue:
-            queue = self.broker.queues.declare(destination.name)
+            try:  # x-queue-type: stream declares a stream; x-stream-* say where to read
+                queue, stream = queue_for_subscription(
+                    self.broker.queues, destination.name, frame.get,
+                    acknowledged=ack_mode != "auto", prefetch=prefetch)
+            except (ValueError, Refused) as exc:
+                raise error(frame, f"SUBSCRIBE to {destination.wire}: {exc}") from None
             if queue.owner is not None:  # an AMQP exclusive queue (0-9-1: 405 for others)
                 raise error(frame, f"resource locked: {destination.wire} is exclusive to "
                                     f"another connection")
@@ -41,7 +50,8 @@ class Subscribing(Transactions, Delivering):
             queue = self.broker.topic_queue(f"stomp:{self.session_id}:{sub_id}", destination.name)
         sub = StompSubscription(self, sub_id, destination, ack_mode, queue)
         self.subscriptions[sub_id] = sub
-        queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False)
+        queue.add_consumer(sub, ack_required=ack_mode != "auto", prefetch=prefetch, dispatch=False,
+                           **stream)
         self._to_dispatch.append(queue)
         log.debug("client %s: subscribed %r to %s (ack %s, prefetch %d, STOMP %s)",
                   self.name, sub_id, destination.wire, ack_mode, prefetch, version)

@@ -1,0 +1,1 @@
+"""Operating the broker: management operations, metrics and the HTTP API."""
