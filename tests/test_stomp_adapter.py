@@ -997,3 +997,14 @@ async def test_graceful_shutdown_sends_an_error_and_closes(nursery, broker):
             await assert_error_and_close(client, "server shutting down")
     assert broker.connections == set()
     assert broker.queues.get("q").message_count == 1  # back in the queue
+
+
+async def test_closed_by_an_administrator_gets_an_error_saying_so(nursery, broker):
+    client = await connected(nursery, broker)
+    (connection,) = broker.connections
+    broker.close_connection(connection)
+    await assert_error_and_close(client, "disconnected by an administrator")
+    with trio.fail_after(5):
+        while broker.connections:  # unregistered after its lingering close
+            await broker.stats.changed()
+    assert dict(broker.stats.closed) == {("stomp", "", "kicked"): 1}

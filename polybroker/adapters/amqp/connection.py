@@ -117,10 +117,17 @@ class AMQPClientConnection:
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: connection.close 320, then close-ok or a timeout."""
+        self._close_forced("shutdown", "CONNECTION_FORCED - broker shutdown")
+
+    def close_by_administrator(self) -> None:
+        """An operator closes the connection (``Broker.close_connection``): 320 too."""
+        self._close_forced("kicked", "CONNECTION_FORCED - closed by an administrator")
+
+    def _close_forced(self, reason: str, text: str) -> None:
         state = self.amqp.state
-        self.runner.ending("shutdown")
+        self.runner.ending(reason)
         if state is OPEN:
-            self._close(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
+            self._close(CONNECTION_FORCED, text)
             self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
         elif state is not CLOSING:
             self.runner.stop_reading()

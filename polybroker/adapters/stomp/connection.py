@@ -80,12 +80,19 @@ class StompClientConnection(Sending, Subscribing):
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: a connected client gets an ERROR saying so."""
+        self._close_with("shutdown", "server shutting down")
+
+    def close_by_administrator(self) -> None:
+        """An operator closes the connection (``Broker.close_connection``)."""
+        self._close_with("kicked", "disconnected by an administrator")
+
+    def _close_with(self, reason: str, text: str) -> None:
         if self.runner.finished:
             return  # already on its way out: nothing to tell it
         if self.connected:
-            self.conn.send(StompError("server shutting down").to_frame())
+            self.conn.send(StompError(text).to_frame())
             self.runner.linger = True
-        self.runner.ending("shutdown")
+        self.runner.ending(reason)
         self.runner.stop_reading()
 
     # -- I/O loops ------------------------------------------------------------------------
