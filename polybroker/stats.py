@@ -26,12 +26,9 @@ if TYPE_CHECKING:
 # that the adapters need not pass it along.
 ARRIVAL: ContextVar[tuple[str, str]] = ContextVar("arrival", default=("", "tcp"))
 
-# Why a connection ended (``ConnectionInfo.close_reason``, the ``reason`` label).
-CLIENT = "client"  # the client ended it (DISCONNECT, connection.close, closed socket)
-KICKED = "kicked"  # by the management API
-SHUTDOWN = "shutdown"  # the broker is stopping
-TAKEN_OVER = "taken_over"  # a new connection took its MQTT session
-CLOSED = "closed"  # any other end (timeouts, protocol errors): the log line says which
+# The ``reason`` label of a connection nothing recorded an end reason for (the runner
+# records one for every connection it runs).
+UNRECORDED = "internal_error"
 
 PROTOCOLS = ("mqtt", "stomp", "amqp")  # always reported, with zeros until used
 
@@ -61,7 +58,9 @@ class ConnectionInfo:
     messages_out: int = 0  # deliveries written (PUBLISH, MESSAGE, basic.deliver / get-ok)
     bytes_in: int = 0
     bytes_out: int = 0
-    close_reason: str | None = None  # set by whoever closes it; CLOSED if nobody says
+    # Why it ended: the connection runner's ``end_reason``, a word of
+    # ``adapters.runner.END_REASONS`` (``client_disconnect``, ``kicked``, ...).
+    close_reason: str = ""
 
     def identify(self, client_id: str, user: str | None,
                  session: "Session | None" = None) -> None:
@@ -69,9 +68,6 @@ class ConnectionInfo:
         self.id = client_id
         self.user = user
         self.session = session
-
-    def closed_by_client(self) -> None:
-        self.close_reason = self.close_reason or CLIENT
 
 
 class Histogram:
@@ -135,7 +131,7 @@ class Stats:
         info = self.live.pop(connection, None)
         if info is None:
             return None
-        self.closed[info.protocol, info.listener, info.close_reason or CLOSED] += 1
+        self.closed[info.protocol, info.listener, info.close_reason or UNRECORDED] += 1
         retired = self.retired
         for name in TRAFFIC:
             retired[info.protocol, name] += getattr(info, name)

@@ -121,6 +121,10 @@ class Handler(Protocol):
         """The broker is stopping: say so to the client and stop reading."""
         ...
 
+    def close_by_administrator(self) -> None:
+        """An operator closes the connection: say so (where the protocol can), stop reading."""
+        ...
+
 
 class _Outbox:
     """Connections with bytes to send over plain sockets, sent by one task per run once
@@ -352,8 +356,9 @@ class ConnectionRunner:
         self.linger = False
 
     def _log_end(self) -> None:
-        """The one line that says why the connection ended."""
-        reason = self.end_reason or "protocol_error"
+        """The one line that says why the connection ended; the reason goes to its info."""
+        reason = self.end_reason = self.end_reason or "protocol_error"
+        self.info.close_reason = reason  # what polybroker_connections_closed_total counts
         words = END_REASONS[reason]
         if self.end_detail:
             words = f"{words}: {self.end_detail}"
@@ -380,8 +385,6 @@ class ConnectionRunner:
         assert reason in END_REASONS, reason
         self.end_reason = reason
         self.end_detail = "" if detail == END_REASONS[reason] else detail
-        if reason in ("client_disconnect", "peer_closed"):
-            self.info.closed_by_client()
 
     def wake(self) -> None:
         """Output was buffered: have it sent (see the module's description)."""
