@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
@@ -195,31 +195,45 @@ def broker_version() -> str:
         return "unknown"
 
 
-# What a connection holds, for the management API. STOMP and AMQP keep their consumers
-# in the adapter (``subscriptions``; ``channels`` and their ``consumers``): read with
-# defaults, so that a connection shaped otherwise shows none rather than failing.
+# What a connection holds, for the management API. MQTT's is in its session; STOMP and
+# AMQP keep their consumers in the adapter, which says what they hold (``holdings``).
+
+
+@dataclass(slots=True)
+class Holdings:
+    """What a STOMP or AMQP connection holds, as the management API shows it."""
+
+    # One row per subscription or consumer: id, queue, and destination and
+    # unacknowledged (STOMP) or channel (AMQP).
+    consumers: list[dict[str, Any]] = field(default_factory=list)
+    queued: int = 0  # messages waiting in its private queues (STOMP topic subscriptions)
+    inflight: int = 0  # deliveries not acknowledged yet
+    private_queues: "list[Queue]" = field(default_factory=list)  # not among the named ones
+
+
+@runtime_checkable
+class HoldsConsumers(Protocol):
+    """A connection whose consumers live in its adapter (STOMP, AMQP); the adapters
+    name it as a base class, so that the type checker holds them to it."""
+
+    def holdings(self) -> Holdings: ...
+
+
+def _holdings(info: ConnectionInfo) -> Holdings | None:
+    connection = info.connection
+    return connection.holdings() if isinstance(connection, HoldsConsumers) else None
 
 
 def consumers_of(info: ConnectionInfo) -> list[dict[str, Any]]:
     """A STOMP or AMQP connection's subscriptions and consumers."""
-    connection = info.connection
-    rows = []
-    for sub in list(getattr(connection, "subscriptions", {}).values()):
-        destination = getattr(getattr(sub, "destination", None), "wire", "?")
-        rows.append({"id": sub.id, "destination": destination,
-                     "queue": sub.queue.name, "unacknowledged": len(sub.pending)})
-    for channel in list(getattr(connection, "channels", {}).values()):
-        for consumer in list(getattr(channel, "consumers", {}).values()):
-            rows.append({"id": consumer.tag, "channel": channel.number,
-                         "queue": consumer.queue.name})
-    return rows
+    holdings = _holdings(info)
+    return holdings.consumers if holdings is not None else []
 
 
 def private_queues(stats: "Stats") -> "list[Queue]":
     """The queues of live STOMP topic subscriptions (not among the named queues)."""
-    return [sub.queue for info in stats for sub in
-            list(getattr(info.connection, "subscriptions", {}).values())
-            if not sub.destination.is_queue]
+    return [queue for info in stats if (holdings := _holdings(info)) is not None
+            for queue in holdings.private_queues]
 
 
 def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
@@ -229,15 +243,8 @@ def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
     session = info.session
     if session is not None:
         return len(session.queued), len(session.inflight)
-    connection = info.connection
-    queued = inflight = 0
-    for sub in list(getattr(connection, "subscriptions", {}).values()):
-        if not sub.destination.is_queue:
-            queued += sub.queue.message_count
-        inflight += len(sub.pending)
-    for channel in list(getattr(connection, "channels", {}).values()):
-        inflight += len(getattr(channel, "unacked", ()))
-    return queued, inflight
+    holdings = _holdings(info)
+    return (holdings.queued, holdings.inflight) if holdings is not None else (0, 0)
 
 
 @dataclass(slots=True)

@@ -300,3 +300,14 @@ async def test_close_reasons_are_the_runners_end_reasons(nursery, broker):
     assert dict(broker.stats.closed) == {
         ("mqtt", "", "protocol_error"): 1, ("mqtt", "", "peer_closed"): 1}
     assert {reason for _, _, reason in broker.stats.closed} <= set(END_REASONS)
+
+
+def test_stomp_and_amqp_connections_say_what_they_hold():
+    """stats reads their consumers through one typed method, not attribute names."""
+    from polybroker.adapters.amqp.connection import AMQPClientConnection
+    from polybroker.adapters.stomp import StompClientConnection
+    from polybroker.stats import HoldsConsumers
+
+    for connection in (StompClientConnection, AMQPClientConnection):
+        assert issubclass(connection, HoldsConsumers)
+        assert "holdings" in vars(HoldsConsumers)

@@ -63,6 +63,7 @@ from ...protocols.amqp.connection import (
     reply_text,
 )
 from ...queues import Queue
+from ...stats import Holdings, HoldsConsumers
 from ..runner import ConnectionRunner
 from .channel import Channel
 from .channel_support import ConnectionFault
@@ -74,7 +75,7 @@ CLOSE_TIMEOUT = 2.0  # seconds to wait for close-ok after our connection.close
 HEARTBEAT_TOLERANCE = 2  # intervals of silence before a client is dropped
 
 
-class AMQPClientConnection:
+class AMQPClientConnection(HoldsConsumers):
     """Serves one AMQP client over one stream; the protocol state is ``self.amqp``."""
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,
@@ -131,6 +132,16 @@ class AMQPClientConnection:
             self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
         elif state is not CLOSING:
             self.runner.stop_reading()
+
+    def holdings(self) -> Holdings:
+        """The consumers and unacknowledged deliveries, for the management API."""
+        held = Holdings()
+        for channel in list(self.channels.values()):
+            for consumer in list(channel.consumers.values()):
+                held.consumers.append({"id": consumer.tag, "channel": channel.number,
+                                       "queue": consumer.queue.name})
+            held.inflight += len(channel.unacked)
+        return held
 
     # -- output -----------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ import trio
 from ...auth import Client
 from ...broker import Broker
 from ...protocols.stomp import Frame, ProtocolError, StompError
+from ...stats import HoldsConsumers
 from ..runner import ConnectionRunner
 from .send import Sending
 from .state import CONNECT_COMMANDS, SERVER_NAME, log
@@ -60,7 +61,7 @@ from .subscribe import Subscribing
 HEART_BEAT_TOLERANCE = 2.0  # a client silent for twice its interval is dropped (as RabbitMQ)
 
 
-class StompClientConnection(Sending, Subscribing):
+class StompClientConnection(Sending, Subscribing, HoldsConsumers):
     """Serves one STOMP client over one stream."""
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,

@@ -6,6 +6,7 @@ from typing import Any
 
 from ...protocols.stomp import V1_2, Frame
 from ...refusals import Refused
+from ...stats import Holdings
 from ...streams import queue_for_subscription
 from .consumer import Delivering
 from .state import StompSubscription, error, log
@@ -56,6 +57,19 @@ class Subscribing(Transactions, Delivering):
         log.debug("client %s: subscribed %r to %s (ack %s, prefetch %d, STOMP %s)",
                   self.name, sub_id, destination.wire, ack_mode, prefetch, version)
         return True
+
+    def holdings(self) -> Holdings:
+        """The subscriptions, for the management API (``stats.HoldsConsumers``)."""
+        held = Holdings()
+        for sub in list(self.subscriptions.values()):
+            held.consumers.append({"id": sub.id, "destination": sub.destination.wire,
+                                   "queue": sub.queue.name,
+                                   "unacknowledged": len(sub.pending)})
+            if sub.private:
+                held.queued += sub.queue.message_count
+                held.private_queues.append(sub.queue)
+            held.inflight += len(sub.pending)
+        return held
 
     def _on_unsubscribe(self, frame: Frame) -> bool:
         sub_id = frame.get("id")
