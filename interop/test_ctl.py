@@ -87,10 +87,14 @@ def test_clients_of_all_three_protocols_are_listed_and_kicked(broker):
         assert paho.disconnected.wait(WAIT)
         assert api_json(broker, "kick", protocols["stomp"]) == {
             "id": protocols["stomp"], "disconnected": True, "session_discarded": False}
+        error = stomp.listener.errors.get(timeout=WAIT)
+        assert error.headers["message"] == "disconnected by an administrator"
         assert stomp.listener.disconnected.wait(WAIT)
         api(broker, "kick", protocols["amqp"])
-        with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
             pump(amqp, lambda: amqp.is_closed)
+        assert (closed.value.reply_code, closed.value.reply_text) == (
+            320, "CONNECTION_FORCED - closed by an administrator")
         assert api_json(broker, "clients")["items"] == []
         assert "kicked" not in api(broker, "clients")  # an empty table: its header only
     finally:

@@ -166,7 +166,7 @@ def test_no_will_when_mosquitto_sub_disconnects_cleanly(broker, mqtt_cli):
                           "--will-qos", "1") as polite:
             assert polite.finish() == 0
         assert any("sending DISCONNECT" in line for line in polite.lines)
-        broker.wait_for_log(r"client polite \(.*\): disconnected")
+        broker.wait_for_log(r"client polite \(.*\) disconnected: client disconnect")
         mqtt_cli.pub("-t", "will/marker", "-m", "marker", "-q", "1")
         assert watcher.finish() == 0
     assert printed(watcher) == ["will/marker marker"]
@@ -180,7 +180,7 @@ def test_persistent_mosquitto_sub_session_receives_messages_published_while_offl
 ):
     with mqtt_cli.sub("-c", "-i", "keeper", "-q", "1", "-t", "offline/#", "-E") as first:
         assert first.finish() == 0
-    broker.wait_for_log(r"client keeper \(.*\): disconnected")
+    broker.wait_for_log(r"client keeper \(.*\) disconnected: client disconnect")
 
     mqtt_cli.pub("-t", "offline/a", "-q", "1", "-l", stdin="m1\nm2\nm3\n")
     mqtt_cli.pub("-t", "offline/b", "-q", "2", "-m", "m4")

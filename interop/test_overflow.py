@@ -115,7 +115,7 @@ def park_subscriber(broker: BrokerProcess) -> None:
     sub.client.subscribe("overflow/t", qos=1)
     assert _get(sub.events, "SUBACK") == "subscribed"
     sub.close()
-    broker.wait_for_log(r"client parked \(.*\): disconnected")
+    broker.wait_for_log(r"client parked \(.*\) disconnected: client disconnect")
 
 
 def come_back(broker: BrokerProcess) -> Paho:

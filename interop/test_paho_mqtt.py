@@ -298,7 +298,7 @@ def test_no_will_after_clean_disconnect(broker, connect):
     polite = connect("polite", will=("will/polite", b"should not appear", 1, False))
 
     polite.disconnect()
-    broker.wait_for_log(r"client polite \(.*\): disconnected")
+    broker.wait_for_log(r"client polite \(.*\) disconnected: client disconnect")
     connect("pub").publish("will/marker", b"marker", qos=1)
 
     assert watcher.next_message() == Received("will/marker", b"marker", 1, False)
@@ -315,7 +315,7 @@ def test_persistent_session_keeps_qos1_and_qos2_messages_while_offline_in_order(
     assert first.session_present is False
     assert first.subscribe(("offline/q1", 1), ("offline/q2", 2)) == [1, 2]
     first.disconnect()
-    broker.wait_for_log(r"client keeper \(.*\): disconnected")
+    broker.wait_for_log(r"client keeper \(.*\) disconnected: client disconnect")
 
     publisher = connect("pub")
     expected = []
@@ -346,7 +346,7 @@ def test_clean_session_connect_discards_persistent_session(broker, connect):
     first = connect("keeper", clean_session=False)
     assert first.subscribe(("offline/t", 1)) == [1]
     first.disconnect()
-    broker.wait_for_log(r"client keeper \(.*\): disconnected")
+    broker.wait_for_log(r"client keeper \(.*\) disconnected: client disconnect")
     publisher = connect("pub")
     publisher.publish("offline/t", b"queued for the old session", 1)
 

@@ -519,7 +519,7 @@ def test_topic_alias_above_server_maximum_is_disconnected_with_0x94(broker, conn
     assert (publisher.disconnect_reason, publisher.disconnect_from_server) == (
         TOPIC_ALIAS_INVALID, True
     )
-    broker.wait_for_log(r"client pub .*closing: topic alias 65 out of range")
+    broker.wait_for_log(r"client pub .*disconnected: protocol error: topic alias 65 out of range")
 
 
 def test_outbound_topic_aliases_to_subscriber_announcing_topic_alias_maximum(connect):
@@ -549,7 +549,7 @@ def test_message_expiry_interval_is_forwarded_as_remaining_lifetime(broker, conn
     keeper = connect("keeper", SessionExpiryInterval=300)
     assert keeper.subscribe("expiry/#", qos=1) == 1
     keeper.disconnect()
-    broker.wait_for_log(r"client keeper \(.*\): disconnected")
+    broker.wait_for_log(r"client keeper \(.*\) disconnected: client disconnect")
 
     publisher = connect("pub")
     assert publisher.publish("expiry/long", b"long", 1, MessageExpiryInterval=120) == SUCCESS
@@ -575,7 +575,7 @@ def test_session_expiry_interval_keeps_session_and_queued_messages(broker, conne
     assert first.session_present is False
     assert first.subscribe("offline/t", qos=2) == 2
     first.disconnect()
-    broker.wait_for_log(r"client keeper \(.*\): disconnected")
+    broker.wait_for_log(r"client keeper \(.*\) disconnected: client disconnect")
 
     publisher = connect("pub")
     for qos in (1, 2, 0):  # QoS 0 is not kept for an offline client
@@ -594,7 +594,7 @@ def test_session_without_expiry_interval_ends_with_its_connection(broker, connec
     first = connect("brief")  # Session Expiry Interval absent: 0
     assert first.subscribe("brief/t", qos=1) == 1
     first.disconnect()
-    broker.wait_for_log(r"client brief \(.*\): disconnected")
+    broker.wait_for_log(r"client brief \(.*\) disconnected: client disconnect")
     publisher = connect("pub")
     assert publisher.publish("brief/t", b"nobody", 1) == NO_MATCHING_SUBSCRIBERS
 
@@ -697,7 +697,7 @@ def test_sigterm_sends_disconnect_0x8b_to_mqtt5_clients(broker, connect):
     # 3.1.1 has no server DISCONNECT: that client only sees the connection close.
     assert old.disconnected.wait(WAIT), "3.1.1 client not disconnected"
     assert old.disconnect_from_server is False
-    broker.wait_for_log(r"client new \(.*\): closing: server shutting down")
+    broker.wait_for_log(r"client new \(.*\) disconnected: shutdown")
 
 
 # -- the last word ------------------------------------------------------------------------
@@ -719,7 +719,7 @@ def test_disconnect_0x93_reaches_a_client_still_pipelining_qos2(tmp_path):
         assert client.disconnected.wait(WAIT), "not disconnected"
         assert (client.disconnect_reason, client.disconnect_from_server) == (
             RECEIVE_MAXIMUM_EXCEEDED, True)
-        proc.wait_for_log(r"client flow .*closing: receive maximum exceeded")
+        proc.wait_for_log(r"client flow .*disconnected: protocol error: receive maximum exceeded")
     finally:
         client.stop()
         proc.stop()

@@ -192,7 +192,8 @@ def test_stomp_py_over_websocket_with_mqtt_and_a_queue(clients, binary_mode):
     for client in (subscriber, worker):
         session = client.listener.connected_frame.headers["session"]
         client.disconnect()
-        broker.wait_for_log(rf"client {session} \(127\.0\.0\.1:\d+\): disconnected")
+        broker.wait_for_log(
+            rf"client {session} \(127\.0\.0\.1:\d+\) disconnected: client disconnect")
 
 
 def test_auto_websocket_port_serves_stomp_py_and_paho(clients):

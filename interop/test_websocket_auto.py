@@ -93,7 +93,7 @@ def test_paho_over_websocket_and_wss_meets_tcp_clients(ws_broker, certs, clients
     assert [(m.topic, m.payload) for m in ws.receive(2)] == [
         ("web/ws", b"from websocket"), ("web/wss", big)]
     ws.disconnect()
-    ws_broker.wait_for_log(r"client paho-ws .*: disconnected")
+    ws_broker.wait_for_log(r"client paho-ws .* disconnected: client disconnect")
 
 
 def test_plain_http_on_a_websocket_port_gets_an_http_error(ws_broker):

@@ -35,7 +35,7 @@ from .retained import RetainedStore
 from .router import Subscriber, TopicTrie
 from .sessions import NEVER_EXPIRES, Session, SessionLink, SubscriptionOptions
 from .shared import SharedGroup, split_shared_filter
-from .stats import KICKED, SHUTDOWN, TAKEN_OVER, ConnectionInfo, Stats
+from .stats import ConnectionInfo, Stats
 from .timers import TimerHandle, Timers
 
 log = logging.getLogger("polybroker.broker")
@@ -45,6 +45,8 @@ ANY_QOS = SubscriptionOptions(qos=2)  # how a shared group sits in the trie
 
 class Closable(Protocol):
     def close_for_shutdown(self) -> None: ...
+
+    def close_by_administrator(self) -> None: ...
 
 
 class Broker:
@@ -116,7 +118,6 @@ class Broker:
         self._all_closed = trio.Event()
         self.linger_deadline = trio.current_time() + grace / 2
         for connection in list(self.connections):
-            self._close_reason(connection, SHUTDOWN)
             connection.close_for_shutdown()
         if self.connections:
             with trio.move_on_after(grace):
@@ -129,14 +130,7 @@ class Broker:
         session = info.session if info is not None else None
         if discard_session and isinstance(session, Session):
             session.expiry_interval = 0  # close_session then discards it
-        self._close_reason(connection, KICKED)
-        close = getattr(connection, "close_by_administrator", connection.close_for_shutdown)
-        close()
-
-    def _close_reason(self, connection: object, reason: str) -> None:
-        info = self.stats.live.get(connection)
-        if info is not None and info.close_reason is None:
-            info.close_reason = reason
+        connection.close_by_administrator()
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -159,7 +153,6 @@ class Broker:
         if session is not None and session.link is not None:
             previous = session.link
             session.detach()
-            self._close_reason(previous, TAKEN_OVER)
             log.info("client %s: session taken over by a new connection", client_id)
             previous.session_taken_over()
         if session is not None:

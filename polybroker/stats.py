@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
@@ -26,12 +26,9 @@ if TYPE_CHECKING:
 # that the adapters need not pass it along.
 ARRIVAL: ContextVar[tuple[str, str]] = ContextVar("arrival", default=("", "tcp"))
 
-# Why a connection ended (``ConnectionInfo.close_reason``, the ``reason`` label).
-CLIENT = "client"  # the client ended it (DISCONNECT, connection.close, closed socket)
-KICKED = "kicked"  # by the management API
-SHUTDOWN = "shutdown"  # the broker is stopping
-TAKEN_OVER = "taken_over"  # a new connection took its MQTT session
-CLOSED = "closed"  # any other end (timeouts, protocol errors): the log line says which
+# The ``reason`` label of a connection nothing recorded an end reason for (the runner
+# records one for every connection it runs).
+UNRECORDED = "internal_error"
 
 PROTOCOLS = ("mqtt", "stomp", "amqp")  # always reported, with zeros until used
 
@@ -61,7 +58,9 @@ class ConnectionInfo:
     messages_out: int = 0  # deliveries written (PUBLISH, MESSAGE, basic.deliver / get-ok)
     bytes_in: int = 0
     bytes_out: int = 0
-    close_reason: str | None = None  # set by whoever closes it; CLOSED if nobody says
+    # Why it ended: the connection runner's ``end_reason``, a word of
+    # ``adapters.runner.END_REASONS`` (``client_disconnect``, ``kicked``, ...).
+    close_reason: str = ""
 
     def identify(self, client_id: str, user: str | None,
                  session: "Session | None" = None) -> None:
@@ -69,9 +68,6 @@ class ConnectionInfo:
         self.id = client_id
         self.user = user
         self.session = session
-
-    def closed_by_client(self) -> None:
-        self.close_reason = self.close_reason or CLIENT
 
 
 class Histogram:
@@ -135,7 +131,7 @@ class Stats:
         info = self.live.pop(connection, None)
         if info is None:
             return None
-        self.closed[info.protocol, info.listener, info.close_reason or CLOSED] += 1
+        self.closed[info.protocol, info.listener, info.close_reason or UNRECORDED] += 1
         retired = self.retired
         for name in TRAFFIC:
             retired[info.protocol, name] += getattr(info, name)
@@ -199,31 +195,45 @@ def broker_version() -> str:
         return "unknown"
 
 
-# What a connection holds, for the management API. STOMP and AMQP keep their consumers
-# in the adapter (``subscriptions``; ``channels`` and their ``consumers``): read with
-# defaults, so that a connection shaped otherwise shows none rather than failing.
+# What a connection holds, for the management API. MQTT's is in its session; STOMP and
+# AMQP keep their consumers in the adapter, which says what they hold (``holdings``).
+
+
+@dataclass(slots=True)
+class Holdings:
+    """What a STOMP or AMQP connection holds, as the management API shows it."""
+
+    # One row per subscription or consumer: id, queue, and destination and
+    # unacknowledged (STOMP) or channel (AMQP).
+    consumers: list[dict[str, Any]] = field(default_factory=list)
+    queued: int = 0  # messages waiting in its private queues (STOMP topic subscriptions)
+    inflight: int = 0  # deliveries not acknowledged yet
+    private_queues: "list[Queue]" = field(default_factory=list)  # not among the named ones
+
+
+@runtime_checkable
+class HoldsConsumers(Protocol):
+    """A connection whose consumers live in its adapter (STOMP, AMQP); the adapters
+    name it as a base class, so that the type checker holds them to it."""
+
+    def holdings(self) -> Holdings: ...
+
+
+def _holdings(info: ConnectionInfo) -> Holdings | None:
+    connection = info.connection
+    return connection.holdings() if isinstance(connection, HoldsConsumers) else None
 
 
 def consumers_of(info: ConnectionInfo) -> list[dict[str, Any]]:
     """A STOMP or AMQP connection's subscriptions and consumers."""
-    connection = info.connection
-    rows = []
-    for sub in list(getattr(connection, "subscriptions", {}).values()):
-        destination = getattr(getattr(sub, "destination", None), "wire", "?")
-        rows.append({"id": sub.id, "destination": destination,
-                     "queue": sub.queue.name, "unacknowledged": len(sub.pending)})
-    for channel in list(getattr(connection, "channels", {}).values()):
-        for consumer in list(getattr(channel, "consumers", {}).values()):
-            rows.append({"id": consumer.tag, "channel": channel.number,
-                         "queue": consumer.queue.name})
-    return rows
+    holdings = _holdings(info)
+    return holdings.consumers if holdings is not None else []
 
 
 def private_queues(stats: "Stats") -> "list[Queue]":
     """The queues of live STOMP topic subscriptions (not among the named queues)."""
-    return [sub.queue for info in stats for sub in
-            list(getattr(info.connection, "subscriptions", {}).values())
-            if not sub.destination.is_queue]
+    return [queue for info in stats if (holdings := _holdings(info)) is not None
+            for queue in holdings.private_queues]
 
 
 def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
@@ -233,15 +243,8 @@ def backlog_of(info: ConnectionInfo) -> tuple[int, int]:
     session = info.session
     if session is not None:
         return len(session.queued), len(session.inflight)
-    connection = info.connection
-    queued = inflight = 0
-    for sub in list(getattr(connection, "subscriptions", {}).values()):
-        if not sub.destination.is_queue:
-            queued += sub.queue.message_count
-        inflight += len(sub.pending)
-    for channel in list(getattr(connection, "channels", {}).values()):
-        inflight += len(getattr(channel, "unacked", ()))
-    return queued, inflight
+    holdings = _holdings(info)
+    return (holdings.queued, holdings.inflight) if holdings is not None else (0, 0)
 
 
 @dataclass(slots=True)

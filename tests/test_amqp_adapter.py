@@ -465,6 +465,21 @@ async def test_shutdown_closes_with_connection_forced(nursery, broker):
     assert not broker.connections
 
 
+async def test_closed_by_an_administrator_is_connection_forced_saying_so(nursery, broker):
+    client = await open_client(nursery, broker)
+    (connection,) = broker.connections
+    broker.close_connection(connection)
+    close = await client.expect(0, ConnectionClose)
+    assert (close.reply_code, close.reply_text) == (
+        320, "CONNECTION_FORCED - closed by an administrator")
+    await client.send(0, ConnectionCloseOk())
+    assert await client.closed() == []
+    with trio.fail_after(5):
+        while broker.connections:  # unregistered after its lingering close
+            await broker.stats.changed()
+    assert dict(broker.stats.closed) == {("amqp", "", "kicked"): 1}
+
+
 async def test_properties_of_a_publish_that_do_not_decode_are_syntax_error(nursery, broker):
     client = await open_client(nursery, broker)
     await client.declare(1, "q")

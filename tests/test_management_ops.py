@@ -277,5 +277,37 @@ async def test_close_reasons_taken_over_shutdown_and_client(nursery, broker):
     await third.receive_until_closed()
     await broker.shutdown(0.5)  # lingers at most a quarter second for `second`
     assert dict(broker.stats.closed) == {
-        ("mqtt", "", "taken_over"): 1, ("mqtt", "", "client"): 1, ("mqtt", "", "shutdown"): 1}
+        ("mqtt", "", "taken_over"): 1, ("mqtt", "", "client_disconnect"): 1,
+        ("mqtt", "", "shutdown"): 1}
     assert dict(broker.stats.opened) == {("mqtt", ""): 3}
+
+
+async def test_close_reasons_are_the_runners_end_reasons(nursery, broker):
+    from polybroker.adapters.runner import END_REASONS
+
+    from .rawclient import connect_client
+
+    bad = await connect_client(nursery, broker)
+    await bad.connect("bad")
+    await bad.send_raw(b"\xf0\x00")  # reserved packet type 15
+    await bad.receive_until_closed()
+    gone = await connect_client(nursery, broker)
+    await gone.connect("gone")
+    await gone.close()  # no DISCONNECT
+    with trio.fail_after(5):
+        while broker.connections:
+            await broker.stats.changed()
+    assert dict(broker.stats.closed) == {
+        ("mqtt", "", "protocol_error"): 1, ("mqtt", "", "peer_closed"): 1}
+    assert {reason for _, _, reason in broker.stats.closed} <= set(END_REASONS)
+
+
+def test_stomp_and_amqp_connections_say_what_they_hold():
+    """stats reads their consumers through one typed method, not attribute names."""
+    from polybroker.adapters.amqp.connection import AMQPClientConnection
+    from polybroker.adapters.stomp import StompClientConnection
+    from polybroker.stats import HoldsConsumers
+
+    for connection in (StompClientConnection, AMQPClientConnection):
+        assert issubclass(connection, HoldsConsumers)
+        assert "holdings" in vars(HoldsConsumers)

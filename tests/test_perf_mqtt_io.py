@@ -154,11 +154,11 @@ async def test_send_socket_on_a_closed_or_reset_socket_raises():
 
 
 def writer_tasks() -> list[trio.lowlevel.Task]:
-    """Every running MQTT connection writer task, wherever it runs in the task tree."""
+    """Every running connection writer task, wherever it runs in the task tree."""
     found, todo = [], [trio.lowlevel.current_root_task()]
     while todo:
         task = todo.pop()
-        if task.coro.__qualname__ == "MQTTClientConnection._write_loop":
+        if task.coro.__qualname__ == "ConnectionRunner._write_loop":
             found.append(task)
         for nursery in task.child_nurseries:
             todo.extend(nursery.child_tasks)
@@ -198,7 +198,7 @@ async def test_a_client_that_does_not_read_is_closed_after_the_send_timeout(
             while "slow" in broker.sessions:  # clean session: gone with the connection
                 await trio.sleep(0.5)  # ok: mock clock, polling virtual time
     assert 5 <= trio.current_time() - start <= 7
-    assert "client slow (memory): closing: send timed out" in caplog.text
+    assert "mqtt client slow (memory) disconnected: send timeout" in caplog.text
     assert writer_tasks() == []
 
 

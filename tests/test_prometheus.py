@@ -125,7 +125,7 @@ async def test_counters_follow_paho_stomp_py_and_pika_traffic(serve_config):
     for protocol, url, count in (("mqtt", mqtt_url, 2), ("stomp", stomp_url, 1),
                                  ("amqp", amqp_url, 1)):
         assert value(metrics, closed, closed + "_total", protocol=protocol, listener=url,
-                     reason="client") == count
+                     reason="client_disconnect") == count
         for direction in ("received", "sent"):
             name = f"polybroker_bytes_{direction}"
             assert value(metrics, name, name + "_total", protocol=protocol) > 0

@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from polybroker import __version__
-from polybroker.adapters import stomp as stomp_adapter
+from polybroker.adapters.stomp import subscribe as stomp_subscribe
+from polybroker.adapters.stomp import transactions as stomp_transactions
 from polybroker.config import Limits, StompSettings
 from polybroker.message import Message
 from polybroker.protocols.mqtt import Publish
@@ -100,6 +101,16 @@ async def test_connecting_operation_before_connect_is_an_error(nursery, broker):
     client = await connect_client(nursery, broker)
     await client.send("SEND", {"destination": "/topic/a", "receipt": "7"}, b"x")
     await assert_error_and_close(client, "before CONNECT", receipt_id="7")
+
+
+@pytest.mark.parametrize("bad", [b"\r\x00", b"MESSAGE\n\n\x00", b"CONNECT\n"])
+async def test_connecting_a_bad_frame_in_the_read_of_the_connect_comes_after_connected(
+        nursery, broker, bad):
+    client = await connect_client(nursery, broker)
+    await client.send_raw(b"CONNECT\naccept-version:1.2\nhost:h\n\n\x00" + bad)
+    frames = await client.receive_until_closed()
+    assert [f.command for f in frames] == ["CONNECTED", "ERROR"]  # never the ERROR alone
+    assert frames[1].get("message")
 
 
 async def test_connecting_second_connect_is_an_error(nursery, broker):
@@ -486,7 +497,7 @@ async def test_subscribe_ack_header_invalid_value_is_an_error(nursery, broker):
 
 
 async def test_subscribe_count_is_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_SUBSCRIPTIONS", 1)
+    monkeypatch.setattr(stomp_subscribe, "MAX_SUBSCRIPTIONS", 1)
     client = await connected(nursery, broker)
     await client.subscribe("/topic/a", "1")
     await client.send("SUBSCRIBE", {"destination": "/topic/b", "id": "2"})
@@ -868,7 +879,7 @@ async def test_begin_transaction_ack_already_covered_by_a_cumulative_ack(nursery
 
 
 async def test_begin_transaction_size_is_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_TRANSACTION_FRAMES", 2)
+    monkeypatch.setattr(stomp_transactions, "MAX_TRANSACTION_FRAMES", 2)
     client = await connected(nursery, broker)
     await client.request("BEGIN", {"transaction": "t"})
     for _ in range(2):
@@ -878,7 +889,7 @@ async def test_begin_transaction_size_is_bounded(nursery, broker, monkeypatch):
 
 
 async def test_begin_open_transactions_are_bounded(nursery, broker, monkeypatch):
-    monkeypatch.setattr(stomp_adapter, "MAX_TRANSACTIONS", 1)
+    monkeypatch.setattr(stomp_transactions, "MAX_TRANSACTIONS", 1)
     client = await connected(nursery, broker)
     await client.request("BEGIN", {"transaction": "t1"})
     await client.send("BEGIN", {"transaction": "t2"})
@@ -986,3 +997,14 @@ async def test_graceful_shutdown_sends_an_error_and_closes(nursery, broker):
             await assert_error_and_close(client, "server shutting down")
     assert broker.connections == set()
     assert broker.queues.get("q").message_count == 1  # back in the queue
+
+
+async def test_closed_by_an_administrator_gets_an_error_saying_so(nursery, broker):
+    client = await connected(nursery, broker)
+    (connection,) = broker.connections
+    broker.close_connection(connection)
+    await assert_error_and_close(client, "disconnected by an administrator")
+    with trio.fail_after(5):
+        while broker.connections:  # unregistered after its lingering close
+            await broker.stats.changed()
+    assert dict(broker.stats.closed) == {("stomp", "", "kicked"): 1}

@@ -103,6 +103,32 @@ def test_connecting_second_connect_is_a_protocol_error():
         conn.receive_data(connect_frame("1.2", "STOMP"))
 
 
+@pytest.mark.parametrize(("bad", "error"), [
+    (b"\r\x00", MalformedFrame),  # does not parse
+    (frame("MESSAGE"), ProtocolError),  # parses, but a client may not send it
+    (frame("SEND"), ProtocolError),  # a required header is missing
+    (b"CONNECT\n", ProtocolError),  # refused from its command line (a second CONNECT)
+])
+def test_connecting_a_fault_in_the_read_of_the_connect_waits_for_the_next_call(bad, error):
+    conn = ServerConnection()
+    events = conn.receive_data(connect_frame("1.2") + bad)
+    assert [e.command for e in events] == ["CONNECT"]  # answered first (CONNECTED)
+    assert conn.version == "1.2"
+    assert conn.error_pending
+    with pytest.raises(error):
+        conn.receive_data(b"")
+    assert not conn.error_pending
+    with pytest.raises(ProtocolError, match="already failed"):
+        conn.receive_data(b"")
+
+
+def test_a_fault_with_no_frame_before_it_is_raised_at_once():
+    conn = connected()
+    with pytest.raises(ProtocolError):
+        conn.receive_data(b"\n" + frame("MESSAGE"))  # a heart-beat is nothing to answer
+    assert not conn.error_pending
+
+
 @pytest.mark.parametrize("command", ["CONNECTED", "MESSAGE", "RECEIPT", "ERROR"])
 def test_server_frames_from_a_client_are_a_protocol_error(command):
     conn = connected()

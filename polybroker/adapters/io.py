@@ -1,7 +1,6 @@
 """I/O steps every protocol adapter shares."""
 
 import errno
-import logging
 import math
 import os
 
@@ -14,24 +13,6 @@ LINGER_BYTES = 1024 * 1024
 
 # What reading a socket closed under us raises (as trio's SocketStream maps them).
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
-
-
-async def receive_before(
-    stream: trio.abc.Stream, deadline: float, name: str, log: logging.Logger
-) -> bytes | None:
-    """The next bytes from the peer; ``b""`` if ``deadline`` passed first; None (logged)
-    if the peer closed the connection or it broke."""
-    with trio.move_on_at(deadline):
-        try:
-            data = await stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.info("client %s: connection lost", name)
-            return None
-        if not data:
-            log.info("client %s: closed the connection without DISCONNECT", name)
-            return None
-        return data
-    return b""
 
 
 async def linger(stream: trio.abc.Stream, deadline: float = math.inf) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ..adapters.mqtt_outbound import PublishEncoder
+from ..adapters.mqtt.outbound import PublishEncoder
 from ..config import ConfigError
 from ..message import Message
 from ..protocols.mqtt import (

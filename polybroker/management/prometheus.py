@@ -47,8 +47,8 @@ class BrokerCollector(Collector):
         yield _family(CounterMetricFamily, "connections_opened", "Client connections opened.",
                       ("protocol", "listener"), stats.opened)
         yield _family(CounterMetricFamily, "connections_closed",
-                      "Client connections closed, by reason (client, kicked, shutdown, "
-                      "taken_over, closed: any other end).",
+                      "Client connections closed, by reason (the end of connection log "
+                      "line's: client_disconnect, peer_closed, kicked, shutdown, ...).",
                       ("protocol", "listener", "reason"), stats.closed)
         yield _family(CounterMetricFamily, "logins_refused", "Refused logins, by reason.",
                       ("protocol", "reason"), self.broker.security.refused)

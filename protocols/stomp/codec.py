@@ -133,6 +133,9 @@ def _unescape(text: str, table: dict[str, str]) -> str:
     return _ESCAPE_SEQUENCE.sub(replace, text)
 
 
+_NOTHING: list[Event] = []  # never appended to: _parse makes a list of its own
+
+
 class FrameParser:
     """Incremental parser: feed it bytes as they arrive, get frames and heart-beats back.
 
@@ -155,6 +158,8 @@ class FrameParser:
         "_headers",
         "_length",
         "_mode",
+        "_parsed",
+        "_pending_error",
         "_scan",
         "_state",
         "_version",
@@ -180,6 +185,10 @@ class FrameParser:
         self._versions = tuple(_check_version(v) for v in versions)
         self._buffer = bytearray()
         self._failed = False
+        # A fault after good frames of the same feed: raised by the next call (they are
+        # answered first: a CONNECT gets its CONNECTED, then the ERROR).
+        self._pending_error: StompError | None = None
+        self._parsed: list[Event] = _NOTHING  # the frames of the feed being parsed
         self._closed = False  # a DISCONNECT was parsed
         self._state = _COMMAND
         self._scan = 0  # bytes of the pending line or body already searched
@@ -204,7 +213,13 @@ class FrameParser:
         return None if self._state == _COMMAND else self._command
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add ``data`` to the stream and return the frames and heart-beats it completes."""
+        """Add ``data`` to the stream and return the frames and heart-beats it completes.
+
+        A fault raises StompError; when frames came before it in the same ``data``, they
+        are returned and the fault waits (``error_pending``) for the next call."""
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         if self._failed:
             raise ProtocolError("the byte stream already failed to parse")
         if self._closed:
@@ -213,20 +228,31 @@ class FrameParser:
         buf += data
         try:
             events, consumed = self._parse(buf)
-        except StompError:
+        except StompError as exc:
             self._failed = True
             self._buffer = bytearray()
-            raise
+            good, self._parsed = self._parsed, _NOTHING
+            if not any(isinstance(event, Frame) for event in good):
+                raise
+            self._pending_error = exc
+            return good
+        self._parsed = _NOTHING  # not kept alive while the connection waits
         if self._closed:
             buf.clear()
         else:
             del buf[:consumed]
         return events
 
+    @property
+    def error_pending(self) -> bool:
+        """A fault follows the frames the last ``feed`` returned."""
+        return self._pending_error is not None
+
     def _parse(self, buf: bytearray) -> tuple[list[Event], int]:
         # Each check looks only at the bytes up to the point where it fires, so any
         # split of the stream raises the same error at the same byte.
         events: list[Event] = []
+        self._parsed = events  # what a fault leaves of this feed
         size = len(buf)
         pos = 0
         state = self._state

@@ -125,14 +125,22 @@ class ServerConnection:
         self.version: str | None = None  # set by the CONNECT
         self.heart_beat = (0, 0)  # (send_ms, receive_ms) negotiated by the CONNECT
         self.state = AWAIT_CONNECT
+        self._pending_error: StompError | None = None  # see receive_data
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse ``data`` and return the complete frames and heart-beats it yields.
 
         Raises a StompError subclass when the client breaks the protocol; the caller
         sends ``error.to_frame()`` and closes, and later calls raise ProtocolError.
+        When good frames come before the fault in the same ``data``, they are returned
+        and the error waits (``error_pending``) for the next call, which raises it: the
+        caller answers them first (a CONNECT gets its CONNECTED, then the ERROR).
         After a DISCONNECT, later bytes are ignored.
         """
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            self.state = FAILED
+            raise error
         if self.state is FAILED:
             raise ProtocolError("the connection already failed")
         if self.state is DISCONNECTED:
@@ -140,13 +148,28 @@ class ServerConnection:
         try:
             events = self._check(self._parser.feed(data))
             pending = self._parser.pending_command
-            if pending is not None and self.state is not DISCONNECTED:
+            if pending is not None and self.state is not DISCONNECTED and not self.error_pending:
                 # Refuse a frame from its command line rather than buffer its body.
-                self._check_command(pending, None)
+                try:
+                    self._check_command(pending, None)
+                except StompError as exc:
+                    self._hold(exc, events)
             return events
         except StompError:
             self.state = FAILED
             raise
+
+    @property
+    def error_pending(self) -> bool:
+        """A fault follows the frames the last ``receive_data`` returned."""
+        return self._pending_error is not None or self._parser.error_pending
+
+    def _hold(self, exc: StompError, answered: list[Event]) -> None:
+        """Keep ``exc`` for the next call if frames before it are to be answered first;
+        raise it now if there are none."""
+        if not any(isinstance(event, Frame) for event in answered):
+            raise exc
+        self._pending_error = exc
 
     def _check(self, events: list[Event]) -> list[Event]:
         for i, event in enumerate(events):
@@ -154,13 +177,17 @@ class ServerConnection:
                 continue
             command = event.command
             receipt = event.get("receipt")
-            after = self._check_command(command, receipt)
-            if command in _CONNECT_COMMANDS:
-                self._connect(event)
-            else:
-                version = self.version
-                assert version is not None  # the table saw to it
-                self._check_headers(event, version, receipt)
+            try:
+                after = self._check_command(command, receipt)
+                if command in _CONNECT_COMMANDS:
+                    self._connect(event)
+                else:
+                    version = self.version
+                    assert version is not None  # the table saw to it
+                    self._check_headers(event, version, receipt)
+            except StompError as exc:
+                self._hold(exc, events[:i])
+                return events[:i]
             self.state = after
             if after is DISCONNECTED:
                 return events[: i + 1]

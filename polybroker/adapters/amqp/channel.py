@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ...destinations import binding_key_to_filter, routing_key_to_topic
 from ...exchanges import AMQ_TOPIC, DEFAULT
+from ...message import Message
 from ...overflow import PublishResult
 from ...protocols.amqp import (
     CHANNEL_ERROR,
@@ -98,7 +99,7 @@ from ...queues import Queue, SharedPrefetch
 from ...refusals import AccessRefused, NotFound, PreconditionFailed, Refused
 from .channel_support import AMQPClientConnection, ConnectionFault
 from .consuming import AmqpConsumer, Consuming
-from .convert import message_from_publish
+from .convert import delivery_properties, message_from_publish
 
 if TYPE_CHECKING:
     pass
@@ -157,7 +158,7 @@ class Channel(Consuming):
             if handler is None:
                 raise _unsupported(method)
             if content is not None:
-                self._on_publish(method, *content)
+                self._on_publish(cast(BasicPublish, method), *content)
             else:
                 handler(self, method)
         except Refused as exc:
@@ -271,7 +272,7 @@ class Channel(Consuming):
             return
         self._route(m, message)
 
-    def _route(self, m: BasicPublish, message) -> None:
+    def _route(self, m: BasicPublish, message: Message) -> None:
         refused: list[Queue] = []
         result = PublishResult()
         reached = self.broker.exchanges.publish(m.exchange, m.routing_key, message,
@@ -286,7 +287,7 @@ class Channel(Consuming):
                 self.number,
                 BasicReturn(reply_code=NO_ROUTE, reply_text="NO_ROUTE", exchange=m.exchange,
                             routing_key=m.routing_key),
-                message.amqp.properties, message.payload, self.connection.frame_max,
+                delivery_properties(message), message.payload, self.connection.frame_max,
             ))
         if self.confirm:
             self._published += 1
@@ -348,6 +349,7 @@ class Channel(Consuming):
 
     def _hold(self, action: Callable[[], None], size: int = 0) -> None:
         connection = self.connection
+        assert self.tx is not None  # only called in a transaction
         if len(self.tx) >= MAX_TX_ACTIONS:
             raise PreconditionFailed(f"PRECONDITION_FAILED - more than {MAX_TX_ACTIONS} "
                                      "actions in one transaction")
@@ -423,7 +425,7 @@ def _unsupported(method: Method) -> ConnectionFault:
                            method.CLASS_ID, method.METHOD_ID)
 
 
-_HANDLERS: dict[type, Callable] = {
+_HANDLERS: dict[type, Callable[..., None]] = {
     ExchangeDeclare: Channel._on_exchange_declare,
     ExchangeDelete: Channel._on_exchange_delete,
     QueueDeclare: Channel._on_queue_declare,

@@ -30,6 +30,7 @@ What the adapter adds to the protocol's life cycle:
 
 import logging
 import math
+from typing import Any, cast
 
 import trio
 
@@ -40,6 +41,7 @@ from ...protocols.amqp import (
     CONNECTION_FORCED,
     HEARTBEAT_FRAME,
     AMQPError,
+    ChannelClose,
     Content,
     Method,
     MethodFrame,
@@ -61,8 +63,10 @@ from ...protocols.amqp.connection import (
     reply_text,
 )
 from ...queues import Queue
+from ...stats import Holdings, HoldsConsumers
 from ..runner import ConnectionRunner
-from .channel import Channel, ConnectionFault
+from .channel import Channel
+from .channel_support import ConnectionFault
 from .negotiation import connection_start, connection_tune
 
 log = logging.getLogger("polybroker.amqp")
@@ -71,7 +75,7 @@ CLOSE_TIMEOUT = 2.0  # seconds to wait for close-ok after our connection.close
 HEARTBEAT_TOLERANCE = 2  # intervals of silence before a client is dropped
 
 
-class AMQPClientConnection:
+class AMQPClientConnection(HoldsConsumers):
     """Serves one AMQP client over one stream; the protocol state is ``self.amqp``."""
 
     def __init__(self, stream: trio.abc.Stream, broker: Broker, peer: str,
@@ -92,7 +96,7 @@ class AMQPClientConnection:
         self.tx_bytes = 0  # message bodies held by open transactions, all channels
         self._to_dispatch: list[Queue] = []
         self._starved = False  # a delivery waited for the send buffer to drain
-        self.runner = ConnectionRunner(stream, broker, self, log)
+        self.runner = ConnectionRunner(stream, broker, self, log, "amqp")
 
     @property
     def name(self) -> str:
@@ -114,13 +118,30 @@ class AMQPClientConnection:
 
     def close_for_shutdown(self) -> None:
         """The broker is stopping: connection.close 320, then close-ok or a timeout."""
+        self._close_forced("shutdown", "CONNECTION_FORCED - broker shutdown")
+
+    def close_by_administrator(self) -> None:
+        """An operator closes the connection (``Broker.close_connection``): 320 too."""
+        self._close_forced("kicked", "CONNECTION_FORCED - closed by an administrator")
+
+    def _close_forced(self, reason: str, text: str) -> None:
         state = self.amqp.state
+        self.runner.ending(reason)
         if state is OPEN:
-            log.info("client %s: closing: server shutting down", self.name)
-            self._close(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
+            self._close(CONNECTION_FORCED, text)
             self.runner.stop_reading_by(trio.current_time() + CLOSE_TIMEOUT)
         elif state is not CLOSING:
             self.runner.stop_reading()
+
+    def holdings(self) -> Holdings:
+        """The consumers and unacknowledged deliveries, for the management API."""
+        held = Holdings()
+        for channel in list(self.channels.values()):
+            for consumer in list(channel.consumers.values()):
+                held.consumers.append({"id": consumer.tag, "channel": channel.number,
+                                       "queue": consumer.queue.name})
+            held.inflight += len(channel.unacked)
+        return held
 
     # -- output -----------------------------------------------------------------------------
 
@@ -158,7 +179,7 @@ class AMQPClientConnection:
         if waiting:
             self.runner.hold_back(waiting)
 
-    def release(self, held: list) -> None:
+    def release(self, held: list[Any]) -> None:
         """The backlogs this client filled have room (or ``max_block_time`` passed): send
         the withheld confirms, once durable."""
         for channel, method in held:
@@ -208,14 +229,14 @@ class AMQPClientConnection:
 
     def read_timed_out(self) -> None:
         amqp = self.amqp
-        if amqp.state is CLOSING:
-            log.info("client %s: no close-ok within %gs", self.name, CLOSE_TIMEOUT)
+        if amqp.state is CLOSING:  # the reason is the close's (the first one counts)
+            self.runner.ending("protocol_error", f"no close-ok within {CLOSE_TIMEOUT:g}s")
         elif amqp.state is OPEN:
-            log.info("client %s: dropped: heartbeat timeout (nothing received for %ds)",
-                     self.name, HEARTBEAT_TOLERANCE * amqp.heartbeat)
+            self.runner.ending("heartbeat_timeout", "nothing received for "
+                                                    f"{HEARTBEAT_TOLERANCE * amqp.heartbeat}s")
         else:
-            log.info("client %s: connection not opened within %gs", self.name,
-                     self.limits.connect_timeout)
+            self.runner.ending("connect_timeout", "connection not opened within "
+                                                  f"{self.limits.connect_timeout:g}s")
 
     def heartbeat_interval(self) -> float:
         amqp = self.amqp
@@ -232,12 +253,15 @@ class AMQPClientConnection:
             event = amqp.next_event()
             kind = type(event)
             try:
+                # ``kind is`` rather than isinstance: exact types, the cheapest test per frame.
                 if kind is MethodFrame:
-                    self.channels[event.channel].handle(event.method)
+                    frame = cast(MethodFrame, event)
+                    self.channels[frame.channel].handle(frame.method)
                 elif kind is Content:
+                    content = cast(Content, event)
                     self.runner.info.messages_in += 1
-                    self.channels[event.channel].handle(event.method,
-                                                        (event.properties, event.body))
+                    self.channels[content.channel].handle(content.method,
+                                                          (content.properties, content.body))
                 elif event is NEED_DATA or event is PAUSED:
                     return True
                 elif not self._on_event(event):
@@ -250,31 +274,28 @@ class AMQPClientConnection:
 
     def _on_event(self, event: object) -> bool:
         """One connection-level event; False ends the connection."""
-        kind = type(event)
-        if kind is ChannelOpened:
+        if isinstance(event, ChannelOpened):
             self.channels[event.channel] = Channel(self, event.channel)
-        elif kind is ChannelClosed:
+        elif isinstance(event, ChannelClosed):
             self.channels.pop(event.channel).close_down()
-        elif kind is ChannelCloseConfirmed:
+        elif isinstance(event, ChannelCloseConfirmed):
             del self.channels[event.channel]
-        elif kind is LoginRequested:
+        elif isinstance(event, LoginRequested):
             self._login = event
-        elif kind is Opened:
+        elif isinstance(event, Opened):
             log.info("client %s: connected (AMQP 0-9-1, heartbeat %ds, frame_max %d, "
                      "channel_max %d)", self.name, self.amqp.heartbeat, self.amqp.frame_max,
                      self.amqp.channel_max)
-        elif kind is Fault:
-            log.warning("client %s: connection error %d: %s", self.name, event.code,
-                        event.text)
+        elif isinstance(event, Fault):
+            self.runner.ending("protocol_error", f"{event.code} {event.text}")
             self.runner.linger = True
-        elif kind is Closed:
+        elif isinstance(event, Closed):
             if event.by_client:
-                self.runner.info.closed_by_client()
-                log.info("client %s: closed the connection (%d %s)", self.name,
-                         event.reply_code, event.reply_text)
+                self.runner.ending("client_disconnect",
+                                   f"{event.reply_code} {event.reply_text}")
             return False
-        elif kind is HeaderMismatch:
-            log.info("connection from %s closed: %s", self.peer, event.text)
+        elif isinstance(event, HeaderMismatch):
+            self.runner.ending("protocol_error", event.text)
             self.runner.linger = True
             return False
         return True
@@ -298,6 +319,7 @@ class AMQPClientConnection:
         assert login_request is not None
         user, client_id = login_request.user, login_request.client_name
         security = self.broker.security
+        self.runner.lift_deadline()  # the connect timeout bounds the wait for bytes only
         if user is None:  # unknown mechanism or an unreadable response
             login = await security.refuse(Refusal.BAD_CREDENTIALS, username=None,
                                           peer=self.peer, client_id=client_id, protocol="AMQP")
@@ -309,6 +331,7 @@ class AMQPClientConnection:
                                          client_id=client_id, protocol="AMQP")
         self._login = None
         if not login.ok:
+            self.runner.ending("login_refused")
             self.amqp.refuse_login()
             self.runner.linger = True
             return
@@ -322,12 +345,13 @@ class AMQPClientConnection:
     # -- closing ----------------------------------------------------------------------------
 
     def _fault(self, code: int, text: str, class_id: int, method_id: int) -> None:
-        log.warning("client %s: connection error %d: %s", self.name, code, text)
+        self.runner.ending("protocol_error", f"{code} {text}")
         self.amqp.fault(code, text, class_id, method_id)
         self.runner.linger = True
 
     def close_channel(self, number: int, method: Method) -> None:
         """Send channel.close (a channel error); the channel then takes only close-ok."""
+        assert isinstance(method, ChannelClose)
         self.amqp.close_channel(number, method)
         self.runner.wake()
 

@@ -8,15 +8,15 @@ receiver (subscription identifiers, topic alias, remaining expiry).
 
 import math
 
-from ..message import Message
-from ..protocols.mqtt import (
+from ...message import Message
+from ...protocols.mqtt import (
     PacketType,
     encode_properties,
     encode_publish,
     encode_publish5,
 )
-from ..protocols.mqtt import properties as prop
-from ..sessions import Delivery
+from ...protocols.mqtt import properties as prop
+from ...sessions import Delivery
 
 
 def message_properties(message: Message, now: float) -> dict[int, object]:

@@ -2,9 +2,9 @@
 the keep alive a client may have (``max_keepalive``) and a 5.0 CONNACK that must fit
 the client's Maximum Packet Size."""
 
-from ..config import MAX_KEEPALIVE
-from ..protocols.mqtt import MQTT_5, ConnAck, encode
-from ..protocols.mqtt import properties as prop
+from ...config import MAX_KEEPALIVE
+from ...protocols.mqtt import MQTT_5, ConnAck, encode
+from ...protocols.mqtt import properties as prop
 
 # Dropped in this order until a CONNACK fits the client's Maximum Packet Size
 # [MQTT-3.1.2-24]: first what only informs (a reason string, user properties, response
