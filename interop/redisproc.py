@@ -1,0 +1,99 @@
+"""A real ``redis-server`` (Debian's package) as a child process, for the cluster tests: a
+free loopback port, its working directory in the test's temporary directory, no
+persistence files (no RDB snapshots, no append-only file), always stopped."""
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+STARTUP_TIMEOUT = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1; ``url`` is what ``[cluster] redis`` takes."""
+
+    def __init__(self, directory: Path) -> None:
+        path = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(path).exists():
+            raise RuntimeError("redis-server is not installed: run `sh interop/install-tools.sh`")
+        self.path = path
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, port: int | None = None) -> None:
+        """Start it (on ``port`` again after a ``stop``); a free port is taken otherwise,
+        and another tried should it be taken in between."""
+        for _attempt in range(3):
+            self.port = port or _free_port()
+            if self._start_once():
+                return
+            if port is not None:
+                break
+        raise RuntimeError("redis-server did not start:\n" + "\n".join(self.lines))
+
+    def _start_once(self) -> bool:
+        self.lines = []
+        ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [self.path, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+             "--logfile", "", "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def drain(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if "Ready to accept connections" in line:
+                    ready.set()
+            ready.set()  # exited
+
+        threading.Thread(target=drain, args=(self.proc,), daemon=True).start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        ready.wait(STARTUP_TIMEOUT)
+        if self.proc.poll() is None and time.monotonic() < deadline:
+            return True
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def running_redis(directory: Path) -> Iterator[RedisServer]:
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
