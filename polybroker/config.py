@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .bridge.config import BridgeConfig, parse_bridges
+from .cluster.config import ClusterConfig, parse_cluster
 from .config_checks import ConfigError as ConfigError  # re-exported: callers catch it from here
 from .config_checks import nonempty as _nonempty
 from .config_checks import reject_unknown as _reject_unknown
@@ -284,6 +285,8 @@ class BrokerConfig:
     log_level: str = "info"
     # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
     bridges: tuple[BridgeConfig, ...] = ()
+    # Other nodes sharing a Redis ([cluster]; ``cluster.config.ClusterConfig``).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def default_listeners() -> tuple[ListenerConfig, ...]:
@@ -343,7 +346,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level", "log", "bridge", "management", "broker"},
+         "log_level", "log", "bridge", "management", "broker", "cluster"},
         "",
     )
     config = BrokerConfig()
@@ -371,6 +374,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, bridges=parse_bridges(raw["bridge"]))
     if "broker" in raw:
         config = replace(config, broker=_broker(raw["broker"]))
+    if "cluster" in raw:
+        config = replace(config, cluster=parse_cluster(raw["cluster"]))
     if "data_dir" in raw:
         config = replace(config, data_dir=Path(_typed(raw, "data_dir", str, "")))
     if "log_level" in raw:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -34,6 +34,9 @@ from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger("polybroker.server")
 
@@ -169,6 +172,7 @@ class RunningBroker:
         self.bridges = BridgeManager(broker)
         self.restored = False  # the durable state is back (or there is none)
         self.serving = False  # every listener accepts connections
+        self.cluster: ClusterNode | None = None  # its link to the others ([cluster])
 
     @property
     def ready(self) -> bool:
@@ -307,6 +311,11 @@ async def serve_with_storage(
         running.restored = True
         # After the restore: a bridge takes up its stored session and what waits in it.
         await nursery.start(running.bridges.run, running.broker.config.bridges)
+        if running.broker.config.cluster.redis is not None:
+            # Imported only here: a broker without [cluster] never loads the Redis client.
+            from .cluster.node import run_node
+            running.cluster = await nursery.start(run_node, running.broker,
+                                                  running.broker.config.cluster)
         await serve_listeners(running, task_status=task_status)
 
 
