@@ -73,7 +73,7 @@ def payloads(queue: Queue) -> list[bytes]:
 # -- without Redis -------------------------------------------------------------------------
 
 
-def test_the_router_tells_a_filter_s_first_and_last_subscriber_and_lists_filters():
+async def test_the_router_tells_a_filter_s_first_and_last_subscriber_and_lists_filters():
     broker = new_broker()
     seen: list[tuple[str, bool]] = []
     first = broker.topic_queue("q1", "a/+")
