@@ -203,7 +203,10 @@ class ClusterNode:
         async with client.pipeline(transaction=True) as pipe:
             members = pipe.smembers(self._key("interest", node))
             version = pipe.get(self._key("version", node))
-        self.interest.replace(node, {raw.decode() for raw in await members})
+        filters = {raw.decode() for raw in await members}
+        for topic_filter in sorted(filters - self.interest.filters_of(node)):
+            log.debug("cluster: node %s subscribed to %s", node, topic_filter)
+        self.interest.replace(node, filters)
         self._versions[node] = await version
 
     async def _bury(self, client: "coredis.Redis[bytes]", node: str) -> None:
@@ -228,8 +231,10 @@ class ClusterNode:
                 continue
             if kind == "+" and len(parts) == 3:
                 self.interest.add(node, parts[2])
+                log.debug("cluster: node %s subscribed to %s", node, parts[2])
             elif kind == "-" and len(parts) == 3:
                 self.interest.remove(node, parts[2])
+                log.debug("cluster: node %s unsubscribed from %s", node, parts[2])
             elif kind == "sync":
                 await self._reload(client, node)
             elif kind == "bye":

@@ -1,0 +1,106 @@
+"""Two ``polybroker serve`` processes on one real redis-server, as one broker to their
+clients: paho-mqtt on each node exchanging QoS 1 messages both ways, stomp.py on one and
+pika on the other. A node learns of a subscription on the other a moment after the
+SUBACK; the tests wait for that node's log line saying so (debug level)."""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from .amqp_support import pika_params, pump
+from .brokerproc import BrokerProcess
+from .redisproc import RedisServer, running_redis
+from .test_paho_mqtt import PahoClient
+from .test_stomp_py import StompPy, _get
+
+ALL = ("mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "amqp://127.0.0.1:0")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis") as server:
+        yield server
+
+
+def cluster_config(directory: Path, redis: RedisServer, node: str) -> Path:
+    path = directory / f"{node}.toml"
+    path.write_text(f'[cluster]\nredis = "{redis.url}"\nnode = "{node}"\n')
+    return path
+
+
+def start_node(tmp_path: Path, redis: RedisServer, node: str) -> BrokerProcess:
+    return BrokerProcess(tmp_path / node, "--config", str(cluster_config(tmp_path, redis, node)),
+                         "--log-level", "debug", listen=ALL)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
+    a = start_node(tmp_path, redis, "a")
+    try:
+        b = start_node(tmp_path, redis, "b")
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def wait_subscribed(node: BrokerProcess, other: str, topic_filter: str) -> None:
+    node.wait_for_log(rf"cluster: node {other} subscribed to {re.escape(topic_filter)}$")
+
+
+def test_paho_clients_on_two_nodes_exchange_qos1_both_ways(nodes):
+    a, b = nodes
+    on_a = PahoClient(a.port, "paho-on-a")
+    on_b = PahoClient(b.port, "paho-on-b")
+    try:
+        on_a.connect()
+        on_b.connect()
+        on_a.subscribe(("to/a", 1))
+        on_b.subscribe(("to/b/#", 1))
+        wait_subscribed(b, "a", "to/a")
+        wait_subscribed(a, "b", "to/b/#")
+        for i in range(5):
+            on_a.publish("to/b/x", b"from a %d" % i, qos=1)
+            on_b.publish("to/a", b"from b %d" % i, qos=1)
+        got_b = on_b.receive(5)
+        got_a = on_a.receive(5)
+        assert [m.payload for m in got_b] == [b"from a %d" % i for i in range(5)]
+        assert [m.payload for m in got_a] == [b"from b %d" % i for i in range(5)]
+        assert {(m.topic, m.qos) for m in got_b} == {("to/b/x", 1)}
+        assert {(m.topic, m.qos) for m in got_a} == {("to/a", 1)}
+    finally:
+        on_a.stop()
+        on_b.stop()
+
+
+def test_stomp_on_one_node_and_pika_on_the_other(nodes):
+    a, b = nodes
+    stomp_client = StompPy(a.stomp_port)
+    connection = pika.BlockingConnection(pika_params(b.amqp_port))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("from-stomp", exclusive=True)
+        channel.queue_bind("from-stomp", "amq.topic", "plant.*")
+        stomp_client.subscribe("/topic/office/+", "s1")
+        wait_subscribed(a, "b", "plant/+")
+        wait_subscribed(b, "a", "office/+")
+        stomp_client.send("/topic/plant/boiler", "hot", content_type="text/plain")
+        channel.basic_publish("amq.topic", "office.lamp", b"on",
+                              pika.BasicProperties(delivery_mode=2))
+        got = []
+        channel.basic_consume("from-stomp", lambda ch, method, props, body:
+                              got.append((method.routing_key, body)), auto_ack=True)
+        pump(connection, lambda: got)
+        assert got == [("plant.boiler", b"hot")]
+        frame = _get(stomp_client.listener.messages, "MESSAGE from pika")
+        assert frame.body == "on"
+        assert frame.headers["destination"] == "/topic/office/lamp"
+    finally:
+        if connection.is_open:
+            connection.close()
+        stomp_client.conn.disconnect()
