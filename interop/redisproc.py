@@ -76,6 +76,17 @@ class RedisServer:
         self.stop()
         return False
 
+    def command(self, *args: str) -> bytes:
+        """One command on a connection of its own, its raw reply (small replies only)."""
+        request = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(request)
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                reply += sock.recv(65536)
+            return reply
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:

@@ -3,7 +3,9 @@ clients: paho-mqtt on each node exchanging QoS 1 messages both ways, stomp.py on
 pika on the other. A node learns of a subscription on the other a moment after the
 SUBACK; the tests wait for that node's log line saying so (debug level)."""
 
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +106,58 @@ def test_stomp_on_one_node_and_pika_on_the_other(nodes):
         if connection.is_open:
             connection.close()
         stomp_client.conn.disconnect()
+
+
+def test_workers_share_one_port_and_exchange_messages(tmp_path, redis):
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\nredis = "{redis.url}"\nnode = "w"\n')
+    broker = BrokerProcess(tmp_path / "data", "--config", str(config), "--workers", "2",
+                           "--log-level", "debug")
+    clients = [PahoClient(broker.port, f"worker-client-{i}") for i in range(16)]
+    try:
+        for client in clients:
+            client.connect()
+        for i, client in enumerate(clients):
+            client.subscribe((f"ring/{i}", 1))
+        # The kernel spread the connections over both workers: both hold subscriptions.
+        members = [redis.command("SCARD", f"polybroker:interest:w-w{n}") for n in (0, 1)]
+        assert all(reply != b":0\r\n" for reply in members), members
+        learnt: set[str] = set()  # each worker learns of the other's subscriptions
+        while len(learnt) < 16:
+            line = broker.wait_for_log(r"cluster: node w-w\d subscribed to ring/\d+$")
+            learnt.add(line.rsplit(" ", 1)[1])
+        for i, client in enumerate(clients):
+            client.publish(f"ring/{(i + 1) % 16}", b"from %d" % i, qos=1)
+        for i, client in enumerate(clients):
+            (message,) = client.receive(1)
+            assert (message.topic, message.payload, message.qos) == (
+                f"ring/{i}", b"from %d" % ((i - 1) % 16), 1)
+    finally:
+        for client in clients:
+            client.stop()
+        assert broker.stop() == 0
+    assert (tmp_path / "data" / "node-0" / "store").is_dir()
+    assert (tmp_path / "data" / "node-1" / "store").is_dir()
+
+
+def test_workers_need_a_cluster_redis(tmp_path):
+    with pytest.raises(RuntimeError, match="--workers needs \\[cluster\\] redis"):
+        BrokerProcess(tmp_path / "data", "--workers", "2")
+
+
+def test_a_worker_that_dies_stops_them_all(tmp_path, redis):
+    config = tmp_path / "cluster.toml"
+    config.write_text(f'[cluster]\nredis = "{redis.url}"\n')
+    broker = BrokerProcess(tmp_path / "data", "--config", str(config), "--workers", "2")
+    try:
+        pids = [int(m.group(1)) for line in broker.lines
+                if (m := re.search(r"worker \d started \(pid (\d+)\)", line))]
+        assert len(pids) == 2
+        os.kill(pids[1], signal.SIGKILL)
+        broker.wait_for_log(rf"worker 1 \(pid {pids[1]}\) exited with status -9: "
+                            "stopping all workers")
+        assert broker.proc.wait(timeout=20) == 1
+        with pytest.raises(ProcessLookupError):  # the other worker is gone too
+            os.kill(pids[0], 0)
+    finally:
+        broker.stop()

@@ -234,8 +234,10 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
 HttpApp = Callable[[RunningBroker], Handler]
 
 
-async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None) -> RunningBroker:
+async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None, *,
+                          reuse_port: bool = False) -> RunningBroker:
     """Check the configuration and bind every listener; nothing is served yet.
+    ``reuse_port``: other processes may listen on the same ports (SO_REUSEPORT).
 
     Raises ConfigError or OSError (an address in use, say), with nothing left bound.
     """
@@ -248,7 +250,10 @@ async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None)
     try:
         for index, listener in enumerate(config.listeners):
             try:
-                sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+                if reuse_port:
+                    sockets = await _shared_listeners(listener.port, listener.host)
+                else:
+                    sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
             except OSError as exc:  # which listener: several may share a host or a port
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
@@ -331,6 +336,33 @@ async def open_broker(
             yield running
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _shared_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    """Listeners on ``host``:``port`` that other processes may listen on as well: the
+    kernel spreads the connections over them (Linux SO_REUSEPORT)."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                              flags=trio.socket.AI_PASSIVE)
+    try:
+        for family, kind, proto, _name, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for done in listeners:
+            await trio.aclose_forcefully(done)
+        raise
+    return listeners
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

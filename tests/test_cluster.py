@@ -2,7 +2,6 @@
 routing decision (a message crosses to another node only when that node's filters match,
 local traffic never touches Redis)."""
 
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -28,15 +27,7 @@ def redis(tmp_path) -> Iterator[RedisServer]:
 
 
 def redis_command(server: RedisServer, *args: str) -> bytes:
-    """One command, its raw reply (small replies only)."""
-    request = b"*%d\r\n" % len(args) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(request)
-        reply = b""
-        while not reply.endswith(b"\r\n"):
-            reply += sock.recv(65536)
-        return reply
+    return server.command(*args)
 
 
 def xadd_calls(server: RedisServer) -> int:
