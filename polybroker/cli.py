@@ -16,7 +16,7 @@ import trio
 from . import __version__, certs
 from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
-from .cluster.workers import add_worker_arguments, run_workers, worker_config
+from .cluster.workers import add_worker_arguments, run_workers, worker_config, worker_spec
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
 from .ctl import add_ctl_command, run_ctl
 from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     try:
         config = _config_from_args(args)
-        if args.worker_of is not None:  # one of --workers N: its node, store and ports
-            config, worker = worker_config(config, args.worker_of)
+        spec = worker_spec() if args.workers is not None else None
+        if spec is not None:  # one of --workers N: its node, store and ports
+            config, worker = worker_config(config, spec)
     except ConfigError as exc:
         print(f"polybroker: {exc}", file=sys.stderr)
         return 2

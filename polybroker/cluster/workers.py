@@ -3,15 +3,16 @@ cluster ([cluster] redis), sharing every listening port (SO_REUSEPORT: the kerne
 the connections over them).
 
 The parent binds each listener's address first, without listening (so port 0 becomes
-one port that all workers then bind too), starts the workers as ``polybroker serve ...
---worker-of INDEX:PORTS``, says ready once each has written its port file, passes SIGHUP
-on, and stops them all on SIGINT or SIGTERM. A worker that dies stops the whole set (with
-one error line and exit status 1): a service manager restarts it as one unit, and no
-client is left on a half-working broker.
+one port that all workers then bind too), starts the workers with its own arguments and
+``POLYBROKER_WORKER=INDEX:PORTS`` in their environment, says ready once each has written
+its port file, passes SIGHUP on, and stops them all on SIGINT or SIGTERM. A worker that
+dies stops the whole set (with one error line and exit status 1): a service manager
+restarts it as one unit, and no client is left on a half-working broker.
 """
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -29,6 +30,13 @@ log = logging.getLogger("polybroker.workers")
 READY_TIMEOUT = 60.0  # seconds for every worker to restore its store and listen
 STOP_TIMEOUT = 15.0  # seconds workers get to stop after SIGTERM before SIGKILL
 POLL = 0.1  # seconds between looks at the workers
+# How the parent tells a worker which one it is: "INDEX:PORT,PORT,..." (a port per listener).
+WORKER_ENV = "POLYBROKER_WORKER"
+
+
+def worker_spec() -> str | None:
+    """This process's worker spec if the parent of ``--workers`` started it."""
+    return os.environ.get(WORKER_ENV)
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +45,6 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="run N broker processes sharing the listening ports (SO_REUSEPORT), each a "
              "node of the cluster configured in [cluster] (which it needs); each keeps "
              "its store in <data_dir>/node-<i>")
-    # How the parent starts a worker: its index and the ports the parent reserved.
-    parser.add_argument("--worker-of", metavar="INDEX:PORTS", help=argparse.SUPPRESS)
 
 
 def worker_config(config: BrokerConfig, spec: str) -> tuple[BrokerConfig, int]:
@@ -48,9 +54,9 @@ def worker_config(config: BrokerConfig, spec: str) -> tuple[BrokerConfig, int]:
         index = int(index_text)
         ports = [int(port) for port in ports_text.split(",")] if ports_text else []
     except ValueError:
-        raise ConfigError(f"--worker-of: malformed {spec!r}") from None
+        raise ConfigError(f"{WORKER_ENV}: malformed {spec!r}") from None
     if len(ports) != len(config.listeners):
-        raise ConfigError("--worker-of: not one port per listener")
+        raise ConfigError(f"{WORKER_ENV}: not one port per listener")
     listeners = tuple(replace(lc, port=port) for lc, port in zip(config.listeners, ports,
                                                                   strict=True))
     base = config.cluster.node or socket.gethostname()
@@ -111,7 +117,8 @@ def run_workers(config: BrokerConfig, count: int, argv: list[str],
         for index in range(count):
             (config.data_dir / f"node-{index}" / "ports").unlink(missing_ok=True)
             workers.append(subprocess.Popen(
-                [sys.executable, "-m", "polybroker", *argv, "--worker-of", f"{index}:{spec}"],
+                [sys.executable, "-m", "polybroker", *argv],
+                env={**os.environ, WORKER_ENV: f"{index}:{spec}"},
                 # Its own process group: a terminal's ^C reaches the parent only, which
                 # stops the workers in order.
                 stdin=subprocess.DEVNULL, process_group=0))
