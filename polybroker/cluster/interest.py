@@ -2,6 +2,8 @@
 trie whose subscribers are node names, so a publish finds the nodes to hand it to in one
 walk (the broker's own ``router.TopicTrie``: same matching rules, same route cache)."""
 
+from collections.abc import Collection
+
 from ..router import TopicTrie
 
 
@@ -45,10 +47,12 @@ class RemoteInterest:
             self._trie.remove(topic_filter, node)
         self._by_node.pop(node, None)
 
-    def nodes_for(self, topic: str) -> set[str]:
+    def nodes_for(self, topic: str) -> Collection[str]:
+        """On the publish path: nothing is copied when one filter matches (the trie's
+        cached dict, whose keys are the nodes; not to be changed)."""
         matches = self._trie.match(topic)
         if not matches:
-            return set()
+            return ()
         if len(matches) == 1:
-            return set(matches[0])
+            return matches[0].keys()
         return {node for subscribers in matches for node in subscribers}
