@@ -258,3 +258,19 @@ async def test_a_node_that_stops_heartbeating_is_forgotten(nursery, redis):
     await wait_until(lambda: a.interest.nodes() == set())
     assert redis_command(redis, "SISMEMBER", "polybroker:nodes", "ghost") == b":0\r\n"
     assert redis_command(redis, "EXISTS", "polybroker:interest:ghost") == b":0\r\n"
+
+
+async def test_nodes_announce_themselves_again_after_redis_restarts_empty(nursery, redis):
+    a_broker, a = await start_node(nursery, redis, "a")
+    b_broker, _b = await start_node(nursery, redis, "b")
+    on_b = b_broker.topic_queue("qb", "t")
+    await wait_until(lambda: set(a.interest.nodes_for("t")) == {"b"})
+    redis.stop()  # no persistence: it comes back empty
+    redis.start(port=redis.port)
+    # Each node notices (a failed command, or its own name gone from the node set) and
+    # writes its filters and consumer group again.
+    await wait_until(lambda: redis.command("SISMEMBER", "polybroker:nodes", "b") == b":1\r\n"
+                     and redis.command("EXISTS", "polybroker:stream:b") == b":1\r\n")
+    await wait_until(lambda: set(a.interest.nodes_for("t")) == {"b"})
+    a_broker.publish(Message("t", b"after", qos=1))
+    await wait_until(lambda: payloads(on_b) == [b"after"])

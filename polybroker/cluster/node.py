@@ -30,6 +30,7 @@ import trio
 from coredis.exceptions import RedisError, StreamDuplicateConsumerGroupError
 
 from ..broker import Broker
+from ..journal import StoreFull
 from ..message import Message
 from .codec import Fields, decode, encode
 from .config import ClusterConfig
@@ -273,7 +274,8 @@ class ClusterNode:
                 batch = [self._outbox[i] for i in range(min(BATCH, len(self._outbox)))]
                 async with client.pipeline(transaction=False) as pipe:
                     for node, fields in batch:
-                        pipe.xadd(self._key("stream", node), fields,
+                        # NOMKSTREAM: a node that left has no stream to fill again.
+                        pipe.xadd(self._key("stream", node), fields, nomkstream=True,
                                   trim_strategy=coredis.PureToken.MAXLEN, threshold=maxlen,
                                   trim_operator=coredis.PureToken.APPROXIMATELY)
                 for _ in batch:
@@ -308,8 +310,12 @@ class ClusterNode:
                             entry.identifier, self.name, exc)
                 continue
             self.received += 1
-            with broker.storing():
-                broker.route_local(message)
+            try:
+                with broker.storing():
+                    broker.route_local(message)
+            except StoreFull:  # delivered all the same, kept in memory only
+                log.warning("cluster: message on %s from another node not stored: the "
+                            "store is full", message.topic)
         # Acknowledged to Redis only once what the routing stored is on disk.
         durability = broker.durability
         if durability.pending() and not await durability.wait_durable(10.0):
