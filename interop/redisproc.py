@@ -23,20 +23,22 @@ def _free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1; ``url`` is what ``[cluster] redis`` takes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         path = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(path).exists():
             raise RuntimeError("redis-server is not installed: run `sh interop/install-tools.sh`")
         self.path = path
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self.password = password
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, port: int | None = None) -> None:
         """Start it (on ``port`` again after a ``stop``); a free port is taken otherwise,
@@ -55,7 +57,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.path, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-             "--logfile", "", "--daemonize", "no"],
+             "--logfile", "", "--daemonize", "no",
+             *(("--requirepass", self.password) if self.password else ())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True,
         )
@@ -78,14 +81,10 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command on a connection of its own, its raw reply (small replies only)."""
-        request = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(request)
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                reply += sock.recv(65536)
-            return reply
+            if self.password:
+                assert _call(sock, "AUTH", self.password) == b"+OK\r\n"
+            return _call(sock, *args)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -100,9 +99,18 @@ class RedisServer:
             proc.wait()
 
 
+def _call(sock: socket.socket, *args: str) -> bytes:
+    sock.sendall(b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args))
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += sock.recv(65536)
+    return reply
+
+
 @contextmanager
-def running_redis(directory: Path) -> Iterator[RedisServer]:
-    server = RedisServer(directory)
+def running_redis(directory: Path, password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(directory, password)
     server.start()
     try:
         yield server

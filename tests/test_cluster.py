@@ -274,3 +274,15 @@ async def test_nodes_announce_themselves_again_after_redis_restarts_empty(nurser
     await wait_until(lambda: set(a.interest.nodes_for("t")) == {"b"})
     a_broker.publish(Message("t", b"after", qos=1))
     await wait_until(lambda: payloads(on_b) == [b"after"])
+
+
+async def test_a_password_in_the_redis_url_is_used(nursery, tmp_path):
+    with running_redis(tmp_path / "secured", password="s3cret") as secured:
+        assert secured.command("SMEMBERS", "polybroker:nodes").startswith(b"*0")
+        a_broker, a = await start_node(nursery, secured, "a")
+        b_broker, _b = await start_node(nursery, secured, "b")
+        on_b = b_broker.topic_queue("qb", "t")
+        await wait_until(lambda: set(a.interest.nodes_for("t")) == {"b"})
+        a_broker.publish(Message("t", b"authenticated", qos=1))
+        await wait_until(lambda: payloads(on_b) == [b"authenticated"])
+        nursery.cancel_scope.cancel()  # the nodes stop before their Redis does
