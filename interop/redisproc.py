@@ -23,7 +23,8 @@ def _free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1; ``url`` is what ``[cluster] redis`` takes."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None,
+                 tls_dir: Path | None = None) -> None:
         path = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(path).exists():
             raise RuntimeError("redis-server is not installed: run `sh interop/install-tools.sh`")
@@ -31,6 +32,8 @@ class RedisServer:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.password = password
+        # TLS only (``rediss://``), with ``polybroker certs``' server.crt, server.key, ca.crt.
+        self.tls_dir = tls_dir
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -38,6 +41,9 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_dir is not None:
+            ca = self.tls_dir / "ca.crt"
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, port: int | None = None) -> None:
@@ -54,8 +60,13 @@ class RedisServer:
     def _start_once(self) -> bool:
         self.lines = []
         ready = threading.Event()
+        tls = self.tls_dir
+        ports = ("--port", str(self.port)) if tls is None else (
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(tls / "server.crt"), "--tls-key-file", str(tls / "server.key"),
+            "--tls-ca-cert-file", str(tls / "ca.crt"))
         self.proc = subprocess.Popen(
-            [self.path, "--port", str(self.port), "--bind", "127.0.0.1",
+            [self.path, *ports, "--bind", "127.0.0.1",
              "--dir", str(self.directory), "--save", "", "--appendonly", "no",
              "--logfile", "", "--daemonize", "no",
              *(("--requirepass", self.password) if self.password else ())],
@@ -80,7 +91,8 @@ class RedisServer:
         return False
 
     def command(self, *args: str) -> bytes:
-        """One command on a connection of its own, its raw reply (small replies only)."""
+        """One command on a connection of its own, its raw reply (small replies only;
+        not over TLS)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
             if self.password:
                 assert _call(sock, "AUTH", self.password) == b"+OK\r\n"
@@ -109,8 +121,9 @@ def _call(sock: socket.socket, *args: str) -> bytes:
 
 
 @contextmanager
-def running_redis(directory: Path, password: str | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(directory, password)
+def running_redis(directory: Path, password: str | None = None,
+                  tls_dir: Path | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(directory, password, tls_dir)
     server.start()
     try:
         yield server

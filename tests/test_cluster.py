@@ -286,3 +286,15 @@ async def test_a_password_in_the_redis_url_is_used(nursery, tmp_path):
         a_broker.publish(Message("t", b"authenticated", qos=1))
         await wait_until(lambda: payloads(on_b) == [b"authenticated"])
         nursery.cancel_scope.cancel()  # the nodes stop before their Redis does
+
+
+async def test_nodes_reach_redis_over_tls(nursery, tmp_path, certs_dir):
+    with running_redis(tmp_path / "tls", tls_dir=certs_dir) as secured:
+        assert secured.url.startswith("rediss://")
+        a_broker, a = await start_node(nursery, secured, "a")
+        b_broker, _b = await start_node(nursery, secured, "b")
+        on_b = b_broker.topic_queue("qb", "t")
+        await wait_until(lambda: set(a.interest.nodes_for("t")) == {"b"})
+        a_broker.publish(Message("t", b"encrypted", qos=1))
+        await wait_until(lambda: payloads(on_b) == [b"encrypted"])
+        nursery.cancel_scope.cancel()
