@@ -80,6 +80,33 @@ def test_paho_clients_on_two_nodes_exchange_qos1_both_ways(nodes):
         on_b.stop()
 
 
+def test_an_offline_persistent_session_on_one_node_gets_what_the_other_publishes(nodes):
+    a, b = nodes
+    subscriber = PahoClient(b.port, "away-on-b", clean_session=False)
+    subscriber.connect()
+    subscriber.subscribe(("jobs/#", 1))
+    subscriber.disconnect()
+    wait_subscribed(a, "b", "jobs/#")
+    publisher = PahoClient(a.port, "publisher-on-a")
+    try:
+        publisher.connect()
+        for i in range(5):
+            publisher.publish(f"jobs/{i}", b"job %d" % i, qos=1)
+        for i in range(5):  # queued in b's session while its client is away
+            b.wait_for_log(rf"cluster: message on jobs/{i} from another node$")
+    finally:
+        publisher.stop()
+    back = PahoClient(b.port, "away-on-b", clean_session=False)
+    try:
+        back.connect()
+        assert back.session_present
+        got = back.receive(5)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [
+            (f"jobs/{i}", b"job %d" % i, 1) for i in range(5)]
+    finally:
+        back.stop()
+
+
 def test_stomp_on_one_node_and_pika_on_the_other(nodes):
     a, b = nodes
     stomp_client = StompPy(a.stomp_port)

@@ -310,6 +310,7 @@ class ClusterNode:
                             entry.identifier, self.name, exc)
                 continue
             self.received += 1
+            log.debug("cluster: message on %s from another node", message.topic)
             try:
                 with broker.storing():
                     broker.route_local(message)
