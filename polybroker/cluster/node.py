@@ -253,7 +253,9 @@ class ClusterNode:
         Redis has it, so nothing is lost to a link that drops meanwhile."""
         maxlen = self.config.stream_maxlen
         while True:
-            await self._wakeup.wait()
+            # What a dropped link left queued goes at once, without waiting for more.
+            if not (self._changes or self._outbox):
+                await self._wakeup.wait()
             self._wakeup = trio.Event()
             while self._changes or self._outbox:
                 if self._changes:
