@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs the third-party clients the interop tests drive: Debian's mosquitto-clients,
-# mosquitto (the remote broker of the bridge tests) and chromium (with Node.js and npm if
-# missing, in one apt-get run), then the browser test's npm packages
-# (interop/browser/install.sh).
+# mosquitto (the remote broker of the bridge tests), redis-server (the cluster tests) and
+# chromium (with Node.js and npm if missing, in one apt-get run), then the browser test's
+# npm packages (interop/browser/install.sh).
 set -eu
 need=""
 command -v mosquitto_pub >/dev/null 2>&1 || need="$need mosquitto-clients"
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need="$need redis-server"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
 if [ -n "$need" ]; then

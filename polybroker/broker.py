@@ -49,6 +49,16 @@ class Closable(Protocol):
     def close_by_administrator(self) -> None: ...
 
 
+class Remote(Protocol):
+    """Other brokers that share the traffic (``polybroker.cluster``, plugged in by the
+    server): told every message routed here and every change of the filters subscribed
+    here. Both calls must return at once: they sit on the publish and subscribe paths."""
+
+    def publish(self, message: Message) -> None: ...
+
+    def filter_changed(self, topic_filter: str, subscribed: bool) -> None: ...
+
+
 class Broker:
     def __init__(
         self, config: BrokerConfig | None = None, clock: Callable[[], float] = trio.current_time
@@ -97,6 +107,20 @@ class Broker:
         # Messages held until they are due (``delayed``): $delayed/ topics, STOMP delay
         # headers, AMQP x-delayed-message exchanges.
         self.delayed = DelayedStore(self)
+        # Other nodes of a cluster (``attach_remote``); None: this process alone.
+        self.remote: Remote | None = None
+
+    def attach_remote(self, remote: Remote) -> None:
+        """From now on tell ``remote`` what is published and subscribed here, starting
+        with the filters subscribed already (restored sessions)."""
+        self.remote = remote
+        self.router.watch = remote.filter_changed
+        for topic_filter in self.router.filters():
+            remote.filter_changed(topic_filter, True)
+
+    def detach_remote(self) -> None:
+        self.remote = None
+        self.router.watch = None
 
     # -- connections ----------------------------------------------------------------------
 
@@ -348,8 +372,15 @@ class Broker:
             self.publish(message)
 
     def route(self, message: Message) -> PublishResult:
-        """Deliver to every matching subscriber once; return what came of it (how many
-        matched, how many dropped it, which backlogs are full)."""
+        """Deliver to every matching subscriber once, here and (``remote``) on the other
+        nodes of a cluster; return what came of it here (how many matched, how many
+        dropped it, which backlogs are full)."""
+        if self.remote is not None:
+            self.remote.publish(message)
+        return self.route_local(message)
+
+    def route_local(self, message: Message) -> PublishResult:
+        """``route`` to the subscribers of this node only (a message from another node)."""
         matches = self.router.match(message.topic)
         if not matches:
             return NOTHING_MATCHED

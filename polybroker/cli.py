@@ -16,6 +16,7 @@ import trio
 from . import __version__, certs
 from .auth import ScramCredential
 from .auth.passwords import PasswordFileError, check_username, delete_user, set_password
+from .cluster.workers import add_worker_arguments, run_workers, worker_config, worker_spec
 from .config import BrokerConfig, ConfigError, default_listeners, load_config, parse_listen_url
 from .ctl import add_ctl_command, run_ctl
 from .logsetup import SYSLOG_SOCKET, configure_logging, reopen_log_files
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "./data)")
     run.add_argument("--port-file", type=Path, metavar="FILE",
                      help="once listening, write each listener's URL (one a line) to this file")
+    add_worker_arguments(run)
     logs = run.add_argument_group("logging (default: standard error, level info)")
     logs.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                       help="debug adds a line for every packet, frame and method sent and "
@@ -135,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         return _passwd(args)
     if args.command == "ctl":
         return run_ctl(args)
+    worker = None
     try:
         config = _config_from_args(args)
+        spec = worker_spec() if args.workers is not None else None
+        if spec is not None:  # one of --workers N: its node, store and ports
+            config, worker = worker_config(config, spec)
     except ConfigError as exc:
         print(f"polybroker: {exc}", file=sys.stderr)
         return 2
@@ -146,10 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         where = config.log.file or SYSLOG_SOCKET
         print(f"polybroker: cannot start: log {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.workers is not None and worker is None:
+        return run_workers(config, args.workers, sys.argv[1:] if argv is None else argv,
+                           args.port_file)
+    port_file = args.port_file if worker is None else config.data_dir / "ports"
     try:
         _prepare_data_dir(config.data_dir)
-        trio.run(_serve_until_signal, config, args.port_file, handlers,
-                 lambda: _config_from_args(args))
+        trio.run(_serve_until_signal, config, port_file, handlers,
+                 lambda: _config_from_args(args), worker)
     except BaseException as exc:
         failure = _start_failure(exc, config.data_dir)
         if failure is None:
@@ -304,15 +314,20 @@ def _config_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 async def _serve_until_signal(config: BrokerConfig, port_file: Path | None,
                               log_handlers: list[logging.Handler],
-                              reread: Callable[[], BrokerConfig] | None = None) -> None:
+                              reread: Callable[[], BrokerConfig] | None = None,
+                              worker: int | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         # Bound before any nursery, so a start-up error comes out bare, not in a group.
-        running = await start_listeners(config, ManagementApi)
+        # A worker of --workers shares its ports with the others.
+        running = await start_listeners(config, ManagementApi, reuse_port=worker is not None)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_with_storage, running)
             if port_file is not None:
                 _write_port_file(port_file, running)
-            log.info("polybroker %s ready", __version__)
+            if worker is None:
+                log.info("polybroker %s ready", __version__)
+            else:
+                log.info("worker %d ready", worker)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reopen_log_files(log_handlers)

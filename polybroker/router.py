@@ -8,7 +8,7 @@ for its ``+`` and ``#`` children.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ class TopicTrie(Generic[_S, _V]):
         self.generation = 0
         self._routes: dict[str, list[dict[_S, _V]]] = {}
         self._routes_generation = 0
+        # Told (filter, True) when a filter gets its first subscriber and (filter, False)
+        # when it loses its last: what a cluster node tells the others it wants.
+        self.watch: Callable[[str, bool], None] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -98,6 +101,8 @@ class TopicTrie(Generic[_S, _V]):
         subs = node.subscribers
         if subs is None:
             subs = node.subscribers = {}
+            if self.watch is not None:
+                self.watch(topic_filter, True)
         is_new = subscriber not in subs
         if not is_new and subs[subscriber] is value:
             return False  # nothing changed: keep cached routes valid
@@ -129,6 +134,8 @@ class TopicTrie(Generic[_S, _V]):
         del subs[subscriber]
         if not subs:
             node.subscribers = None
+            if self.watch is not None:
+                self.watch(topic_filter, False)
         self._count -= 1
         self.generation += 1
         # Prune so memory does not grow with subscribe/unsubscribe churn.
@@ -146,6 +153,20 @@ class TopicTrie(Generic[_S, _V]):
                     parent.children = None
             node = parent
         return True
+
+    def filters(self) -> Iterator[str]:
+        """Every filter that has a subscriber, once each."""
+        stack: list[tuple[_Node[_S, _V], tuple[str, ...]]] = [(self._root, ())]
+        while stack:
+            node, levels = stack.pop()
+            if node.subscribers and levels:
+                yield "/".join(levels)
+            for child_level, child in (node.children or {}).items():
+                stack.append((child, (*levels, child_level)))
+            if node.plus is not None:
+                stack.append((node.plus, (*levels, "+")))
+            if node.hash is not None:
+                stack.append((node.hash, (*levels, "#")))
 
     def match(self, topic: str) -> list[dict[_S, _V]]:
         """Subscriber dicts of every filter matching ``topic`` (a topic name, no wildcards).

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -34,6 +34,9 @@ from .transports.sniff import UnknownProtocol, sniff
 from .transports.tls import ReloadableContext, accept_tls, certificate_identity, handshake_error
 from .transports.trace import traced
 from .transports.upgrade import UpgradePolicy, UpgradeRefused, accept_websocket
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger("polybroker.server")
 
@@ -169,6 +172,7 @@ class RunningBroker:
         self.bridges = BridgeManager(broker)
         self.restored = False  # the durable state is back (or there is none)
         self.serving = False  # every listener accepts connections
+        self.cluster: ClusterNode | None = None  # its link to the others ([cluster])
 
     @property
     def ready(self) -> bool:
@@ -230,8 +234,10 @@ def check_listeners(config: BrokerConfig) -> dict[int, ReloadableContext]:
 HttpApp = Callable[[RunningBroker], Handler]
 
 
-async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None) -> RunningBroker:
+async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None, *,
+                          reuse_port: bool = False) -> RunningBroker:
     """Check the configuration and bind every listener; nothing is served yet.
+    ``reuse_port``: other processes may listen on the same ports (SO_REUSEPORT).
 
     Raises ConfigError or OSError (an address in use, say), with nothing left bound.
     """
@@ -244,7 +250,10 @@ async def start_listeners(config: BrokerConfig, http_app: HttpApp | None = None)
     try:
         for index, listener in enumerate(config.listeners):
             try:
-                sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
+                if reuse_port:
+                    sockets = await _shared_listeners(listener.port, listener.host)
+                else:
+                    sockets = await trio.open_tcp_listeners(listener.port, host=listener.host)
             except OSError as exc:  # which listener: several may share a host or a port
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"listener {listener.url}: {reason}") from None
@@ -307,6 +316,11 @@ async def serve_with_storage(
         running.restored = True
         # After the restore: a bridge takes up its stored session and what waits in it.
         await nursery.start(running.bridges.run, running.broker.config.bridges)
+        if running.broker.config.cluster.redis is not None:
+            # Imported only here: a broker without [cluster] never loads the Redis client.
+            from .cluster.node import run_node
+            running.cluster = await nursery.start(run_node, running.broker,
+                                                  running.broker.config.cluster)
         await serve_listeners(running, task_status=task_status)
 
 
@@ -322,6 +336,33 @@ async def open_broker(
             yield running
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _shared_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    """Listeners on ``host``:``port`` that other processes may listen on as well: the
+    kernel spreads the connections over them (Linux SO_REUSEPORT)."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                              flags=trio.socket.AI_PASSIVE)
+    try:
+        for family, kind, proto, _name, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for done in listeners:
+            await trio.aclose_forcefully(done)
+        raise
+    return listeners
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bridge.config import parse_bridges
+from ..cluster.config import parse_cluster
 from ..config_checks import ConfigError
 from ..config_checks import nonempty as _nonempty
 from ..config_checks import reject_unknown as _reject_unknown
@@ -43,7 +44,7 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
     _reject_unknown(
         raw,
         {"listener", "tls", "limits", "mqtt", "stomp", "amqp", "storage", "auth", "data_dir",
-         "log_level", "log", "bridge", "management", "broker"},
+         "log_level", "log", "bridge", "management", "broker", "cluster"},
         "",
     )
     config = BrokerConfig()
@@ -69,6 +70,8 @@ def config_from_dict(raw: dict[str, Any]) -> BrokerConfig:
         config = replace(config, log=_log(raw["log"]))
     if "bridge" in raw:
         config = replace(config, bridges=parse_bridges(raw["bridge"]))
+    if "cluster" in raw:
+        config = replace(config, cluster=parse_cluster(raw["cluster"]))
     if "broker" in raw:
         config = replace(config, broker=_broker(raw["broker"]))
     if "data_dir" in raw:

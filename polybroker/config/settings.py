@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bridge.config import BridgeConfig
+from ..cluster.config import ClusterConfig
 
 MAX_KEEPALIVE = 65535  # MQTT's largest keep alive, and max_keepalive's default
 
@@ -236,3 +237,5 @@ class BrokerConfig:
     log_level: str = "info"
     # MQTT bridges to remote brokers ([[bridge]] tables; ``bridge.config.BridgeConfig``).
     bridges: tuple[BridgeConfig, ...] = ()
+    # Other nodes sharing a Redis ([cluster]; ``cluster.config.ClusterConfig``).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
