@@ -3,7 +3,7 @@ the test's directory, stopped afterwards."""
 
 import socket
 
-from interop.redisproc import running_redis
+from .redisproc import running_redis
 
 
 def test_redis_server_answers_and_stops(tmp_path):
