@@ -1,22 +1,16 @@
-"""Acknowledgements of a named queue's deliveries (``queues``): the delivery tags, what
-each consumer and shared prefetch holds, settling (ack), taking back (nack, reject,
-release) and requeueing in arrival order, and purging."""
+"""Acknowledgements of a named queue's deliveries (``queues``, which hands out the delivery
+tags and counts what each consumer and shared prefetch holds): settling (ack), taking back
+(nack, reject, release) and requeueing in arrival order, and purging."""
 
 import heapq
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Self
 
 from .queue_entries import REJECTED, QueueEntry, _by_seq
+from .queue_state import Prefetch, QueueState
 
 
-class SharedPrefetch(Protocol):
-    """What is done here with a ``queues.SharedPrefetch``: room made for its consumers
-    dispatches."""
-
-    def dispatch(self) -> None: ...
-
-
-class QueueAcks:
+class QueueAcks(QueueState):
     """The acknowledgement half of ``queues.Queue``, whose state it uses."""
 
     __slots__ = ()
@@ -29,7 +23,7 @@ class QueueAcks:
 
     def ack_many(self, tags: Iterable[int]) -> int:
         count = 0
-        freed: set[SharedPrefetch] = set()
+        freed: set[Prefetch] = set()
         unacked = self._unacked
         for tag in tags:
             held = unacked.get(tag)
@@ -60,7 +54,7 @@ class QueueAcks:
 
     def _take_back(self, tags: Iterable[int], *, requeue: bool, rejected: bool) -> int:
         entries = []
-        freed: set[SharedPrefetch] = set()
+        freed: set[Prefetch] = set()
         for tag in tags:
             held = self._unacked.get(tag)
             if held is None:
@@ -91,35 +85,6 @@ class QueueAcks:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _track(self, entry: QueueEntry, holder: object) -> int:
-        if entry.persistent and not entry.marked and self.store is not None:
-            self.store.delivered(self, entry)
-            entry.marked = True
-        tag = next(self._tags)
-        state = self._consumers.get(holder)
-        shared = None
-        if state is not None:
-            state.unacked += 1
-            shared = state.shared
-            if shared is not None:
-                shared.unacked += 1
-        self._unacked[tag] = (entry, holder, shared)
-        self._unacked_bytes += len(entry.message.payload)
-        return tag
-
-    def _untrack(self, tag: int) -> QueueEntry | None:
-        held = self._unacked.pop(tag, None)
-        if held is None:
-            return None
-        entry, holder, shared = held
-        self._unacked_bytes -= len(entry.message.payload)
-        state = self._consumers.get(holder)
-        if state is not None:
-            state.unacked -= 1
-        if shared is not None:
-            shared.unacked -= 1
-        return entry
-
     def _requeue(self, entries: list[QueueEntry]) -> None:
         """Put ``entries`` back where they were by arrival order, flagged redelivered."""
         if not entries:
@@ -135,7 +100,7 @@ class QueueAcks:
         merged = list(heapq.merge(entries, head, key=_by_seq))
         ready.extendleft(reversed(merged))
 
-    def _settled(self, entry: QueueEntry) -> None:
+    def _settled(self: Self, entry: QueueEntry) -> None:
         self.bytes -= len(entry.message.payload)
         if entry.persistent and self.store is not None:
             self.store.removed(self, entry)

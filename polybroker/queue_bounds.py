@@ -4,15 +4,17 @@ the publisher's outcome (TAKEN, HELD, DROPPED) and room for a blocked one, and w
 happens to a message that leaves unconsumed (dropped or dead-lettered)."""
 
 import logging
+from typing import Self
 
 from .message import Message
 from .overflow import DROPPED, HELD, QUEUE_FULL, TAKEN
 from .queue_entries import BLOCK, DROP_HEAD, EXPIRED, MAXLEN, REJECT_PUBLISH_DLX, QueueEntry
+from .queue_state import QueueState
 
 log = logging.getLogger("polybroker.queues")
 
 
-class QueueBounds:
+class QueueBounds(QueueState):
     """The bounds half of ``queues.Queue``, whose state it uses."""
 
     __slots__ = ()
@@ -100,6 +102,6 @@ class QueueBounds:
         if reason is not None:
             self._dead_letter(entry, reason)
 
-    def _dead_letter(self, entry: QueueEntry, reason: str) -> None:
+    def _dead_letter(self: Self, entry: QueueEntry, reason: str) -> None:
         if self.dead_letter_exchange is not None and self.dead_letterer is not None:
             self.dead_letterer(self, entry, reason)

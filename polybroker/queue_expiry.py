@@ -2,9 +2,10 @@
 ``message_ttl``, checked at the head, and a timer for the head when the queue has one."""
 
 from .queue_entries import EXPIRED, QueueEntry
+from .queue_state import QueueState
 
 
-class QueueExpiry:
+class QueueExpiry(QueueState):
     """The expiry half of ``queues.Queue``, whose state it uses."""
 
     __slots__ = ()

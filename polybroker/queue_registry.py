@@ -35,6 +35,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from typing import TypedDict
 
 from .queues import (
     DROP_HEAD,
@@ -97,7 +98,7 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse_arguments(name: str, arguments: Mapping) -> QueueSettings:
+def parse_arguments(name: str, arguments: Mapping[str, object]) -> QueueSettings:
     """Check a declaration's x-arguments; PreconditionFailed names the first bad one."""
     settings = QueueSettings()
     for key, minimum in _INT_ARGUMENTS.items():
@@ -138,10 +139,23 @@ def parse_arguments(name: str, arguments: Mapping) -> QueueSettings:
     return settings
 
 
-def _normalized(arguments: Mapping) -> dict:
+def _normalized(arguments: Mapping[str, object]) -> dict[str, object]:
     """Arguments as compared for equivalence (text the same whether str or bytes)."""
     return {key: (_text(value) if isinstance(value, bytes) else value)
             for key, value in arguments.items()}
+
+
+class _QueueOptions(TypedDict):
+    """What every queue of the registry is made with (``Queue``'s keywords)."""
+
+    clock: Callable[[], float]
+    max_length: int
+    max_bytes: int
+    overflow: str
+    durable: bool
+    store: QueueStore | None
+    timers: Timers | None
+    drop_totals: Counter[str] | None
 
 
 class QueueRegistry:
@@ -193,11 +207,12 @@ class QueueRegistry:
         for queue in self._queues.values():
             queue.store = store
 
-    def _new(self, name: str, durable: bool, stream: dict | None = None) -> Queue:
+    def _new(self, name: str, durable: bool, stream: dict[str, object] | None = None) -> Queue:
         """A new queue; with ``stream`` (its checked arguments), a stream."""
-        common = dict(clock=self.clock, max_length=self.max_length, max_bytes=self.max_bytes,
-                      overflow=self.overflow, durable=durable, store=self.store,
-                      timers=self.timers, drop_totals=self.drop_totals)
+        common = _QueueOptions(clock=self.clock, max_length=self.max_length,
+                               max_bytes=self.max_bytes, overflow=self.overflow,
+                               durable=durable, store=self.store, timers=self.timers,
+                               drop_totals=self.drop_totals)
         if stream is None:
             queue = Queue(name, **common)
         else:
@@ -254,7 +269,7 @@ class QueueRegistry:
         durable: bool = False,
         exclusive: bool = False,
         auto_delete: bool = False,
-        arguments: Mapping | None = None,
+        arguments: Mapping[str, object] | None = None,
     ) -> Queue:
         """queue.declare by connection ``owner``; returns the queue (its ``name``,
         ``message_count`` and ``consumer_count`` make declare-ok).
@@ -265,9 +280,9 @@ class QueueRegistry:
         (x-expires)."""
         arguments = dict(arguments or {})
         if passive:
-            queue = self.lookup(name, owner)
-            queue.last_used = self.clock()
-            return queue
+            found = self.lookup(name, owner)
+            found.last_used = self.clock()
+            return found
         server_named = not name
         if server_named:
             name = self._server_name()
@@ -306,7 +321,8 @@ class QueueRegistry:
         return queue
 
     def restore_queue(
-        self, name: str, *, auto_delete: bool, arguments: Mapping, declared: bool = True
+        self, name: str, *, auto_delete: bool, arguments: Mapping[str, object],
+        declared: bool = True,
     ) -> Queue:
         """Recreate a durable queue the store kept, without recording it again."""
         stream = is_stream(arguments)
@@ -319,7 +335,7 @@ class QueueRegistry:
 
     def _set_up(
         self, queue: Queue, settings: QueueSettings, owner: object, auto_delete: bool,
-        arguments: dict,
+        arguments: dict[str, object],
     ) -> None:
         queue.declared = True
         queue.owner = owner
@@ -333,7 +349,8 @@ class QueueRegistry:
             self._arm_expires(queue, queue.last_used + settings.expires)
 
     def _check_equivalent(
-        self, queue: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict
+        self, queue: Queue, durable: bool, exclusive: bool, auto_delete: bool,
+        arguments: dict[str, object],
     ) -> None:
         for flag, mine, theirs in (
             ("durable", queue.durable, durable),

@@ -48,8 +48,8 @@ expiry of idle queues). The rules:
 
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, Self
 
 import trio
 
@@ -74,12 +74,14 @@ from .queue_entries import (
     check_queue_name,
 )
 from .queue_expiry import QueueExpiry
+from .queue_state import Prefetch
 from .refusals import AccessRefused, ResourceLocked
 from .timers import TimerHandle, Timers
 
 # Where each part of a queue lives: the constants and QueueEntry in ``queue_entries``, the
 # bounds and dead-lettering in ``queue_bounds``, expiry in ``queue_expiry``, the
-# acknowledgements in ``queue_acks``; the names are imported from here.
+# acknowledgements in ``queue_acks``, the state they share (typed) in ``queue_state``; the
+# names are imported from here.
 __all__ = [
     "BLOCK",
     "DROP_HEAD",
@@ -218,7 +220,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
         self.declared = False  # declared by a client (AMQP), not just used (STOMP)
         self.owner: object = None  # the connection an exclusive queue belongs to
         self.auto_delete = False
-        self.arguments: dict = {}  # as declared (x-arguments), for equivalence checks
+        self.arguments: dict[str, object] = {}  # as declared (x-arguments), for equivalence checks
         self.message_ttl: float | None = None  # seconds (x-message-ttl)
         self.expires: float | None = None  # seconds unused before deletion (x-expires)
         self.limit_length: int | None = None  # ready messages (x-max-length)
@@ -226,7 +228,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
         self.limit_overflow = DROP_HEAD  # x-overflow
         self.dead_letter_exchange: str | None = None
         self.dead_letter_routing_key: str | None = None
-        self.dead_letterer: Callable[[Queue, QueueEntry, str], None] | None = None
+        self.dead_letterer = None  # where dead letters go (the exchanges); typed in QueueState
         self.registry: QueueLifecycle | None = None  # told when the last consumer goes
         self.had_consumer = False
         self.last_used = clock()  # consumer gone, get, (re)declare: for x-expires
@@ -241,11 +243,11 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
         self.acknowledged = 0
         self._room: trio.Event | None = None  # made when a publisher waits (BLOCK)
         self._gave_up = False  # BLOCK: publishers waited too long; drop new until room
-        self._consumers: dict[Hashable, _ConsumerState] = {}
-        self._order: list[Hashable] = []  # consumers in turn order
+        self._consumers: dict[object, _ConsumerState] = {}
+        self._order: list[QueueConsumer] = []  # consumers in turn order
         self._turn = 0
         # tag -> (entry, holder, the holder's shared prefetch or None)
-        self._unacked: dict[int, tuple[QueueEntry, object, SharedPrefetch | None]] = {}
+        self._unacked: dict[int, tuple[QueueEntry, object, Prefetch | None]] = {}
         self._unacked_bytes = 0
         self._expiry_timer: TimerHandle | None = None
         self._seq = itertools.count()
@@ -308,7 +310,7 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
     def backlog(self) -> "Queue":
         return self
 
-    def put(self, message: Message, *, persistent: bool = False) -> bool:
+    def put(self: Self, message: Message, *, persistent: bool = False) -> bool:
         """Append ``message`` and hand it out if a consumer can take it; False if a
         length bound refused it (``DROP_NEW``, ``reject-publish``)."""
         size = len(message.payload)
@@ -507,6 +509,33 @@ class Queue(QueueBounds, QueueExpiry, QueueAcks, RoomSignal):
             tag = None
             self._settled(entry)
         state.consumer.deliver_from_queue(self, entry, tag)
+
+    def _track(self: Self, entry: QueueEntry, holder: object) -> int:
+        if entry.persistent and not entry.marked and self.store is not None:
+            self.store.delivered(self, entry)
+            entry.marked = True
+        tag = next(self._tags)
+        state = self._consumers.get(holder)
+        shared = None
+        if state is not None:
+            state.unacked += 1
+            shared = state.shared
+            if shared is not None:
+                shared.unacked += 1
+        self._unacked[tag] = (entry, holder, shared)
+        self._unacked_bytes += len(entry.message.payload)
+        return tag
+
+    def _untrack(self, tag: int) -> QueueEntry:
+        """Forget the delivery under ``tag``, which the callers found pending."""
+        entry, holder, shared = self._unacked.pop(tag)
+        self._unacked_bytes -= len(entry.message.payload)
+        state = self._consumers.get(holder)
+        if state is not None:
+            state.unacked -= 1
+        if shared is not None:
+            shared.unacked -= 1
+        return entry
 
     def get(self, holder: object = None) -> tuple[QueueEntry, int | None] | None:
         """Take the next ready message without a consumer (AMQP basic.get); None if there

@@ -22,7 +22,9 @@ ROOTS = {
 CORE = {
     "polybroker.broker", "polybroker.destinations", "polybroker.exchange_patterns",
     "polybroker.exchanges", "polybroker.journal", "polybroker.limits", "polybroker.message",
-    "polybroker.overflow", "polybroker.queue_registry", "polybroker.queues",
+    "polybroker.overflow", "polybroker.queue_acks", "polybroker.queue_bounds",
+    "polybroker.queue_entries", "polybroker.queue_expiry", "polybroker.queue_registry",
+    "polybroker.queue_state", "polybroker.queues",
     "polybroker.refusals", "polybroker.retained", "polybroker.router", "polybroker.sessions",
     "polybroker.shared", "polybroker.timers", "polybroker.delayed",
 }
