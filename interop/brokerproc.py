@@ -55,8 +55,13 @@ class BrokerProcess:
             self._events.put(line.rstrip("\n"))
         self._events.put("")  # end of output
 
-    def wait_for_log(self, pattern: str, timeout: float = 10) -> str:
-        """The next log line matching ``pattern`` (raises on timeout or broker exit)."""
+    def wait_for_log(self, pattern: str, timeout: float = 10, *, seen: bool = False) -> str:
+        """The next log line matching ``pattern`` (raises on timeout or broker exit);
+        ``seen``: also one logged already, even before the broker said it was ready."""
+        if seen:
+            for line in list(self.lines):
+                if re.search(pattern, line):
+                    return line
         deadline = time.monotonic() + timeout
         while True:
             try:

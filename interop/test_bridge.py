@@ -93,7 +93,7 @@ def test_backlog_arrives_in_order_once_mosquitto_is_back(tmp_path, version):
                                'remote_prefix = "site1/"}'], version=version)
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config))
         with running(edge):
-            edge.wait_for_log("bridge up: connected to")
+            edge.wait_for_log("bridge up: connected to", seen=True)
             remote.stop()
             edge.wait_for_log("bridge up: disconnected")
             with client(edge.port, "device") as device:
@@ -115,7 +115,7 @@ def test_backlog_survives_a_sigkill_of_the_edge_while_the_remote_is_down(tmp_pat
                               ['{topic = "#", direction = "out", qos = 2}'], version=5)
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config))
         with running(edge):
-            edge.wait_for_log("bridge up: connected to")
+            edge.wait_for_log("bridge up: connected to", seen=True)
             remote.stop()
             edge.wait_for_log("bridge up: disconnected")
             with client(edge.port, "device") as device:
@@ -147,7 +147,7 @@ def test_commands_and_retained_messages_come_in_and_nothing_echoes(tmp_path):
         assert backend.next_message().payload == b"v7"
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config))
         with running(edge):
-            edge.wait_for_log("bridge up: connected to")
+            edge.wait_for_log("bridge up: connected to", seen=True)
             remote.wait_for_log("Sending SUBACK to up-client")
             with client(edge.port, "device") as device:
                 device.subscribe(("#", 1))
@@ -182,7 +182,7 @@ def test_tls_with_client_certificates(tmp_path):
                               extra=tls)
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config))
         with running(edge):
-            edge.wait_for_log("bridge up: connected to mqtts://")
+            edge.wait_for_log("bridge up: connected to mqtts://", seen=True)
             remote.wait_for_log("Sending CONNACK to up-client")
             with client(edge.port, "device") as device:
                 device.publish("t", b"over tls", qos=1, retain=True)
@@ -207,7 +207,7 @@ def test_sighup_changes_a_rule(tmp_path):
             '{topic = "#", direction = "out", qos = 1, remote_prefix = "v1/"}'])
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config))
         with running(edge), client(edge.port, "device") as device:
-            edge.wait_for_log("bridge up: connected to")
+            edge.wait_for_log("bridge up: connected to", seen=True)
             device.publish("a", b"1", qos=1)
             assert backend.next_message()[:2] == ("v1/a", b"1")
             write_config(config, "up", url, [
@@ -235,7 +235,7 @@ def test_two_polybrokers_bridged_both_ways_pass_each_message_once(tmp_path):
                                 ['{topic = "#", direction = "out", qos = 1}'], version=5)
         a = BrokerProcess(tmp_path / "a", "--config", str(a_config))
         with running(a):
-            a.wait_for_log("bridge to-b: connected to")
+            a.wait_for_log("bridge to-b: connected to", seen=True)
             # B gets its bridge back to A by SIGHUP: added without a restart.
             write_config(b_config, "to-a", f"mqtt://127.0.0.1:{a.port}",
                          ['{topic = "#", direction = "out", qos = 1}'], version=5)
@@ -287,7 +287,7 @@ def test_stomp_and_amqp_messages_wait_and_leave_like_mqtt_ones(tmp_path):
         edge = BrokerProcess(tmp_path / "edge", "--config", str(config), listen=(
             "mqtt://127.0.0.1:0", "stomp://127.0.0.1:0", "amqp://127.0.0.1:0"))
         with running(edge):
-            edge.wait_for_log("bridge up: connected to")
+            edge.wait_for_log("bridge up: connected to", seen=True)
             remote.stop()
             edge.wait_for_log("bridge up: disconnected")
             stomp = StompPy(edge.stomp_port)
