@@ -5,8 +5,9 @@ interest, the stream entry codec and the [cluster] table. (On a real redis-serve
 import pytest
 
 from polybroker.broker import Broker
+from polybroker.cluster import node as cluster_node
 from polybroker.cluster.codec import decode, encode
-from polybroker.cluster.config import parse_cluster
+from polybroker.cluster.config import ClusterConfig, parse_cluster
 from polybroker.cluster.interest import RemoteInterest
 from polybroker.config import BrokerConfig, ConfigError, StorageConfig, config_from_dict
 from polybroker.message import AmqpPart, Message
@@ -79,3 +80,16 @@ def test_cluster_table_is_checked():
         parse_cluster({"redis": "http://x"})
     with pytest.raises(ConfigError, match=r"cluster\.nodes: unknown key"):
         parse_cluster({"nodes": 2})
+
+
+async def test_messages_for_other_nodes_dropped_from_a_full_outbox_are_counted(monkeypatch):
+    monkeypatch.setattr(cluster_node, "MAX_OUTBOX", 3)
+    broker = new_broker()
+    node = cluster_node.ClusterNode(broker, ClusterConfig(redis="redis://127.0.0.1:1/0",
+                                                          node="a"))
+    node.interest.add("b", "t/#")
+    for n in range(5):  # the link is down: nothing takes them from the outbox
+        node.publish(Message("t/x", b"%d" % n, qos=1))
+    node.publish(Message("elsewhere", b"local only"))
+    assert (node.dropped, node.local_only) == (2, 1)
+    assert broker.drops == {"cluster-outbox-full": 2}

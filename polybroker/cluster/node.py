@@ -42,6 +42,7 @@ PREFIX = "polybroker:"
 CHANNEL = PREFIX + "interest"
 GROUP = "broker"
 BATCH = 512  # stream entries written or read per round trip
+OUTBOX_FULL = "cluster-outbox-full"  # the drop reason
 MAX_OUTBOX = 100_000  # messages waiting for Redis while the link is down; then the oldest go
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 READ_BLOCK_MS = 1000
@@ -93,6 +94,7 @@ class ClusterNode:
         while len(outbox) > MAX_OUTBOX:
             outbox.popleft()
             self.dropped += 1
+            self.broker.drops[OUTBOX_FULL] += 1  # with every other drop the operator sees
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.warning("cluster: %d messages for other nodes dropped so far: the link "
                             "to Redis is down and the outbox is full", self.dropped)
