@@ -78,9 +78,16 @@ class Listener:
         self.rate = (None if rate is None else
                      ConnectionRate(self.config.url, rate, config.max_connection_burst, log))
 
+    async def serve(
+        self, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled. The connection tasks inherit this task's
+        ``ARRIVAL`` (for their stats), set once here rather than once per connection."""
+        ARRIVAL.set((self.config.url, self.config.transport))
+        await trio.serve_listeners(self.handle, self.sockets, task_status=task_status)
+
     async def handle(self, tcp: trio.SocketStream) -> None:
         peer = _peer_name(tcp)
-        ARRIVAL.set((self.config.url, self.config.transport))  # for the connection's stats
         if self.rate is not None and not self.rate.admit(peer):
             await trio.aclose_forcefully(tcp)
             return
@@ -286,7 +293,7 @@ async def serve_listeners(
             nursery.start_soon(SysTree(running.broker, broker_version()).run, interval)
         for listener in running.bound:
             log.info("listening on %s", listener.config.url)
-            await nursery.start(trio.serve_listeners, listener.handle, listener.sockets)
+            await nursery.start(listener.serve)
         running.serving = True
         task_status.started(running)
 
